@@ -1,0 +1,394 @@
+//! The forwarding pipeline: a pure function from (frames, ingress port, snapshot, config) to
+//! exactly one [`Verdict`] per frame. Frames are rewritten in place — encapsulation prepends
+//! the outer headers into the buffer's headroom, decapsulation moves the start forward — so
+//! the I/O layer only has to transmit `frame.data()` where the verdict says.
+//!
+//! Contract: no I/O, no allocation, no lock and no log line per frame; any byte sequence gets
+//! a verdict and never a panic. A frame that is malformed or refused is
+//! `Verdict::Drop(reason)` and counted per [`DropReason`]; a well-formed frame that is not the
+//! dataplane's business (node traffic, traffic leaving the cluster) is `Verdict::Host`, for the
+//! exception path.
+//!
+//! Paths (REFERENCE.md is the authority on what "like the kernel" means):
+//!
+//! * pod → remote pod: route to the node owning the destination's pod CIDR, egress policy,
+//!   TTL decrement (the kernel forwards before its vxlan device encapsulates), encapsulation.
+//! * uplink VXLAN → local pod: outer validation and anti-spoofing, decapsulation, ingress
+//!   policy, MAC rewrite, TTL decrement.
+//! * pod → pod on this node: both policies, MAC rewrite, TTL decrement.
+//! * ARP for the gateway address / neighbour solicitation for the gateway → reply in place.
+
+mod encap;
+mod flow;
+mod pod;
+mod uplink;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::table::{EndpointId, Snapshot};
+use crate::wire::MacAddr;
+
+pub use encap::{flow_hash, source_port};
+
+/// Outer header bytes the engine prepends: Ethernet + IPv4 + UDP + VXLAN.
+pub const ENCAP_OVERHEAD_V4: usize = 14 + 20 + 8 + 8;
+/// Outer header bytes with an IPv6 underlay.
+pub const ENCAP_OVERHEAD_V6: usize = 14 + 40 + 8 + 8;
+
+/// Static configuration of the pipeline; tables come from the [`Snapshot`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// VXLAN network identifier (Flannel 1, Calico 4096).
+    pub vni: u32,
+    /// Destination UDP port (Flannel 8472, Calico 4789).
+    pub vxlan_port: u16,
+    /// Inclusive range for the outer UDP source port, chosen by flow hash (Linux scales into
+    /// ip_local_port_range, 32768–60999).
+    pub source_port_min: u16,
+    pub source_port_max: u16,
+    /// Outer IPv4 TTL / IPv6 hop limit.
+    pub outer_ttl: u8,
+    /// Compute the outer UDP checksum over IPv4 (default: zero, as RFC 7348 allows). Over
+    /// IPv6 it is always computed (RFC 8200 §8.1).
+    pub outer_udp_checksum_v4: bool,
+    /// MTU of the uplink: an inner packet that would not fit once encapsulated is dropped,
+    /// because a VTEP must not fragment.
+    pub uplink_mtu: u16,
+    /// Source MAC of outer frames: the uplink's own address.
+    pub uplink_mac: MacAddr,
+    /// The MAC pods see for their gateway (source of frames delivered to pods).
+    pub gateway_mac: MacAddr,
+    /// The gateway address pods route through (Calico: 169.254.1.1).
+    pub gateway_v4: Ipv4Addr,
+    /// The IPv6 gateway (fe80::1).
+    pub gateway_v6: Ipv6Addr,
+}
+
+impl Default for EngineConfig {
+    /// Flannel's wire settings and Calico's pod wiring.
+    fn default() -> Self {
+        EngineConfig {
+            vni: 1,
+            vxlan_port: 8472,
+            source_port_min: 32768,
+            source_port_max: 60999,
+            outer_ttl: 64,
+            outer_udp_checksum_v4: false,
+            uplink_mtu: 1500,
+            uplink_mac: MacAddr([0x02, 0, 0, 0, 0, 0x01]),
+            gateway_mac: MacAddr([0xee, 0xee, 0xee, 0xee, 0xee, 0xee]),
+            gateway_v4: Ipv4Addr::new(169, 254, 1, 1),
+            gateway_v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+        }
+    }
+}
+
+/// Where a batch of frames came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    /// The node's uplink (underlay) interface.
+    Uplink,
+    /// The host-side veth of a local pod (an index into the snapshot the batch runs on).
+    Pod(EndpointId),
+}
+
+/// What to do with one frame, after the engine rewrote it in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Encapsulated: transmit on the uplink.
+    Encap,
+    /// Decapsulated from the uplink: transmit to this pod.
+    Decap(EndpointId),
+    /// From a pod to a pod on this node: transmit to this pod.
+    Local(EndpointId),
+    /// Rewritten into an ARP reply or neighbour advertisement: send back out the ingress port.
+    Reply,
+    /// Not the dataplane's to forward: hand to the host stack (exception path, later issue).
+    Host,
+    /// Refused; counted under the reason.
+    Drop(DropReason),
+}
+
+macro_rules! drop_reasons {
+    ($( $(#[doc = $doc:literal])* $name:ident => $label:literal, )*) => {
+        /// Why a frame was dropped. Each reason has its own counter.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $( $(#[doc = $doc])* $name, )*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// A stable snake_case label for metrics and the CLI.
+            pub fn label(self) -> &'static str {
+                match self { $(DropReason::$name => $label,)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Shorter than an Ethernet header.
+    Truncated => "truncated",
+    /// Carries an 802.1Q/802.1ad tag; pods send untagged frames.
+    VlanTagged => "vlan_tagged",
+    /// From a pod, neither IPv4, IPv6 nor ARP.
+    UnsupportedEtherType => "unsupported_ethertype",
+    /// ARP that is truncated or not Ethernet/IPv4.
+    MalformedArp => "malformed_arp",
+    /// ARP other than a request for the gateway address.
+    ArpNotForGateway => "arp_not_for_gateway",
+    /// IPv4 header with a bad version or impossible lengths.
+    MalformedIpv4 => "malformed_ipv4",
+    /// IPv4 header checksum does not verify.
+    Ipv4Checksum => "ipv4_checksum",
+    /// IPv6 header with a bad version, impossible length or truncated extension headers.
+    MalformedIpv6 => "malformed_ipv6",
+    /// TCP/UDP/SCTP header too short to hold the ports.
+    MalformedL4 => "malformed_l4",
+    /// Neighbour discovery other than a solicitation for the gateway (router solicitations...).
+    NeighbourDiscoveryIgnored => "nd_ignored",
+    /// A neighbour solicitation that fails RFC 4861 §7.1.1 validation.
+    MalformedNeighbourDiscovery => "malformed_nd",
+    /// From a pod, an IP frame not addressed to the gateway MAC.
+    DstMacNotGateway => "dst_mac_not_gateway",
+    /// From a pod, a source address that is not one of the pod's.
+    PodSourceSpoofed => "pod_source_spoofed",
+    /// From a pod, to a multicast or broadcast address.
+    MulticastDestination => "multicast_destination",
+    /// TTL or hop limit would reach zero.
+    TtlExpired => "ttl_expired",
+    /// The source pod's egress policy denies it.
+    PolicyDeniedEgress => "policy_denied_egress",
+    /// The destination pod's ingress policy denies it.
+    PolicyDeniedIngress => "policy_denied_ingress",
+    /// The remote node's underlay next-hop MAC is not resolved yet.
+    NextHopUnresolved => "next_hop_unresolved",
+    /// Too big to encapsulate within the uplink MTU (a VTEP must not fragment).
+    MtuExceeded => "mtu_exceeded",
+    /// The buffer has no headroom for the outer headers, or no tailroom for a reply.
+    NoBufferRoom => "no_buffer_room",
+    /// The ingress pod is not in the snapshot the batch ran on.
+    UnknownIngress => "unknown_ingress",
+    /// VXLAN candidate whose outer IP or UDP header is malformed.
+    OuterMalformed => "outer_malformed",
+    /// Outer IPv4 header checksum bad, or a zero UDP checksum over IPv6.
+    OuterChecksum => "outer_checksum",
+    /// Outer IPv4 or IPv6 fragment: a VTEP must not fragment, so nothing reassembles it.
+    OuterFragment => "outer_fragment",
+    /// VXLAN header too short, a flag other than I, or reserved bits set.
+    VxlanBadFlags => "vxlan_bad_flags",
+    /// VXLAN network identifier is not ours.
+    VniMismatch => "vni_mismatch",
+    /// Outer source is not a known node's underlay address (anti-spoofing).
+    UnknownVtep => "unknown_vtep",
+    /// Inner frame or inner IP header truncated or malformed.
+    InnerMalformed => "inner_malformed",
+    /// Inner frame carries a VLAN tag.
+    InnerVlan => "inner_vlan",
+    /// Inner destination MAC is not this node's VTEP MAC (the kernel's PACKET_OTHERHOST).
+    InnerDstMacNotVtep => "inner_dst_mac_not_vtep",
+    /// Inner source MAC is this node's own VTEP MAC (a loop).
+    InnerSrcIsOwnVtep => "inner_src_is_own_vtep",
+    /// Inner frame is neither IPv4 nor IPv6.
+    InnerNotIp => "inner_not_ip",
+    /// Decapsulated packet addressed to another node's pod CIDR.
+    DecapForRemoteNode => "decap_for_remote_node",
+}
+
+/// A frame in a buffer with headroom: `buffer[head..head + len]` is the frame. The engine
+/// grows it at the front for encapsulation and shrinks it for decapsulation.
+#[derive(Debug)]
+pub struct Frame<'a> {
+    buffer: &'a mut [u8],
+    head: usize,
+    len: usize,
+}
+
+impl<'a> Frame<'a> {
+    /// A frame of `len` bytes starting `head` bytes into `buffer`.
+    ///
+    /// # Panics
+    /// If `head + len` exceeds the buffer: that is the I/O layer's bug, not bad input.
+    pub fn new(buffer: &'a mut [u8], head: usize, len: usize) -> Frame<'a> {
+        assert!(head.checked_add(len).is_some_and(|end| end <= buffer.len()), "frame outside buffer");
+        Frame { buffer, head, len }
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.buffer[self.head..self.head + self.len]
+    }
+
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer[self.head..self.head + self.len]
+    }
+
+    /// Offset of the frame's first byte in the buffer (the UMEM descriptor adds it).
+    pub fn head(&self) -> usize {
+        self.head
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Grows the frame by `n` bytes at the front; false when the headroom is too small.
+    fn push_head(&mut self, n: usize) -> bool {
+        if n > self.head {
+            return false;
+        }
+        self.head -= n;
+        self.len += n;
+        true
+    }
+
+    /// Drops the first `n` bytes (at most the frame's length).
+    fn pull_head(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.head += n;
+        self.len -= n;
+    }
+
+    /// Sets the length: trims Ethernet padding, or grows into tailroom; false when the buffer
+    /// is too small.
+    fn set_len(&mut self, len: usize) -> bool {
+        if self.head + len > self.buffer.len() {
+            return false;
+        }
+        self.len = len;
+        true
+    }
+}
+
+/// Per-worker counters: one instance per core, never shared, so plain integers suffice.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub encap: u64,
+    pub decap: u64,
+    pub local: u64,
+    pub reply: u64,
+    pub host: u64,
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            rx_frames: 0,
+            rx_bytes: 0,
+            encap: 0,
+            decap: 0,
+            local: 0,
+            reply: 0,
+            host: 0,
+            drops: [0; DropReason::COUNT],
+        }
+    }
+}
+
+impl Counters {
+    #[inline]
+    fn record(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Encap => self.encap += 1,
+            Verdict::Decap(_) => self.decap += 1,
+            Verdict::Local(_) => self.local += 1,
+            Verdict::Reply => self.reply += 1,
+            Verdict::Host => self.host += 1,
+            Verdict::Drop(reason) => self.drops[reason as usize] += 1,
+        }
+    }
+
+    /// Count of drops for one reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Adds another worker's counters into these (for totals).
+    pub fn merge(&mut self, other: &Counters) {
+        self.rx_frames += other.rx_frames;
+        self.rx_bytes += other.rx_bytes;
+        self.encap += other.encap;
+        self.decap += other.decap;
+        self.local += other.local;
+        self.reply += other.reply;
+        self.host += other.host;
+        for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// One worker's pipeline: the configuration, its counters and the per-worker state the
+/// outer headers need (the IPv4 identification counter).
+#[derive(Debug)]
+pub struct Pipeline {
+    config: EngineConfig,
+    counters: Counters,
+    next_ip_id: u16,
+}
+
+impl Pipeline {
+    pub fn new(config: EngineConfig) -> Pipeline {
+        Pipeline { config, counters: Counters::default(), next_ip_id: 0 }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Decides and applies a verdict for every frame of a batch received on `ingress`.
+    /// `verdicts[i]` is frame `i`'s verdict.
+    ///
+    /// # Panics
+    /// If `verdicts` and `frames` differ in length (a caller bug).
+    pub fn process_batch(
+        &mut self,
+        snapshot: &Snapshot,
+        ingress: Ingress,
+        frames: &mut [Frame<'_>],
+        verdicts: &mut [Verdict],
+    ) {
+        assert_eq!(frames.len(), verdicts.len(), "one verdict slot per frame");
+        for (frame, verdict) in frames.iter_mut().zip(verdicts.iter_mut()) {
+            *verdict = self.process_one(snapshot, ingress, frame);
+        }
+    }
+
+    /// The verdict for one frame (the batch loop's body).
+    #[inline]
+    pub fn process_one(&mut self, snapshot: &Snapshot, ingress: Ingress, frame: &mut Frame<'_>) -> Verdict {
+        self.counters.rx_frames += 1;
+        self.counters.rx_bytes += frame.len() as u64;
+        let verdict = match ingress {
+            Ingress::Uplink => uplink::process(self, snapshot, frame),
+            Ingress::Pod(id) => match snapshot.endpoints().get(id.0 as usize) {
+                Some(_) => pod::process(self, snapshot, id, frame),
+                None => Verdict::Drop(DropReason::UnknownIngress),
+            },
+        };
+        self.counters.record(verdict);
+        verdict
+    }
+}
+
+#[cfg(test)]
+mod tests;

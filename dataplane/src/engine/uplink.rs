@@ -1,0 +1,217 @@
+//! Frames received on the uplink: VXLAN for this node is validated the way the Linux vxlan
+//! device and Calico's anti-spoofing would, decapsulated and delivered to the local pod;
+//! everything else well-formed is the host's (SSH, ARP, kubelet: the XDP program passes most of
+//! it to the kernel before it gets here).
+
+use std::net::IpAddr;
+
+use crate::table::{RouteTarget, Snapshot};
+use crate::wire::{
+    EtherType, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket, VxlanPacket,
+};
+
+use super::flow;
+use super::pod::decrement_ttl;
+use super::{DropReason, Frame, Pipeline, Verdict};
+
+const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
+
+/// Where the VXLAN payload sits in an outer frame that passed the outer checks.
+struct Outer {
+    source: IpAddr,
+    /// Offset of the VXLAN header in the frame.
+    vxlan_start: usize,
+    /// End of the UDP datagram in the frame (outer Ethernet padding excluded).
+    udp_end: usize,
+}
+
+pub(super) fn process(pipeline: &mut Pipeline, snapshot: &Snapshot, frame: &mut Frame<'_>) -> Verdict {
+    let outer = {
+        let data = frame.data();
+        let Ok(eth) = EthernetFrame::new_checked(data) else {
+            return Verdict::Drop(DropReason::Truncated);
+        };
+        let outer = match eth.ethertype() {
+            EtherType::Ipv4 => outer_ipv4(pipeline, snapshot, &data[ETH..]),
+            EtherType::Ipv6 => outer_ipv6(pipeline, snapshot, &data[ETH..]),
+            _ => Err(Verdict::Host),
+        };
+        match outer {
+            Ok(outer) => outer,
+            Err(verdict) => return verdict,
+        }
+    };
+    decapsulate(pipeline, snapshot, frame, outer)
+}
+
+/// Outer IPv4 + UDP checks. `Err(Host)` for what is not VXLAN for this node.
+fn outer_ipv4(pipeline: &Pipeline, snapshot: &Snapshot, bytes: &[u8]) -> Result<Outer, Verdict> {
+    let Ok(ip) = Ipv4Packet::new_checked(bytes) else {
+        return Err(Verdict::Drop(DropReason::OuterMalformed));
+    };
+    if IpAddr::V4(ip.dst_addr()) != snapshot.local_node().underlay
+        || ip.protocol() != IpProtocol::Udp
+        || ip.frag_offset() != 0
+    {
+        // Later fragments carry no port: they may be anything UDP, so the kernel reassembles.
+        return Err(Verdict::Host);
+    }
+    if !ip.verify_checksum() {
+        return Err(Verdict::Drop(DropReason::OuterChecksum));
+    }
+    let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
+        return Err(Verdict::Drop(DropReason::OuterMalformed));
+    };
+    if udp.dst_port() != pipeline.config.vxlan_port {
+        return Err(Verdict::Host);
+    }
+    if ip.more_frags() {
+        return Err(Verdict::Drop(DropReason::OuterFragment));
+    }
+    let udp_start = ETH + ip.header_len();
+    Ok(Outer {
+        source: IpAddr::V4(ip.src_addr()),
+        vxlan_start: udp_start + UdpPacket::<&[u8]>::HEADER_LEN,
+        udp_end: udp_start + usize::from(udp.len()),
+    })
+}
+
+/// Outer IPv6 + UDP checks. Extension headers before UDP are left to the kernel.
+fn outer_ipv6(pipeline: &Pipeline, snapshot: &Snapshot, bytes: &[u8]) -> Result<Outer, Verdict> {
+    let Ok(ip) = Ipv6Packet::new_checked(bytes) else {
+        return Err(Verdict::Drop(DropReason::OuterMalformed));
+    };
+    if IpAddr::V6(ip.dst_addr()) != snapshot.local_node().underlay
+        || ip.next_header() != IpProtocol::Udp
+    {
+        return Err(Verdict::Host);
+    }
+    let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
+        return Err(Verdict::Drop(DropReason::OuterMalformed));
+    };
+    if udp.dst_port() != pipeline.config.vxlan_port {
+        return Err(Verdict::Host);
+    }
+    // RFC 8200 §8.1: a zero UDP checksum over IPv6 is invalid (Linux drops it unless the
+    // device enables udp6zerocsumrx).
+    if udp.checksum() == 0 {
+        return Err(Verdict::Drop(DropReason::OuterChecksum));
+    }
+    let udp_start = ETH + Ipv6Packet::<&[u8]>::HEADER_LEN;
+    Ok(Outer {
+        source: IpAddr::V6(ip.src_addr()),
+        vxlan_start: udp_start + UdpPacket::<&[u8]>::HEADER_LEN,
+        udp_end: udp_start + usize::from(udp.len()),
+    })
+}
+
+/// Inner facts gathered before the frame is rewritten.
+struct InnerPacket {
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+    ip_len: usize,
+    l4: crate::table::L4,
+}
+
+fn decapsulate(pipeline: &mut Pipeline, snapshot: &Snapshot, frame: &mut Frame<'_>, outer: Outer) -> Verdict {
+    let local = snapshot.local_node();
+    let inner_start = outer.vxlan_start + VxlanPacket::<&[u8]>::HEADER_LEN;
+    let inner = {
+        let data = frame.data();
+        match snapshot.node_by_underlay(outer.source) {
+            Some(node) if node != snapshot.local_node_id() => {}
+            _ => return Verdict::Drop(DropReason::UnknownVtep),
+        }
+        let Ok(vxlan) = VxlanPacket::new_checked(&data[outer.vxlan_start..outer.udp_end]) else {
+            return Verdict::Drop(DropReason::VxlanBadFlags);
+        };
+        if !vxlan.has_valid_flags() {
+            return Verdict::Drop(DropReason::VxlanBadFlags);
+        }
+        if vxlan.vni() != pipeline.config.vni {
+            return Verdict::Drop(DropReason::VniMismatch);
+        }
+        let inner_frame = &data[inner_start..outer.udp_end];
+        let Ok(eth) = EthernetFrame::new_checked(inner_frame) else {
+            return Verdict::Drop(DropReason::InnerMalformed);
+        };
+        if eth.is_vlan_tagged() {
+            return Verdict::Drop(DropReason::InnerVlan);
+        }
+        if eth.destination() != local.vtep_mac {
+            return Verdict::Drop(DropReason::InnerDstMacNotVtep);
+        }
+        if eth.source() == local.vtep_mac {
+            return Verdict::Drop(DropReason::InnerSrcIsOwnVtep);
+        }
+        let parsed = match eth.ethertype() {
+            EtherType::Ipv4 => inner_ipv4(&inner_frame[ETH..]),
+            EtherType::Ipv6 => inner_ipv6(&inner_frame[ETH..]),
+            _ => Err(DropReason::InnerNotIp),
+        };
+        match parsed {
+            Ok(inner) => inner,
+            Err(reason) => return Verdict::Drop(reason),
+        }
+    };
+
+    let target = snapshot.route(inner.dst);
+    match target {
+        Some(RouteTarget::Endpoint(id)) => {
+            let endpoint = snapshot.endpoint(id);
+            // Connection tracking (later issue) goes here, before the ingress policy.
+            if let Some(p) = endpoint.ingress_policy {
+                if !snapshot.policy(p).allows(inner.src, inner.l4) {
+                    return Verdict::Drop(DropReason::PolicyDeniedIngress);
+                }
+            }
+            if inner.ttl <= 1 {
+                return Verdict::Drop(DropReason::TtlExpired);
+            }
+            frame.pull_head(inner_start);
+            frame.set_len(ETH + inner.ip_len);
+            decrement_ttl(frame, inner.dst);
+            let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
+            eth.set_destination(endpoint.mac);
+            eth.set_source(pipeline.config.gateway_mac);
+            Verdict::Decap(id)
+        }
+        Some(RouteTarget::Node(node)) if node != snapshot.local_node_id() => {
+            Verdict::Drop(DropReason::DecapForRemoteNode)
+        }
+        // This node's own overlay address, or outside the cluster: the host routes it.
+        _ => {
+            frame.pull_head(inner_start);
+            frame.set_len(ETH + inner.ip_len);
+            Verdict::Host
+        }
+    }
+}
+
+fn inner_ipv4(bytes: &[u8]) -> Result<InnerPacket, DropReason> {
+    let ip = Ipv4Packet::new_checked(bytes).map_err(|_| DropReason::InnerMalformed)?;
+    if !ip.verify_checksum() {
+        return Err(DropReason::Ipv4Checksum);
+    }
+    let flow = flow::ipv4(&ip, DropReason::MalformedL4)?;
+    Ok(InnerPacket {
+        src: IpAddr::V4(ip.src_addr()),
+        dst: IpAddr::V4(ip.dst_addr()),
+        ttl: ip.ttl(),
+        ip_len: usize::from(ip.total_len()),
+        l4: flow.l4,
+    })
+}
+
+fn inner_ipv6(bytes: &[u8]) -> Result<InnerPacket, DropReason> {
+    let ip = Ipv6Packet::new_checked(bytes).map_err(|_| DropReason::InnerMalformed)?;
+    let flow = flow::ipv6(&ip, DropReason::InnerMalformed, DropReason::MalformedL4)?;
+    Ok(InnerPacket {
+        src: IpAddr::V6(ip.src_addr()),
+        dst: IpAddr::V6(ip.dst_addr()),
+        ttl: ip.hop_limit(),
+        ip_len: ip.total_len(),
+        l4: flow.l4,
+    })
+}

@@ -1,0 +1,307 @@
+//! IPv4 headers (RFC 791 §3.1), options included: the header length comes from IHL, and the
+//! payload ends where Total Length says (Ethernet may pad short frames beyond it).
+
+use std::net::Ipv4Addr;
+
+use super::checksum;
+use super::{IpProtocol, WireError, be16, put16};
+
+mod field {
+    pub(super) const VER_IHL: usize = 0;
+    pub(super) const DSCP_ECN: usize = 1;
+    pub(super) const LENGTH: usize = 2;
+    pub(super) const IDENT: usize = 4;
+    pub(super) const FLAGS_FRAG: usize = 6;
+    pub(super) const TTL: usize = 8;
+    pub(super) const PROTOCOL: usize = 9;
+    pub(super) const CHECKSUM: usize = 10;
+    pub(super) const SRC: usize = 12;
+    pub(super) const DST: usize = 16;
+    pub(super) const OPTIONS: usize = 20;
+}
+
+const FLAG_DF: u16 = 0x4000;
+const FLAG_MF: u16 = 0x2000;
+const FRAG_OFFSET_MASK: u16 = 0x1fff;
+
+/// RFC 791 §3.1:
+/// ```text
+///  0                   1                   2                   3
+/// |Version|  IHL  |Type of Service|          Total Length         |
+/// |         Identification        |Flags|      Fragment Offset    |
+/// |  Time to Live |    Protocol   |         Header Checksum       |
+/// |                       Source Address                          |
+/// |                    Destination Address                        |
+/// |                    Options                    |    Padding    |
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Ipv4Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Ipv4Packet<T> {
+    /// Length of a header without options.
+    pub const MIN_HEADER_LEN: usize = field::OPTIONS;
+
+    pub fn new_unchecked(buffer: T) -> Self {
+        Ipv4Packet { buffer }
+    }
+
+    /// Verifies version 4, IHL ≥ 5, the header inside the buffer, and
+    /// header length ≤ Total Length ≤ buffer length. The checksum is not verified here
+    /// (see [`verify_checksum`](Self::verify_checksum)).
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let b = buffer.as_ref();
+        if b.len() < field::OPTIONS {
+            return Err(WireError::Truncated);
+        }
+        if b[field::VER_IHL] >> 4 != 4 {
+            return Err(WireError::BadVersion);
+        }
+        let header_len = usize::from(b[field::VER_IHL] & 0x0f) * 4;
+        let total_len = usize::from(be16(b, field::LENGTH));
+        if header_len < field::OPTIONS || header_len > total_len || total_len > b.len() {
+            return Err(WireError::BadLength);
+        }
+        Ok(Ipv4Packet { buffer })
+    }
+
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    pub fn header_len(&self) -> usize {
+        usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
+    }
+
+    pub fn dscp_ecn(&self) -> u8 {
+        self.buffer.as_ref()[field::DSCP_ECN]
+    }
+
+    pub fn total_len(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::LENGTH)
+    }
+
+    pub fn ident(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::IDENT)
+    }
+
+    pub fn dont_frag(&self) -> bool {
+        be16(self.buffer.as_ref(), field::FLAGS_FRAG) & FLAG_DF != 0
+    }
+
+    pub fn more_frags(&self) -> bool {
+        be16(self.buffer.as_ref(), field::FLAGS_FRAG) & FLAG_MF != 0
+    }
+
+    /// Fragment offset in 8-byte units.
+    pub fn frag_offset(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::FLAGS_FRAG) & FRAG_OFFSET_MASK
+    }
+
+    /// True for any fragment (first or not): MF set or a non-zero offset.
+    pub fn is_fragment(&self) -> bool {
+        be16(self.buffer.as_ref(), field::FLAGS_FRAG) & (FLAG_MF | FRAG_OFFSET_MASK) != 0
+    }
+
+    pub fn ttl(&self) -> u8 {
+        self.buffer.as_ref()[field::TTL]
+    }
+
+    pub fn protocol(&self) -> IpProtocol {
+        self.buffer.as_ref()[field::PROTOCOL].into()
+    }
+
+    pub fn checksum(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::CHECKSUM)
+    }
+
+    pub fn src_addr(&self) -> Ipv4Addr {
+        let b = self.buffer.as_ref();
+        Ipv4Addr::new(b[field::SRC], b[field::SRC + 1], b[field::SRC + 2], b[field::SRC + 3])
+    }
+
+    pub fn dst_addr(&self) -> Ipv4Addr {
+        let b = self.buffer.as_ref();
+        Ipv4Addr::new(b[field::DST], b[field::DST + 1], b[field::DST + 2], b[field::DST + 3])
+    }
+
+    /// The options bytes (empty when IHL is 5).
+    pub fn options(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::OPTIONS..self.header_len()]
+    }
+
+    /// True when the header sums to 0xffff (RFC 1071).
+    pub fn verify_checksum(&self) -> bool {
+        checksum::sum(0, &self.buffer.as_ref()[..self.header_len()]) == 0xffff
+    }
+
+    /// The payload up to Total Length, excluding any Ethernet padding.
+    pub fn payload(&self) -> &[u8] {
+        let b = self.buffer.as_ref();
+        &b[self.header_len()..usize::from(self.total_len())]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
+    /// Writes version 4 and the header length (a multiple of 4, 20..=60).
+    pub fn set_version_and_header_len(&mut self, header_len: usize) {
+        self.buffer.as_mut()[field::VER_IHL] = 0x40 | ((header_len / 4) as u8 & 0x0f);
+    }
+
+    pub fn set_dscp_ecn(&mut self, value: u8) {
+        self.buffer.as_mut()[field::DSCP_ECN] = value;
+    }
+
+    pub fn set_total_len(&mut self, len: u16) {
+        put16(self.buffer.as_mut(), field::LENGTH, len);
+    }
+
+    pub fn set_ident(&mut self, ident: u16) {
+        put16(self.buffer.as_mut(), field::IDENT, ident);
+    }
+
+    /// Sets the flags (DF only; MF is never set by podlane) and a zero fragment offset.
+    pub fn set_dont_frag_no_offset(&mut self, dont_frag: bool) {
+        put16(self.buffer.as_mut(), field::FLAGS_FRAG, if dont_frag { FLAG_DF } else { 0 });
+    }
+
+    pub fn set_ttl(&mut self, ttl: u8) {
+        self.buffer.as_mut()[field::TTL] = ttl;
+    }
+
+    pub fn set_protocol(&mut self, protocol: IpProtocol) {
+        self.buffer.as_mut()[field::PROTOCOL] = protocol.into();
+    }
+
+    pub fn set_checksum(&mut self, value: u16) {
+        put16(self.buffer.as_mut(), field::CHECKSUM, value);
+    }
+
+    pub fn set_src_addr(&mut self, addr: Ipv4Addr) {
+        self.buffer.as_mut()[field::SRC..field::SRC + 4].copy_from_slice(&addr.octets());
+    }
+
+    pub fn set_dst_addr(&mut self, addr: Ipv4Addr) {
+        self.buffer.as_mut()[field::DST..field::DST + 4].copy_from_slice(&addr.octets());
+    }
+
+    /// Recomputes the header checksum from scratch.
+    pub fn fill_checksum(&mut self) {
+        self.set_checksum(0);
+        let len = self.header_len();
+        let value = checksum::checksum(&self.buffer.as_ref()[..len]);
+        self.set_checksum(value);
+    }
+
+    /// Decrements TTL by one and patches the checksum incrementally (RFC 1624), as a router
+    /// does. Returns the new TTL; the caller drops the packet first when TTL ≤ 1.
+    pub fn decrement_ttl(&mut self) -> u8 {
+        let b = self.buffer.as_mut();
+        let old_word = be16(b, field::TTL);
+        b[field::TTL] = b[field::TTL].wrapping_sub(1);
+        let new_word = be16(b, field::TTL);
+        let updated = checksum::update_u16(be16(b, field::CHECKSUM), old_word, new_word);
+        put16(b, field::CHECKSUM, updated);
+        b[field::TTL]
+    }
+
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let (start, end) = (self.header_len(), usize::from(self.total_len()));
+        &mut self.buffer.as_mut()[start..end]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ICMP echo 10.244.1.2 → 10.244.2.3 with a 4-byte Record Route-style option (IHL 6).
+    fn fixture() -> Vec<u8> {
+        let mut b = vec![
+            0x46, 0x00, 0x00, 0x20, 0xbe, 0xef, 0x40, 0x00, 0x40, 0x01, 0x00, 0x00, 10, 244, 1,
+            2, 10, 244, 2, 3, 0x01, 0x01, 0x01, 0x00, // options: NOP NOP NOP EOL
+            0x08, 0x00, 0xf7, 0xff, 0x00, 0x00, 0x00, 0x00, // ICMP echo request
+            0x00, 0x00, // Ethernet padding beyond Total Length
+        ];
+        let c = checksum::checksum(&b[..24]);
+        b[10..12].copy_from_slice(&c.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn parse_with_options_and_padding() {
+        let bytes = fixture();
+        let ip = Ipv4Packet::new_checked(&bytes[..]).unwrap();
+        assert_eq!(ip.header_len(), 24);
+        assert_eq!(ip.options(), &[1, 1, 1, 0]);
+        assert_eq!(ip.total_len(), 32);
+        assert_eq!(ip.ident(), 0xbeef);
+        assert!(ip.dont_frag());
+        assert!(!ip.is_fragment());
+        assert_eq!(ip.ttl(), 64);
+        assert_eq!(ip.protocol(), IpProtocol::Icmp);
+        assert_eq!(ip.src_addr(), Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(ip.dst_addr(), Ipv4Addr::new(10, 244, 2, 3));
+        assert_eq!(ip.payload().len(), 8, "padding is not payload");
+        assert!(ip.verify_checksum());
+    }
+
+    #[test]
+    fn ttl_decrement_keeps_checksum_valid() {
+        let mut bytes = fixture();
+        let mut ip = Ipv4Packet::new_checked(&mut bytes[..]).unwrap();
+        assert_eq!(ip.decrement_ttl(), 63);
+        assert!(ip.verify_checksum());
+        let incremental = ip.checksum();
+        ip.fill_checksum();
+        assert_eq!(ip.checksum(), incremental);
+    }
+
+    #[test]
+    fn emit_round_trip() {
+        let original = fixture();
+        let mut bytes = vec![0u8; original.len()];
+        let mut ip = Ipv4Packet::new_unchecked(&mut bytes[..]);
+        ip.set_version_and_header_len(24);
+        ip.set_total_len(32);
+        ip.set_ident(0xbeef);
+        ip.set_dont_frag_no_offset(true);
+        ip.set_ttl(64);
+        ip.set_protocol(IpProtocol::Icmp);
+        ip.set_src_addr(Ipv4Addr::new(10, 244, 1, 2));
+        ip.set_dst_addr(Ipv4Addr::new(10, 244, 2, 3));
+        bytes[20..].copy_from_slice(&original[20..]);
+        Ipv4Packet::new_unchecked(&mut bytes[..]).fill_checksum();
+        assert_eq!(bytes, original);
+    }
+
+    #[test]
+    fn impossible_lengths() {
+        let bytes = fixture();
+        assert_eq!(Ipv4Packet::new_checked(&bytes[..19]).unwrap_err(), WireError::Truncated);
+        let mut b = bytes.clone();
+        b[0] = 0x64;
+        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), WireError::BadVersion);
+        let mut b = bytes.clone();
+        b[0] = 0x44; // IHL 4 < 5
+        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), WireError::BadLength);
+        let mut b = bytes.clone();
+        b[0] = 0x4f; // IHL 15 = 60 bytes > total length
+        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), WireError::BadLength);
+        let mut b = bytes.clone();
+        b[2..4].copy_from_slice(&100u16.to_be_bytes());
+        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), WireError::BadLength);
+    }
+
+    #[test]
+    fn fragments_detected() {
+        let mut b = fixture();
+        b[6..8].copy_from_slice(&0x2000u16.to_be_bytes());
+        assert!(Ipv4Packet::new_checked(&b[..]).unwrap().is_fragment());
+        b[6..8].copy_from_slice(&0x0010u16.to_be_bytes());
+        let ip = Ipv4Packet::new_checked(&b[..]).unwrap();
+        assert!(ip.is_fragment());
+        assert_eq!(ip.frag_offset(), 16);
+    }
+}
