@@ -27,6 +27,7 @@ fn port_protocol(protocol: IpProtocol) -> Option<PortProtocol> {
 
 /// Reads the ports at the start of a TCP/UDP/SCTP header (all three put source and
 /// destination port in the first four bytes).
+#[inline]
 fn with_ports(protocol: IpProtocol, l4: &[u8], malformed: DropReason) -> Result<Flow, DropReason> {
     let raw = u8::from(protocol);
     match port_protocol(protocol) {
@@ -43,6 +44,7 @@ fn with_ports(protocol: IpProtocol, l4: &[u8], malformed: DropReason) -> Result<
 
 /// The flow of an IPv4 packet. Later fragments carry no ports: they match only port-less
 /// rules until connection tracking (a later issue) remembers the first fragment.
+#[inline]
 pub(crate) fn ipv4<T: AsRef<[u8]>>(ip: &Ipv4Packet<T>, malformed: DropReason) -> Result<Flow, DropReason> {
     let protocol = ip.protocol();
     if ip.frag_offset() != 0 {
@@ -53,6 +55,7 @@ pub(crate) fn ipv4<T: AsRef<[u8]>>(ip: &Ipv4Packet<T>, malformed: DropReason) ->
 
 /// The flow of an IPv6 packet, walking extension headers. ESP and over-long chains have no
 /// visible ports (`Other`); truncated extension headers are malformed.
+#[inline]
 pub(crate) fn ipv6<T: AsRef<[u8]>>(
     ip: &Ipv6Packet<T>,
     malformed_ip: DropReason,

@@ -15,7 +15,7 @@ use crate::wire::{
 
 use super::encap::{self, Inner};
 use super::flow::{self, Flow};
-use super::{DropReason, Frame, Pipeline, Verdict};
+use super::{DropReason, Frame, Pipeline, RouteHint, Verdict};
 
 const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
 
@@ -24,13 +24,14 @@ pub(super) fn process(
     snapshot: &Snapshot,
     src_id: EndpointId,
     frame: &mut Frame<'_>,
+    hint: RouteHint,
 ) -> Verdict {
     let Ok(eth) = EthernetFrame::new_checked(frame.data()) else {
         return Verdict::Drop(DropReason::Truncated);
     };
     match eth.ethertype() {
-        EtherType::Ipv4 => ipv4(pipeline, snapshot, src_id, frame),
-        EtherType::Ipv6 => ipv6(pipeline, snapshot, src_id, frame),
+        EtherType::Ipv4 => ipv4(pipeline, snapshot, src_id, frame, hint),
+        EtherType::Ipv6 => ipv6(pipeline, snapshot, src_id, frame, hint),
         EtherType::Arp => arp(pipeline, frame),
         EtherType::Vlan | EtherType::QinQ => Verdict::Drop(DropReason::VlanTagged),
         EtherType::Unknown(_) => Verdict::Drop(DropReason::UnsupportedEtherType),
@@ -77,7 +78,13 @@ struct Packet {
     flow: Flow,
 }
 
-fn ipv4(pipeline: &mut Pipeline, snapshot: &Snapshot, src_id: EndpointId, frame: &mut Frame<'_>) -> Verdict {
+fn ipv4(
+    pipeline: &mut Pipeline,
+    snapshot: &Snapshot,
+    src_id: EndpointId,
+    frame: &mut Frame<'_>,
+    hint: RouteHint,
+) -> Verdict {
     let packet = {
         let data = frame.data();
         let Ok(ip) = Ipv4Packet::new_checked(&data[ETH..]) else {
@@ -106,10 +113,16 @@ fn ipv4(pipeline: &mut Pipeline, snapshot: &Snapshot, src_id: EndpointId, frame:
             flow,
         }
     };
-    forward(pipeline, snapshot, src_id, frame, packet)
+    forward(pipeline, snapshot, src_id, frame, packet, hint)
 }
 
-fn ipv6(pipeline: &mut Pipeline, snapshot: &Snapshot, src_id: EndpointId, frame: &mut Frame<'_>) -> Verdict {
+fn ipv6(
+    pipeline: &mut Pipeline,
+    snapshot: &Snapshot,
+    src_id: EndpointId,
+    frame: &mut Frame<'_>,
+    hint: RouteHint,
+) -> Verdict {
     let packet = {
         let data = frame.data();
         let Ok(ip) = Ipv6Packet::new_checked(&data[ETH..]) else {
@@ -147,7 +160,7 @@ fn ipv6(pipeline: &mut Pipeline, snapshot: &Snapshot, src_id: EndpointId, frame:
             flow,
         }
     };
-    forward(pipeline, snapshot, src_id, frame, packet)
+    forward(pipeline, snapshot, src_id, frame, packet, hint)
 }
 
 /// Routes, polices and rewrites a pod's IP packet.
@@ -157,6 +170,7 @@ fn forward(
     src_id: EndpointId,
     frame: &mut Frame<'_>,
     packet: Packet,
+    hint: RouteHint,
 ) -> Verdict {
     let source = snapshot.endpoint(src_id);
     if !source.owns(packet.src) {
@@ -168,7 +182,7 @@ fn forward(
     };
     // Connection tracking (later issue) goes here: a packet of an established, allowed
     // connection skips both policy checks, which is what lets replies through.
-    match snapshot.route(packet.dst) {
+    match hint.route(snapshot, packet.dst) {
         Some(RouteTarget::Endpoint(dst_id)) => {
             if !egress_allowed() {
                 return Verdict::Drop(DropReason::PolicyDeniedEgress);
@@ -230,6 +244,7 @@ fn key(ip: IpAddr) -> u128 {
 
 /// Decrements TTL (with an incremental checksum update) or hop limit of the IP packet after
 /// the Ethernet header. The caller checked TTL > 1 and the header's validity.
+#[inline]
 pub(super) fn decrement_ttl(frame: &mut Frame<'_>, family: IpAddr) {
     let ip = &mut frame.data_mut()[ETH..];
     match family {

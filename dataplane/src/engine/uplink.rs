@@ -45,6 +45,7 @@ pub(super) fn process(pipeline: &mut Pipeline, snapshot: &Snapshot, frame: &mut 
 }
 
 /// Outer IPv4 + UDP checks. `Err(Host)` for what is not VXLAN for this node.
+#[inline(always)]
 fn outer_ipv4(pipeline: &Pipeline, snapshot: &Snapshot, bytes: &[u8]) -> Result<Outer, Verdict> {
     let Ok(ip) = Ipv4Packet::new_checked(bytes) else {
         return Err(Verdict::Drop(DropReason::OuterMalformed));
@@ -77,6 +78,7 @@ fn outer_ipv4(pipeline: &Pipeline, snapshot: &Snapshot, bytes: &[u8]) -> Result<
 }
 
 /// Outer IPv6 + UDP checks. Extension headers before UDP are left to the kernel.
+#[inline(always)]
 fn outer_ipv6(pipeline: &Pipeline, snapshot: &Snapshot, bytes: &[u8]) -> Result<Outer, Verdict> {
     let Ok(ip) = Ipv6Packet::new_checked(bytes) else {
         return Err(Verdict::Drop(DropReason::OuterMalformed));
@@ -114,6 +116,7 @@ struct InnerPacket {
     l4: crate::table::L4,
 }
 
+#[inline(always)]
 fn decapsulate(pipeline: &mut Pipeline, snapshot: &Snapshot, frame: &mut Frame<'_>, outer: Outer) -> Verdict {
     let local = snapshot.local_node();
     let inner_start = outer.vxlan_start + VxlanPacket::<&[u8]>::HEADER_LEN;
@@ -189,6 +192,7 @@ fn decapsulate(pipeline: &mut Pipeline, snapshot: &Snapshot, frame: &mut Frame<'
     }
 }
 
+#[inline(always)]
 fn inner_ipv4(bytes: &[u8]) -> Result<InnerPacket, DropReason> {
     let ip = Ipv4Packet::new_checked(bytes).map_err(|_| DropReason::InnerMalformed)?;
     if !ip.verify_checksum() {
@@ -204,6 +208,7 @@ fn inner_ipv4(bytes: &[u8]) -> Result<InnerPacket, DropReason> {
     })
 }
 
+#[inline(always)]
 fn inner_ipv6(bytes: &[u8]) -> Result<InnerPacket, DropReason> {
     let ip = Ipv6Packet::new_checked(bytes).map_err(|_| DropReason::InnerMalformed)?;
     let flow = flow::ipv6(&ip, DropReason::InnerMalformed, DropReason::MalformedL4)?;

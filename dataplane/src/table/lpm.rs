@@ -93,6 +93,20 @@ impl Lpm {
         entry.checked_sub(1)
     }
 
+    /// [`lookup`](Self::lookup) for a table of IPv4 keys, on 32-bit arithmetic: the same
+    /// walk, since an IPv4 key's bits are the top 32 of its left-aligned form.
+    #[inline]
+    pub fn lookup_v4(&self, addr: u32) -> Option<u32> {
+        let mut entry = self.root[(addr >> (32 - ROOT_STRIDE)) as usize];
+        let mut start = ROOT_STRIDE;
+        while entry & CHILD != 0 && start < 32 {
+            let chunk = (entry & !CHILD) as usize * CHUNK;
+            entry = self.chunks[chunk + ((addr << start) >> (32 - STRIDE)) as usize];
+            start += STRIDE;
+        }
+        entry.checked_sub(1)
+    }
+
     /// Number of distinct prefixes installed.
     pub fn len(&self) -> usize {
         self.prefixes
@@ -271,6 +285,9 @@ mod tests {
         }
         for ip in all {
             assert_eq!(lpm.lookup(key_of(ip)), oracle(&routes, ip), "lookup of {ip}");
+            if let IpAddr::V4(a) = ip {
+                assert_eq!(lpm.lookup_v4(u32::from(a)), oracle(&routes, ip), "lookup_v4 of {ip}");
+            }
         }
     }
 

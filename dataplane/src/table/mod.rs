@@ -207,13 +207,17 @@ impl Hasher for FastHasher {
         self.write_u64((n >> 64) as u64);
     }
 
+    /// The multiply mixes bits only upwards, while hashbrown picks buckets with the low bits:
+    /// without the rotation, pod addresses that share their low bits (block-aligned IPAM)
+    /// collide into long probe sequences. Rotating brings the well-mixed high bits down (as
+    /// rustc-hash 2 does).
     #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        self.0.rotate_left(26)
     }
 }
 
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// An immutable, validated set of tables. Workers hold an `Arc<Snapshot>` for one batch.
 #[derive(Debug)]
@@ -447,7 +451,7 @@ impl Snapshot {
     #[inline]
     pub fn route(&self, dst: IpAddr) -> Option<RouteTarget> {
         let value = match dst {
-            IpAddr::V4(_) => self.routes_v4.lookup(cidr::key_of(dst)),
+            IpAddr::V4(a) => self.routes_v4.lookup_v4(u32::from(a)),
             IpAddr::V6(_) => self.routes_v6.lookup(cidr::key_of(dst)),
         }?;
         Some(if value & ROUTE_ENDPOINT != 0 {
@@ -464,6 +468,46 @@ impl Snapshot {
             IpAddr::V4(a) => self.node_by_underlay_v4.get(&u32::from(a)).copied(),
             IpAddr::V6(a) => self.node_by_underlay_v6.get(&u128::from(a)).copied(),
         }
+    }
+
+    /// Heap bytes held by the tables, counted structurally (containers' capacities and the
+    /// strings they own; hash maps as capacity × entry size). An estimate for reports, not a
+    /// substitute for measuring the process.
+    pub fn memory_bytes(&self) -> usize {
+        fn map_bytes<K, V, S>(m: &HashMap<K, V, S>) -> usize {
+            m.capacity() * (std::mem::size_of::<(K, V)>() + 1)
+        }
+        let nodes: usize = self
+            .nodes
+            .iter()
+            .map(|n| {
+                std::mem::size_of::<Node>()
+                    + n.name.capacity()
+                    + n.pod_cidrs.capacity() * std::mem::size_of::<Cidr>()
+            })
+            .sum();
+        let endpoints: usize = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                std::mem::size_of::<Endpoint>()
+                    + e.namespace.capacity()
+                    + e.name.capacity()
+                    + e.interface.capacity()
+                    + e.ips.capacity() * std::mem::size_of::<IpAddr>()
+                    + e.labels.iter().map(|(k, v)| k.capacity() + v.capacity() + 48).sum::<usize>()
+            })
+            .sum();
+        let policies: usize = self.policies.iter().map(|p| p.memory_bytes()).sum();
+        nodes
+            + endpoints
+            + policies
+            + self.routes_v4.memory_bytes()
+            + self.routes_v6.memory_bytes()
+            + map_bytes(&self.node_by_underlay_v4)
+            + map_bytes(&self.node_by_underlay_v6)
+            + map_bytes(&self.endpoint_by_interface)
+            + map_bytes(&self.policy_index)
     }
 
     /// Route entries per family (v4, v6).
@@ -534,5 +578,157 @@ impl SnapshotCell {
         let next = Snapshot::build(spec, generation)?;
         self.current.store(Arc::new(next));
         Ok(generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(last: u8) -> MacAddr {
+        MacAddr([0x0a, 0x58, 0, 0, 0, last])
+    }
+
+    fn node(name: &str, underlay: &str, cidr: &str, last: u8) -> NodeSpec {
+        NodeSpec {
+            name: name.into(),
+            underlay: underlay.parse().unwrap(),
+            vtep_mac: Some(mac(last)),
+            next_hop_mac: Some(mac(100 + last)),
+            pod_cidrs: vec![cidr.parse().unwrap()],
+        }
+    }
+
+    fn endpoint(name: &str, ip: &str, interface: &str) -> EndpointSpec {
+        EndpointSpec {
+            namespace: "default".into(),
+            name: name.into(),
+            labels: BTreeMap::from([("app".into(), name.into())]),
+            ips: vec![ip.parse().unwrap()],
+            mac: mac(200),
+            interface: interface.into(),
+            ingress_policy: None,
+            egress_policy: None,
+        }
+    }
+
+    fn good() -> TableSpec {
+        TableSpec {
+            local_node: "a".into(),
+            nodes: vec![
+                node("a", "192.168.50.1", "10.244.1.0/24", 1),
+                node("b", "192.168.50.2", "10.244.2.0/24", 2),
+            ],
+            endpoints: vec![endpoint("web", "10.244.1.2", "veth1"), endpoint("db", "10.244.1.3", "veth2")],
+            policies: vec![PolicySpec { name: "deny".into(), rules: vec![] }],
+        }
+    }
+
+    #[test]
+    fn builds_routes_and_lookups() {
+        let snap = Snapshot::build(&good(), 7).unwrap();
+        assert_eq!(snap.generation(), 7);
+        assert_eq!(snap.local_node().name, "a");
+        let web = snap.endpoint_by_interface("veth1").unwrap();
+        assert_eq!(snap.route("10.244.1.2".parse().unwrap()), Some(RouteTarget::Endpoint(web)));
+        assert_eq!(snap.route("10.244.1.9".parse().unwrap()), Some(RouteTarget::Node(NodeId(0))));
+        assert_eq!(snap.route("10.244.2.9".parse().unwrap()), Some(RouteTarget::Node(NodeId(1))));
+        assert_eq!(snap.route("10.9.0.1".parse().unwrap()), None);
+        assert_eq!(snap.node_by_underlay("192.168.50.2".parse().unwrap()), Some(NodeId(1)));
+        assert_eq!(snap.node_by_underlay("192.168.50.3".parse().unwrap()), None);
+        assert_eq!(snap.route_counts(), (4, 0));
+    }
+
+    /// Each broken table is rejected with the error that names the offending entry.
+    #[test]
+    fn inconsistent_tables_are_typed_errors() {
+        let cases: Vec<(Box<dyn Fn(&mut TableSpec)>, &str)> = vec![
+            (Box::new(|s| s.local_node = "z".into()), "local node \"z\" is not in the node table"),
+            (Box::new(|s| s.nodes[1].name = "a".into()), "node \"a\" appears twice"),
+            (Box::new(|s| s.nodes[1].vtep_mac = None), "node \"b\" has no VTEP MAC"),
+            (
+                Box::new(|s| s.nodes[1].vtep_mac = Some(MacAddr::BROADCAST)),
+                "node \"b\": VTEP MAC ff:ff:ff:ff:ff:ff is multicast or zero",
+            ),
+            (
+                Box::new(|s| s.nodes[1].underlay = "192.168.50.1".parse().unwrap()),
+                "nodes \"a\" and \"b\" share the underlay address 192.168.50.1",
+            ),
+            (
+                Box::new(|s| s.nodes[1].underlay = "fd00::2".parse().unwrap()),
+                "node \"b\": underlay fd00::2 is not the same IP family as the local node's",
+            ),
+            (
+                Box::new(|s| s.nodes[1].pod_cidrs = vec!["10.244.0.0/16".parse().unwrap()]),
+                "pod CIDR 10.244.0.0/16 of node \"b\" overlaps 10.244.1.0/24 of node \"a\"",
+            ),
+            (Box::new(|s| s.endpoints[1].name = "web".into()), "endpoint default/web appears twice"),
+            (Box::new(|s| s.endpoints[1].ips.clear()), "endpoint default/db has no IP address"),
+            (
+                Box::new(|s| s.endpoints[1].ips = vec!["10.244.1.2".parse().unwrap()]),
+                "pod IP 10.244.1.2 belongs to both default/web and default/db",
+            ),
+            (
+                Box::new(|s| s.endpoints[1].ips = vec!["10.244.2.3".parse().unwrap()]),
+                "endpoint default/db: 10.244.2.3 is outside every pod CIDR of this node (\"a\")",
+            ),
+            (
+                Box::new(|s| s.endpoints[1].interface = "veth1".into()),
+                "interface \"veth1\" is used by both default/web and default/db",
+            ),
+            (
+                Box::new(|s| s.endpoints[1].ingress_policy = Some("nope".into())),
+                "endpoint default/db refers to unknown policy \"nope\"",
+            ),
+            (Box::new(|s| s.policies.push(s.policies[0].clone())), "policy \"deny\" appears twice"),
+            (
+                Box::new(|s| s.endpoints[0].mac = MacAddr::ZERO),
+                "endpoint default/web: MAC 00:00:00:00:00:00 is multicast or zero",
+            ),
+        ];
+        for (break_it, message) in cases {
+            let mut spec = good();
+            break_it(&mut spec);
+            let err = Snapshot::build(&spec, 1).unwrap_err();
+            assert_eq!(err.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn rejected_update_keeps_the_snapshot_in_force() {
+        let cell = SnapshotCell::new(Snapshot::build(&good(), 1).unwrap());
+        let mut bad = good();
+        bad.nodes[1].vtep_mac = None;
+        assert!(matches!(cell.update(&bad), Err(TableError::MissingVtepMac { .. })));
+        assert_eq!(cell.load().generation(), 1);
+        assert_eq!(cell.load().nodes().len(), 2);
+        let mut next = good();
+        next.endpoints.pop();
+        assert_eq!(cell.update(&next).unwrap(), 2);
+        assert_eq!(cell.load().endpoints().len(), 1);
+        // A reader holding the old snapshot keeps it, unchanged, until it lets go.
+        let held = cell.load_full();
+        cell.update(&good()).unwrap();
+        assert_eq!(held.generation(), 2);
+        assert_eq!(cell.load().generation(), 3);
+    }
+
+    #[test]
+    fn spec_json_round_trip() {
+        let mut spec = good();
+        spec.policies.push(PolicySpec {
+            name: "web".into(),
+            rules: vec![RuleSpec {
+                peers: vec![PeerSpec { cidr: "10.0.0.0/8".parse().unwrap(), except: vec!["10.1.0.0/16".parse().unwrap()] }],
+                ports: vec![PortSpec { protocol: PortProtocol::Tcp, port: Some(80), end_port: Some(90) }],
+            }],
+        });
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains("\"endPort\":90"), "{json}");
+        assert!(json.contains("\"vtep_mac\":\"0a:58:00:00:00:01\""), "{json}");
+        let back: TableSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, spec);
+        let err = serde_json::from_str::<TableSpec>(&json.replace("10.0.0.0/8", "10.0.0.1/8")).unwrap_err();
+        assert!(err.to_string().contains("has host bits set"), "{err}");
     }
 }

@@ -23,6 +23,15 @@ pub fn sum(initial: u32, bytes: &[u8]) -> u16 {
     fold(acc)
 }
 
+/// [`sum`] of an option-less IPv4 header, unrolled: the per-frame case (outer header on every
+/// encapsulation, inner and outer header verification on every decapsulation), where the
+/// generic loop showed up at 12 % of the encap profile.
+#[inline(always)]
+pub fn sum_20(header: &[u8; 20]) -> u16 {
+    let w = |i: usize| u64::from(u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]));
+    fold(w(0) + w(4) + w(8) + w(12) + w(16))
+}
+
 /// Folds a wide one's-complement accumulator to 16 bits.
 #[inline]
 pub fn fold(mut acc: u64) -> u16 {
@@ -84,6 +93,18 @@ mod tests {
     #[test]
     fn rfc1071_example() {
         assert_eq!(sum(0, &[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0xddf2);
+    }
+
+    #[test]
+    fn unrolled_matches_generic() {
+        let mut h = [0u8; 20];
+        for seed in 0..200u32 {
+            for (i, b) in h.iter_mut().enumerate() {
+                *b = (seed.wrapping_mul(2_654_435_761).rotate_left(i as u32) >> 7) as u8;
+            }
+            assert_eq!(sum_20(&h), sum(0, &h));
+        }
+        assert_eq!(sum_20(&[0xff; 20]), sum(0, &[0xff; 20]));
     }
 
     #[test]
