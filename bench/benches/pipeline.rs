@@ -16,6 +16,9 @@ use dataplane::engine::{Frame, Ingress, Pipeline, Verdict};
 use dataplane::table::{EndpointId, Snapshot};
 use podlane_bench::fixture::{self, ClusterParams};
 
+/// (benchmark id, ingress, frames, the verdict every frame must get).
+type Case = (&'static str, Ingress, Vec<Vec<u8>>, fn(&Verdict) -> bool);
+
 const BATCH: usize = 64;
 const HEADROOM: usize = 256;
 const FRAME_LEN: usize = 64;
@@ -50,7 +53,11 @@ impl Batch {
     }
 
     fn frames(&mut self) -> Vec<Frame<'_>> {
-        self.buffers.iter_mut().zip(&self.lens).map(|(b, &len)| Frame::new(b, HEADROOM, len)).collect()
+        self.buffers
+            .iter_mut()
+            .zip(&self.lens)
+            .map(|(b, &len)| Frame::new(b, HEADROOM, len))
+            .collect()
     }
 }
 
@@ -79,9 +86,10 @@ fn bench_pipeline(c: &mut Criterion) {
         .take(BATCH)
         .collect();
     let decap = fixture::decap_frames(&params, &config, BATCH, FRAME_LEN);
-    let arp: Vec<Vec<u8>> = (0..BATCH).map(|_| fixture::arp_request(&params, &config, pod)).collect();
+    let arp: Vec<Vec<u8>> =
+        (0..BATCH).map(|_| fixture::arp_request(&params, &config, pod)).collect();
 
-    let cases: [(&str, Ingress, Vec<Vec<u8>>, fn(&Verdict) -> bool); 4] = [
+    let cases: [Case; 4] = [
         ("encap", ingress_pod, encap, |v| *v == Verdict::Encap),
         ("decap", Ingress::Uplink, decap, |v| matches!(v, Verdict::Decap(_))),
         ("local", ingress_pod, local, |v| matches!(v, Verdict::Local(_))),

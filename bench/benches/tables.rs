@@ -17,19 +17,23 @@ fn bench_tables(c: &mut Criterion) {
     group.throughput(Throughput::Elements(LOOKUPS as u64));
     for rules in [10usize, 1000, 10_000] {
         let params = ClusterParams { rules_per_policy: rules, ..ClusterParams::bench() };
-        let policy = CompiledPolicy::compile(&fixture::policy(&params, "p", &mut Rng::new(5))).unwrap();
+        let policy =
+            CompiledPolicy::compile(&fixture::policy(&params, "p", &mut Rng::new(5))).unwrap();
         // Peers: half are /32 members of the policy's rules' universe (cluster pods), half not.
         let mut rng = Rng::new(11);
         let probes: Vec<(IpAddr, L4)> = (0..LOOKUPS)
             .map(|_| {
                 let node = rng.below(params.nodes);
                 let ip = fixture::pod_ip(&params, node, rng.below(20));
-                let port = if rng.below(2) == 0 { fixture::ALLOWED_PORT } else { rng.below(5000) as u16 };
+                let port =
+                    if rng.below(2) == 0 { fixture::ALLOWED_PORT } else { rng.below(5000) as u16 };
                 (IpAddr::V4(ip), L4::Ports { protocol: PortProtocol::Tcp, port })
             })
             .collect();
         group.bench_with_input(BenchmarkId::new("allows", rules), &probes, |b, probes| {
-            b.iter(|| probes.iter().filter(|(peer, l4)| policy.allows(black_box(*peer), *l4)).count())
+            b.iter(|| {
+                probes.iter().filter(|(peer, l4)| policy.allows(black_box(*peer), *l4)).count()
+            })
         });
     }
     group.finish();
@@ -40,9 +44,11 @@ fn bench_tables(c: &mut Criterion) {
     let dsts: Vec<IpAddr> = (0..LOOKUPS)
         .map(|_| IpAddr::V4(fixture::pod_ip(&params, rng.below(params.nodes), rng.below(62))))
         .collect();
-    let local: Vec<IpAddr> =
-        (0..LOOKUPS).map(|i| IpAddr::V4(fixture::pod_ip(&params, 0, i % params.local_endpoints))).collect();
-    let outside: Vec<IpAddr> = (0..LOOKUPS).map(|i| IpAddr::V4(Ipv4Addr::from(0xc0a8_0000 + i as u32))).collect();
+    let local: Vec<IpAddr> = (0..LOOKUPS)
+        .map(|i| IpAddr::V4(fixture::pod_ip(&params, 0, i % params.local_endpoints)))
+        .collect();
+    let outside: Vec<IpAddr> =
+        (0..LOOKUPS).map(|i| IpAddr::V4(Ipv4Addr::from(0xc0a8_0000 + i as u32))).collect();
     let mut group = c.benchmark_group("route");
     group.throughput(Throughput::Elements(LOOKUPS as u64));
     for (name, set) in [("remote_100k", &dsts), ("local_pods", &local), ("outside", &outside)] {

@@ -9,9 +9,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dataplane::wire::{
-    EtherType, EthernetFrame, IpProtocol, Ipv4Packet, UdpPacket, VxlanPacket,
-};
+use dataplane::wire::{EtherType, EthernetFrame, IpProtocol, Ipv4Packet, UdpPacket, VxlanPacket};
 use podlane_bench::fixture::{self, ClusterParams};
 
 /// Our views: outer Ethernet/IPv4/UDP/VXLAN, inner Ethernet/IPv4/UDP ports.
@@ -75,8 +73,14 @@ fn emit_etherparse(out: &mut [u8]) {
         destination: fixture::node_vtep_mac(2).0,
         ether_type: Et::IPV4,
     };
-    let mut ip = Ipv4Header::new(80, 64, IpNumber::UDP, fixture::node_underlay(0).octets(), fixture::node_underlay(2).octets())
-        .expect("valid length");
+    let mut ip = Ipv4Header::new(
+        80,
+        64,
+        IpNumber::UDP,
+        fixture::node_underlay(0).octets(),
+        fixture::node_underlay(2).octets(),
+    )
+    .expect("valid length");
     ip.identification = 7;
     ip.dont_fragment = false;
     ip.header_checksum = ip.calc_header_checksum();
@@ -104,10 +108,15 @@ fn bench_wire(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("wire");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("parse_vxlan/podlane", |bch| bch.iter(|| parse_podlane(black_box(&frame))));
-    group.bench_function("parse_vxlan/etherparse", |bch| bch.iter(|| parse_etherparse(black_box(&frame))));
+    group
+        .bench_function("parse_vxlan/podlane", |bch| bch.iter(|| parse_podlane(black_box(&frame))));
+    group.bench_function("parse_vxlan/etherparse", |bch| {
+        bch.iter(|| parse_etherparse(black_box(&frame)))
+    });
     group.bench_function("emit_outer/podlane", |bch| bch.iter(|| emit_podlane(black_box(&mut a))));
-    group.bench_function("emit_outer/etherparse", |bch| bch.iter(|| emit_etherparse(black_box(&mut b))));
+    group.bench_function("emit_outer/etherparse", |bch| {
+        bch.iter(|| emit_etherparse(black_box(&mut b)))
+    });
     group.finish();
 }
 

@@ -135,7 +135,10 @@ pub fn policy(params: &ClusterParams, name: &str, rng: &mut Rng) -> PolicySpec {
     let mut rules = Vec::with_capacity(params.rules_per_policy);
     for _ in 1..params.rules_per_policy.max(1) {
         let peers = (0..params.peers_per_rule)
-            .map(|_| PeerSpec { cidr: Cidr::host(IpAddr::V4(cluster_pod(params, rng))), except: vec![] })
+            .map(|_| PeerSpec {
+                cidr: Cidr::host(IpAddr::V4(cluster_pod(params, rng))),
+                except: vec![],
+            })
             .collect();
         let port = 1 + rng.below(ALLOWED_PORT as usize - 1) as u16;
         rules.push(RuleSpec {
@@ -163,7 +166,10 @@ pub fn cluster(params: &ClusterParams) -> TableSpec {
             vtep_mac: Some(node_vtep_mac(i)),
             next_hop_mac: if i == 0 { None } else { Some(next_hop_mac(i)) },
             pod_cidrs: (0..params.blocks_per_node)
-                .map(|b| Cidr::new(IpAddr::V4(block(i * params.blocks_per_node + b)), 26).expect("aligned"))
+                .map(|b| {
+                    Cidr::new(IpAddr::V4(block(i * params.blocks_per_node + b)), 26)
+                        .expect("aligned")
+                })
                 .collect(),
         })
         .collect();
@@ -190,7 +196,11 @@ pub fn cluster(params: &ClusterParams) -> TableSpec {
 
 /// The engine configuration the fixture's frames are addressed for (Flannel's VNI and port).
 pub fn engine_config() -> EngineConfig {
-    EngineConfig { uplink_mac: LOCAL_UPLINK_MAC, gateway_mac: GATEWAY_MAC, ..EngineConfig::default() }
+    EngineConfig {
+        uplink_mac: LOCAL_UPLINK_MAC,
+        gateway_mac: GATEWAY_MAC,
+        ..EngineConfig::default()
+    }
 }
 
 fn write(builder: PacketBuilder_, payload: &[u8]) -> Vec<u8> {
@@ -203,7 +213,13 @@ type PacketBuilder_ = etherparse::PacketBuilderStep<etherparse::UdpHeader>;
 
 /// A UDP frame of `frame_len` bytes (Ethernet header included, at least 42) from local pod
 /// `k` to `dst`, addressed to the gateway as a pod sends it.
-pub fn pod_udp_frame(params: &ClusterParams, k: usize, dst: Ipv4Addr, src_port: u16, frame_len: usize) -> Vec<u8> {
+pub fn pod_udp_frame(
+    params: &ClusterParams,
+    k: usize,
+    dst: Ipv4Addr,
+    src_port: u16,
+    frame_len: usize,
+) -> Vec<u8> {
     let src = pod_ip(params, 0, k);
     let builder = PacketBuilder::ethernet2(local_pod_mac(k).0, GATEWAY_MAC.0)
         .ipv4(src.octets(), dst.octets(), 64)
@@ -212,7 +228,11 @@ pub fn pod_udp_frame(params: &ClusterParams, k: usize, dst: Ipv4Addr, src_port: 
 }
 
 /// `count` frames from local pods to pods on random remote nodes (the encap path).
-pub fn encap_frames(params: &ClusterParams, count: usize, frame_len: usize) -> Vec<(usize, Vec<u8>)> {
+pub fn encap_frames(
+    params: &ClusterParams,
+    count: usize,
+    frame_len: usize,
+) -> Vec<(usize, Vec<u8>)> {
     let mut rng = Rng::new(0xe1ca9);
     (0..count)
         .map(|i| {
@@ -225,7 +245,11 @@ pub fn encap_frames(params: &ClusterParams, count: usize, frame_len: usize) -> V
 }
 
 /// `count` frames from local pods to other local pods (the local path).
-pub fn local_frames(params: &ClusterParams, count: usize, frame_len: usize) -> Vec<(usize, Vec<u8>)> {
+pub fn local_frames(
+    params: &ClusterParams,
+    count: usize,
+    frame_len: usize,
+) -> Vec<(usize, Vec<u8>)> {
     let mut rng = Rng::new(0x10ca1);
     (0..count)
         .map(|i| {
@@ -241,7 +265,14 @@ pub fn local_frames(params: &ClusterParams, count: usize, frame_len: usize) -> V
 
 /// A VXLAN frame as remote node `node` (≥ 1) sends it to node 0, carrying a UDP packet of
 /// `inner_len` bytes (inner Ethernet included) for local pod `k`.
-pub fn vxlan_frame(params: &ClusterParams, config: &EngineConfig, node: usize, k: usize, src_port: u16, inner_len: usize) -> Vec<u8> {
+pub fn vxlan_frame(
+    params: &ClusterParams,
+    config: &EngineConfig,
+    node: usize,
+    k: usize,
+    src_port: u16,
+    inner_len: usize,
+) -> Vec<u8> {
     let inner_builder = PacketBuilder::ethernet2(node_vtep_mac(node).0, node_vtep_mac(0).0)
         .ipv4(pod_ip(params, node, 1).octets(), pod_ip(params, 0, k).octets(), 64)
         .udp(src_port, ALLOWED_PORT);
@@ -256,7 +287,12 @@ pub fn vxlan_frame(params: &ClusterParams, config: &EngineConfig, node: usize, k
 }
 
 /// `count` VXLAN frames from random remote nodes to random local pods (the decap path).
-pub fn decap_frames(params: &ClusterParams, config: &EngineConfig, count: usize, inner_len: usize) -> Vec<Vec<u8>> {
+pub fn decap_frames(
+    params: &ClusterParams,
+    config: &EngineConfig,
+    count: usize,
+    inner_len: usize,
+) -> Vec<Vec<u8>> {
     let mut rng = Rng::new(0xdeca9);
     (0..count)
         .map(|i| {

@@ -74,7 +74,10 @@ fn main() -> anyhow::Result<()> {
                 distinct_policies: distinct_policies as usize,
             };
             let m = memory::measure(&params).context("building the synthetic tables")?;
-            println!("cluster: {nodes} nodes, {cluster_endpoints} pods ({local_endpoints} local), {} routes", m.routes);
+            println!(
+                "cluster: {nodes} nodes, {cluster_endpoints} pods ({local_endpoints} local), {} routes",
+                m.routes
+            );
             println!(
                 "policy:  {} compiled policies, {} rules in all ({rules} per local pod, {peers_per_rule} peers per rule)",
                 m.policies, m.policy_rules
@@ -82,7 +85,10 @@ fn main() -> anyhow::Result<()> {
             println!("snapshot build time:          {:.2?}", m.build_time);
             println!("snapshot heap (structural):   {}", mib(m.snapshot_bytes as u64));
             println!("  of which compiled policies: {}", mib(m.policy_bytes as u64));
-            println!("  per local pod (policies):   {:.1} KiB", m.policy_bytes as f64 / 1024.0 / local_endpoints as f64);
+            println!(
+                "  per local pod (policies):   {:.1} KiB",
+                m.policy_bytes as f64 / 1024.0 / local_endpoints as f64
+            );
             println!("process RSS before tables:    {}", mib(m.rss_before_spec));
             println!("process RSS with input spec:  {}", mib(m.rss_with_spec));
             println!("process RSS with snapshot:    {}", mib(m.rss_with_snapshot));

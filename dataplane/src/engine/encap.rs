@@ -16,7 +16,9 @@ use std::net::IpAddr;
 
 use crate::table::{Node, Snapshot};
 use crate::wire::checksum;
-use crate::wire::{EtherType, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket, VxlanPacket};
+use crate::wire::{
+    EtherType, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket, VxlanPacket,
+};
 
 use super::{DropReason, ENCAP_OVERHEAD_V4, ENCAP_OVERHEAD_V6, Frame, Pipeline, Verdict};
 

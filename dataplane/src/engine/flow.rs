@@ -36,7 +36,12 @@ fn with_ports(protocol: IpProtocol, l4: &[u8], malformed: DropReason) -> Result<
                 return Err(malformed);
             }
             let (src_port, dst_port) = (be16(l4, 0), be16(l4, 2));
-            Ok(Flow { protocol: raw, src_port, dst_port, l4: L4::Ports { protocol: p, port: dst_port } })
+            Ok(Flow {
+                protocol: raw,
+                src_port,
+                dst_port,
+                l4: L4::Ports { protocol: p, port: dst_port },
+            })
         }
         None => Ok(Flow { protocol: raw, src_port: 0, dst_port: 0, l4: L4::Other }),
     }
@@ -45,7 +50,10 @@ fn with_ports(protocol: IpProtocol, l4: &[u8], malformed: DropReason) -> Result<
 /// The flow of an IPv4 packet. Later fragments carry no ports: they match only port-less
 /// rules until connection tracking (a later issue) remembers the first fragment.
 #[inline]
-pub(crate) fn ipv4<T: AsRef<[u8]>>(ip: &Ipv4Packet<T>, malformed: DropReason) -> Result<Flow, DropReason> {
+pub(crate) fn ipv4<T: AsRef<[u8]>>(
+    ip: &Ipv4Packet<T>,
+    malformed: DropReason,
+) -> Result<Flow, DropReason> {
     let protocol = ip.protocol();
     if ip.frag_offset() != 0 {
         return Ok(Flow { protocol: protocol.into(), src_port: 0, dst_port: 0, l4: L4::Other });
@@ -74,4 +82,3 @@ pub(crate) fn ipv6<T: AsRef<[u8]>>(
         Err(_) => Err(malformed_ip),
     }
 }
-

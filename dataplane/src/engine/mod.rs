@@ -215,7 +215,10 @@ impl<'a> Frame<'a> {
     /// # Panics
     /// If `head + len` exceeds the buffer: that is the I/O layer's bug, not bad input.
     pub fn new(buffer: &'a mut [u8], head: usize, len: usize) -> Frame<'a> {
-        assert!(head.checked_add(len).is_some_and(|end| end <= buffer.len()), "frame outside buffer");
+        assert!(
+            head.checked_add(len).is_some_and(|end| end <= buffer.len()),
+            "frame outside buffer"
+        );
         Frame { buffer, head, len }
     }
 
@@ -430,7 +433,12 @@ impl Pipeline {
 
     /// The verdict for one frame on its own.
     #[inline]
-    pub fn process_one(&mut self, snapshot: &Snapshot, ingress: Ingress, frame: &mut Frame<'_>) -> Verdict {
+    pub fn process_one(
+        &mut self,
+        snapshot: &Snapshot,
+        ingress: Ingress,
+        frame: &mut Frame<'_>,
+    ) -> Verdict {
         self.process_with_hint(snapshot, ingress, frame, RouteHint::NONE)
     }
 

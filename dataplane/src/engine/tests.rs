@@ -7,7 +7,9 @@ use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use proptest::prelude::*;
 
 use super::*;
-use crate::table::{EndpointSpec, NodeSpec, PeerSpec, PolicySpec, PortProtocol, PortSpec, RuleSpec, TableSpec};
+use crate::table::{
+    EndpointSpec, NodeSpec, PeerSpec, PolicySpec, PortProtocol, PortSpec, RuleSpec, TableSpec,
+};
 
 const UPLINK_A: MacAddr = MacAddr([0x02, 0xaa, 0, 0, 0, 0x01]);
 const NEXT_HOP_B: MacAddr = MacAddr([0x02, 0xbb, 0, 0, 0, 0x01]);
@@ -37,7 +39,8 @@ fn pod(name: &str, ips: &[&str], mac: MacAddr, interface: &str) -> EndpointSpec 
 /// node-a (this node, 192.168.50.1, 10.244.1.0/24 + fd00:10:244:1::/64) with pods a1 and a2;
 /// node-b (192.168.50.2, 10.244.2.0/24 + fd00:10:244:2::/64).
 fn spec_for(local: &str, underlay_v6: bool) -> TableSpec {
-    let (ua, ub) = if underlay_v6 { ("fd00:50::1", "fd00:50::2") } else { ("192.168.50.1", "192.168.50.2") };
+    let (ua, ub) =
+        if underlay_v6 { ("fd00:50::1", "fd00:50::2") } else { ("192.168.50.1", "192.168.50.2") };
     TableSpec {
         local_node: local.into(),
         nodes: vec![
@@ -46,14 +49,20 @@ fn spec_for(local: &str, underlay_v6: bool) -> TableSpec {
                 underlay: ip(ua),
                 vtep_mac: Some(VTEP_A),
                 next_hop_mac: Some(UPLINK_A),
-                pod_cidrs: vec!["10.244.1.0/24".parse().unwrap(), "fd00:10:244:1::/64".parse().unwrap()],
+                pod_cidrs: vec![
+                    "10.244.1.0/24".parse().unwrap(),
+                    "fd00:10:244:1::/64".parse().unwrap(),
+                ],
             },
             NodeSpec {
                 name: "node-b".into(),
                 underlay: ip(ub),
                 vtep_mac: Some(VTEP_B),
                 next_hop_mac: Some(NEXT_HOP_B),
-                pod_cidrs: vec!["10.244.2.0/24".parse().unwrap(), "fd00:10:244:2::/64".parse().unwrap()],
+                pod_cidrs: vec![
+                    "10.244.2.0/24".parse().unwrap(),
+                    "fd00:10:244:2::/64".parse().unwrap(),
+                ],
             },
         ],
         endpoints: if local == "node-a" {
@@ -175,11 +184,13 @@ fn encap_source_port_is_per_flow() {
     let snap = snapshot(&spec_for("node-a", false));
     let mut p = Pipeline::new(config_for("node-a"));
     let sport_of = |p: &mut Pipeline, sport: u16| {
-        let (_, out) = run(p, &snap, from_a1(&snap), &udp4("10.244.1.2", "10.244.2.5", sport, 53, 64, b"x"));
+        let (_, out) =
+            run(p, &snap, from_a1(&snap), &udp4("10.244.1.2", "10.244.2.5", sport, 53, 64, b"x"));
         u16::from_be_bytes([out[34], out[35]])
     };
     assert_eq!(sport_of(&mut p, 1000), sport_of(&mut p, 1000));
-    let distinct: std::collections::HashSet<u16> = (0..64).map(|i| sport_of(&mut p, 2000 + i)).collect();
+    let distinct: std::collections::HashSet<u16> =
+        (0..64).map(|i| sport_of(&mut p, 2000 + i)).collect();
     assert!(distinct.len() > 55, "{} ports for 64 flows", distinct.len());
 }
 
@@ -187,12 +198,16 @@ fn encap_source_port_is_per_flow() {
 fn encap_optional_ipv4_udp_checksum_is_valid() {
     let snap = snapshot(&spec_for("node-a", false));
     let mut p = Pipeline::new(EngineConfig { outer_udp_checksum_v4: true, ..config_for("node-a") });
-    let (_, out) = run(&mut p, &snap, from_a1(&snap), &udp4("10.244.1.2", "10.244.2.5", 1, 2, 64, b"abc"));
+    let (_, out) =
+        run(&mut p, &snap, from_a1(&snap), &udp4("10.244.1.2", "10.244.2.5", 1, 2, 64, b"abc"));
     let (outer, _) = outer_and_inner(&out);
-    let (Some(NetSlice::Ipv4(ipv4)), Some(TransportSlice::Udp(udp))) = (&outer.net, &outer.transport) else {
+    let (Some(NetSlice::Ipv4(ipv4)), Some(TransportSlice::Udp(udp))) =
+        (&outer.net, &outer.transport)
+    else {
         panic!()
     };
-    let expected = udp.to_header().calc_checksum_ipv4(&ipv4.header().to_header(), udp.payload()).unwrap();
+    let expected =
+        udp.to_header().calc_checksum_ipv4(&ipv4.header().to_header(), udp.payload()).unwrap();
     assert_ne!(udp.checksum(), 0);
     assert_eq!(udp.checksum(), expected);
 }
@@ -206,12 +221,15 @@ fn encap_ipv6_underlay_has_udp_checksum() {
     assert_eq!(verdict, Verdict::Encap);
     assert_eq!(out.len(), frame.len() + ENCAP_OVERHEAD_V6);
     let (outer, inner) = outer_and_inner(&out);
-    let (Some(NetSlice::Ipv6(ipv6)), Some(TransportSlice::Udp(udp))) = (&outer.net, &outer.transport) else {
+    let (Some(NetSlice::Ipv6(ipv6)), Some(TransportSlice::Udp(udp))) =
+        (&outer.net, &outer.transport)
+    else {
         panic!("outer IPv6/UDP")
     };
     assert_eq!(ipv6.header().hop_limit(), 64);
     assert_eq!(ipv6.header().source_addr(), ip6("fd00:50::1"));
-    let expected = udp.to_header().calc_checksum_ipv6(&ipv6.header().to_header(), udp.payload()).unwrap();
+    let expected =
+        udp.to_header().calc_checksum_ipv6(&ipv6.header().to_header(), udp.payload()).unwrap();
     assert_eq!(udp.checksum(), expected);
     assert_eq!(&inner[..6], &VTEP_B.0);
 }
@@ -266,7 +284,9 @@ fn vxlan_from_b(flags: [u8; 4], vni: u32, dport: u16, outer_src: [u8; 4], inner:
 }
 
 fn inner_to_a2(src_mac: MacAddr, dst_mac: MacAddr, ttl: u8) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac.0, dst_mac.0).ipv4([10, 244, 2, 5], [10, 244, 1, 3], ttl).udp(7, 7);
+    let b = PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
+        .ipv4([10, 244, 2, 5], [10, 244, 1, 3], ttl)
+        .udp(7, 7);
     let mut out = Vec::new();
     b.write(&mut out, b"payload").unwrap();
     out
@@ -284,28 +304,60 @@ fn decap_validates_like_linux_and_calico() {
     assert_eq!(&out[..6], &POD_A2_MAC.0);
 
     let cases: Vec<(Vec<u8>, Verdict)> = vec![
-        (vxlan_from_b([8, 0, 0, 0], 2, 8472, [192, 168, 50, 2], &good_inner), Verdict::Drop(DropReason::VniMismatch)),
-        (vxlan_from_b([0x88, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &good_inner), Verdict::Drop(DropReason::VxlanBadFlags)),
-        (vxlan_from_b([8, 0, 1, 0], 1, 8472, [192, 168, 50, 2], &good_inner), Verdict::Drop(DropReason::VxlanBadFlags)),
-        (vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 99], &good_inner), Verdict::Drop(DropReason::UnknownVtep)),
-        (vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 1], &good_inner), Verdict::Drop(DropReason::UnknownVtep)),
+        (
+            vxlan_from_b([8, 0, 0, 0], 2, 8472, [192, 168, 50, 2], &good_inner),
+            Verdict::Drop(DropReason::VniMismatch),
+        ),
+        (
+            vxlan_from_b([0x88, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &good_inner),
+            Verdict::Drop(DropReason::VxlanBadFlags),
+        ),
+        (
+            vxlan_from_b([8, 0, 1, 0], 1, 8472, [192, 168, 50, 2], &good_inner),
+            Verdict::Drop(DropReason::VxlanBadFlags),
+        ),
+        (
+            vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 99], &good_inner),
+            Verdict::Drop(DropReason::UnknownVtep),
+        ),
+        (
+            vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 1], &good_inner),
+            Verdict::Drop(DropReason::UnknownVtep),
+        ),
         (vxlan_from_b([8, 0, 0, 0], 1, 4789, [192, 168, 50, 2], &good_inner), Verdict::Host),
         (
-            vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner_to_a2(VTEP_B, VTEP_B, 64)),
+            vxlan_from_b(
+                [8, 0, 0, 0],
+                1,
+                8472,
+                [192, 168, 50, 2],
+                &inner_to_a2(VTEP_B, VTEP_B, 64),
+            ),
             Verdict::Drop(DropReason::InnerDstMacNotVtep),
         ),
         (
-            vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner_to_a2(VTEP_A, VTEP_A, 64)),
+            vxlan_from_b(
+                [8, 0, 0, 0],
+                1,
+                8472,
+                [192, 168, 50, 2],
+                &inner_to_a2(VTEP_A, VTEP_A, 64),
+            ),
             Verdict::Drop(DropReason::InnerSrcIsOwnVtep),
         ),
         (
             vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner_to_a2(VTEP_B, VTEP_A, 1)),
             Verdict::Drop(DropReason::TtlExpired),
         ),
-        (vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &good_inner[..20]), Verdict::Drop(DropReason::InnerMalformed)),
+        (
+            vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &good_inner[..20]),
+            Verdict::Drop(DropReason::InnerMalformed),
+        ),
         (
             {
-                let b = PacketBuilder::ethernet2(NEXT_HOP_B.0, UPLINK_A.0).ipv4([192, 168, 50, 2], [192, 168, 50, 1], 64).udp(1, 8472);
+                let b = PacketBuilder::ethernet2(NEXT_HOP_B.0, UPLINK_A.0)
+                    .ipv4([192, 168, 50, 2], [192, 168, 50, 1], 64)
+                    .udp(1, 8472);
                 let mut out = Vec::new();
                 b.write(&mut out, &[8, 0, 0]).unwrap();
                 out
@@ -326,7 +378,10 @@ fn decap_validates_like_linux_and_calico() {
     // Corrupt outer IPv4 checksum.
     let mut bad = ok.clone();
     bad[24] ^= 0xff;
-    assert_eq!(run(&mut p, &snap, Ingress::Uplink, &bad).0, Verdict::Drop(DropReason::OuterChecksum));
+    assert_eq!(
+        run(&mut p, &snap, Ingress::Uplink, &bad).0,
+        Verdict::Drop(DropReason::OuterChecksum)
+    );
 }
 
 #[test]
@@ -334,14 +389,17 @@ fn uplink_traffic_for_the_host() {
     let snap = snapshot(&spec_for("node-a", false));
     let mut p = Pipeline::new(config_for("node-a"));
     // SSH to the node, ARP on the underlay, UDP to someone else.
-    let ssh = PacketBuilder::ethernet2(NEXT_HOP_B.0, UPLINK_A.0).ipv4([192, 168, 50, 2], [192, 168, 50, 1], 64).tcp(50000, 22, 1, 100);
+    let ssh = PacketBuilder::ethernet2(NEXT_HOP_B.0, UPLINK_A.0)
+        .ipv4([192, 168, 50, 2], [192, 168, 50, 1], 64)
+        .tcp(50000, 22, 1, 100);
     let mut frame = Vec::new();
     ssh.write(&mut frame, b"").unwrap();
     assert_eq!(run(&mut p, &snap, Ingress::Uplink, &frame).0, Verdict::Host);
     let mut arp = frame.clone();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
     assert_eq!(run(&mut p, &snap, Ingress::Uplink, &arp).0, Verdict::Host);
-    let other = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner_to_a2(VTEP_B, VTEP_A, 64));
+    let other =
+        vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner_to_a2(VTEP_B, VTEP_A, 64));
     let mut other = other;
     other[33] = 77; // outer destination 192.168.50.77 (checksum not revisited: not ours anyway)
     assert_eq!(run(&mut p, &snap, Ingress::Uplink, &other).0, Verdict::Host);
@@ -406,8 +464,14 @@ fn arp_for_gateway_is_answered() {
 
     let mut other = req.clone();
     other[41] = 2; // who has 169.254.1.2
-    assert_eq!(run(&mut p, &snap, from_a1(&snap), &other).0, Verdict::Drop(DropReason::ArpNotForGateway));
-    assert_eq!(run(&mut p, &snap, from_a1(&snap), &req[..30]).0, Verdict::Drop(DropReason::MalformedArp));
+    assert_eq!(
+        run(&mut p, &snap, from_a1(&snap), &other).0,
+        Verdict::Drop(DropReason::ArpNotForGateway)
+    );
+    assert_eq!(
+        run(&mut p, &snap, from_a1(&snap), &req[..30]).0,
+        Verdict::Drop(DropReason::MalformedArp)
+    );
 }
 
 fn neighbour_solicitation(src: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
@@ -438,7 +502,8 @@ fn neighbour_solicitation_for_gateway_is_answered() {
     let snap = snapshot(&spec_for("node-a", false));
     let mut p = Pipeline::new(config_for("node-a"));
     let cfg = EngineConfig::default();
-    let (v, out) = run(&mut p, &snap, from_a1(&snap), &neighbour_solicitation(ip6("fe80::a1"), 255));
+    let (v, out) =
+        run(&mut p, &snap, from_a1(&snap), &neighbour_solicitation(ip6("fe80::a1"), 255));
     assert_eq!(v, Verdict::Reply);
     let pkt = SlicedPacket::from_ethernet(&out).unwrap();
     let Some(etherparse::LinkSlice::Ethernet2(eth)) = &pkt.link else { panic!() };
@@ -450,7 +515,11 @@ fn neighbour_solicitation_for_gateway_is_answered() {
     assert_eq!(ip.header().hop_limit(), 255);
     let Some(TransportSlice::Icmpv6(icmp)) = &pkt.transport else { panic!("ICMPv6") };
     assert_eq!(icmp.type_u8(), 136);
-    let expected = icmp.header().icmp_type.calc_checksum(ip.header().source(), ip.header().destination(), icmp.payload()).unwrap();
+    let expected = icmp
+        .header()
+        .icmp_type
+        .calc_checksum(ip.header().source(), ip.header().destination(), icmp.payload())
+        .unwrap();
     assert_eq!(icmp.checksum(), expected, "ICMPv6 checksum");
     let na = crate::wire::Icmpv6Packet::new_checked(&out[54..]).unwrap();
     assert_eq!(na.nd_target(), Some(cfg.gateway_v6));
@@ -458,7 +527,8 @@ fn neighbour_solicitation_for_gateway_is_answered() {
     assert_eq!(out[58], 0xe0, "router, solicited, override");
 
     // Duplicate address detection gets an unsolicited answer to all nodes.
-    let (v, out) = run(&mut p, &snap, from_a1(&snap), &neighbour_solicitation(Ipv6Addr::UNSPECIFIED, 255));
+    let (v, out) =
+        run(&mut p, &snap, from_a1(&snap), &neighbour_solicitation(Ipv6Addr::UNSPECIFIED, 255));
     assert_eq!(v, Verdict::Reply);
     assert_eq!(&out[0..6], &[0x33, 0x33, 0, 0, 0, 1]);
     assert_eq!(out[58], 0xa0);
@@ -491,9 +561,18 @@ fn pod_checks() {
     let gone = Ingress::Pod(crate::table::EndpointId(99));
     assert_eq!(run(&mut p, &snap, gone, &spoofed).0, Verdict::Drop(DropReason::UnknownIngress));
     // Outside the cluster, and the node itself: the host's.
-    assert_eq!(run(&mut p, &snap, a1, &udp4("10.244.1.2", "8.8.8.8", 1, 53, 64, b"")).0, Verdict::Host);
-    assert_eq!(run(&mut p, &snap, a1, &udp4("10.244.1.2", "192.168.50.1", 1, 53, 64, b"")).0, Verdict::Host);
-    assert_eq!(run(&mut p, &snap, a1, &udp4("10.244.1.2", "10.244.1.0", 1, 53, 64, b"")).0, Verdict::Host);
+    assert_eq!(
+        run(&mut p, &snap, a1, &udp4("10.244.1.2", "8.8.8.8", 1, 53, 64, b"")).0,
+        Verdict::Host
+    );
+    assert_eq!(
+        run(&mut p, &snap, a1, &udp4("10.244.1.2", "192.168.50.1", 1, 53, 64, b"")).0,
+        Verdict::Host
+    );
+    assert_eq!(
+        run(&mut p, &snap, a1, &udp4("10.244.1.2", "10.244.1.0", 1, 53, 64, b"")).0,
+        Verdict::Host
+    );
 }
 
 #[test]
@@ -515,7 +594,10 @@ fn encap_limits() {
     // Next hop not resolved yet.
     spec.nodes[1].next_hop_mac = None;
     let snap = snapshot(&spec);
-    assert_eq!(run(&mut p, &snap, from_a1(&snap), &frame).0, Verdict::Drop(DropReason::NextHopUnresolved));
+    assert_eq!(
+        run(&mut p, &snap, from_a1(&snap), &frame).0,
+        Verdict::Drop(DropReason::NextHopUnresolved)
+    );
 }
 
 #[test]
@@ -526,7 +608,11 @@ fn policy_at_egress_and_ingress() {
             name: "web-only".into(),
             rules: vec![RuleSpec {
                 peers: vec![PeerSpec { cidr: "10.244.0.0/16".parse().unwrap(), except: vec![] }],
-                ports: vec![PortSpec { protocol: PortProtocol::Tcp, port: Some(80), end_port: None }],
+                ports: vec![PortSpec {
+                    protocol: PortProtocol::Tcp,
+                    port: Some(80),
+                    end_port: None,
+                }],
             }],
         },
         PolicySpec { name: "deny-all".into(), rules: vec![] },
@@ -536,7 +622,10 @@ fn policy_at_egress_and_ingress() {
     let snap = snapshot(&spec);
     let mut p = Pipeline::new(config_for("node-a"));
     let a1 = from_a1(&snap);
-    assert_eq!(run(&mut p, &snap, a1, &tcp4("10.244.1.2", "10.244.2.5", 4000, 80)).0, Verdict::Encap);
+    assert_eq!(
+        run(&mut p, &snap, a1, &tcp4("10.244.1.2", "10.244.2.5", 4000, 80)).0,
+        Verdict::Encap
+    );
     assert_eq!(
         run(&mut p, &snap, a1, &tcp4("10.244.1.2", "10.244.2.5", 4000, 81)).0,
         Verdict::Drop(DropReason::PolicyDeniedEgress)
@@ -555,14 +644,19 @@ fn policy_at_egress_and_ingress() {
         run(&mut p, &snap, a1, &tcp4("10.244.1.2", "10.244.1.3", 4000, 80)).0,
         Verdict::Drop(DropReason::PolicyDeniedIngress)
     );
-    let frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner_to_a2(VTEP_B, VTEP_A, 64));
-    assert_eq!(run(&mut p, &snap, Ingress::Uplink, &frame).0, Verdict::Drop(DropReason::PolicyDeniedIngress));
+    let frame =
+        vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner_to_a2(VTEP_B, VTEP_A, 64));
+    assert_eq!(
+        run(&mut p, &snap, Ingress::Uplink, &frame).0,
+        Verdict::Drop(DropReason::PolicyDeniedIngress)
+    );
     assert_eq!(p.counters().dropped(DropReason::PolicyDeniedIngress), 2);
 }
 
 #[test]
 fn drop_reason_labels_are_unique() {
-    let labels: std::collections::HashSet<&str> = DropReason::ALL.iter().map(|r| r.label()).collect();
+    let labels: std::collections::HashSet<&str> =
+        DropReason::ALL.iter().map(|r| r.label()).collect();
     assert_eq!(labels.len(), DropReason::COUNT);
     for (i, r) in DropReason::ALL.iter().enumerate() {
         assert_eq!(*r as usize, i, "counter index of {r:?}");
@@ -573,8 +667,22 @@ fn drop_reason_labels_are_unique() {
 /// node would send them.
 fn arb_frame() -> impl Strategy<Value = Vec<u8>> {
     (
-        prop::sample::select(vec!["10.244.1.2", "10.244.1.3", "10.244.2.5", "10.9.9.9", "192.168.50.2"]),
-        prop::sample::select(vec!["10.244.1.2", "10.244.1.3", "10.244.2.5", "10.244.1.0", "8.8.8.8", "192.168.50.1", "255.255.255.255"]),
+        prop::sample::select(vec![
+            "10.244.1.2",
+            "10.244.1.3",
+            "10.244.2.5",
+            "10.9.9.9",
+            "192.168.50.2",
+        ]),
+        prop::sample::select(vec![
+            "10.244.1.2",
+            "10.244.1.3",
+            "10.244.2.5",
+            "10.244.1.0",
+            "8.8.8.8",
+            "192.168.50.1",
+            "255.255.255.255",
+        ]),
         0u8..4,
         any::<u16>(),
         any::<u16>(),
@@ -583,7 +691,11 @@ fn arb_frame() -> impl Strategy<Value = Vec<u8>> {
     )
         .prop_map(|(src, dst, kind, sport, dport, ttl, payload)| {
             let gw = EngineConfig::default().gateway_mac;
-            let base = PacketBuilder::ethernet2(POD_A1_MAC.0, gw.0).ipv4(ip4(src).octets(), ip4(dst).octets(), ttl);
+            let base = PacketBuilder::ethernet2(POD_A1_MAC.0, gw.0).ipv4(
+                ip4(src).octets(),
+                ip4(dst).octets(),
+                ttl,
+            );
             let mut out = Vec::new();
             match kind {
                 0 => base.udp(sport, dport).write(&mut out, &payload).unwrap(),

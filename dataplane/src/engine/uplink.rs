@@ -25,7 +25,11 @@ struct Outer {
     udp_end: usize,
 }
 
-pub(super) fn process(pipeline: &mut Pipeline, snapshot: &Snapshot, frame: &mut Frame<'_>) -> Verdict {
+pub(super) fn process(
+    pipeline: &mut Pipeline,
+    snapshot: &Snapshot,
+    frame: &mut Frame<'_>,
+) -> Verdict {
     let outer = {
         let data = frame.data();
         let Ok(eth) = EthernetFrame::new_checked(data) else {
@@ -117,7 +121,12 @@ struct InnerPacket {
 }
 
 #[inline(always)]
-fn decapsulate(pipeline: &mut Pipeline, snapshot: &Snapshot, frame: &mut Frame<'_>, outer: Outer) -> Verdict {
+fn decapsulate(
+    pipeline: &mut Pipeline,
+    snapshot: &Snapshot,
+    frame: &mut Frame<'_>,
+    outer: Outer,
+) -> Verdict {
     let local = snapshot.local_node();
     let inner_start = outer.vxlan_start + VxlanPacket::<&[u8]>::HEADER_LEN;
     let inner = {

@@ -223,7 +223,11 @@ mod tests {
 
     #[test]
     fn ipv6_deep() {
-        let lpm = build(&[("fd00:10:244::/48", 1), ("fd00:10:244:1::/64", 2), ("fd00:10:244:1::5/128", 3)]);
+        let lpm = build(&[
+            ("fd00:10:244::/48", 1),
+            ("fd00:10:244:1::/64", 2),
+            ("fd00:10:244:1::5/128", 3),
+        ]);
         let k = |s: &str| key_of(s.parse().unwrap());
         assert_eq!(lpm.lookup(k("fd00:10:244:1::5")), Some(3));
         assert_eq!(lpm.lookup(k("fd00:10:244:1::6")), Some(2));
@@ -298,9 +302,8 @@ mod tests {
     }
 
     fn clustered_v6() -> impl Strategy<Value = IpAddr> {
-        (prop::sample::select(vec![0xfd00u128, 0x2001]), any::<u128>()).prop_map(|(hi, lo)| {
-            IpAddr::V6(Ipv6Addr::from((hi << 112) | (lo & (u128::MAX >> 16))))
-        })
+        (prop::sample::select(vec![0xfd00u128, 0x2001]), any::<u128>())
+            .prop_map(|(hi, lo)| IpAddr::V6(Ipv6Addr::from((hi << 112) | (lo & (u128::MAX >> 16)))))
     }
 
     proptest! {

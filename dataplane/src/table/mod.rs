@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 
 pub use cidr::{Cidr, CidrError};
 pub use lpm::{Lpm, LpmBuilder};
-pub use policy::{CompiledPolicy, L4, PeerSpec, PolicyError, PolicySpec, PortProtocol, PortSpec, RuleSpec};
+pub use policy::{
+    CompiledPolicy, L4, PeerSpec, PolicyError, PolicySpec, PortProtocol, PortSpec, RuleSpec,
+};
 
 use crate::wire::MacAddr;
 
@@ -328,7 +330,8 @@ impl Snapshot {
                     });
                 }
             }
-            if let Some(first) = endpoint_by_interface.insert(e.interface.clone(), EndpointId(i as u32))
+            if let Some(first) =
+                endpoint_by_interface.insert(e.interface.clone(), EndpointId(i as u32))
             {
                 return Err(TableError::DuplicateInterface {
                     interface: e.interface.clone(),
@@ -619,7 +622,10 @@ mod tests {
                 node("a", "192.168.50.1", "10.244.1.0/24", 1),
                 node("b", "192.168.50.2", "10.244.2.0/24", 2),
             ],
-            endpoints: vec![endpoint("web", "10.244.1.2", "veth1"), endpoint("db", "10.244.1.3", "veth2")],
+            endpoints: vec![
+                endpoint("web", "10.244.1.2", "veth1"),
+                endpoint("db", "10.244.1.3", "veth2"),
+            ],
             policies: vec![PolicySpec { name: "deny".into(), rules: vec![] }],
         }
     }
@@ -642,7 +648,8 @@ mod tests {
     /// Each broken table is rejected with the error that names the offending entry.
     #[test]
     fn inconsistent_tables_are_typed_errors() {
-        let cases: Vec<(Box<dyn Fn(&mut TableSpec)>, &str)> = vec![
+        type Breaker = Box<dyn Fn(&mut TableSpec)>;
+        let cases: Vec<(Breaker, &str)> = vec![
             (Box::new(|s| s.local_node = "z".into()), "local node \"z\" is not in the node table"),
             (Box::new(|s| s.nodes[1].name = "a".into()), "node \"a\" appears twice"),
             (Box::new(|s| s.nodes[1].vtep_mac = None), "node \"b\" has no VTEP MAC"),
@@ -662,7 +669,10 @@ mod tests {
                 Box::new(|s| s.nodes[1].pod_cidrs = vec!["10.244.0.0/16".parse().unwrap()]),
                 "pod CIDR 10.244.0.0/16 of node \"b\" overlaps 10.244.1.0/24 of node \"a\"",
             ),
-            (Box::new(|s| s.endpoints[1].name = "web".into()), "endpoint default/web appears twice"),
+            (
+                Box::new(|s| s.endpoints[1].name = "web".into()),
+                "endpoint default/web appears twice",
+            ),
             (Box::new(|s| s.endpoints[1].ips.clear()), "endpoint default/db has no IP address"),
             (
                 Box::new(|s| s.endpoints[1].ips = vec!["10.244.1.2".parse().unwrap()]),
@@ -719,8 +729,15 @@ mod tests {
         spec.policies.push(PolicySpec {
             name: "web".into(),
             rules: vec![RuleSpec {
-                peers: vec![PeerSpec { cidr: "10.0.0.0/8".parse().unwrap(), except: vec!["10.1.0.0/16".parse().unwrap()] }],
-                ports: vec![PortSpec { protocol: PortProtocol::Tcp, port: Some(80), end_port: Some(90) }],
+                peers: vec![PeerSpec {
+                    cidr: "10.0.0.0/8".parse().unwrap(),
+                    except: vec!["10.1.0.0/16".parse().unwrap()],
+                }],
+                ports: vec![PortSpec {
+                    protocol: PortProtocol::Tcp,
+                    port: Some(80),
+                    end_port: Some(90),
+                }],
             }],
         });
         let json = serde_json::to_string(&spec).unwrap();
@@ -728,7 +745,8 @@ mod tests {
         assert!(json.contains("\"vtep_mac\":\"0a:58:00:00:00:01\""), "{json}");
         let back: TableSpec = serde_json::from_str(&json).unwrap();
         assert_eq!(back, spec);
-        let err = serde_json::from_str::<TableSpec>(&json.replace("10.0.0.0/8", "10.0.0.1/8")).unwrap_err();
+        let err = serde_json::from_str::<TableSpec>(&json.replace("10.0.0.0/8", "10.0.0.1/8"))
+            .unwrap_err();
         assert!(err.to_string().contains("has host bits set"), "{err}");
     }
 }

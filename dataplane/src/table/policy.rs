@@ -521,9 +521,9 @@ mod tests {
     fn oracle(spec: &PolicySpec, peer: IpAddr, l4: L4) -> bool {
         spec.rules.iter().any(|r| {
             let peer_ok = r.peers.is_empty()
-                || r.peers.iter().any(|p| {
-                    p.cidr.contains(peer) && !p.except.iter().any(|e| e.contains(peer))
-                });
+                || r.peers
+                    .iter()
+                    .any(|p| p.cidr.contains(peer) && !p.except.iter().any(|e| e.contains(peer)));
             let port_ok = r.ports.is_empty()
                 || r.ports.iter().any(|p| match l4 {
                     L4::Ports { protocol, port } => {
@@ -547,9 +547,19 @@ mod tests {
                         cidr: cidr("10.0.0.0/8"),
                         except: vec![cidr("10.1.0.0/16")],
                     }],
-                    ports: vec![tcp(80), PortSpec { protocol: PortProtocol::Udp, port: Some(5000), end_port: Some(5010) }],
+                    ports: vec![
+                        tcp(80),
+                        PortSpec {
+                            protocol: PortProtocol::Udp,
+                            port: Some(5000),
+                            end_port: Some(5010),
+                        },
+                    ],
                 },
-                RuleSpec { peers: vec![PeerSpec { cidr: cidr("10.1.2.0/24"), except: vec![] }], ports: vec![] },
+                RuleSpec {
+                    peers: vec![PeerSpec { cidr: cidr("10.1.2.0/24"), except: vec![] }],
+                    ports: vec![],
+                },
             ],
         };
         let p = CompiledPolicy::compile(&spec).unwrap();
@@ -566,7 +576,8 @@ mod tests {
 
     #[test]
     fn no_rules_denies_everything() {
-        let p = CompiledPolicy::compile(&PolicySpec { name: "deny".into(), rules: vec![] }).unwrap();
+        let p =
+            CompiledPolicy::compile(&PolicySpec { name: "deny".into(), rules: vec![] }).unwrap();
         assert!(!p.allows(ip("10.0.0.1"), L4::Other));
         assert!(!p.allows(ip("::1"), at(PortProtocol::Tcp, 1)));
     }
@@ -585,7 +596,11 @@ mod tests {
             name: "p".into(),
             rules: vec![RuleSpec {
                 peers: vec![],
-                ports: vec![PortSpec { protocol: PortProtocol::Tcp, port: Some(90), end_port: Some(80) }],
+                ports: vec![PortSpec {
+                    protocol: PortProtocol::Tcp,
+                    port: Some(90),
+                    end_port: Some(80),
+                }],
             }],
         };
         assert_eq!(
@@ -594,10 +609,16 @@ mod tests {
         );
         let bad_except = PolicySpec {
             name: "q".into(),
-            rules: vec![RuleSpec::default(), RuleSpec {
-                peers: vec![PeerSpec { cidr: cidr("10.0.0.0/16"), except: vec![cidr("10.1.0.0/24")] }],
-                ports: vec![],
-            }],
+            rules: vec![
+                RuleSpec::default(),
+                RuleSpec {
+                    peers: vec![PeerSpec {
+                        cidr: cidr("10.0.0.0/16"),
+                        except: vec![cidr("10.1.0.0/24")],
+                    }],
+                    ports: vec![],
+                },
+            ],
         };
         assert!(matches!(
             CompiledPolicy::compile(&bad_except),
@@ -609,16 +630,29 @@ mod tests {
     fn thousand_rules_share_classes() {
         let rules = (0..1000u32)
             .map(|i| RuleSpec {
-                peers: vec![PeerSpec { cidr: Cidr::host(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 7))), except: vec![] }],
+                peers: vec![PeerSpec {
+                    cidr: Cidr::host(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 7))),
+                    except: vec![],
+                }],
                 ports: vec![tcp(8000 + (i % 10) as u16)],
             })
             .collect();
         let p = CompiledPolicy::compile(&PolicySpec { name: "big".into(), rules }).unwrap();
         assert_eq!(p.rule_count(), 1000);
         assert_eq!(p.class_count(), 11, "deny + one class per distinct port");
-        assert!(p.allows(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + 7 * 13)), at(PortProtocol::Tcp, 8003)));
-        assert!(!p.allows(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + 7 * 13)), at(PortProtocol::Tcp, 8004)));
-        assert!(!p.allows(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + 7 * 13 + 1)), at(PortProtocol::Tcp, 8003)));
+        assert!(
+            p.allows(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + 7 * 13)), at(PortProtocol::Tcp, 8003))
+        );
+        assert!(
+            !p.allows(
+                IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + 7 * 13)),
+                at(PortProtocol::Tcp, 8004)
+            )
+        );
+        assert!(!p.allows(
+            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + 7 * 13 + 1)),
+            at(PortProtocol::Tcp, 8003)
+        ));
     }
 
     fn arb_cidr_v4() -> impl Strategy<Value = Cidr> {
@@ -626,7 +660,8 @@ mod tests {
             let m = if len == 0 { 0 } else { u32::MAX << (32 - len) };
             // Cluster in 10/8 so blocks nest and except each other often.
             let a = (0x0a00_0000 | (a & 0x00ff_ffff)) & m;
-            Cidr::new(IpAddr::V4(Ipv4Addr::from(a)), len.max(6)).unwrap_or(Cidr::host(IpAddr::V4(Ipv4Addr::from(a))))
+            Cidr::new(IpAddr::V4(Ipv4Addr::from(a)), len.max(6))
+                .unwrap_or(Cidr::host(IpAddr::V4(Ipv4Addr::from(a))))
         })
     }
 
@@ -669,12 +704,20 @@ mod tests {
     fn arb_probe() -> impl Strategy<Value = (IpAddr, L4)> {
         let addr = prop_oneof![
             any::<u32>().prop_map(|a| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (a & 0x00ff_ffff)))),
-            any::<u16>().prop_map(|a| IpAddr::V6(Ipv6Addr::from(0xfd00u128 << 112 | u128::from(a)))),
+            any::<u16>()
+                .prop_map(|a| IpAddr::V6(Ipv6Addr::from(0xfd00u128 << 112 | u128::from(a)))),
             any::<u32>().prop_map(|a| IpAddr::V4(Ipv4Addr::from(a))),
         ];
         let l4 = prop_oneof![
             Just(L4::Other),
-            (prop::sample::select(vec![PortProtocol::Tcp, PortProtocol::Udp, PortProtocol::Sctp]), 0u16..64)
+            (
+                prop::sample::select(vec![
+                    PortProtocol::Tcp,
+                    PortProtocol::Udp,
+                    PortProtocol::Sctp
+                ]),
+                0u16..64
+            )
                 .prop_map(|(protocol, port)| L4::Ports { protocol, port }),
         ];
         (addr, l4)

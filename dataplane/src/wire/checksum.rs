@@ -28,7 +28,9 @@ pub fn sum(initial: u32, bytes: &[u8]) -> u16 {
 /// generic loop showed up at 12 % of the encap profile.
 #[inline(always)]
 pub fn sum_20(header: &[u8; 20]) -> u16 {
-    let w = |i: usize| u64::from(u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]));
+    let w = |i: usize| {
+        u64::from(u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]))
+    };
     fold(w(0) + w(4) + w(8) + w(12) + w(16))
 }
 

@@ -253,6 +253,9 @@ mod tests {
         assert!("02:00:00:00:00:01:02".parse::<MacAddr>().is_err());
         assert!("zz:00:00:00:00:01".parse::<MacAddr>().is_err());
         assert!("2:00:00:00:00:01".parse::<MacAddr>().is_err());
-        assert_eq!("02-00-00-00-00-0A".parse::<MacAddr>().unwrap().to_string(), "02:00:00:00:00:0a");
+        assert_eq!(
+            "02-00-00-00-00-0A".parse::<MacAddr>().unwrap().to_string(),
+            "02:00:00:00:00:0a"
+        );
     }
 }

@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn emit_advert() {
-        let mut b = vec![0u8; 32];
+        let mut b = [0u8; 32];
         let mac = MacAddr([0xee, 0xee, 0xee, 0xee, 0xee, 0xee]);
         let target = "fe80::1".parse().unwrap();
         Icmpv6Packet::new_unchecked(&mut b[..]).emit_neighbor_advert(

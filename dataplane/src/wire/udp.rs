@@ -93,8 +93,12 @@ mod tests {
         let udp = UdpPacket::new_checked(&DATAGRAM[..]).unwrap();
         assert_eq!((udp.src_port(), udp.dst_port(), udp.len()), (53, 33000, 10));
         assert_eq!(udp.payload(), b"hi");
-        let pseudo =
-            checksum::pseudo_header_v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 17, 10);
+        let pseudo = checksum::pseudo_header_v4(
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            17,
+            10,
+        );
         let c = checksum::transport_checksum(pseudo, &DATAGRAM);
         let mut with = DATAGRAM;
         with[6..8].copy_from_slice(&c.to_be_bytes());
