@@ -1,1 +1,103 @@
+//! Shared helpers for podlane's integration tests: writing frames to pcap files, and finding
+//! the external decoders and tools the tests use as oracles (tshark today; real kernels in
+//! network namespaces with the AF_XDP daemon).
+//!
+//! A test that needs a tool which is missing fails under CI (`CI` set in the environment) and
+//! otherwise skips with a loud message naming the command that installs it.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Writes frames as a classic pcap file (LINKTYPE_ETHERNET, microsecond timestamps).
+pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(24 + frames.iter().map(|f| f.len() + 16).sum::<usize>());
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes()); // magic
+    out.extend_from_slice(&2u16.to_le_bytes()); // version major
+    out.extend_from_slice(&4u16.to_le_bytes()); // version minor
+    out.extend_from_slice(&0i32.to_le_bytes()); // thiszone
+    out.extend_from_slice(&0u32.to_le_bytes()); // sigfigs
+    out.extend_from_slice(&65535u32.to_le_bytes()); // snaplen
+    out.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
+    for (i, frame) in frames.iter().enumerate() {
+        out.extend_from_slice(&(i as u32).to_le_bytes()); // seconds: the frame's index
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(frame);
+    }
+    std::fs::File::create(path)?.write_all(&out)
+}
+
+/// The path of `tool` if it is installed. Under CI a missing tool is a failure; elsewhere
+/// `None`, after a loud message, so the caller can skip.
+pub fn require_tool(tool: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(tool))
+            .find(|candidate| candidate.is_file())
+    });
+    match found {
+        Some(path) => Some(path),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{tool} is not installed; the test command (scripts/test) installs it")
+        }
+        None => {
+            eprintln!(
+                "\n*** SKIPPED: {tool} is not installed. Run scripts/test (it installs {tool}) to run this test. ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// A scratch directory removed on drop, unique per test and process.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn new(test: &str) -> ScratchDir {
+        let dir = std::env::temp_dir().join(format!("podlane-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch directory");
+        ScratchDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs tshark on a pcap and returns one line per frame with the requested fields,
+/// `|`-separated, every occurrence of a field (outer and inner headers) joined by `,`.
+/// Checksum validation is switched on so that tshark reports bad checksums as such.
+pub fn tshark_fields(
+    tshark: &Path,
+    pcap: &Path,
+    decode_as: &[&str],
+    fields: &[&str],
+) -> Vec<String> {
+    let mut cmd = Command::new(tshark);
+    cmd.arg("-n").arg("-r").arg(pcap);
+    for d in decode_as {
+        cmd.arg("-d").arg(d);
+    }
+    cmd.args(["-o", "ip.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE", "-T", "fields"]);
+    cmd.args(["-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,"]);
+    for f in fields {
+        cmd.arg("-e").arg(f);
+    }
+    let output = cmd.output().expect("run tshark");
+    assert!(output.status.success(), "tshark failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout)
+        .expect("tshark prints UTF-8")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
