@@ -2,8 +2,8 @@
 //! the external decoders and tools the tests use as oracles (tshark today; real kernels in
 //! network namespaces with the AF_XDP daemon).
 //!
-//! A test that needs a tool which is missing fails under CI (`CI` set in the environment) and
-//! otherwise skips with a loud message naming the command that installs it.
+//! A test that needs a tool which is missing fails under CI (`CI` set in the environment) or
+//! `scripts/test`, and otherwise skips with a loud message naming the command that installs it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,8 +29,9 @@ pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> std::io::Result<()> {
     std::fs::File::create(path)?.write_all(&out)
 }
 
-/// The path of `tool` if it is installed. Under CI a missing tool is a failure; elsewhere
-/// `None`, after a loud message, so the caller can skip.
+/// The path of `tool` if it is installed. Under CI, or through `scripts/test`
+/// (`PODLANE_REQUIRE_TOOLS`), a missing tool is a failure; elsewhere `None`, after a loud
+/// message, so the caller can skip.
 pub fn require_tool(tool: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -39,7 +40,9 @@ pub fn require_tool(tool: &str) -> Option<PathBuf> {
     });
     match found {
         Some(path) => Some(path),
-        None if std::env::var_os("CI").is_some() => {
+        None if std::env::var_os("CI").is_some()
+            || std::env::var_os("PODLANE_REQUIRE_TOOLS").is_some() =>
+        {
             panic!("{tool} is not installed; the test command (scripts/test) installs it")
         }
         None => {

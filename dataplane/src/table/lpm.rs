@@ -66,7 +66,9 @@ impl LpmBuilder {
         // covers, and a chunk is only ever created under an entry that already holds the
         // shorter prefix's value (leaf pushing). Stable sort keeps "last insert wins".
         self.entries.sort_by_key(|&(_, len, _)| len);
-        let mut lpm = Lpm { root: vec![0; 1 << ROOT_STRIDE], chunks: Vec::new(), prefixes: 0 };
+        // An empty table (no IPv6 pods, say) costs nothing: lookups of an empty root miss.
+        let root = if self.entries.is_empty() { Vec::new() } else { vec![0; 1 << ROOT_STRIDE] };
+        let mut lpm = Lpm { root, chunks: Vec::new(), prefixes: 0 };
         let mut seen = std::collections::HashSet::new();
         for &(key, len, value) in &self.entries {
             seen.insert((key, len));
@@ -83,7 +85,7 @@ impl Lpm {
     /// The value of the longest prefix containing `key`.
     #[inline]
     pub fn lookup(&self, key: u128) -> Option<u32> {
-        let mut entry = self.root[bits(key, 0, ROOT_STRIDE)];
+        let mut entry = *self.root.get(bits(key, 0, ROOT_STRIDE))?;
         let mut start = ROOT_STRIDE;
         while entry & CHILD != 0 {
             let chunk = (entry & !CHILD) as usize * CHUNK;
@@ -97,7 +99,7 @@ impl Lpm {
     /// walk, since an IPv4 key's bits are the top 32 of its left-aligned form.
     #[inline]
     pub fn lookup_v4(&self, addr: u32) -> Option<u32> {
-        let mut entry = self.root[(addr >> (32 - ROOT_STRIDE)) as usize];
+        let mut entry = *self.root.get((addr >> (32 - ROOT_STRIDE)) as usize)?;
         let mut start = ROOT_STRIDE;
         while entry & CHILD != 0 && start < 32 {
             let chunk = (entry & !CHILD) as usize * CHUNK;

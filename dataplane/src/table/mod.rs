@@ -44,6 +44,30 @@ pub struct TableSpec {
     pub policies: Vec<PolicySpec>,
 }
 
+/// Why a tables file could not be read; names the file and, for syntax, line and column.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read tables file {path}: {source}")]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("tables file {path}, line {line}, column {column}: {message}")]
+    Parse { path: std::path::PathBuf, line: usize, column: usize, message: String },
+}
+
+impl TableSpec {
+    /// Reads a tables file in the JSON encoding of [`TableSpec`] (the encoding the control
+    /// protocol will carry; `docs/tables.md` shows an example).
+    pub fn from_json_file(path: &std::path::Path) -> Result<TableSpec, LoadError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+        serde_json::from_str(&text).map_err(|e| LoadError::Parse {
+            path: path.to_owned(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string().split(" at line ").next().unwrap_or_default().to_owned(),
+        })
+    }
+}
+
 /// A node of the cluster (this one included).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSpec {
@@ -511,6 +535,43 @@ impl Snapshot {
             + map_bytes(&self.node_by_underlay_v6)
             + map_bytes(&self.endpoint_by_interface)
             + map_bytes(&self.policy_index)
+    }
+
+    /// A human summary: what the tables hold and what they cost.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let (v4, v6) = self.route_counts();
+        let mut out = String::new();
+        let local = self.local_node();
+        let _ = writeln!(out, "generation:  {}", self.generation);
+        let _ = writeln!(
+            out,
+            "local node:  {} (underlay {}, VTEP MAC {})",
+            local.name, local.underlay, local.vtep_mac
+        );
+        let unresolved =
+            self.nodes.iter().filter(|n| n.next_hop_mac.is_none()).count().saturating_sub(1);
+        let _ = writeln!(
+            out,
+            "nodes:       {} ({} remote without a resolved next hop)",
+            self.nodes.len(),
+            unresolved
+        );
+        let _ = writeln!(out, "endpoints:   {} local", self.endpoints.len());
+        let _ = writeln!(
+            out,
+            "routes:      {v4} IPv4, {v6} IPv6 (pod CIDRs and local pod host routes)"
+        );
+        let rules: usize = self.policies.iter().map(CompiledPolicy::rule_count).sum();
+        let classes: usize = self.policies.iter().map(CompiledPolicy::class_count).sum();
+        let _ = writeln!(
+            out,
+            "policies:    {} ({rules} rules, {classes} peer classes)",
+            self.policies.len()
+        );
+        let _ =
+            write!(out, "memory:      {:.1} KiB of tables", self.memory_bytes() as f64 / 1024.0);
+        out
     }
 
     /// Route entries per family (v4, v6).
