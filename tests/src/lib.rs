@@ -104,3 +104,84 @@ pub fn tshark_fields(
         .map(str::to_owned)
         .collect()
 }
+
+/// True when running as root. Tests that need root (namespaces, TAP devices) call
+/// [`require_root`] instead.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Root, or a loud skip (a failure under CI or `scripts/test`).
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() || std::env::var_os("PODLANE_REQUIRE_TOOLS").is_some() {
+        panic!("{test} needs root (network namespaces); CI and scripts/test run as root");
+    }
+    eprintln!(
+        "\n*** SKIPPED: {test} needs root (network namespaces). Run scripts/test as root. ***\n"
+    );
+    false
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(program: &str, args: &[&str]) {
+    let out =
+        Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace of this test process, deleted (with every device in it) on drop,
+/// also when the test fails.
+#[derive(Debug)]
+pub struct Netns(String);
+
+impl Netns {
+    /// Creates `podlane-<tag>-<pid>-<n>`: unique per process and call, so tests run in parallel.
+    pub fn new(tag: &str) -> Netns {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("podlane-{tag}-{}-{n}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// `ip ARGS` inside the namespace.
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", self.0.as_str()];
+        full.extend_from_slice(args);
+        run("ip", &full);
+    }
+
+    /// Any command inside the namespace.
+    pub fn exec(&self, program: &str, args: &[&str]) {
+        let mut full = vec!["netns", "exec", self.0.as_str(), program];
+        full.extend_from_slice(args);
+        run("ip", &full);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
