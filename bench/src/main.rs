@@ -35,6 +35,9 @@ enum Command {
         /// Distinct policies among local pods (1: all share one; = local endpoints: each its own).
         #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=4096))]
         distinct_policies: u32,
+        /// Also write the tables as a JSON tables file (for `podlane-dataplane --check`).
+        #[arg(long, value_name = "FILE")]
+        write_json: Option<std::path::PathBuf>,
     },
 }
 
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
             rules,
             peers_per_rule,
             distinct_policies,
+            write_json,
         } => {
             let usable = blocks_per_node as usize * 62;
             anyhow::ensure!(
@@ -93,6 +97,14 @@ fn main() -> anyhow::Result<()> {
             println!("process RSS with input spec:  {}", mib(m.rss_with_spec));
             println!("process RSS with snapshot:    {}", mib(m.rss_with_snapshot));
             println!("process peak RSS:             {}", mib(m.peak_rss));
+            if let Some(path) = write_json {
+                let spec = podlane_bench::fixture::cluster(&params);
+                let file = std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                serde_json::to_writer(std::io::BufWriter::new(file), &spec)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("tables written to {}", path.display());
+            }
         }
     }
     Ok(())
