@@ -41,15 +41,13 @@ pub fn flow_hash(src: u128, dst: u128, protocol: u8, src_port: u16, dst_port: u1
     h as u32
 }
 
-/// Scales a 32-bit hash into the inclusive range [min, max] with a multiply, not a modulo,
-/// as Linux's `udp_flow_src_port` does.
+/// Scales a 32-bit hash into [min, max) with a multiply, not a modulo, exactly as Linux's
+/// `udp_flow_src_port` does, including its fallback to the default local port range when
+/// min ≥ max.
 #[inline]
 pub fn source_port(hash: u32, min: u16, max: u16) -> u16 {
-    if max <= min {
-        return min;
-    }
-    let span = u64::from(max - min) + 1;
-    min + ((u64::from(hash) * span) >> 32) as u16
+    let (min, max) = if min >= max { (32768, 60999) } else { (min, max) };
+    min + ((u64::from(hash) * u64::from(max - min)) >> 32) as u16
 }
 
 /// RFC 6040 / Linux `INET_ECN_encapsulate` with a zero outer TOS: copy ECT(0)/ECT(1), turn
@@ -172,11 +170,11 @@ mod tests {
     fn source_port_stays_in_range() {
         for hash in [0u32, 1, 0x8000_0000, u32::MAX] {
             let p = source_port(hash, 32768, 60999);
-            assert!((32768..=60999).contains(&p), "{p}");
+            assert!((32768..60999).contains(&p), "{p}");
         }
-        assert_eq!(source_port(u32::MAX, 32768, 60999), 60999);
+        assert_eq!(source_port(u32::MAX, 32768, 60999), 60998, "max is exclusive, as in Linux");
         assert_eq!(source_port(0, 32768, 60999), 32768);
-        assert_eq!(source_port(12345, 4000, 4000), 4000);
+        assert_eq!(source_port(u32::MAX, 4000, 4000), 60998, "min ≥ max: Linux's default range");
     }
 
     #[test]

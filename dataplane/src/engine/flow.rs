@@ -6,10 +6,13 @@ use crate::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, WireError, be16};
 
 use super::DropReason;
 
-/// Protocol and ports of one packet; ports are zero when the packet has none.
+/// Protocol and ports of one packet.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Flow {
     pub protocol: u8,
+    /// Ports for the encapsulation's flow hash: zero for every fragment, first included, so
+    /// that all fragments of a datagram take one outer source port (as Linux's flow
+    /// dissector does without FLOW_DISSECTOR_F_PARSE_1ST_FRAG) and one underlay path.
     pub src_port: u16,
     pub dst_port: u16,
     /// What policy sees: destination port for TCP/UDP/SCTP, `Other` otherwise.
@@ -26,22 +29,26 @@ fn port_protocol(protocol: IpProtocol) -> Option<PortProtocol> {
 }
 
 /// Reads the ports at the start of a TCP/UDP/SCTP header (all three put source and
-/// destination port in the first four bytes).
+/// destination port in the first four bytes). A first fragment's ports serve policy but
+/// not the flow hash.
 #[inline]
-fn with_ports(protocol: IpProtocol, l4: &[u8], malformed: DropReason) -> Result<Flow, DropReason> {
+fn with_ports(
+    protocol: IpProtocol,
+    l4: &[u8],
+    first_fragment: bool,
+    malformed: DropReason,
+) -> Result<Flow, DropReason> {
     let raw = u8::from(protocol);
     match port_protocol(protocol) {
         Some(p) => {
             if l4.len() < 4 {
                 return Err(malformed);
             }
-            let (src_port, dst_port) = (be16(l4, 0), be16(l4, 2));
-            Ok(Flow {
-                protocol: raw,
-                src_port,
-                dst_port,
-                l4: L4::Ports { protocol: p, port: dst_port },
-            })
+            let dst_port = be16(l4, 2);
+            let l4_policy = L4::Ports { protocol: p, port: dst_port };
+            let (src_port, dst_port) =
+                if first_fragment { (0, 0) } else { (be16(l4, 0), dst_port) };
+            Ok(Flow { protocol: raw, src_port, dst_port, l4: l4_policy })
         }
         None => Ok(Flow { protocol: raw, src_port: 0, dst_port: 0, l4: L4::Other }),
     }
@@ -58,7 +65,7 @@ pub(crate) fn ipv4<T: AsRef<[u8]>>(
     if ip.frag_offset() != 0 {
         return Ok(Flow { protocol: protocol.into(), src_port: 0, dst_port: 0, l4: L4::Other });
     }
-    with_ports(protocol, ip.payload(), malformed)
+    with_ports(protocol, ip.payload(), ip.more_frags(), malformed)
 }
 
 /// The flow of an IPv6 packet, walking extension headers. ESP and over-long chains have no
@@ -74,7 +81,8 @@ pub(crate) fn ipv6<T: AsRef<[u8]>>(
             Ok(Flow { protocol: loc.protocol.into(), src_port: 0, dst_port: 0, l4: L4::Other })
         }
         Ok(loc) => {
-            with_ports(loc.protocol, ip.as_bytes().get(loc.offset..).unwrap_or(&[]), malformed_l4)
+            let l4 = ip.as_bytes().get(loc.offset..).unwrap_or(&[]);
+            with_ports(loc.protocol, l4, loc.fragment, malformed_l4)
         }
         Err(WireError::Unsupported) => {
             Ok(Flow { protocol: ip.next_header().into(), src_port: 0, dst_port: 0, l4: L4::Other })

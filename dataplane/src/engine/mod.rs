@@ -42,14 +42,17 @@ pub struct EngineConfig {
     pub vni: u32,
     /// Destination UDP port (Flannel 8472, Calico 4789).
     pub vxlan_port: u16,
-    /// Inclusive range for the outer UDP source port, chosen by flow hash (Linux scales into
-    /// ip_local_port_range, 32768–60999).
+    /// Range [min, max) for the outer UDP source port, chosen by flow hash, as Linux's
+    /// `udp_flow_src_port` does; min ≥ max falls back to Linux's ip_local_port_range default,
+    /// 32768–60999 (60999 itself is never chosen, as with the kernel).
     pub source_port_min: u16,
     pub source_port_max: u16,
     /// Outer IPv4 TTL / IPv6 hop limit.
     pub outer_ttl: u8,
-    /// Compute the outer UDP checksum over IPv4 (default: zero, as RFC 7348 allows). Over
-    /// IPv6 it is always computed (RFC 8200 §8.1).
+    /// Compute the outer UDP checksum over IPv4. Off by default, as RFC 7348 allows and
+    /// VPP does; the Linux vxlan device computes it unless created with `noudpcsum`, and every
+    /// receiver, Linux and podlane included, accepts both. Over IPv6 it is always computed
+    /// (RFC 8200 §8.1).
     pub outer_udp_checksum_v4: bool,
     /// MTU of the uplink: an inner packet that would not fit once encapsulated is dropped,
     /// because a VTEP must not fragment.
@@ -176,7 +179,7 @@ drop_reasons! {
     UnknownIngress => "unknown_ingress",
     /// VXLAN candidate whose outer IP or UDP header is malformed.
     OuterMalformed => "outer_malformed",
-    /// Outer IPv4 header checksum bad, or a zero UDP checksum over IPv6.
+    /// Outer IPv4 header or UDP checksum bad, or a zero UDP checksum over IPv6.
     OuterChecksum => "outer_checksum",
     /// Outer IPv4 or IPv6 fragment: a VTEP must not fragment, so nothing reassembles it.
     OuterFragment => "outer_fragment",
@@ -387,7 +390,14 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(config: EngineConfig) -> Pipeline {
-        Pipeline { config, counters: Counters::default(), next_ip_id: 0 }
+        Pipeline::for_worker(config, 0)
+    }
+
+    /// The pipeline of worker `index`. Workers start their outer IPv4 identification
+    /// counters 4096 apart, so that two workers sending to the same node do not emit the same
+    /// IDs in lockstep (DF is clear, so an underlay that fragments reassembles by ID).
+    pub fn for_worker(config: EngineConfig, index: u16) -> Pipeline {
+        Pipeline { config, counters: Counters::default(), next_ip_id: index.wrapping_mul(4096) }
     }
 
     pub fn config(&self) -> &EngineConfig {

@@ -225,7 +225,14 @@ fn forward(
             let inner = Inner { ip_len: packet.ip_len, tos: packet.tos, hash };
             encap::encapsulate(pipeline, snapshot, snapshot.node(node), frame, inner)
         }
-        None if packet.dst == snapshot.local_node().underlay => Verdict::Host,
+        // The node itself (its underlay address, the gateway the pod routes through) is
+        // always reachable from its pods, whatever their egress policy.
+        None if packet.dst == snapshot.local_node().underlay
+            || packet.dst == IpAddr::V4(pipeline.config.gateway_v4)
+            || packet.dst == IpAddr::V6(pipeline.config.gateway_v6) =>
+        {
+            Verdict::Host
+        }
         None => {
             if !egress_allowed() {
                 return Verdict::Drop(DropReason::PolicyDeniedEgress);
@@ -312,7 +319,9 @@ fn neighbour_solicitation(pipeline: &Pipeline, frame: &mut Frame<'_>) -> Verdict
     ip.set_src_addr(config.gateway_v6);
     ip.set_dst_addr(dst_ip);
     let mut icmp = Icmpv6Packet::new_unchecked(&mut data[icmp_start..]);
-    icmp.emit_neighbor_advert(config.gateway_v6, flags, config.gateway_mac);
+    if icmp.emit_neighbor_advert(config.gateway_v6, flags, config.gateway_mac).is_err() {
+        return Verdict::Drop(DropReason::NoBufferRoom);
+    }
     let pseudo = checksum::pseudo_header_v6(
         config.gateway_v6,
         dst_ip,

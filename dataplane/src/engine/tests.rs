@@ -382,6 +382,45 @@ fn decap_validates_like_linux_and_calico() {
         run(&mut p, &snap, Ingress::Uplink, &bad).0,
         Verdict::Drop(DropReason::OuterChecksum)
     );
+
+    // A flipped bit anywhere under a non-zero outer UDP checksum (here in the inner payload,
+    // which has no checksum of its own for the VNI or inner MACs) is caught, as Linux does.
+    assert_ne!(u16::from_be_bytes([ok[40], ok[41]]), 0, "etherparse computes the UDP checksum");
+    let mut flipped = ok.clone();
+    *flipped.last_mut().unwrap() ^= 0x01;
+    assert_eq!(
+        run(&mut p, &snap, Ingress::Uplink, &flipped).0,
+        Verdict::Drop(DropReason::OuterChecksum)
+    );
+    // Zero means "no checksum" over IPv4 and is accepted.
+    let mut zero = flipped.clone();
+    zero[40..42].copy_from_slice(&[0, 0]);
+    assert_eq!(run(&mut p, &snap, Ingress::Uplink, &zero).0, Verdict::Decap(a2));
+}
+
+#[test]
+fn fragments_of_one_datagram_share_the_outer_source_port() {
+    let snap = snapshot(&spec_for("node-a", false));
+    let mut p = Pipeline::new(config_for("node-a"));
+    let outer_sport = |out: &[u8]| u16::from_be_bytes([out[34], out[35]]);
+    let refragment = |frame: &mut Vec<u8>, flags_offset: u16| {
+        frame[20..22].copy_from_slice(&flags_offset.to_be_bytes());
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let sum = !crate::wire::checksum::sum(0, &frame[14..34]);
+        frame[24..26].copy_from_slice(&sum.to_be_bytes());
+    };
+    let whole = udp4("10.244.1.2", "10.244.2.5", 4000, 53, 64, &[1u8; 32]);
+    let mut first = whole.clone();
+    refragment(&mut first, 0x2000); // MF, offset 0
+    let mut later = whole.clone();
+    refragment(&mut later, 0x0005); // offset 40 bytes, last fragment
+    let (v1, o1) = run(&mut p, &snap, from_a1(&snap), &first);
+    let (v2, o2) = run(&mut p, &snap, from_a1(&snap), &later);
+    assert_eq!((v1, v2), (Verdict::Encap, Verdict::Encap));
+    assert_eq!(outer_sport(&o1), outer_sport(&o2));
+    let (_, o3) = run(&mut p, &snap, from_a1(&snap), &whole);
+    let expected = source_port(flow_hash(0x0af4_0102, 0x0af4_0205, 17, 4000, 53), 32768, 60999);
+    assert_eq!(outer_sport(&o3), expected, "unfragmented datagrams hash their ports");
 }
 
 #[test]
@@ -639,6 +678,11 @@ fn policy_at_egress_and_ingress() {
         run(&mut p, &snap, a1, &udp4("10.244.1.2", "192.168.50.1", 1, 53, 64, b"")).0,
         Verdict::Host,
         "a pod may always reach its own node"
+    );
+    assert_eq!(
+        run(&mut p, &snap, a1, &udp4("10.244.1.2", "169.254.1.1", 1, 53, 64, b"")).0,
+        Verdict::Host,
+        "... and its gateway"
     );
     assert_eq!(
         run(&mut p, &snap, a1, &tcp4("10.244.1.2", "10.244.1.3", 4000, 80)).0,

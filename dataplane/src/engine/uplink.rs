@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use crate::table::{RouteTarget, Snapshot};
+use crate::wire::checksum;
 use crate::wire::{
     EtherType, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket, VxlanPacket,
 };
@@ -73,6 +74,15 @@ fn outer_ipv4(pipeline: &Pipeline, snapshot: &Snapshot, bytes: &[u8]) -> Result<
     if ip.more_frags() {
         return Err(Verdict::Drop(DropReason::OuterFragment));
     }
+    // Linux verifies a non-zero UDP checksum before VXLAN sees the datagram (and its vxlan
+    // devices send one by default); zero means "none" over IPv4.
+    let datagram = &ip.payload()[..usize::from(udp.len())];
+    if udp.checksum() != 0 {
+        let pseudo = checksum::pseudo_header_v4(ip.src_addr(), ip.dst_addr(), 17, udp.len());
+        if checksum::sum(pseudo, datagram) != 0xffff {
+            return Err(Verdict::Drop(DropReason::OuterChecksum));
+        }
+    }
     let udp_start = ETH + ip.header_len();
     Ok(Outer {
         source: IpAddr::V4(ip.src_addr()),
@@ -100,7 +110,10 @@ fn outer_ipv6(pipeline: &Pipeline, snapshot: &Snapshot, bytes: &[u8]) -> Result<
     }
     // RFC 8200 §8.1: a zero UDP checksum over IPv6 is invalid (Linux drops it unless the
     // device enables udp6zerocsumrx).
-    if udp.checksum() == 0 {
+    let pseudo = checksum::pseudo_header_v6(ip.src_addr(), ip.dst_addr(), 17, u32::from(udp.len()));
+    if udp.checksum() == 0
+        || checksum::sum(pseudo, &ip.payload()[..usize::from(udp.len())]) != 0xffff
+    {
         return Err(Verdict::Drop(DropReason::OuterChecksum));
     }
     let udp_start = ETH + Ipv6Packet::<&[u8]>::HEADER_LEN;

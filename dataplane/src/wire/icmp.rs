@@ -160,8 +160,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Packet<T> {
 
     /// Writes a neighbour advertisement for `target` with `flags` ([`na_flags`]) and one
     /// target link-layer address option: 32 bytes, checksum zeroed (the caller fills it).
-    pub fn emit_neighbor_advert(&mut self, target: Ipv6Addr, flags: u8, mac: MacAddr) {
+    /// `Err(Truncated)`, writing nothing, when the buffer is shorter.
+    pub fn emit_neighbor_advert(
+        &mut self,
+        target: Ipv6Addr,
+        flags: u8,
+        mac: MacAddr,
+    ) -> Result<(), WireError> {
         let b = self.buffer.as_mut();
+        if b.len() < field::ND_OPTIONS + 8 {
+            return Err(WireError::Truncated);
+        }
         b[field::TYPE] = icmpv6_type::NEIGHBOR_ADVERT;
         b[field::CODE] = 0;
         put16(b, field::CHECKSUM, 0);
@@ -170,6 +179,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Packet<T> {
         b[field::ND_OPTIONS] = nd_option::TARGET_LINK_ADDR;
         b[field::ND_OPTIONS + 1] = 1;
         b[field::ND_OPTIONS + 2..field::ND_OPTIONS + 8].copy_from_slice(&mac.0);
+        Ok(())
     }
 }
 
@@ -217,10 +227,17 @@ mod tests {
         let mut b = [0u8; 32];
         let mac = MacAddr([0xee, 0xee, 0xee, 0xee, 0xee, 0xee]);
         let target = "fe80::1".parse().unwrap();
-        Icmpv6Packet::new_unchecked(&mut b[..]).emit_neighbor_advert(
-            target,
-            na_flags::ROUTER | na_flags::SOLICITED | na_flags::OVERRIDE,
-            mac,
+        Icmpv6Packet::new_unchecked(&mut b[..])
+            .emit_neighbor_advert(
+                target,
+                na_flags::ROUTER | na_flags::SOLICITED | na_flags::OVERRIDE,
+                mac,
+            )
+            .unwrap();
+        let mut short = [0u8; 31];
+        assert_eq!(
+            Icmpv6Packet::new_checked(&mut short[..]).unwrap().emit_neighbor_advert(target, 0, mac),
+            Err(WireError::Truncated)
         );
         let icmp = Icmpv6Packet::new_checked(&b[..]).unwrap();
         assert_eq!(icmp.msg_type(), icmpv6_type::NEIGHBOR_ADVERT);

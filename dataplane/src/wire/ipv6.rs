@@ -26,6 +26,8 @@ pub struct L4Location {
     pub protocol: IpProtocol,
     /// Offset of the upper-layer header from the start of the IPv6 header.
     pub offset: usize,
+    /// A fragment header was walked (first fragment or later).
+    pub fragment: bool,
     /// A fragment other than the first: there is no upper-layer header in this packet.
     pub later_fragment: bool,
 }
@@ -124,6 +126,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         let mut next = self.next_header();
         let mut offset = field::PAYLOAD;
         let mut later_fragment = false;
+        let mut fragment = false;
         for _ in 0..MAX_EXTENSION_HEADERS {
             let header_len = match next {
                 IpProtocol::HopByHop | IpProtocol::Ipv6Route | IpProtocol::Ipv6Opts => {
@@ -136,13 +139,14 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
                 }
                 IpProtocol::Ipv6Frag => {
                     let frag = packet.get(offset..offset + 8).ok_or(WireError::Truncated)?;
+                    fragment = true;
                     if be16(frag, 2) & 0xfff8 != 0 {
                         later_fragment = true;
                     }
                     8
                 }
                 IpProtocol::Esp => return Err(WireError::Unsupported),
-                protocol => return Ok(L4Location { protocol, offset, later_fragment }),
+                protocol => return Ok(L4Location { protocol, offset, fragment, later_fragment }),
             };
             let next_byte = *packet.get(offset).ok_or(WireError::Truncated)?;
             if offset + header_len > packet.len() {
@@ -151,7 +155,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
             next = next_byte.into();
             offset += header_len;
             if later_fragment {
-                return Ok(L4Location { protocol: next, offset, later_fragment });
+                return Ok(L4Location { protocol: next, offset, fragment, later_fragment });
             }
         }
         Err(WireError::Unsupported)
@@ -220,7 +224,15 @@ mod tests {
         assert_eq!(ip.src_addr(), "fd00:10:244:1::2".parse::<Ipv6Addr>().unwrap());
         assert_eq!(ip.dst_addr(), "fd00:10:244:2::3".parse::<Ipv6Addr>().unwrap());
         let l4 = ip.find_l4().unwrap();
-        assert_eq!(l4, L4Location { protocol: IpProtocol::Udp, offset: 40, later_fragment: false });
+        assert_eq!(
+            l4,
+            L4Location {
+                protocol: IpProtocol::Udp,
+                offset: 40,
+                fragment: false,
+                later_fragment: false
+            }
+        );
     }
 
     #[test]
@@ -232,7 +244,15 @@ mod tests {
         payload.extend_from_slice(&[0u8; 20]);
         let b = header(0, &payload);
         let l4 = Ipv6Packet::new_checked(&b[..]).unwrap().find_l4().unwrap();
-        assert_eq!(l4, L4Location { protocol: IpProtocol::Tcp, offset: 72, later_fragment: false });
+        assert_eq!(
+            l4,
+            L4Location {
+                protocol: IpProtocol::Tcp,
+                offset: 72,
+                fragment: true,
+                later_fragment: false
+            }
+        );
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //!
 //! * `XxxPacket::new_checked(bytes)` is the only way untrusted bytes enter. It verifies that
 //!   every fixed field and every length the header claims fit inside the buffer. **After it
-//!   succeeds, no accessor and no setter of that view can panic**, whatever the bytes say.
+//!   succeeds, no accessor can panic**, whatever the bytes say, and neither can a setter of a
+//!   fixed field. Emitters of whole messages (`emit_neighbor_advert`) check that they fit.
+//!   A setter of a length field (total length, payload length, UDP length, header length)
+//!   writes what it is told: read the view again only after re-checking it.
 //! * `XxxPacket::new_unchecked(bytes)` is for buffers the caller built itself (emitting
 //!   headers into headroom); its accessors panic if the buffer is too short.
 //!
