@@ -1,0 +1,36 @@
+//! `podlane check -f FILE`: the operator's offline validation of a tables file.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn podlane(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_podlane")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_reports_what_a_valid_file_holds() {
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/two-nodes.json");
+    let (code, stdout, stderr) = podlane(&["check", "-f", example.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("tables valid"), "{stdout}");
+    assert!(stdout.contains("endpoints:   2 local"), "{stdout}");
+}
+
+#[test]
+fn check_names_the_problem() {
+    let path =
+        std::env::temp_dir().join(format!("podlane-control-cli-{}.json", std::process::id()));
+    std::fs::write(&path, r#"{"local_node": "a", "nodes": []}"#).unwrap();
+    let (code, _, stderr) = podlane(&["check", "-f", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(code, 1);
+    assert!(stderr.contains("local node \"a\" is not in the node table"), "{stderr}");
+    let (code, _, stderr) = podlane(&["check"]);
+    assert_eq!(code, 2, "usage error");
+    assert!(stderr.contains("--file"), "{stderr}");
+}
