@@ -804,3 +804,74 @@ proptest! {
         }
     }
 }
+
+/// Workers forward on whatever snapshot is current while the control side publishes: readers
+/// never block or see a half-built table, generations only grow, a rejected update changes
+/// nothing, and every frame gets its verdict throughout.
+#[test]
+fn forwarding_continues_while_tables_are_replaced() {
+    use crate::table::SnapshotCell;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let base = spec_for("node-a", false);
+    let cell = Arc::new(SnapshotCell::new(Snapshot::build(&base, 1).unwrap()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let frame = udp4("10.244.1.2", "10.244.2.5", 1, 2, 64, b"x");
+    let workers: Vec<_> = (0..2)
+        .map(|worker| {
+            let (cell, stop, frame) = (cell.clone(), stop.clone(), frame.clone());
+            std::thread::spawn(move || {
+                let mut p = Pipeline::for_worker(config_for("node-a"), worker);
+                let (mut last, mut generations, mut batches) = (0, 0u32, 0u64);
+                while !stop.load(Ordering::Relaxed) || batches < 100 {
+                    let snap = cell.load(); // once per batch, as a worker does
+                    assert!(snap.generation() >= last, "generations only grow");
+                    if snap.generation() > last {
+                        generations += 1;
+                        last = snap.generation();
+                    }
+                    let a1 = from_a1(&snap);
+                    let mut buffers: Vec<Vec<u8>> = (0..16)
+                        .map(|_| {
+                            let mut b = vec![0u8; HEADROOM + frame.len()];
+                            b[HEADROOM..].copy_from_slice(&frame);
+                            b
+                        })
+                        .collect();
+                    let mut frames: Vec<Frame<'_>> =
+                        buffers.iter_mut().map(|b| Frame::new(b, HEADROOM, frame.len())).collect();
+                    let mut verdicts = [Verdict::Host; 16];
+                    p.process_batch(&snap, a1, &mut frames, &mut verdicts);
+                    // Node-b is in every table the writer publishes: always encapsulated.
+                    assert!(verdicts.iter().all(|v| *v == Verdict::Encap), "{verdicts:?}");
+                    batches += 1;
+                }
+                (generations, p.counters().encap)
+            })
+        })
+        .collect();
+
+    let mut bad = base.clone();
+    bad.nodes[1].vtep_mac = None;
+    for i in 0..300u32 {
+        let mut next = base.clone();
+        // Alternate the local pods and node-b's next hop, and try a broken table now and then.
+        if i % 2 == 0 {
+            next.endpoints.truncate(1);
+        }
+        next.nodes[1].next_hop_mac = Some(MacAddr([0x02, 0xbb, 0, 0, (i >> 8) as u8, i as u8]));
+        let before = cell.load().generation();
+        cell.update(&next).unwrap();
+        if i % 10 == 0 {
+            assert!(cell.update(&bad).is_err());
+            assert_eq!(cell.load().generation(), before + 1, "a rejected update publishes nothing");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(cell.load().generation(), 301);
+    for worker in workers {
+        let (generations, encapsulated) = worker.join().expect("worker never panics");
+        assert!(generations >= 1 && encapsulated >= 100 * 16);
+    }
+}
