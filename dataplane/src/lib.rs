@@ -9,8 +9,11 @@
 //! * [`engine`] — the per-batch pipeline: a pure function from frames, ingress port and
 //!   snapshot to one verdict per frame. No I/O, no allocation, no lock, no log line per packet.
 //!
-//! `unsafe` is denied in this crate; only the AF_XDP module (`io::xsk`, a later issue) opts out.
+//! * [`io`] — AF_XDP and XDP: the one module allowed `unsafe`, all of it in `io::sys`.
+//!
+//! `unsafe` is denied everywhere else.
 
 pub mod engine;
+pub mod io;
 pub mod table;
 pub mod wire;

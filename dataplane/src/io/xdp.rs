@@ -1,0 +1,435 @@
+//! XDP programs without a C toolchain (no clang, libbpf, libxdp or bpffs): a small eBPF
+//! assembler with named registers and opcodes, the two programs podlane attaches, written out
+//! instruction by instruction, loading with bpf(2) and attachment through BPF links.
+//!
+//! * [`XdpProgram::pod`] — on a pod's host-side veth: redirect every frame to the AF_XDP
+//!   socket of its receive queue (`bpf_redirect_map` on an XSKMAP), XDP_PASS when no socket is
+//!   bound there.
+//! * [`XdpProgram::uplink`] — on the uplink: redirect only UDP to the VXLAN port addressed to
+//!   this node (IPv4 without options and not fragmented, or IPv6 with UDP as the first next
+//!   header); XDP_PASS for everything else, so SSH, ARP, kubelet and fragments keep going
+//!   through the kernel.
+//!
+//! A program is attached with BPF_LINK_CREATE: the attachment is owned by the link's file
+//! descriptor, so when the process exits — cleanly, by a panic or by SIGKILL — the kernel
+//! detaches the program. Nothing is pinned, nothing is left behind.
+
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::sys;
+
+#[cfg(target_endian = "big")]
+compile_error!("the eBPF encoder and the programs' field constants assume a little-endian host");
+
+/// eBPF registers (kernel Documentation/bpf/standardization/instruction-set.rst).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reg {
+    /// Return value; helper results.
+    R0 = 0,
+    /// First argument; the program's context (`struct xdp_md *`) on entry.
+    R1,
+    R2,
+    R3,
+    R4,
+    R5,
+    /// Callee-saved: survives helper calls.
+    R6,
+    R7,
+    R8,
+    R9,
+}
+
+/// Load sizes.
+#[derive(Debug, Clone, Copy)]
+pub enum Size {
+    B,
+    H,
+    W,
+}
+
+/// Conditional jumps, against an immediate (`_imm`) or a register (`_reg`).
+#[derive(Debug, Clone, Copy)]
+pub enum Cond {
+    Eq,
+    Ne,
+    /// Unsigned greater than.
+    Gt,
+    /// `dst & imm != 0`.
+    Set,
+}
+
+/// A forward or backward jump target.
+#[derive(Debug, Clone, Copy)]
+pub struct Label(usize);
+
+/// Opcode fields (include/uapi/linux/bpf.h, bpf_common.h).
+mod op {
+    pub(super) const LD: u8 = 0x00;
+    pub(super) const LDX: u8 = 0x01;
+    pub(super) const ALU64: u8 = 0x07;
+    pub(super) const JMP: u8 = 0x05;
+    pub(super) const JMP32: u8 = 0x06;
+    pub(super) const MEM: u8 = 0x60;
+    pub(super) const IMM: u8 = 0x00;
+    pub(super) const DW: u8 = 0x18;
+    pub(super) const K: u8 = 0x00;
+    pub(super) const X: u8 = 0x08;
+    pub(super) const ADD: u8 = 0x00;
+    pub(super) const MOV: u8 = 0xb0;
+    pub(super) const JA: u8 = 0x00;
+    pub(super) const JEQ: u8 = 0x10;
+    pub(super) const JGT: u8 = 0x20;
+    pub(super) const JSET: u8 = 0x40;
+    pub(super) const JNE: u8 = 0x50;
+    pub(super) const CALL: u8 = 0x80;
+    pub(super) const EXIT: u8 = 0x90;
+    /// `src_reg` of a 64-bit immediate load that holds a map file descriptor.
+    pub(super) const PSEUDO_MAP_FD: u8 = 1;
+}
+
+/// Helper function ids.
+const HELPER_REDIRECT_MAP: i32 = 51;
+/// XDP actions.
+const XDP_PASS: i32 = 2;
+/// `struct xdp_md` field offsets.
+const MD_DATA: i16 = 0;
+const MD_DATA_END: i16 = 4;
+const MD_RX_QUEUE_INDEX: i16 = 16;
+
+/// An eBPF program under construction: instructions as the kernel's 8-byte `struct bpf_insn`
+/// (code, dst/src registers, 16-bit offset, 32-bit immediate), and labels resolved when done.
+#[derive(Debug, Default)]
+pub struct Asm {
+    insns: Vec<u64>,
+    labels: Vec<Option<usize>>,
+    fixups: Vec<(usize, Label)>,
+}
+
+fn encode(code: u8, dst: Reg, src: u8, off: i16, imm: i32) -> u64 {
+    u64::from(code)
+        | (u64::from(dst as u8 | (src << 4)) << 8)
+        | (u64::from(off as u16) << 16)
+        | (u64::from(imm as u32) << 32)
+}
+
+impl Asm {
+    pub fn new() -> Asm {
+        Asm::default()
+    }
+
+    pub fn label(&mut self) -> Label {
+        self.labels.push(None);
+        Label(self.labels.len() - 1)
+    }
+
+    /// Places `label` at the next instruction.
+    pub fn bind(&mut self, label: Label) {
+        self.labels[label.0] = Some(self.insns.len());
+    }
+
+    /// `dst = *(size *)(src + off)`
+    pub fn ldx(&mut self, size: Size, dst: Reg, src: Reg, off: i16) {
+        let size = match size {
+            Size::W => 0x00,
+            Size::H => 0x08,
+            Size::B => 0x10,
+        };
+        self.insns.push(encode(op::LDX | op::MEM | size, dst, src as u8, off, 0));
+    }
+
+    /// `dst = imm` (64-bit, sign-extended)
+    pub fn mov_imm(&mut self, dst: Reg, imm: i32) {
+        self.insns.push(encode(op::ALU64 | op::MOV | op::K, dst, 0, 0, imm));
+    }
+
+    /// `dst = src`
+    pub fn mov_reg(&mut self, dst: Reg, src: Reg) {
+        self.insns.push(encode(op::ALU64 | op::MOV | op::X, dst, src as u8, 0, 0));
+    }
+
+    /// `dst += imm`
+    pub fn add_imm(&mut self, dst: Reg, imm: i32) {
+        self.insns.push(encode(op::ALU64 | op::ADD | op::K, dst, 0, 0, imm));
+    }
+
+    /// `dst = map` (a 64-bit immediate load the kernel rewrites into the map's address).
+    pub fn ld_map(&mut self, dst: Reg, map: &XskMap) {
+        let fd = map.fd.as_raw_fd();
+        self.insns.push(encode(op::LD | op::IMM | op::DW, dst, op::PSEUDO_MAP_FD, 0, fd));
+        self.insns.push(0);
+    }
+
+    fn jump(&mut self, code: u8, dst: Reg, src: u8, imm: i32, target: Label) {
+        self.fixups.push((self.insns.len(), target));
+        self.insns.push(encode(code, dst, src, 0, imm));
+    }
+
+    fn cond(cond: Cond) -> u8 {
+        match cond {
+            Cond::Eq => op::JEQ,
+            Cond::Ne => op::JNE,
+            Cond::Gt => op::JGT,
+            Cond::Set => op::JSET,
+        }
+    }
+
+    /// `if dst <cond> imm goto target` (64-bit compare, imm sign-extended)
+    pub fn jmp_imm(&mut self, cond: Cond, dst: Reg, imm: i32, target: Label) {
+        self.jump(op::JMP | Self::cond(cond) | op::K, dst, 0, imm, target);
+    }
+
+    /// `if (u32)dst <cond> (u32)imm goto target`
+    pub fn jmp32_imm(&mut self, cond: Cond, dst: Reg, imm: u32, target: Label) {
+        self.jump(op::JMP32 | Self::cond(cond) | op::K, dst, 0, imm as i32, target);
+    }
+
+    /// `if dst <cond> src goto target`
+    pub fn jmp_reg(&mut self, cond: Cond, dst: Reg, src: Reg, target: Label) {
+        self.jump(op::JMP | Self::cond(cond) | op::X, dst, src as u8, 0, target);
+    }
+
+    /// `goto target`
+    pub fn ja(&mut self, target: Label) {
+        self.jump(op::JMP | op::JA, Reg::R0, 0, 0, target);
+    }
+
+    /// `r0 = helper(r1, ..., r5)`
+    pub fn call(&mut self, helper: i32) {
+        self.insns.push(encode(op::JMP | op::CALL, Reg::R0, 0, 0, helper));
+    }
+
+    pub fn exit(&mut self) {
+        self.insns.push(encode(op::JMP | op::EXIT, Reg::R0, 0, 0, 0));
+    }
+
+    /// The instructions with every jump resolved. Panics on an unbound label (a bug in the
+    /// program text, not an input).
+    pub fn finish(mut self) -> Vec<u64> {
+        for &(at, label) in &self.fixups {
+            let target = self.labels[label.0].expect("every label is bound");
+            let off = (target as i64 - at as i64 - 1) as i16;
+            self.insns[at] = (self.insns[at] & !0xffff_0000) | (u64::from(off as u16) << 16);
+        }
+        self.insns
+    }
+}
+
+/// Why an XDP step failed; each names what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error("creating the XSKMAP: {0} (needs root or CAP_BPF)")]
+    MapCreate(#[source] std::io::Error),
+    #[error("loading XDP program {program}: {source}\nverifier log:\n{log}")]
+    Load { program: &'static str, source: std::io::Error, log: String },
+    #[error("no interface named {0:?}")]
+    NoSuchInterface(String),
+    #[error("attaching XDP program {program} to {interface} in {mode:?} mode: {source}")]
+    Attach { program: &'static str, interface: String, mode: XdpMode, source: std::io::Error },
+}
+
+/// Where the program runs: in the driver (native), or after the kernel built an skb (generic,
+/// works everywhere, slower).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    Native,
+    Generic,
+}
+
+/// An XSKMAP: receive queue index → AF_XDP socket.
+#[derive(Debug)]
+pub struct XskMap {
+    fd: OwnedFd,
+}
+
+impl XskMap {
+    /// A map for `queues` receive queues.
+    pub fn new(queues: u32) -> Result<XskMap, XdpError> {
+        const BPF_MAP_TYPE_XSKMAP: u32 = 17;
+        let fd = sys::map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, queues.max(1), "podlane_xsks")
+            .map_err(XdpError::MapCreate)?;
+        Ok(XskMap { fd })
+    }
+}
+
+/// A loaded XDP program (it holds a reference to its map).
+#[derive(Debug)]
+pub struct XdpProgram {
+    fd: OwnedFd,
+    name: &'static str,
+}
+
+/// Ends every program: redirect to the socket of this receive queue, or pass when none.
+fn redirect_to_queue_socket(asm: &mut Asm, ctx: Reg, map: &XskMap) {
+    asm.ldx(Size::W, Reg::R2, ctx, MD_RX_QUEUE_INDEX);
+    asm.ld_map(Reg::R1, map);
+    // The flags' low bits are the action when the map has no socket at that index.
+    asm.mov_imm(Reg::R3, XDP_PASS);
+    asm.call(HELPER_REDIRECT_MAP);
+    asm.exit();
+}
+
+impl XdpProgram {
+    /// The pod-interface program (module doc).
+    pub fn pod(map: &XskMap) -> Result<XdpProgram, XdpError> {
+        let mut asm = Asm::new();
+        redirect_to_queue_socket(&mut asm, Reg::R1, map);
+        XdpProgram::load("podlane_pod", &asm.finish())
+    }
+
+    /// The uplink program (module doc) for a node with underlay address `node` and VXLAN
+    /// destination port `port`.
+    pub fn uplink(map: &XskMap, node: IpAddr, port: u16) -> Result<XdpProgram, XdpError> {
+        XdpProgram::load("podlane_uplink", &uplink_program(map, node, port))
+    }
+
+    /// Loads any XDP program given as instructions; a rejection carries the verifier's log.
+    pub fn load(name: &'static str, insns: &[u64]) -> Result<XdpProgram, XdpError> {
+        const BPF_PROG_TYPE_XDP: u32 = 6;
+        const BPF_XDP: u32 = 37;
+        let fd = sys::prog_load(BPF_PROG_TYPE_XDP, BPF_XDP, insns, "Dual MIT/GPL", name)
+            .map_err(|(source, log)| XdpError::Load { program: name, source, log })?;
+        Ok(XdpProgram { fd, name })
+    }
+
+    /// Attaches the program to `interface` through a BPF link. Dropping the link, or the
+    /// process ending in any way, detaches it.
+    pub fn attach(&self, interface: &str, mode: XdpMode) -> Result<XdpLink, XdpError> {
+        const BPF_XDP: u32 = 37;
+        const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+        const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+        let ifindex = sys::ifindex(interface)
+            .ok_or_else(|| XdpError::NoSuchInterface(interface.to_owned()))?;
+        let flags = match mode {
+            XdpMode::Native => XDP_FLAGS_DRV_MODE,
+            XdpMode::Generic => XDP_FLAGS_SKB_MODE,
+        };
+        let fd = sys::link_create(&self.fd, ifindex, BPF_XDP, flags).map_err(|source| {
+            XdpError::Attach { program: self.name, interface: interface.to_owned(), mode, source }
+        })?;
+        Ok(XdpLink { _fd: fd, interface: interface.to_owned(), mode })
+    }
+
+    /// Native first, generic when the driver refuses native.
+    pub fn attach_best(&self, interface: &str) -> Result<XdpLink, XdpError> {
+        self.attach(interface, XdpMode::Native)
+            .or_else(|_| self.attach(interface, XdpMode::Generic))
+    }
+}
+
+/// An attached program; the attachment ends when this is dropped.
+#[derive(Debug)]
+pub struct XdpLink {
+    _fd: OwnedFd,
+    interface: String,
+    mode: XdpMode,
+}
+
+impl XdpLink {
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    pub fn mode(&self) -> XdpMode {
+        self.mode
+    }
+}
+
+/// A network-order value as the program sees it after a little-endian load.
+fn le16(network: u16) -> i32 {
+    i32::from(u16::from_le_bytes(network.to_be_bytes()))
+}
+
+/// The uplink program's instructions.
+fn uplink_program(map: &XskMap, node: IpAddr, port: u16) -> Vec<u64> {
+    let mut asm = Asm::new();
+    let pass = asm.label();
+    // r6 = ctx (callee-saved across the helper call); r2 = data; r3 = data_end.
+    asm.mov_reg(Reg::R6, Reg::R1);
+    asm.ldx(Size::W, Reg::R2, Reg::R6, MD_DATA);
+    asm.ldx(Size::W, Reg::R3, Reg::R6, MD_DATA_END);
+    match node {
+        IpAddr::V4(addr) => {
+            // Ethernet 14 + IPv4 without options 20 + UDP 8 = 42 bytes must be present; the
+            // verifier allows the reads below only after this comparison.
+            asm.mov_reg(Reg::R4, Reg::R2);
+            asm.add_imm(Reg::R4, 42);
+            asm.jmp_reg(Cond::Gt, Reg::R4, Reg::R3, pass);
+            asm.ldx(Size::H, Reg::R5, Reg::R2, 12); // EtherType
+            asm.jmp_imm(Cond::Ne, Reg::R5, le16(0x0800), pass);
+            asm.ldx(Size::B, Reg::R5, Reg::R2, 14); // version 4, IHL 5: no options
+            asm.jmp_imm(Cond::Ne, Reg::R5, 0x45, pass);
+            asm.ldx(Size::B, Reg::R5, Reg::R2, 23); // protocol
+            asm.jmp_imm(Cond::Ne, Reg::R5, 17, pass);
+            asm.ldx(Size::H, Reg::R5, Reg::R2, 20); // flags + fragment offset: MF or offset → kernel
+            asm.jmp_imm(Cond::Set, Reg::R5, le16(0x3fff), pass);
+            asm.ldx(Size::W, Reg::R5, Reg::R2, 30); // destination address
+            asm.jmp32_imm(Cond::Ne, Reg::R5, u32::from_le_bytes(addr.octets()), pass);
+            asm.ldx(Size::H, Reg::R5, Reg::R2, 36); // UDP destination port
+            asm.jmp_imm(Cond::Ne, Reg::R5, le16(port), pass);
+        }
+        IpAddr::V6(addr) => {
+            // Ethernet 14 + IPv6 40 + UDP 8 = 62 bytes.
+            asm.mov_reg(Reg::R4, Reg::R2);
+            asm.add_imm(Reg::R4, 62);
+            asm.jmp_reg(Cond::Gt, Reg::R4, Reg::R3, pass);
+            asm.ldx(Size::H, Reg::R5, Reg::R2, 12);
+            asm.jmp_imm(Cond::Ne, Reg::R5, le16(0x86dd), pass);
+            asm.ldx(Size::B, Reg::R5, Reg::R2, 20); // next header: UDP directly
+            asm.jmp_imm(Cond::Ne, Reg::R5, 17, pass);
+            for (i, word) in addr.octets().chunks_exact(4).enumerate() {
+                asm.ldx(Size::W, Reg::R5, Reg::R2, 38 + 4 * i as i16);
+                asm.jmp32_imm(
+                    Cond::Ne,
+                    Reg::R5,
+                    u32::from_le_bytes([word[0], word[1], word[2], word[3]]),
+                    pass,
+                );
+            }
+            asm.ldx(Size::H, Reg::R5, Reg::R2, 56);
+            asm.jmp_imm(Cond::Ne, Reg::R5, le16(port), pass);
+        }
+    }
+    redirect_to_queue_socket(&mut asm, Reg::R6, map);
+    asm.bind(pass);
+    asm.mov_imm(Reg::R0, XDP_PASS);
+    asm.exit();
+    asm.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Encodings checked against the kernel's instruction-set document.
+    #[test]
+    fn encodes_instructions() {
+        let mut asm = Asm::new();
+        asm.mov_imm(Reg::R0, 2); // b7 00 0000 02000000
+        asm.ldx(Size::W, Reg::R2, Reg::R1, 16); // 61 12 1000 00000000
+        asm.exit(); // 95 00 0000 00000000
+        assert_eq!(asm.finish(), vec![0x0000_0002_0000_00b7, 0x0000_0000_0010_1261, 0x95]);
+    }
+
+    #[test]
+    fn resolves_jumps_both_ways() {
+        let mut asm = Asm::new();
+        let (top, end) = (asm.label(), asm.label());
+        asm.bind(top);
+        asm.jmp_imm(Cond::Eq, Reg::R1, 0, end); // 0: forward over 1 instruction
+        asm.ja(top); // 1: back to 0
+        asm.bind(end);
+        asm.exit(); // 2
+        let insns = asm.finish();
+        assert_eq!((insns[0] >> 16) as u16 as i16, 1);
+        assert_eq!((insns[1] >> 16) as u16 as i16, -2);
+        assert_eq!(insns[0] & 0xff, 0x15, "JMP | JEQ | K");
+    }
+
+    #[test]
+    fn network_order_constants() {
+        assert_eq!(le16(0x0800), 0x0008);
+        assert_eq!(le16(8472), 0x1821);
+    }
+}
