@@ -29,6 +29,11 @@ pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> std::io::Result<()> {
     std::fs::File::create(path)?.write_all(&out)
 }
 
+/// Under CI or `scripts/test` (`PODLANE_REQUIRE_TOOLS`) a test must run, never skip.
+fn must_not_skip() -> bool {
+    std::env::var_os("CI").is_some() || std::env::var_os("PODLANE_REQUIRE_TOOLS").is_some()
+}
+
 /// The path of `tool` if it is installed. Under CI, or through `scripts/test`
 /// (`PODLANE_REQUIRE_TOOLS`), a missing tool is a failure; elsewhere `None`, after a loud
 /// message, so the caller can skip.
@@ -40,9 +45,7 @@ pub fn require_tool(tool: &str) -> Option<PathBuf> {
     });
     match found {
         Some(path) => Some(path),
-        None if std::env::var_os("CI").is_some()
-            || std::env::var_os("PODLANE_REQUIRE_TOOLS").is_some() =>
-        {
+        None if must_not_skip() => {
             panic!("{tool} is not installed; the test command (scripts/test) installs it")
         }
         None => {
@@ -123,7 +126,7 @@ pub fn require_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    if std::env::var_os("CI").is_some() || std::env::var_os("PODLANE_REQUIRE_TOOLS").is_some() {
+    if must_not_skip() {
         panic!("{test} needs root (network namespaces); CI and scripts/test run as root");
     }
     eprintln!(

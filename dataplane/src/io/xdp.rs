@@ -310,12 +310,6 @@ impl XdpProgram {
         })?;
         Ok(XdpLink { _fd: fd, interface: interface.to_owned(), mode })
     }
-
-    /// Native first, generic when the driver refuses native.
-    pub fn attach_best(&self, interface: &str) -> Result<XdpLink, XdpError> {
-        self.attach(interface, XdpMode::Native)
-            .or_else(|_| self.attach(interface, XdpMode::Generic))
-    }
 }
 
 /// An attached program; the attachment ends when this is dropped.

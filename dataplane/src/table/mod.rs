@@ -549,8 +549,10 @@ impl Snapshot {
             "local node:  {} (underlay {}, VTEP MAC {})",
             local.name, local.underlay, local.vtep_mac
         );
-        let unresolved =
-            self.nodes.iter().filter(|n| n.next_hop_mac.is_none()).count().saturating_sub(1);
+        let local_id = self.local_node.0 as usize;
+        let unresolved = (self.nodes.iter().enumerate())
+            .filter(|&(i, n)| i != local_id && n.next_hop_mac.is_none())
+            .count();
         let _ = writeln!(
             out,
             "nodes:       {} ({} remote without a resolved next hop)",
