@@ -13,6 +13,7 @@
 //!
 //! `unsafe` is denied everywhere else.
 
+pub mod daemon;
 pub mod engine;
 pub mod io;
 pub mod table;

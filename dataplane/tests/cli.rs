@@ -63,11 +63,32 @@ fn syntax_errors_name_line_and_column() {
 }
 
 #[test]
-fn forwarding_without_the_engine_is_a_clear_error() {
+fn bad_flags_say_what_is_wrong() {
     let (code, _, stderr) = run(&["--tables", example().to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("run with --check"), "{stderr}");
+    assert!(stderr.contains("--uplink"), "names the missing flag: {stderr}");
     let (code, _, stderr) = run(&["--tabels", "x"]);
     assert_eq!(code, 2, "clap usage error");
     assert!(stderr.contains("--tables"), "clap suggests the right flag: {stderr}");
+    let (code, _, stderr) =
+        run(&["--tables", "x", "--uplink", "eth9", "--vni", "16777216"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("16777216 is not in 0..16777216"), "{stderr}");
+    let (code, _, stderr) = run(&["--tables", "x", "--uplink", "eth9", "--profile", "cilium"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("[possible values: flannel, calico]"), "{stderr}");
+}
+
+/// One line and exit 1 for an interface that does not exist — or, without privileges, for
+/// that (whichever the test's user hits first).
+#[test]
+fn unknown_uplink_or_missing_privileges_is_one_clear_line() {
+    let (code, _, stderr) =
+        run(&["--tables", example().to_str().unwrap(), "--uplink", "podlane-nope0"]);
+    assert_eq!(code, 1, "{stderr}");
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.contains("no interface named \"podlane-nope0\"") || line.contains("needs root"),
+        "{stderr}"
+    );
 }

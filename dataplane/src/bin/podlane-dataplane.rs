@@ -1,15 +1,66 @@
-//! `podlane-dataplane`, the forwarding daemon. This build validates tables (`--check`); the
-//! AF_XDP engine that forwards frames is the next piece of work, and until it exists the
-//! daemon says so instead of pretending to run.
+//! `podlane-dataplane`, the forwarding daemon: AF_XDP sockets on the uplink and on every
+//! local pod's veth, one pinned worker per core, the pipeline in between. `--check` only
+//! validates a tables file.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use dataplane::daemon::{self, DaemonConfig, PollMode, XdpModeChoice};
+use dataplane::engine::EngineConfig;
+use dataplane::io::xsk::BindPreference;
 use dataplane::table::{Snapshot, TableSpec};
 
+/// Wire settings of the overlay this node joins.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Profile {
+    /// Flannel's vxlan backend: VNI 1, UDP port 8472.
+    Flannel,
+    /// Calico's VXLAN mode: VNI 4096, UDP port 4789.
+    Calico,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum XdpModeArg {
+    /// Native (driver) XDP, generic where the driver has none.
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum XskModeArg {
+    /// Zero-copy where the driver supports it, copy mode otherwise (veth: copy).
+    Auto,
+    ZeroCopy,
+    Copy,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PollArg {
+    /// Sleep in poll() when idle: the least CPU per packet.
+    Event,
+    /// Busy-poll: lowest latency, one full core per worker.
+    Spin,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
 #[derive(Parser, Debug)]
-#[command(name = "podlane-dataplane", version, about = "podlane's userspace VXLAN dataplane")]
+#[command(
+    name = "podlane-dataplane",
+    version,
+    about = "podlane's userspace VXLAN dataplane: AF_XDP in place of the kernel's vxlan device"
+)]
 struct Cli {
     /// Tables to load: JSON with local_node, nodes, endpoints and policies (docs/tables.md).
     #[arg(long, value_name = "FILE")]
@@ -17,33 +68,125 @@ struct Cli {
     /// Validate the tables, print what they hold, and exit (0: valid, 1: rejected).
     #[arg(long)]
     check: bool,
+    /// The node's underlay interface (VXLAN is sent and received here).
+    #[arg(long, value_name = "IFACE", required_unless_present = "check")]
+    uplink: Option<String>,
+    /// The node's underlay address; must match the local node in the tables (the default).
+    #[arg(long, value_name = "IP")]
+    node_ip: Option<IpAddr>,
+    /// VNI and port of Flannel or Calico; --vni and --vxlan-port override it.
+    #[arg(long, value_enum, default_value = "flannel")]
+    profile: Profile,
+    /// VXLAN network identifier (0 to 16777215).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..(1 << 24)))]
+    vni: Option<u32>,
+    /// VXLAN UDP destination port.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    vxlan_port: Option<u16>,
+    /// Cores to run one pinned worker each on, e.g. 1 or 0,1. Default: one worker, unpinned.
+    #[arg(long, value_delimiter = ',', value_name = "CORE,...")]
+    cores: Vec<usize>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: XdpModeArg,
+    /// AF_XDP bind mode.
+    #[arg(long, value_enum, default_value = "auto")]
+    xsk_mode: XskModeArg,
+    /// How idle workers wait.
+    #[arg(long, value_enum, default_value = "event")]
+    poll: PollArg,
+    /// UMEM chunks (2 KiB each) per worker.
+    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1024..=1 << 20))]
+    umem_chunks: u32,
+    /// Compute the outer UDP checksum over IPv4 (Linux's vxlan default; off is RFC 7348's
+    /// and VPP's default, and every receiver accepts both).
+    #[arg(long)]
+    udp_checksum: bool,
+    /// Log level (to stderr).
+    #[arg(long, value_enum, default_value = "info")]
+    log_level: LogLevel,
+    /// Seconds between counter logs at debug level.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    stats_interval: u64,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let spec = match TableSpec::from_json_file(&cli.tables) {
+    let level = match cli.log_level {
+        LogLevel::Error => tracing::Level::ERROR,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Trace => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).init();
+
+    if cli.check {
+        return check(&cli.tables);
+    }
+    let Some(uplink) = cli.uplink.clone() else {
+        eprintln!("podlane-dataplane: --uplink IFACE is required to forward");
+        return ExitCode::from(2);
+    };
+    let (vni, port) = match cli.profile {
+        Profile::Flannel => (1, 8472),
+        Profile::Calico => (4096, 4789),
+    };
+    let engine = EngineConfig {
+        vni: cli.vni.unwrap_or(vni),
+        vxlan_port: cli.vxlan_port.unwrap_or(port),
+        outer_udp_checksum_v4: cli.udp_checksum,
+        ..EngineConfig::default()
+    };
+    let config = DaemonConfig {
+        uplink,
+        node_ip: cli.node_ip,
+        engine,
+        cores: cli.cores,
+        xdp_mode: match cli.xdp_mode {
+            XdpModeArg::Auto => XdpModeChoice::Auto,
+            XdpModeArg::Native => XdpModeChoice::Native,
+            XdpModeArg::Generic => XdpModeChoice::Generic,
+        },
+        bind: match cli.xsk_mode {
+            XskModeArg::Auto => BindPreference::Auto,
+            XskModeArg::ZeroCopy => BindPreference::ZeroCopy,
+            XskModeArg::Copy => BindPreference::Copy,
+        },
+        poll_mode: match cli.poll {
+            PollArg::Event => PollMode::Event,
+            PollArg::Spin => PollMode::Spin,
+        },
+        umem_chunks: cli.umem_chunks,
+        tables: cli.tables,
+        stats_interval: Duration::from_secs(cli.stats_interval.max(1)),
+    };
+    match daemon::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podlane-dataplane: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let spec = match TableSpec::from_json_file(path) {
         Ok(spec) => spec,
         Err(e) => {
             eprintln!("podlane-dataplane: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let snapshot = match Snapshot::build(&spec, 1) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("podlane-dataplane: {}: tables rejected: {e}", cli.tables.display());
-            return ExitCode::FAILURE;
+    match Snapshot::build(&spec, 1) {
+        Ok(snapshot) => {
+            println!("{}: tables valid", path.display());
+            println!("{}", snapshot.summary());
+            ExitCode::SUCCESS
         }
-    };
-    if cli.check {
-        println!("{}: tables valid", cli.tables.display());
-        println!("{}", snapshot.summary());
-        return ExitCode::SUCCESS;
+        Err(e) => {
+            eprintln!("podlane-dataplane: {}: tables rejected: {e}", path.display());
+            ExitCode::FAILURE
+        }
     }
-    eprintln!(
-        "podlane-dataplane: forwarding needs the AF_XDP engine, which this build does not have yet; \
-         run with --check to validate {}",
-        cli.tables.display()
-    );
-    ExitCode::from(2)
 }

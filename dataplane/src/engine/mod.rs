@@ -20,6 +20,7 @@
 
 mod encap;
 mod flow;
+mod offload;
 mod pod;
 mod uplink;
 

@@ -15,6 +15,7 @@ use crate::wire::{
 
 use super::encap::{self, Inner};
 use super::flow::{self, Flow};
+use super::offload;
 use super::{DropReason, Frame, Pipeline, RouteHint, Verdict};
 
 const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
@@ -197,6 +198,7 @@ fn forward(
                 return Verdict::Drop(DropReason::TtlExpired);
             }
             frame.set_len(ETH + packet.ip_len);
+            offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
             decrement_ttl(frame, packet.dst);
             let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
             eth.set_destination(destination.mac);
@@ -214,6 +216,7 @@ fn forward(
                 return Verdict::Drop(DropReason::TtlExpired);
             }
             frame.set_len(ETH + packet.ip_len);
+            offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
             decrement_ttl(frame, packet.dst);
             let hash = encap::flow_hash(
                 key(packet.src),

@@ -12,6 +12,7 @@ use crate::wire::{
 };
 
 use super::flow;
+use super::offload;
 use super::pod::decrement_ttl;
 use super::{DropReason, Frame, Pipeline, Verdict};
 
@@ -196,6 +197,8 @@ fn decapsulate(
             }
             frame.pull_head(inner_start);
             frame.set_len(ETH + inner.ip_len);
+            // A kernel VTEP on a veth underlay leaves inner checksums partial (offload.rs).
+            offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
             decrement_ttl(frame, inner.dst);
             let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
             eth.set_destination(endpoint.mac);

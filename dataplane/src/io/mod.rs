@@ -1,15 +1,99 @@
 //! The dataplane's I/O: AF_XDP sockets and the XDP programs that steer frames to them. This is
-//! the one place in podlane where `unsafe` is allowed (DESIGN.md): every system call and raw
-//! memory access lives in [`sys`], each `unsafe` block with a `SAFETY:` comment, behind safe
-//! types that own their file descriptors.
+//! the AF_XDP module of DESIGN.md, the one place in podlane where `unsafe` is allowed: every
+//! system call and raw memory access lives in [`sys`], each `unsafe` block with a `SAFETY:`
+//! comment, behind safe types that own their file descriptors and mappings.
 //!
 //! * [`xdp`] — XDP programs without a C toolchain: a small eBPF assembler, the two programs
 //!   podlane attaches (pod interfaces, uplink), loading with bpf(2) (the verifier's log in the
 //!   error) and attachment through BPF links, so a program goes away with the process that
 //!   attached it, even after SIGKILL.
-//! * AF_XDP sockets (UMEM, rings) come next.
+//! * [`xsk`] — AF_XDP sockets sharing one UMEM per worker: rings with the kernel's memory
+//!   ordering, chunk ownership as tokens, zero-copy bind with a fallback to copy mode.
+//! * [`netlink`] — routes and neighbours from the kernel, for underlay next-hop MACs.
+//! * Here: interface facts (index, MAC, MTU, queue count), `poll(2)` over sockets, and the
+//!   stop signals.
 
+pub mod netlink;
 // The only `unsafe` in podlane (DESIGN.md): system calls, each block with its SAFETY comment.
 #[allow(unsafe_code)]
 mod sys;
 pub mod xdp;
+pub mod xsk;
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crate::wire::MacAddr;
+
+/// The interface's index in this network namespace, if it exists.
+pub fn interface_index(name: &str) -> Option<u32> {
+    sys::ifindex(name)
+}
+
+/// The interface's MAC address.
+pub fn interface_mac(name: &str) -> io::Result<MacAddr> {
+    sys::interface_mac(name).map(MacAddr)
+}
+
+/// The interface's MTU.
+pub fn interface_mtu(name: &str) -> io::Result<u32> {
+    sys::interface_mtu(name)
+}
+
+/// How many receive queues the interface has (ethtool channels: the larger of RX and
+/// combined; 1 when the driver does not say).
+pub fn interface_queues(name: &str) -> u32 {
+    match sys::interface_channels(name) {
+        Ok(c) => c.rx_count.max(c.combined_count).max(1),
+        Err(_) => 1,
+    }
+}
+
+/// SIGINT and SIGTERM set a flag ([`stop_requested`]) instead of ending the process.
+pub fn install_stop_handlers() -> io::Result<()> {
+    sys::install_stop_handlers()
+}
+
+/// Whether SIGINT or SIGTERM arrived.
+pub fn stop_requested() -> bool {
+    sys::stop_requested()
+}
+
+/// What `poll(2)` reported for one descriptor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readiness {
+    pub readable: bool,
+    /// POLLERR / POLLHUP / POLLNVAL: for an AF_XDP socket, its interface went away.
+    pub failed: bool,
+}
+
+/// A reusable `poll(2)` set.
+#[derive(Debug, Default)]
+pub struct Poller {
+    fds: Vec<libc::pollfd>,
+}
+
+impl Poller {
+    /// Waits up to `timeout_ms` for any of `fds` to be readable or failed; `out[i]` is
+    /// `fds[i]`'s readiness. Returns how many are ready (0 on timeout or a signal).
+    pub fn wait(
+        &mut self,
+        fds: &[BorrowedFd<'_>],
+        timeout_ms: i32,
+        out: &mut Vec<Readiness>,
+    ) -> io::Result<usize> {
+        self.fds.clear();
+        self.fds.extend(fds.iter().map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        let ready = sys::poll(&mut self.fds, timeout_ms)?;
+        out.clear();
+        out.extend(self.fds.iter().map(|p| Readiness {
+            readable: p.revents & libc::POLLIN != 0,
+            failed: p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0,
+        }));
+        Ok(ready)
+    }
+}

@@ -1,16 +1,37 @@
-//! Raw system calls: bpf(2) and if_nametoindex(3). The only `unsafe` code in podlane. Each
-//! call takes a `#[repr(C)]` attribute struct laid out as the kernel's `union bpf_attr` member
-//! for its command (include/uapi/linux/bpf.h); unused trailing fields are zero, which the
-//! kernel requires, and the size passed is the struct's, which the kernel accepts for any
-//! prefix of the union.
+//! Raw system calls and raw memory: the only `unsafe` code in podlane. Everything above this
+//! module is safe Rust over the small, checked primitives here:
+//!
+//! * bpf(2): map creation and update, program load, link creation. Each call takes a
+//!   `#[repr(C)]` attribute struct laid out as the kernel's `union bpf_attr` member for its
+//!   command (include/uapi/linux/bpf.h); unused trailing fields are zero, which the kernel
+//!   requires, and the size passed is the struct's, which the kernel accepts for any prefix
+//!   of the union.
+//! * AF_XDP sockets: socket, setsockopt/getsockopt of the `SOL_XDP` options, bind, the
+//!   wake-up calls (sendto, recvfrom, poll).
+//! * [`Mmap`]: the UMEM area and the four rings, mapped memory shared with the kernel, with
+//!   bounds-checked accessors for ring indices (atomics), descriptors and frame chunks.
+//! * Interface queries (if_nametoindex, SIOCGIFHWADDR, SIOCGIFMTU, ETHTOOL_GCHANNELS), a
+//!   NETLINK_ROUTE socket, signal handlers that set a flag, and the process's capabilities.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_LINK_CREATE: libc::c_long = 28;
+
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
 
 #[repr(C)]
 #[derive(Default)]
@@ -51,8 +72,8 @@ struct LinkCreateAttr {
     flags: u32,
 }
 
-/// bpf(2) for a command whose result is a new file descriptor.
-fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+/// bpf(2); returns the kernel's non-negative result.
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, exclusively borrowed `#[repr(C)]` struct matching the
     // kernel's layout for `cmd`, and the size passed is exactly its size, so the kernel reads
     // (and for some commands writes) only memory we own for the duration of the call. Any
@@ -65,9 +86,12 @@ fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
             std::mem::size_of::<T>() as u32,
         )
     };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+/// bpf(2) for a command whose result is a new file descriptor.
+fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+    let ret = bpf(cmd, attr)?;
     // SAFETY: on success these commands return a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(ret as libc::c_int) })
 }
@@ -100,6 +124,18 @@ pub(super) fn map_create(
         ..Default::default()
     };
     bpf_fd(BPF_MAP_CREATE, &mut attr)
+}
+
+/// BPF_MAP_UPDATE_ELEM with a u32 key and a u32 value (an XSKMAP slot ← socket fd).
+pub(super) fn map_update_u32(map: &OwnedFd, key: u32, value: u32) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: &key as *const u32 as u64,
+        value: &value as *const u32 as u64,
+        ..Default::default()
+    };
+    // `key` and `value` outlive the call (bpf's SAFETY contract).
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
 }
 
 /// BPF_PROG_LOAD with a verifier log. On failure the error carries the log's text.
@@ -138,7 +174,6 @@ pub(super) fn link_create(
     attach_type: u32,
     flags: u32,
 ) -> io::Result<OwnedFd> {
-    use std::os::fd::AsRawFd;
     let mut attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
         target_ifindex: ifindex,
@@ -155,4 +190,441 @@ pub(super) fn ifindex(name: &str) -> Option<u32> {
     // only reads it.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mapped memory shared with the kernel: the UMEM area and the rings.
+
+/// A memory mapping, unmapped on drop. Its accessors check bounds and alignment, so the safe
+/// code above cannot reach outside it.
+#[derive(Debug)]
+pub(super) struct Mmap {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this handle alone (nothing else holds its address except the
+// kernel, which synchronises through the ring indices), so moving it to another thread is as
+// safe as moving a `Vec<u8>`.
+unsafe impl Send for Mmap {}
+// SAFETY: shared access only hands out atomics (`atomic_u32`) and copies of plain data
+// (`read_*`/`write_*` on ring slots, whose exclusive ownership the ring protocol arbitrates);
+// the byte slices of frame chunks need `&mut self` (`Umem` area lending).
+unsafe impl Sync for Mmap {}
+
+impl Mmap {
+    fn map(len: usize, prot: i32, flags: i32, fd: i32, offset: u64) -> io::Result<Mmap> {
+        // SAFETY: a fresh mapping at an address the kernel chooses (NULL hint) cannot alias
+        // any Rust object; on failure nothing is mapped.
+        let ptr =
+            unsafe { libc::mmap64(std::ptr::null_mut(), len, prot, flags, fd, offset as i64) };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        Ok(Mmap { ptr, len })
+    }
+
+    /// Zeroed anonymous memory (the UMEM area), populated up front so that the first frames
+    /// do not take page faults in the kernel's copy path.
+    pub(super) fn anonymous(len: usize) -> io::Result<Mmap> {
+        Mmap::map(
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
+    }
+
+    /// One of an AF_XDP socket's rings, at the page offset the kernel assigns it.
+    pub(super) fn ring(fd: BorrowedFd<'_>, page_offset: u64, len: usize) -> io::Result<Mmap> {
+        Mmap::map(
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            page_offset,
+        )
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn address(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    fn check(&self, offset: usize, size: usize, align: usize) {
+        assert!(
+            offset.checked_add(size).is_some_and(|end| end <= self.len) && offset % align == 0,
+            "access at {offset}+{size} outside a {}-byte mapping or misaligned",
+            self.len
+        );
+    }
+
+    /// The ring index (producer, consumer or flags word) at `offset`, as an atomic: the
+    /// kernel reads and writes these words concurrently with us.
+    pub(super) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        self.check(offset, 4, 4);
+        // SAFETY: in bounds and 4-aligned (checked above); the mapping lives as long as the
+        // returned reference (tied to `&self`), and every access to the word, ours and the
+        // kernel's, is atomic.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// Reads a ring slot of fill/completion rings (a UMEM address).
+    pub(super) fn read_u64(&self, offset: usize) -> u64 {
+        self.check(offset, 8, 8);
+        // SAFETY: in bounds and aligned (checked). The ring protocol gives us this slot: the
+        // producer published it with a release store we observed with an acquire load, and
+        // will not touch it again until we release it, so the read does not race.
+        unsafe { self.ptr.as_ptr().add(offset).cast::<u64>().read_volatile() }
+    }
+
+    /// Writes a ring slot of fill/completion rings.
+    pub(super) fn write_u64(&self, offset: usize, value: u64) {
+        self.check(offset, 8, 8);
+        // SAFETY: in bounds and aligned (checked). The slot lies between the consumer's
+        // released index and our unpublished producer index, so the kernel does not read it
+        // until our release store of the producer index.
+        unsafe { self.ptr.as_ptr().add(offset).cast::<u64>().write_volatile(value) }
+    }
+
+    /// Reads an RX/TX ring descriptor (`struct xdp_desc`: addr, len, options).
+    pub(super) fn read_desc(&self, offset: usize) -> libc::xdp_desc {
+        self.check(offset, size_of::<libc::xdp_desc>(), 8);
+        // SAFETY: as for `read_u64`.
+        unsafe { self.ptr.as_ptr().add(offset).cast::<libc::xdp_desc>().read_volatile() }
+    }
+
+    /// Writes an RX/TX ring descriptor.
+    pub(super) fn write_desc(&self, offset: usize, desc: libc::xdp_desc) {
+        self.check(offset, size_of::<libc::xdp_desc>(), 8);
+        // SAFETY: as for `write_u64`.
+        unsafe { self.ptr.as_ptr().add(offset).cast::<libc::xdp_desc>().write_volatile(desc) }
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the region mapped in `Mmap::map`; no reference into it
+        // outlives `self` (every accessor borrows `self`).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The UMEM area divided into equal chunks, lent out as byte slices only for chunks that
+/// userspace owns, and never the same chunk twice at once.
+#[derive(Debug)]
+pub(super) struct ChunkArea {
+    map: Mmap,
+    chunk_size: usize,
+    /// `stamps[i] == epoch`: chunk `i` is lent in the current `lend` call.
+    stamps: Vec<u32>,
+    epoch: u32,
+}
+
+impl ChunkArea {
+    pub(super) fn new(chunks: u32, chunk_size: u32) -> io::Result<ChunkArea> {
+        let len = chunks as usize * chunk_size as usize;
+        Ok(ChunkArea {
+            map: Mmap::anonymous(len)?,
+            chunk_size: chunk_size as usize,
+            stamps: vec![0; chunks as usize],
+            epoch: 0,
+        })
+    }
+
+    pub(super) fn map(&self) -> &Mmap {
+        &self.map
+    }
+
+    /// Calls `each` with the bytes of every chunk in `chunks`, in order. The slices live as
+    /// long as the exclusive borrow of the area, so no two calls' slices coexist.
+    ///
+    /// The caller must pass only chunks that userspace owns — taken from the RX or
+    /// completion ring, or never given to the kernel — which is what makes it sound for the
+    /// kernel to be writing into other chunks meanwhile; `io::xsk` tracks that ownership.
+    ///
+    /// # Panics
+    /// If a chunk index is out of range or repeats within the call (the slices would alias).
+    pub(super) fn lend<'a>(&'a mut self, chunks: &[u32], mut each: impl FnMut(&'a mut [u8])) {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.stamps.fill(0);
+            self.epoch = 1;
+        }
+        let base = self.map.ptr.as_ptr();
+        for &chunk in chunks {
+            let stamp = &mut self.stamps[chunk as usize]; // bounds check: chunk < chunks
+            assert!(*stamp != self.epoch, "chunk {chunk} lent twice in one batch");
+            *stamp = self.epoch;
+            // SAFETY: `chunk` is in range (the index above), so the slice lies inside the
+            // mapping; it is distinct from every other slice of this call (the stamp check),
+            // and no slice outlives `'a`, the exclusive borrow of `self`. The kernel does not
+            // access the chunk while userspace owns it (caller contract, upheld by io::xsk's
+            // ownership tracking).
+            let slice = unsafe {
+                std::slice::from_raw_parts_mut(
+                    base.add(chunk as usize * self.chunk_size),
+                    self.chunk_size,
+                )
+            };
+            each(slice);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AF_XDP sockets.
+
+/// socket(AF_XDP, SOCK_RAW).
+pub(super) fn xsk_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain system call with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Plain-data option values: `#[repr(C)]` structs of integers, valid for any bit pattern.
+pub(super) trait SockOpt: Copy {}
+impl SockOpt for u32 {}
+impl SockOpt for libc::xdp_umem_reg {}
+impl SockOpt for libc::xdp_mmap_offsets {}
+impl SockOpt for libc::xdp_statistics {}
+impl SockOpt for libc::xdp_options {}
+
+pub(super) fn setsockopt<T: SockOpt>(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live plain-data value and the length passed is its size; the
+    // kernel only reads it.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as u32,
+        )
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// getsockopt into a zeroed `T`; also returns how many bytes the kernel wrote (older kernels
+/// write shorter versions of some structs).
+pub(super) fn getsockopt<T: SockOpt>(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+) -> io::Result<(T, usize)> {
+    // SAFETY: `T` is plain data (SockOpt), for which all-zero bytes are a valid value.
+    let mut value: T = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `value`, which we own exclusively
+    // during the call, and any bytes are a valid `T`.
+    let ret = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), level, name, (&mut value as *mut T).cast(), &mut len)
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok((value, len as usize)) }
+}
+
+/// bind(2) of an AF_XDP socket to (interface, queue).
+pub(super) fn xsk_bind(
+    fd: BorrowedFd<'_>,
+    ifindex: u32,
+    queue: u32,
+    flags: u16,
+    shared_umem_fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let addr = libc::sockaddr_xdp {
+        sxdp_family: libc::AF_XDP as u16,
+        sxdp_flags: flags,
+        sxdp_ifindex: ifindex,
+        sxdp_queue_id: queue,
+        sxdp_shared_umem_fd: shared_umem_fd.map_or(0, |f| f.as_raw_fd() as u32),
+    };
+    // SAFETY: `addr` is a complete `sockaddr_xdp` that outlives the call; the kernel reads
+    // exactly its size.
+    let ret = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_xdp).cast(),
+            size_of::<libc::sockaddr_xdp>() as u32,
+        )
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// sendto(fd, NULL, 0, MSG_DONTWAIT): asks the kernel to process the TX ring (in copy mode,
+/// it transmits right in this call).
+pub(super) fn xsk_kick_tx(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: a zero-length send with no buffer and no address; the kernel reads nothing
+    // from our memory.
+    let ret = unsafe {
+        libc::sendto(fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// recvfrom(fd, NULL, 0, MSG_DONTWAIT): asks a zero-copy driver to refill from the fill ring.
+pub(super) fn xsk_kick_rx(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: a zero-length receive with no buffer and no address; the kernel writes nothing
+    // to our memory.
+    let ret = unsafe {
+        libc::recvfrom(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// poll(2) over `fds`; returns the number with events, 0 on timeout or EINTR.
+pub(super) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: `fds` is an exclusively borrowed slice of `pollfd`; the kernel writes only the
+    // `revents` fields of its `len()` entries.
+    let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(err) };
+    }
+    Ok(ret as usize)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interfaces, netlink, signals.
+
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad interface name {name:?}"),
+        ));
+    }
+    // SAFETY: `ifreq` is plain data (a name array and a union of integers and pointers),
+    // for which all-zero bytes are valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn ioctl_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain system call with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn interface_ioctl(name: &str, request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
+    let _ = name;
+    let sock = ioctl_socket()?;
+    // SAFETY: `req` is a live, exclusively borrowed `ifreq` with a NUL-terminated name; for
+    // the requests used here (SIOCGIFHWADDR, SIOCGIFMTU, SIOCETHTOOL) the kernel reads the
+    // name and writes into the union, or (ETHTOOL) follows `ifr_data` to a struct the caller
+    // keeps alive for the call.
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), request, req as *mut libc::ifreq) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// The interface's MAC address (SIOCGIFHWADDR).
+pub(super) fn interface_mac(name: &str) -> io::Result<[u8; 6]> {
+    let mut req = ifreq(name)?;
+    interface_ioctl(name, libc::SIOCGIFHWADDR, &mut req)?;
+    // SAFETY: after SIOCGIFHWADDR the union holds `ifru_hwaddr`.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    Ok(std::array::from_fn(|i| data[i] as u8))
+}
+
+/// The interface's MTU (SIOCGIFMTU).
+pub(super) fn interface_mtu(name: &str) -> io::Result<u32> {
+    let mut req = ifreq(name)?;
+    interface_ioctl(name, libc::SIOCGIFMTU, &mut req)?;
+    // SAFETY: after SIOCGIFMTU the union holds `ifru_mtu`.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// `struct ethtool_channels` (include/uapi/linux/ethtool.h).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct EthtoolChannels {
+    pub(super) cmd: u32,
+    pub(super) max_rx: u32,
+    pub(super) max_tx: u32,
+    pub(super) max_other: u32,
+    pub(super) max_combined: u32,
+    pub(super) rx_count: u32,
+    pub(super) tx_count: u32,
+    pub(super) other_count: u32,
+    pub(super) combined_count: u32,
+}
+
+/// The interface's queue counts (ETHTOOL_GCHANNELS).
+pub(super) fn interface_channels(name: &str) -> io::Result<EthtoolChannels> {
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    let mut channels = EthtoolChannels { cmd: ETHTOOL_GCHANNELS, ..Default::default() };
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_data = (&mut channels as *mut EthtoolChannels).cast();
+    interface_ioctl(name, libc::SIOCETHTOOL as libc::Ioctl, &mut req)?;
+    Ok(channels)
+}
+
+/// A NETLINK_ROUTE socket; reads and writes go through `std::fs::File`.
+pub(super) fn netlink_route_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain system call with constant arguments.
+    let fd = unsafe {
+        libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    // Async-signal-safe: one atomic store.
+    STOP_REQUESTED.store(true, Ordering::Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM set the flag `stop_requested` reads, instead of killing the
+/// process, so that the daemon can detach and close everything on its way out.
+pub(super) fn install_stop_handlers() -> io::Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `sigaction` is plain data; zeroed is a valid empty mask and no flags.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SA_RESTART: other threads' system calls are not failed with EINTR because of us.
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: installs a handler that only performs an atomic store; `action` outlives
+        // the call and the old action is not requested.
+        if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn stop_requested() -> bool {
+    STOP_REQUESTED.load(Ordering::Relaxed)
 }

@@ -223,6 +223,8 @@ pub enum XdpError {
     MapCreate(#[source] std::io::Error),
     #[error("loading XDP program {program}: {source}\nverifier log:\n{log}")]
     Load { program: &'static str, source: std::io::Error, log: String },
+    #[error("adding the socket of queue {queue} to the XSKMAP: {source}")]
+    MapUpdate { queue: u32, source: std::io::Error },
     #[error("no interface named {0:?}")]
     NoSuchInterface(String),
     #[error("attaching XDP program {program} to {interface} in {mode:?} mode: {source}")]
@@ -250,6 +252,14 @@ impl XskMap {
         let fd = sys::map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, queues.max(1), "podlane_xsks")
             .map_err(XdpError::MapCreate)?;
         Ok(XskMap { fd })
+    }
+
+    /// Points the map's slot for receive queue `queue` at `socket`; frames the program
+    /// redirects there go to that socket from now on.
+    pub fn insert(&self, queue: u32, socket: &super::xsk::XskSocket) -> Result<(), XdpError> {
+        use std::os::fd::AsFd;
+        sys::map_update_u32(&self.fd, queue, socket.as_fd().as_raw_fd() as u32)
+            .map_err(|source| XdpError::MapUpdate { queue, source })
     }
 }
 

@@ -1,0 +1,362 @@
+//! The `podlane-dataplane` daemon: wires the tables, the pipeline and AF_XDP together.
+//!
+//! Start-up, in order: check privileges; read the uplink's MAC, MTU and queue count; load the
+//! tables; create the uplink's XSKMAP and program; start one [`worker`] per configured core
+//! (each binds its uplink queues into the map); attach the uplink program (native XDP, or
+//! generic as the fallback or by choice). Then the main thread keeps the underlay next hops
+//! resolved ([`neighbours`]) and logs counters, until SIGINT or SIGTERM: it then stops the
+//! workers, which close their sockets and detach their pods' programs, and drops the uplink
+//! link. A crash or SIGKILL leaves nothing either: every attachment is a BPF link owned by
+//! the process.
+
+mod neighbours;
+mod worker;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use crate::engine::{Counters, DropReason, EngineConfig};
+use crate::io::xdp::{XdpLink, XdpMode, XdpProgram, XskMap};
+use crate::io::xsk::{BindPreference, UmemConfig, XdpStatistics};
+use crate::io::{self};
+use crate::table::{Snapshot, SnapshotCell, TableSpec};
+
+/// Which XDP attach mode to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpModeChoice {
+    /// Native, falling back to generic where the driver has no native XDP.
+    Auto,
+    Native,
+    Generic,
+}
+
+/// How a worker waits when its rings are empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollMode {
+    /// Sleep in poll(2) (need_wakeup): least CPU per packet (DESIGN.md).
+    Event,
+    /// Spin: lowest latency, a full core per worker.
+    Spin,
+}
+
+/// Everything the daemon is started with.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub uplink: String,
+    /// The node's underlay address; defaults to the local node's entry in the tables.
+    pub node_ip: Option<IpAddr>,
+    pub engine: EngineConfig,
+    /// Cores to pin one worker each to; empty: one unpinned worker.
+    pub cores: Vec<usize>,
+    pub xdp_mode: XdpModeChoice,
+    pub bind: BindPreference,
+    pub poll_mode: PollMode,
+    /// UMEM chunks per worker.
+    pub umem_chunks: u32,
+    /// The static tables file (until the control socket exists).
+    pub tables: PathBuf,
+    /// How often counters are logged at debug level.
+    pub stats_interval: Duration,
+}
+
+/// Why the daemon could not start; each is one clear line.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(
+        "podlane-dataplane needs root, or CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_IPC_LOCK \
+         (missing: {0}); run it with sudo"
+    )]
+    Privileges(String),
+    #[error("no interface named {0:?} in this network namespace (see `ip link`)")]
+    NoSuchInterface(String),
+    #[error("this kernel has no AF_XDP sockets (CONFIG_XDP_SOCKETS=y is required)")]
+    NoAfXdp,
+    #[error("{0}")]
+    Tables(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Counters of one socket.
+#[derive(Debug, Clone, Default)]
+pub struct PortStats {
+    pub interface: String,
+    pub queue: u32,
+    pub mode: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames dropped because the TX ring stayed full.
+    pub tx_dropped: u64,
+    pub xdp: XdpStatistics,
+}
+
+/// Counters of one worker, published by the worker about once a second.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerStats {
+    pub worker: usize,
+    pub pipeline: Counters,
+    pub ports: Vec<PortStats>,
+    pub free_chunks: usize,
+    /// Descriptors from the kernel naming no chunk it owned.
+    pub invalid_descriptors: u64,
+    /// Frames for an endpoint with no socket (pod interface missing or just removed).
+    pub no_socket: u64,
+    pub handoff_in: u64,
+    pub handoff_dropped: u64,
+    pub chunk_exhausted: u64,
+}
+
+impl std::fmt::Display for WorkerStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.pipeline;
+        write!(
+            f,
+            "worker {}: rx {} frames {} bytes; encap {} decap {} local {} reply {} host {} drop {}",
+            self.worker,
+            c.rx_frames,
+            c.rx_bytes,
+            c.encap,
+            c.decap,
+            c.local,
+            c.reply,
+            c.host,
+            c.total_drops()
+        )?;
+        for &reason in DropReason::ALL {
+            let n = c.dropped(reason);
+            if n > 0 {
+                write!(f, " [{}: {n}]", reason.label())?;
+            }
+        }
+        write!(
+            f,
+            "; no_socket {} handoff in {} dropped {}",
+            self.no_socket, self.handoff_in, self.handoff_dropped
+        )?;
+        for p in &self.ports {
+            write!(
+                f,
+                "\n  {} q{} ({}): rx {} pkts {} B, tx {} pkts {} B, tx_dropped {}, rx_ring_full {}, fill_ring_empty {}, invalid rx/tx {}/{}, kernel rx_dropped {}",
+                p.interface,
+                p.queue,
+                p.mode,
+                p.rx_packets,
+                p.rx_bytes,
+                p.tx_packets,
+                p.tx_bytes,
+                p.tx_dropped,
+                p.xdp.rx_ring_full,
+                p.xdp.rx_fill_ring_empty_descs,
+                p.xdp.rx_invalid_descs,
+                p.xdp.tx_invalid_descs,
+                p.xdp.rx_dropped
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// State shared by the main thread and the workers.
+pub(crate) struct Shared {
+    uplink: String,
+    uplink_queues: u32,
+    workers: usize,
+    engine: EngineConfig,
+    umem: UmemConfig,
+    bind: BindPreference,
+    xdp_mode: XdpModeChoice,
+    poll_mode: PollMode,
+    tables: SnapshotCell,
+    stop: AtomicBool,
+    stats: Vec<Mutex<WorkerStats>>,
+    inboxes: Vec<worker::Inbox>,
+}
+
+/// Attaches `program` in the chosen mode; `Auto` tries native, then generic.
+fn attach(program: &XdpProgram, interface: &str, mode: XdpModeChoice) -> Result<XdpLink, String> {
+    let native = || program.attach(interface, XdpMode::Native);
+    let generic = || program.attach(interface, XdpMode::Generic);
+    match mode {
+        XdpModeChoice::Native => native().map_err(|e| e.to_string()),
+        XdpModeChoice::Generic => generic().map_err(|e| e.to_string()),
+        XdpModeChoice::Auto => native().or_else(|native_err| {
+            generic().map_err(|e| format!("{native_err}; generic mode too: {e}"))
+        }),
+    }
+}
+
+/// Capabilities the daemon needs, from /proc/self/status (root has them all).
+fn missing_capabilities() -> Vec<&'static str> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAPS: [(u32, &str); 4] =
+        [(12, "CAP_NET_ADMIN"), (13, "CAP_NET_RAW"), (14, "CAP_IPC_LOCK"), (39, "CAP_BPF")];
+    const CAP_SYS_ADMIN: u32 = 21;
+    CAPS.iter()
+        .filter(|(bit, name)| {
+            let has = effective & (1 << bit) != 0;
+            // CAP_SYS_ADMIN stands in for CAP_BPF on older kernels.
+            !(has || (*name == "CAP_BPF" && effective & (1 << CAP_SYS_ADMIN) != 0))
+        })
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+    let missing = missing_capabilities();
+    if !missing.is_empty() {
+        return Err(DaemonError::Privileges(missing.join(", ")));
+    }
+    let uplink_index = io::interface_index(&config.uplink)
+        .ok_or_else(|| DaemonError::NoSuchInterface(config.uplink.clone()))?;
+    let mut engine = config.engine.clone();
+    engine.uplink_mac = io::interface_mac(&config.uplink)
+        .map_err(|e| DaemonError::Setup(format!("reading the MAC of {}: {e}", config.uplink)))?;
+    engine.uplink_mtu = io::interface_mtu(&config.uplink)
+        .map_err(|e| DaemonError::Setup(format!("reading the MTU of {}: {e}", config.uplink)))?
+        .min(u32::from(u16::MAX)) as u16;
+    let uplink_queues = io::interface_queues(&config.uplink);
+
+    let spec = TableSpec::from_json_file(&config.tables)
+        .map_err(|e| DaemonError::Tables(e.to_string()))?;
+    let snapshot = Snapshot::build(&spec, 1).map_err(|e| {
+        DaemonError::Tables(format!("tables file {}: {e}", config.tables.display()))
+    })?;
+    let node_ip = snapshot.local_node().underlay;
+    if let Some(ip) = config.node_ip
+        && ip != node_ip
+    {
+        return Err(DaemonError::Tables(format!(
+            "--node-ip {ip} is not the underlay address of the local node {:?} in the tables ({node_ip})",
+            snapshot.local_node().name
+        )));
+    }
+
+    let workers = config.cores.len().max(1).min(uplink_queues as usize);
+    if workers < config.cores.len() {
+        tracing::warn!(
+            cores = config.cores.len(),
+            uplink_queues,
+            "more cores than uplink queues: running {workers} worker(s), one per queue at most"
+        );
+    }
+    let mut inboxes = Vec::new();
+    let mut wakees = Vec::new();
+    for _ in 0..workers {
+        let (inbox, wakee) = worker::Inbox::new().map_err(|e| DaemonError::Setup(e.to_string()))?;
+        inboxes.push(inbox);
+        wakees.push(wakee);
+    }
+    let shared = Arc::new(Shared {
+        uplink: config.uplink.clone(),
+        uplink_queues,
+        workers,
+        engine: engine.clone(),
+        umem: worker::umem_config(config.umem_chunks),
+        bind: config.bind,
+        xdp_mode: config.xdp_mode,
+        poll_mode: config.poll_mode,
+        tables: SnapshotCell::new(snapshot),
+        stop: AtomicBool::new(false),
+        stats: (0..workers).map(|_| Mutex::new(WorkerStats::default())).collect(),
+        inboxes,
+    });
+
+    io::install_stop_handlers().map_err(|e| DaemonError::Setup(format!("signal handlers: {e}")))?;
+    let uplink_map =
+        Arc::new(XskMap::new(uplink_queues).map_err(|e| DaemonError::Setup(e.to_string()))?);
+    let uplink_program = XdpProgram::uplink(&uplink_map, node_ip, engine.vxlan_port)
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    for (index, wakee) in wakees.into_iter().enumerate() {
+        let core = config.cores.get(index).map(|&id| {
+            core_ids.iter().copied().find(|c| c.id == id).unwrap_or(core_affinity::CoreId { id })
+        });
+        let handle =
+            worker::spawn(index, core, shared.clone(), uplink_map.clone(), wakee, ready_tx.clone())
+                .map_err(|e| DaemonError::Setup(format!("starting worker {index}: {e}")))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut startup_error = None;
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => startup_error = startup_error.or(Some(e)),
+            Err(_) => startup_error = startup_error.or(Some("a worker died at start".into())),
+        }
+    }
+    let stop_workers = |handles: Vec<std::thread::JoinHandle<()>>| {
+        shared.stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            let _ = h.join();
+        }
+    };
+    if let Some(e) = startup_error {
+        stop_workers(handles);
+        return Err(if e.contains("no AF_XDP") {
+            DaemonError::NoAfXdp
+        } else {
+            DaemonError::Setup(e)
+        });
+    }
+    let uplink_link = match attach(&uplink_program, &config.uplink, config.xdp_mode) {
+        Ok(link) => link,
+        Err(e) => {
+            stop_workers(handles);
+            return Err(DaemonError::Setup(e));
+        }
+    };
+    tracing::info!(
+        uplink = %config.uplink,
+        node = %node_ip,
+        vni = engine.vni,
+        port = engine.vxlan_port,
+        workers,
+        queues = uplink_queues,
+        xdp = ?uplink_link.mode(),
+        "forwarding"
+    );
+
+    let mut resolver = neighbours::Resolver::new(uplink_index, spec);
+    let mut last_stats = Instant::now();
+    while !io::stop_requested() {
+        if let Some(spec) = resolver.tick() {
+            match shared.tables.update(&spec) {
+                Ok(generation) => tracing::debug!(generation, "tables updated with next hops"),
+                Err(e) => tracing::error!("tables with resolved next hops rejected: {e}"),
+            }
+        }
+        if last_stats.elapsed() >= config.stats_interval {
+            last_stats = Instant::now();
+            for stats in &shared.stats {
+                if let Ok(s) = stats.lock() {
+                    tracing::debug!("{s}");
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("stopping");
+    drop(uplink_link);
+    stop_workers(handles);
+    for stats in &shared.stats {
+        if let Ok(s) = stats.lock() {
+            tracing::info!("{s}");
+        }
+    }
+    Ok(())
+}

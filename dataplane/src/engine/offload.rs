@@ -1,0 +1,153 @@
+//! Finishing the transport checksums a sender left to its "hardware".
+//!
+//! A veth advertises TX checksum offload, so the kernel behind it — a pod's, or a kernel-VXLAN
+//! peer's on a veth underlay — hands it TCP and UDP packets whose checksum field holds only
+//! the pseudo-header sum (CHECKSUM_PARTIAL), for the device to complete. The kernel at the
+//! other end of the veth trusts the skb's flag and never looks; AF_XDP delivers the bytes
+//! without the flag, and whoever receives them after podlane would drop the packet as
+//! corrupt. So the engine does what a NIC does: a checksum equal to the folded pseudo-header
+//! sum is a partial one, and is completed over the segment. A correct checksum equals that
+//! value only when the segment's own bytes sum to zero (then the completed value is the same
+//! one's-complement zero), so complete packets pass through untouched.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::wire::checksum::{fold, pseudo_header_v4, pseudo_header_v6, transport_checksum};
+use crate::wire::{Ipv6Packet, be16};
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// Completes a partial TCP or UDP checksum in the IP packet `ip` (IPv4 or IPv6, exactly the
+/// packet's length). Fragments and other protocols are left alone. Returns whether it wrote.
+#[inline]
+pub(crate) fn finish_partial_checksum(ip: &mut [u8]) -> bool {
+    let Some(&first) = ip.first() else { return false };
+    let (l4_start, protocol, pseudo_of) = match first >> 4 {
+        4 => {
+            let ihl = usize::from(first & 0x0f) * 4;
+            if ip.len() < ihl.max(20) || be16(ip, 6) & 0x3fff != 0 {
+                return false;
+            }
+            let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+            let protocol = ip[9];
+            let len = ip.len() - ihl;
+            (ihl, protocol, pseudo_header_v4(src, dst, protocol, len as u16))
+        }
+        6 => {
+            let Ok(packet) = Ipv6Packet::new_checked(&*ip) else { return false };
+            let Ok(loc) = packet.find_l4() else { return false };
+            if loc.fragment || loc.later_fragment || loc.offset > ip.len() {
+                return false;
+            }
+            let protocol = u8::from(loc.protocol);
+            let (src, dst): (Ipv6Addr, Ipv6Addr) = (packet.src_addr(), packet.dst_addr());
+            let len = (ip.len() - loc.offset) as u32;
+            (loc.offset, protocol, pseudo_header_v6(src, dst, protocol, len))
+        }
+        _ => return false,
+    };
+    let (field, min_len) = match protocol {
+        TCP => (16, 20),
+        UDP => (6, 8),
+        _ => return false,
+    };
+    let segment = &mut ip[l4_start..];
+    if segment.len() < min_len {
+        return false;
+    }
+    let current = be16(segment, field);
+    // UDP over IPv4 with no checksum: nothing to finish.
+    if (protocol == UDP && current == 0) || current != fold(u64::from(pseudo_of)) {
+        return false;
+    }
+    segment[field..field + 2].fill(0);
+    let checksum = transport_checksum(pseudo_of, segment);
+    segment[field..field + 2].copy_from_slice(&checksum.to_be_bytes());
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::checksum::sum;
+
+    fn tcp_v4(payload: &[u8]) -> Vec<u8> {
+        let builder = etherparse::PacketBuilder::ipv4([10, 244, 1, 2], [10, 244, 2, 2], 64)
+            .tcp(40000, 80, 1, 1000);
+        let mut out = Vec::new();
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    /// A complete checksum verifies: the segment plus pseudo-header sums to 0xffff.
+    fn verifies_v4(ip: &[u8]) -> bool {
+        let pseudo = pseudo_header_v4(
+            Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+            ip[9],
+            (ip.len() - 20) as u16,
+        );
+        sum(pseudo, &ip[20..]) == 0xffff
+    }
+
+    #[test]
+    fn completes_a_partial_tcp_checksum_as_the_kernel_leaves_it() {
+        let mut ip = tcp_v4(b"hello, pod");
+        let good = ip.clone();
+        // What a pod's kernel writes with TX offload: the folded pseudo-header sum.
+        let pseudo = pseudo_header_v4(
+            [10, 244, 1, 2].into(),
+            [10, 244, 2, 2].into(),
+            6,
+            (ip.len() - 20) as u16,
+        );
+        ip[36..38].copy_from_slice(&fold(u64::from(pseudo)).to_be_bytes());
+        assert!(!verifies_v4(&ip));
+        assert!(finish_partial_checksum(&mut ip));
+        assert!(verifies_v4(&ip));
+        assert_eq!(ip, good);
+    }
+
+    #[test]
+    fn leaves_complete_checksums_and_zero_udp_alone() {
+        let mut ip = tcp_v4(b"already fine");
+        let before = ip.clone();
+        assert!(!finish_partial_checksum(&mut ip));
+        assert_eq!(ip, before);
+
+        let builder = etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(1, 2);
+        let mut udp = Vec::new();
+        builder.write(&mut udp, b"x").unwrap();
+        udp[26..28].fill(0); // IPv4 UDP without a checksum
+        assert!(!finish_partial_checksum(&mut udp));
+        assert_eq!(&udp[26..28], &[0, 0]);
+    }
+
+    #[test]
+    fn completes_partial_udp_over_ipv6() {
+        let builder = etherparse::PacketBuilder::ipv6([0xfd; 16], [0xfe; 16], 64).udp(5000, 6000);
+        let mut ip = Vec::new();
+        builder.write(&mut ip, b"payload bytes").unwrap();
+        let good = ip.clone();
+        let len = (ip.len() - 40) as u32;
+        let pseudo =
+            pseudo_header_v6(Ipv6Addr::from([0xfd; 16]), Ipv6Addr::from([0xfe; 16]), 17, len);
+        ip[46..48].copy_from_slice(&fold(u64::from(pseudo)).to_be_bytes());
+        assert!(finish_partial_checksum(&mut ip));
+        assert_eq!(ip, good);
+    }
+
+    #[test]
+    fn never_panics_on_short_or_odd_input() {
+        for len in 0..64 {
+            let mut bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 0x45) as u8).collect();
+            let _ = finish_partial_checksum(&mut bytes);
+            if let Some(b) = bytes.first_mut() {
+                *b = 0x60;
+            }
+            let _ = finish_partial_checksum(&mut bytes);
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The kernel's routing and neighbour tables over rtnetlink: how the daemon learns the
+//! underlay next-hop MAC of each node without anyone typing it in.
+//!
+//! For a node's underlay address: `RTM_GETROUTE` gives the next hop (the route's gateway, or
+//! the address itself when it is on-link) and the outgoing interface; `RTM_GETNEIGH` reads
+//! that next hop's entry in the neighbour table; when there is none, or it is not usable, an
+//! `RTM_NEWNEIGH` with `NTF_USE` asks the kernel to resolve it (ARP or neighbour discovery,
+//! sent by the kernel itself) — the same mechanism Cilium uses for its managed neighbours.
+//! Since podlane's own traffic bypasses the kernel, nothing else would keep those entries
+//! fresh; the daemon repeats the `NTF_USE` periodically.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::sys;
+use crate::wire::MacAddr;
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_GETNEIGH: u16 = 30;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+const NTF_USE: u8 = 0x01;
+/// NUD_REACHABLE | NUD_PERMANENT | NUD_NOARP | NUD_STALE | NUD_DELAY | NUD_PROBE: states
+/// with a usable link-layer address (include/net/neighbour.h NUD_VALID).
+const NUD_VALID: u16 = 0x02 | 0x80 | 0x40 | 0x04 | 0x08 | 0x10;
+
+/// Where the kernel would send packets for an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The gateway, or the destination itself when it is on-link.
+    pub next_hop: IpAddr,
+    pub interface: u32,
+}
+
+/// A NETLINK_ROUTE socket.
+#[derive(Debug)]
+pub struct Rtnetlink {
+    socket: File,
+    buffer: Vec<u8>,
+}
+
+static SEQUENCE: AtomicU32 = AtomicU32::new(1);
+
+fn family(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => libc::AF_INET as u8,
+        IpAddr::V6(_) => libc::AF_INET6 as u8,
+    }
+}
+
+fn octets(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// Appends one route attribute (length, type, value, padding to 4 bytes).
+fn push_attr(msg: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    msg.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+    msg.extend_from_slice(&kind.to_ne_bytes());
+    msg.extend_from_slice(value);
+    msg.resize(msg.len().next_multiple_of(4), 0);
+}
+
+/// Iterates `(type, value)` over attributes.
+fn attrs(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if bytes.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([bytes[0], bytes[1]]) as usize;
+        let kind = u16::from_ne_bytes([bytes[2], bytes[3]]) & 0x3fff;
+        if len < 4 || len > bytes.len() {
+            return None;
+        }
+        let value = &bytes[4..len];
+        bytes = &bytes[len.next_multiple_of(4).min(bytes.len())..];
+        Some((kind, value))
+    })
+}
+
+fn addr_from(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
+impl Rtnetlink {
+    pub fn open() -> io::Result<Rtnetlink> {
+        Ok(Rtnetlink {
+            socket: File::from(sys::netlink_route_socket()?),
+            buffer: vec![0; 64 * 1024],
+        })
+    }
+
+    /// Sends one request and returns the payloads (after the 16-byte header) of the replies
+    /// of type `reply`, until the kernel acknowledges, errs or ends the dump.
+    fn request(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        body: &[u8],
+        reply: u16,
+    ) -> io::Result<Vec<Vec<u8>>> {
+        let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        let mut msg = Vec::with_capacity(16 + body.len());
+        msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        msg.extend_from_slice(&kind.to_ne_bytes());
+        msg.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(body);
+        self.socket.write_all(&msg)?;
+        let mut out = Vec::new();
+        loop {
+            let n = self.socket.read(&mut self.buffer)?;
+            let mut data = &self.buffer[..n];
+            while data.len() >= 16 {
+                let len = u32::from_ne_bytes(data[0..4].try_into().unwrap_or_default()) as usize;
+                let kind = u16::from_ne_bytes([data[4], data[5]]);
+                let msg_seq = u32::from_ne_bytes(data[8..12].try_into().unwrap_or_default());
+                if len < 16 || len > data.len() {
+                    return Err(io::Error::other("malformed netlink reply"));
+                }
+                let payload = &data[16..len];
+                if msg_seq == seq {
+                    match kind {
+                        NLMSG_ERROR => {
+                            let code = payload.get(0..4).map_or(0, |b| {
+                                i32::from_ne_bytes(b.try_into().unwrap_or_default())
+                            });
+                            return if code == 0 {
+                                Ok(out)
+                            } else {
+                                Err(io::Error::from_raw_os_error(-code))
+                            };
+                        }
+                        NLMSG_DONE => return Ok(out),
+                        k if k == reply => {
+                            out.push(payload.to_vec());
+                            if flags & NLM_F_ACK == 0 {
+                                return Ok(out);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                data = &data[len.next_multiple_of(4).min(data.len())..];
+            }
+        }
+    }
+
+    /// The route the kernel would use to reach `dst`.
+    pub fn route_to(&mut self, dst: IpAddr) -> io::Result<Route> {
+        let addr = octets(dst);
+        // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+        let mut body = vec![family(dst), (addr.len() * 8) as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        push_attr(&mut body, RTA_DST, &addr);
+        let replies = self.request(RTM_GETROUTE, 0, &body, RTM_NEWROUTE)?;
+        let reply = replies.first().ok_or_else(|| io::Error::other("no route reply"))?;
+        let mut route = Route { next_hop: dst, interface: 0 };
+        for (kind, value) in attrs(reply.get(12..).unwrap_or_default()) {
+            match kind {
+                RTA_GATEWAY => route.next_hop = addr_from(value).unwrap_or(dst),
+                RTA_OIF if value.len() == 4 => {
+                    route.interface = u32::from_ne_bytes(value.try_into().unwrap_or_default())
+                }
+                _ => {}
+            }
+        }
+        Ok(route)
+    }
+
+    /// The link-layer address of `addr` on `interface`, when the kernel has a usable one.
+    pub fn neighbour(&mut self, interface: u32, addr: IpAddr) -> io::Result<Option<MacAddr>> {
+        let body = ndmsg(addr, interface, 0, 0);
+        let replies = match self.request(RTM_GETNEIGH, 0, &body, RTM_NEWNEIGH) {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(reply) = replies.first() else { return Ok(None) };
+        let state = reply.get(8..10).map_or(0, |b| u16::from_ne_bytes([b[0], b[1]]));
+        if state & NUD_VALID == 0 {
+            return Ok(None);
+        }
+        Ok(attrs(reply.get(12..).unwrap_or_default())
+            .find(|(kind, v)| *kind == NDA_LLADDR && v.len() == 6)
+            .map(|(_, v)| MacAddr([v[0], v[1], v[2], v[3], v[4], v[5]])))
+    }
+
+    /// Asks the kernel to resolve (or re-confirm) `addr` on `interface` (`NTF_USE`); the
+    /// answer shows up in [`Rtnetlink::neighbour`] once the kernel's ARP/ND completes.
+    pub fn resolve(&mut self, interface: u32, addr: IpAddr) -> io::Result<()> {
+        let body = ndmsg(addr, interface, 0, NTF_USE);
+        self.request(RTM_NEWNEIGH, NLM_F_ACK | NLM_F_CREATE, &body, RTM_NEWNEIGH).map(drop)
+    }
+}
+
+/// `struct ndmsg` (family, pad, pad, ifindex, state, flags, type) plus NDA_DST.
+fn ndmsg(addr: IpAddr, interface: u32, state: u16, flags: u8) -> Vec<u8> {
+    let mut body = vec![family(addr), 0, 0, 0];
+    body.extend_from_slice(&(interface as i32).to_ne_bytes());
+    body.extend_from_slice(&state.to_ne_bytes());
+    body.push(flags);
+    body.push(0);
+    push_attr(&mut body, NDA_DST, &octets(addr));
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_round_trip_with_padding() {
+        let mut msg = Vec::new();
+        push_attr(&mut msg, NDA_LLADDR, &[1, 2, 3, 4, 5, 6]);
+        push_attr(&mut msg, NDA_DST, &[10, 0, 0, 1]);
+        assert_eq!(msg.len(), 12 + 8);
+        let got: Vec<_> = attrs(&msg).collect();
+        assert_eq!(
+            got,
+            vec![(NDA_LLADDR, &[1u8, 2, 3, 4, 5, 6][..]), (NDA_DST, &[10u8, 0, 0, 1][..])]
+        );
+    }
+
+    #[test]
+    fn truncated_attributes_end_iteration() {
+        assert_eq!(attrs(&[8, 0, 1, 0, 1]).count(), 0);
+        assert_eq!(attrs(&[2, 0, 1, 0]).count(), 0);
+    }
+}
