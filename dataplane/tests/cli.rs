@@ -70,8 +70,7 @@ fn bad_flags_say_what_is_wrong() {
     let (code, _, stderr) = run(&["--tabels", "x"]);
     assert_eq!(code, 2, "clap usage error");
     assert!(stderr.contains("--tables"), "clap suggests the right flag: {stderr}");
-    let (code, _, stderr) =
-        run(&["--tables", "x", "--uplink", "eth9", "--vni", "16777216"]);
+    let (code, _, stderr) = run(&["--tables", "x", "--uplink", "eth9", "--vni", "16777216"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("16777216 is not in 0..16777216"), "{stderr}");
     let (code, _, stderr) = run(&["--tables", "x", "--uplink", "eth9", "--profile", "cilium"]);

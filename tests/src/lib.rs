@@ -5,6 +5,8 @@
 //! A test that needs a tool which is missing fails under CI (`CI` set in the environment) or
 //! `scripts/test`, and otherwise skips with a loud message naming the command that installs it.
 
+pub mod cluster;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -150,7 +152,7 @@ pub fn run(program: &str, args: &[&str]) {
 /// A network namespace of this test process, deleted (with every device in it) on drop,
 /// also when the test fails.
 #[derive(Debug)]
-pub struct Netns(String);
+pub struct Netns(String, bool);
 
 impl Netns {
     /// Creates `podlane-<tag>-<pid>-<n>`: unique per process and call, so tests run in parallel.
@@ -159,9 +161,14 @@ impl Netns {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("podlane-{tag}-{}-{n}", std::process::id());
         run("ip", &["netns", "add", &name]);
-        let ns = Netns(name);
+        let ns = Netns(name, true);
         ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// A handle on a namespace owned elsewhere: not deleted when dropped.
+    pub fn borrowed(name: &str) -> Netns {
+        Netns(name.to_owned(), false)
     }
 
     pub fn name(&self) -> &str {
@@ -185,6 +192,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.1 {
+            return;
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }

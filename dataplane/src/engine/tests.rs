@@ -875,3 +875,79 @@ fn forwarding_continues_while_tables_are_replaced() {
         assert!(generations >= 1 && encapsulated >= 100 * 16);
     }
 }
+
+const ETH: usize = 14;
+
+/// What a kernel behind a veth hands over with TX checksum offload (CHECKSUM_PARTIAL): the
+/// transport checksum field holds the folded pseudo-header sum.
+fn make_partial(ip_packet: &mut [u8]) {
+    use crate::wire::checksum::{fold, pseudo_header_v4};
+    let ihl = usize::from(ip_packet[0] & 0x0f) * 4;
+    let (src, dst) = (
+        Ipv4Addr::new(ip_packet[12], ip_packet[13], ip_packet[14], ip_packet[15]),
+        Ipv4Addr::new(ip_packet[16], ip_packet[17], ip_packet[18], ip_packet[19]),
+    );
+    let protocol = ip_packet[9];
+    let len = (ip_packet.len() - ihl) as u16;
+    let at = ihl + if protocol == 6 { 16 } else { 6 };
+    let partial = fold(u64::from(pseudo_header_v4(src, dst, protocol, len)));
+    ip_packet[at..at + 2].copy_from_slice(&partial.to_be_bytes());
+}
+
+fn tcp_checksum_verifies(frame: &[u8]) -> bool {
+    let pkt = SlicedPacket::from_ethernet(frame).unwrap();
+    let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (&pkt.net, &pkt.transport)
+    else {
+        panic!("not TCP over IPv4")
+    };
+    let h = ip.header();
+    tcp.to_header().calc_checksum_ipv4_raw(h.source(), h.destination(), tcp.payload()).unwrap()
+        == tcp.checksum()
+}
+
+#[test]
+fn checksums_left_for_offload_are_finished() {
+    let snap = snapshot(&spec_for("node-a", false));
+    let mut p = Pipeline::new(config_for("node-a"));
+    let a2 = snap.endpoint_by_interface("veth-a2").unwrap();
+
+    // From a pod: completed before the frame leaves, locally or encapsulated.
+    let mut frame = tcp4("10.244.1.2", "10.244.1.3", 40000, 80);
+    make_partial(&mut frame[ETH..]);
+    assert!(!tcp_checksum_verifies(&frame));
+    let (v, out) = run(&mut p, &snap, from_a1(&snap), &frame);
+    assert_eq!(v, Verdict::Local(a2));
+    assert!(tcp_checksum_verifies(&out));
+    let mut frame = tcp4("10.244.1.2", "10.244.2.9", 40000, 80);
+    make_partial(&mut frame[ETH..]);
+    let (v, out) = run(&mut p, &snap, from_a1(&snap), &frame);
+    assert_eq!(v, Verdict::Encap);
+    assert!(tcp_checksum_verifies(outer_and_inner(&out).1));
+
+    // From a kernel VTEP on a veth: the inner checksum is partial and the outer UDP checksum
+    // was computed by local checksum offload for the finished inner one.
+    let inner = {
+        let b = PacketBuilder::ethernet2(VTEP_B.0, VTEP_A.0)
+            .ipv4([10, 244, 2, 5], [10, 244, 1, 3], 64)
+            .tcp(5000, 80, 7, 1000);
+        let mut out = Vec::new();
+        b.write(&mut out, b"segment from a kernel pod").unwrap();
+        out
+    };
+    let mut frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner);
+    let inner_ip = ETH + 20 + 8 + 8 + ETH;
+    make_partial(&mut frame[inner_ip..]);
+    let (v, out) = run(&mut p, &snap, Ingress::Uplink, &frame);
+    assert_eq!(v, Verdict::Decap(a2));
+    assert!(tcp_checksum_verifies(&out));
+
+    // The outer UDP checksum itself left partial is accepted; a wrong one is not.
+    let mut frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner);
+    make_partial(&mut frame[ETH..]);
+    assert_eq!(run(&mut p, &snap, Ingress::Uplink, &frame).0, Verdict::Decap(a2));
+    frame[40] ^= 0x55;
+    assert_eq!(
+        run(&mut p, &snap, Ingress::Uplink, &frame).0,
+        Verdict::Drop(DropReason::OuterChecksum)
+    );
+}

@@ -1,0 +1,252 @@
+//! podlane swaps in for the kernel's VXLAN: node A runs podlane, node B runs the Linux vxlan
+//! device configured exactly as Flannel's vxlan backend does (`flannel.1`, VNI 1, port 8472,
+//! nolearning, a permanent neighbour and FDB entry per remote node, an onlink route per
+//! remote pod CIDR), then exactly as Calico does (`vxlan.calico`, VNI 4096, port 4789, routes
+//! via the remote tunnel address). A pod on each node; ping and a 10 MB TCP transfer in both
+//! directions, and tshark on the underlay decodes well-formed VXLAN with the profile's VNI.
+//!
+//! Node B's pod is wired as Calico wires pods (veth, /32 route, proxy ARP) in both cases: the
+//! pod side of a node does not show on the wire, the vxlan device's configuration does.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use podlane_tests::cluster::{self, Background, Daemon, Pod};
+use podlane_tests::{Netns, ScratchDir, require_root, require_tool};
+
+const NODE_A: &str = "192.168.82.1";
+const NODE_B: &str = "192.168.82.2";
+const VTEP_A: &str = "0a:aa:00:00:00:01";
+const VTEP_B: &str = "0a:bb:00:00:00:01";
+
+struct Profile {
+    name: &'static str,
+    device: &'static str,
+    vni: u32,
+    port: u16,
+    cidr_a: &'static str,
+    cidr_b: &'static str,
+    /// Node B's address on its vxlan device (Flannel: the .0 of its subnet; Calico: its
+    /// tunnel address).
+    overlay_b: &'static str,
+    /// B's next hop for A's pods, bound to A's VTEP MAC (Flannel: A's subnet address;
+    /// Calico: A's tunnel address).
+    gateway_a: &'static str,
+}
+
+const FLANNEL: Profile = Profile {
+    name: "flannel",
+    device: "flannel.1",
+    vni: 1,
+    port: 8472,
+    cidr_a: "10.244.1.0/24",
+    cidr_b: "10.244.2.0/24",
+    overlay_b: "10.244.2.0",
+    gateway_a: "10.244.1.0",
+};
+
+const CALICO: Profile = Profile {
+    name: "calico",
+    device: "vxlan.calico",
+    vni: 4096,
+    port: 4789,
+    cidr_a: "10.244.1.0/26",
+    cidr_b: "10.244.2.0/26",
+    overlay_b: "10.244.2.1",
+    gateway_a: "10.244.1.1",
+};
+
+/// Node B as the profile's CNI programs it, with one pod.
+fn kernel_node(profile: &Profile, node: &Netns) -> Pod {
+    for (key, value) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.default.rp_filter", "0"),
+    ] {
+        node.exec("sysctl", &["-qw", &format!("{key}={value}")]);
+    }
+    let (vni, port) = (profile.vni.to_string(), profile.port.to_string());
+    node.ip(&[
+        "link",
+        "add",
+        profile.device,
+        "type",
+        "vxlan",
+        "id",
+        &vni,
+        "local",
+        NODE_B,
+        "dev",
+        "eth0",
+        "dstport",
+        &port,
+        "nolearning",
+    ]);
+    node.ip(&["link", "set", profile.device, "address", VTEP_B]);
+    node.ip(&["addr", "add", &format!("{}/32", profile.overlay_b), "dev", profile.device]);
+    node.ip(&["link", "set", profile.device, "up"]);
+    node.ip(&[
+        "route",
+        "add",
+        profile.cidr_a,
+        "via",
+        profile.gateway_a,
+        "dev",
+        profile.device,
+        "onlink",
+    ]);
+    node.ip(&[
+        "neigh",
+        "add",
+        profile.gateway_a,
+        "lladdr",
+        VTEP_A,
+        "dev",
+        profile.device,
+        "nud",
+        "permanent",
+    ]);
+    node.exec("bridge", &["fdb", "add", VTEP_A, "dev", profile.device, "dst", NODE_A]);
+
+    let pod = Pod::new(node, "b1", "veth-b1", "10.244.2.2", "0a:58:0a:f4:02:02");
+    node.ip(&["route", "add", "10.244.2.2/32", "dev", "veth-b1"]);
+    node.exec("sysctl", &["-qw", "net.ipv4.conf.veth-b1.proxy_arp=1"]);
+    // Proxy ARP answers for 169.254.1.1 only when the node has a route to it through another
+    // interface — on a real node, its default route. This node has none, so the pod gets the
+    // answer proxy ARP would give as a static entry.
+    let out =
+        Command::new("ip").args(["-n", node.name(), "-br", "link", "show", "veth-b1"]).output();
+    let text = String::from_utf8_lossy(&out.expect("ip link").stdout).into_owned();
+    let host_mac = text.split_whitespace().nth(2).expect("veth-b1 MAC").to_owned();
+    pod.ns.ip(&[
+        "neigh",
+        "replace",
+        "169.254.1.1",
+        "lladdr",
+        &host_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    pod
+}
+
+/// tshark on node B's underlay interface until stopped.
+fn capture(node: &Netns, profile: &Profile, tshark: &Path, pcap: &Path) -> Background {
+    let filter = format!("udp port {}", profile.port);
+    let child = Command::new("ip")
+        .args(["netns", "exec", node.name()])
+        .arg(tshark)
+        .args(["-n", "-q", "-i", "eth0", "-f", &filter, "-w"])
+        .arg(pcap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tshark");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(pcap).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "tshark did not start capturing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    Background(child)
+}
+
+fn stop_capture(mut tshark: Background) {
+    let _ = Command::new("kill").args(["-INT", &tshark.0.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tshark.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn interop(profile: &Profile, tshark: &Path) {
+    let dir = ScratchDir::new(&format!("interop-{}", profile.name));
+    let (node_a, node_b) = (Netns::new("ipa"), Netns::new("ipb"));
+    cluster::underlay(&node_a, "uplink", NODE_A, &node_b, "eth0", NODE_B);
+    let pod_a = Pod::new(&node_a, "a1", "veth-a1", "10.244.1.2", "0a:58:0a:f4:01:02");
+    let pod_b = kernel_node(profile, &node_b);
+    let nodes = [
+        cluster::node_json("node-a", NODE_A, VTEP_A, profile.cidr_a),
+        cluster::node_json("node-b", NODE_B, VTEP_B, profile.cidr_b),
+    ];
+    let tables = dir.path().join("tables.json");
+    cluster::write_tables(&tables, "node-a", &nodes, &[&pod_a]);
+    let mut daemon = Daemon::start(
+        &node_a,
+        "uplink",
+        &tables,
+        dir.path().join("podlane.log"),
+        &["--profile", profile.name],
+    );
+    daemon.wait_ready(1);
+
+    let pcap = dir.path().join("underlay.pcapng");
+    let tshark_run = capture(&node_b, profile, tshark, &pcap);
+    let context = |what: &str| format!("{}: {what}\n{}", profile.name, daemon.log());
+    assert_eq!(pod_a.ping(&pod_b.ip, 3), 3, "{}", context("podlane pod → kernel pod"));
+    assert_eq!(pod_b.ping(&pod_a.ip, 3), 3, "{}", context("kernel pod → podlane pod"));
+    assert_eq!(
+        pod_a.ping(profile.overlay_b, 3),
+        3,
+        "{}",
+        context("podlane pod → kernel node's vxlan address")
+    );
+    let (sent, received) = pod_a.tcp_to(&pod_b, 5001, 10_000_000);
+    assert!(sent.starts_with("bytes=10000000 "), "{sent}");
+    assert_eq!(sent, received, "{}", context("TCP podlane → kernel"));
+    let (sent, received) = pod_b.tcp_to(&pod_a, 5002, 10_000_000);
+    assert_eq!(sent, received, "{}", context("TCP kernel → podlane"));
+    stop_capture(tshark_run);
+    assert!(daemon.stop().success(), "{}", daemon.log());
+
+    // What crossed the underlay, decoded by Wireshark's dissectors.
+    let decode_as = format!("udp.port=={},vxlan", profile.port);
+    let lines = podlane_tests::tshark_fields(
+        tshark,
+        &pcap,
+        &[&decode_as],
+        &["ip.src", "vxlan.flags", "vxlan.vni", "eth.dst", "_ws.malformed", "_ws.expert.severity"],
+    );
+    let (mut from_podlane, mut from_kernel) = (0, 0);
+    for line in &lines {
+        let f: Vec<&str> = line.split('|').collect();
+        assert_eq!(f.len(), 6, "{line}");
+        assert_eq!(f[1], "0x0800", "VXLAN flags: only I ({line})");
+        assert_eq!(f[2], profile.vni.to_string(), "VNI ({line})");
+        assert!(f[4].is_empty(), "tshark found a malformed frame: {line}");
+        if f[0].starts_with(NODE_A) {
+            from_podlane += 1;
+            // Inner destination: node B's VTEP MAC, as the kernel requires.
+            assert!(f[3].ends_with(VTEP_B), "inner destination MAC ({line})");
+            // Checksums podlane wrote verify, and no other expert complaint at error level.
+            assert!(
+                !f[5].split(',').any(|s| s == "8388608"),
+                "tshark error on podlane's frame: {line}"
+            );
+        } else {
+            from_kernel += 1;
+            assert!(f[3].ends_with(VTEP_A), "kernel sends to podlane's VTEP MAC ({line})");
+        }
+    }
+    assert!(
+        from_podlane > 1000 && from_kernel > 1000,
+        "{from_podlane} / {from_kernel} VXLAN frames each way"
+    );
+    eprintln!(
+        "{}: tshark decoded {from_podlane} VXLAN frames from podlane, {from_kernel} from the kernel",
+        profile.name
+    );
+}
+
+#[test]
+fn kernel_interop() {
+    if !require_root("kernel_interop") {
+        return;
+    }
+    let Some(tshark) = require_tool("tshark") else { return };
+    interop(&FLANNEL, &tshark);
+    interop(&CALICO, &tshark);
+}
