@@ -306,23 +306,20 @@ impl Pod {
 /// Connects two node namespaces with a veth underlay: `a_if` in `a` with `a_ip/24`, `b_if`
 /// in `b` with `b_ip/24`.
 pub fn underlay(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str) {
-    crate::run(
-        "ip",
-        &[
-            "link",
-            "add",
-            a_if,
-            "netns",
-            a.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b_if,
-            "netns",
-            b.name(),
-        ],
+    underlay_with_queues((a, a_if, a_ip), (b, b_if, b_ip), 1);
+}
+
+/// [`underlay`] with `queues` RX and TX queues on each end (one AF_XDP socket per queue):
+/// each side is (namespace, interface, address).
+pub fn underlay_with_queues(a: (&Netns, &str, &str), b: (&Netns, &str, &str), queues: u32) {
+    let ((a, a_if, a_ip), (b, b_if, b_ip)) = (a, b);
+    let command = format!(
+        "link add {a_if} netns {} numtxqueues {queues} numrxqueues {queues} type veth \
+         peer name {b_if} netns {} numtxqueues {queues} numrxqueues {queues}",
+        a.name(),
+        b.name()
     );
+    crate::run("ip", &command.split_whitespace().collect::<Vec<_>>());
     for (ns, dev, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", dev]);
         ns.ip(&["link", "set", dev, "up"]);

@@ -13,7 +13,11 @@ fn two_nodes() {
     }
     let dir = ScratchDir::new("two-nodes");
     let (node_a, node_b) = (Netns::new("nodea"), Netns::new("nodeb"));
-    cluster::underlay(&node_a, "uplink-a", "192.168.80.1", &node_b, "uplink-b", "192.168.80.2");
+    cluster::underlay_with_queues(
+        (&node_a, "uplink-a", "192.168.80.1"),
+        (&node_b, "uplink-b", "192.168.80.2"),
+        2,
+    );
     let pods = [
         Pod::new(&node_a, "a2", "veth-a2", "10.244.1.2", "0a:58:0a:f4:01:02"),
         Pod::new(&node_a, "a3", "veth-a3", "10.244.1.3", "0a:58:0a:f4:01:03"),
@@ -40,7 +44,7 @@ fn two_nodes() {
         "uplink-b",
         &tables_b,
         dir.path().join("b.log"),
-        &["--log-level", "debug"],
+        &["--log-level", "debug", "--cores", "0,1"],
     );
     daemon_a.wait_ready(2);
     daemon_b.wait_ready(2);
@@ -68,6 +72,23 @@ fn two_nodes() {
 
     let report = pods[1].udp_to(&pods[2], 6000, 300);
     assert_eq!(report, "sent=300 echoed=300 intact=300");
+
+    let log_b = daemon_b.log();
+    assert!(log_b.contains("workers=2"), "{log_b}");
+    // Each of node B's workers owns one of its pods, so frames from the uplink (all on queue
+    // 0, where node A's single worker sends) cross between workers.
+    let owners: std::collections::BTreeSet<&str> = log_b
+        .lines()
+        .filter(|l| l.contains("pod interface attached"))
+        .filter_map(|l| l.split(" worker=").nth(1).and_then(|w| w.get(..1)))
+        .collect();
+    assert_eq!(owners.into_iter().collect::<Vec<_>>(), ["0", "1"], "{log_b}");
+
+    // A pod's interface disappears: logged, its socket closed, the others keep forwarding.
+    node_a.ip(&["link", "del", "veth-a3"]);
+    daemon_a.wait_for("pod interface detached: the interface disappeared", 1);
+    assert_eq!(pods[0].ping(&pods[2].ip, 3), 3, "{}", daemon_a.log());
+    assert_eq!(pods[3].ping(&pods[0].ip, 3), 3, "{}", daemon_a.log());
 
     // Both daemons stop cleanly and report what they forwarded.
     assert!(daemon_a.stop().success(), "{}", daemon_a.log());
