@@ -32,9 +32,13 @@ use crate::table::{EndpointId, Snapshot};
 
 /// Frames per RX burst (DESIGN.md: bursts of 256 with the poll()-driven loop).
 pub(super) const BURST: usize = 256;
-/// Fill-ring level kept on each uplink queue and each pod queue.
+/// Fill-ring level kept on each uplink queue, and the level a pod queue starts at. A pod's
+/// level doubles (up to its ring size) whenever one burst takes half of it: idle pods hold few
+/// chunks, busy ones get enough that the kernel never finds the fill ring empty.
 const UPLINK_FILL: u32 = 2048;
 const POD_FILL: u32 = 128;
+/// Ring sizes of pod sockets.
+const POD_RING: u32 = 2048;
 /// Frames waiting for TX ring room beyond this are dropped (and counted).
 const MAX_PENDING: usize = 4096;
 /// Sleep bound in poll(), so the worker notices table changes and the stop flag.
@@ -78,6 +82,10 @@ struct Port {
     queue: u32,
     pending: Vec<Packet>,
     stats: PortCounters,
+    /// Busy polling was looked at: enabled where the socket has a NAPI id.
+    busy_poll_checked: bool,
+    /// Chunks kept on the fill ring.
+    fill_target: u32,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -209,6 +217,7 @@ impl Worker {
     }
 
     fn add_port(&mut self, socket: SocketId, kind: PortKind, ifindex: u32, queue: u32) -> usize {
+        let kind_fill = matches!(kind, PortKind::Uplink);
         let port = Port {
             socket,
             kind,
@@ -216,6 +225,11 @@ impl Worker {
             queue,
             pending: Vec::new(),
             stats: PortCounters::default(),
+            busy_poll_checked: false,
+            fill_target: match kind_fill {
+                true => UPLINK_FILL,
+                false => POD_FILL,
+            },
         };
         let slot = self.ports.iter().position(Option::is_none).unwrap_or(self.ports.len());
         if slot == self.ports.len() {
@@ -378,7 +392,7 @@ impl Worker {
         let queues = io::interface_queues(name);
         let map = XskMap::new(queues).map_err(|e| e.to_string())?;
         let program = XdpProgram::pod(&map).map_err(|e| e.to_string())?;
-        let rings = RingSizes { rx: 512, tx: 512, fill: 512, completion: 512 };
+        let rings = RingSizes { rx: POD_RING, tx: POD_RING, fill: POD_RING, completion: POD_RING };
         let mut ports = Vec::new();
         let fail = |worker: &mut Worker, ports: &[usize], e: String| {
             for &p in ports {
@@ -445,7 +459,38 @@ impl Worker {
         if changed {
             self.remap(snapshot);
         }
+        self.busy_poll();
         self.publish_stats();
+    }
+
+    /// SO_BUSY_POLL only where the driver reports a NAPI id for the socket (real NICs); on
+    /// veth the socket never gets one (DESIGN.md) and busy polling would change nothing. The
+    /// id shows up once frames arrived, so sockets are looked at until they had traffic.
+    fn busy_poll(&mut self) {
+        for port in self.ports.iter_mut().flatten().filter(|p| !p.busy_poll_checked) {
+            let Some(socket) = self.umem.socket(port.socket) else { continue };
+            if port.stats.rx_packets == 0 {
+                continue;
+            }
+            port.busy_poll_checked = true;
+            match socket.napi_id() {
+                Some(napi) => match socket.enable_busy_poll(20, BURST as u32) {
+                    Ok(()) => tracing::info!(
+                        worker = self.index,
+                        interface = socket.interface(),
+                        queue = port.queue,
+                        napi,
+                        "preferred busy polling on (20 µs, budget 256)"
+                    ),
+                    Err(e) => tracing::warn!(interface = socket.interface(), "busy polling: {e}"),
+                },
+                None => tracing::debug!(
+                    interface = socket.interface(),
+                    queue = port.queue,
+                    "no NAPI id: busy polling would do nothing here"
+                ),
+            }
+        }
     }
 
     /// One RX burst on `port`: pipeline, then sort frames onto their TX queues.
@@ -460,6 +505,9 @@ impl Worker {
         if let Some(p) = self.ports[port].as_mut() {
             p.stats.rx_packets += n as u64;
             p.stats.rx_bytes += bytes;
+            if n as u32 * 2 >= p.fill_target && p.fill_target < POD_RING {
+                p.fill_target *= 2;
+            }
         }
         let Some(ingress) = self.ingress[port] else {
             // A pod interface whose endpoint left the tables: nothing to forward for it.
@@ -611,11 +659,7 @@ impl Worker {
                 let _ = self.umem.transmit(p.socket, &mut p.pending);
             }
             self.umem.complete(p.socket);
-            let target = match p.kind {
-                PortKind::Uplink => UPLINK_FILL,
-                PortKind::Pod { .. } => POD_FILL,
-            };
-            self.umem.refill(p.socket, target);
+            self.umem.refill(p.socket, p.fill_target);
         }
         for slot in down {
             if let Some(Port { kind: PortKind::Pod { interface }, ifindex, .. }) =

@@ -414,6 +414,29 @@ impl XskSocket {
         self.mode
     }
 
+    /// The NAPI instance that feeds this socket, once a frame arrived through one; `None`
+    /// where the driver has no per-queue NAPI (veth).
+    pub fn napi_id(&self) -> Option<u32> {
+        const SO_INCOMING_NAPI_ID: i32 = 56;
+        sys::getsockopt::<u32>(self.fd.as_fd(), libc::SOL_SOCKET, SO_INCOMING_NAPI_ID)
+            .ok()
+            .map(|(id, _)| id)
+            .filter(|&id| id != 0)
+    }
+
+    /// Preferred busy polling (SO_PREFER_BUSY_POLL, SO_BUSY_POLL, SO_BUSY_POLL_BUDGET): the
+    /// socket's own wake-up calls run the driver's NAPI instead of waiting for its softirq.
+    /// Only meaningful with a NAPI id.
+    pub fn enable_busy_poll(&self, usecs: u32, budget: u32) -> io::Result<()> {
+        const SO_BUSY_POLL: i32 = 46;
+        const SO_PREFER_BUSY_POLL: i32 = 69;
+        const SO_BUSY_POLL_BUDGET: i32 = 70;
+        let fd = self.fd.as_fd();
+        sys::setsockopt(fd, libc::SOL_SOCKET, SO_PREFER_BUSY_POLL, &1u32)?;
+        sys::setsockopt(fd, libc::SOL_SOCKET, SO_BUSY_POLL, &usecs)?;
+        sys::setsockopt(fd, libc::SOL_SOCKET, SO_BUSY_POLL_BUDGET, &budget)
+    }
+
     /// The kernel's counters for this socket.
     pub fn statistics(&self) -> io::Result<XdpStatistics> {
         let (s, _) = sys::getsockopt::<libc::xdp_statistics>(
