@@ -10,6 +10,12 @@
 //!   header); XDP_PASS for everything else, so SSH, ARP, kubelet and fragments keep going
 //!   through the kernel.
 //!
+//! The veth quirk (DESIGN.md): a veth drops frames its peer transmitted through XDP
+//! (`XDP_TX`, devmap redirects) unless it runs an XDP program or has GRO on. These programs
+//! only redirect into AF_XDP sockets or pass, and podlane's sockets transmit on veth in copy
+//! mode, through the peer's ordinary transmit path, so no veth needs either (ARCHITECTURE.md,
+//! "veth").
+//!
 //! A program is attached with BPF_LINK_CREATE: the attachment is owned by the link's file
 //! descriptor, so when the process exits — cleanly, by a panic or by SIGKILL — the kernel
 //! detaches the program. Nothing is pinned, nothing is left behind.
