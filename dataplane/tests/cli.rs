@@ -91,3 +91,31 @@ fn unknown_uplink_or_missing_privileges_is_one_clear_line() {
         "{stderr}"
     );
 }
+
+/// As an unprivileged user (setpriv from util-linux drops to `nobody`): one line saying what
+/// is missing and how to fix it. Without root the test above already covers this.
+#[test]
+fn missing_privileges_name_the_capabilities() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root =
+        status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        eprintln!("not root: unknown_uplink_or_missing_privileges_is_one_clear_line covers this");
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_podlane-dataplane"))
+        .args(["--uplink", "lo", "--tables", example().to_str().unwrap()])
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("podlane-dataplane: needs root, or CAP_NET_ADMIN"), "{stderr}");
+    assert!(
+        stderr.contains("missing: CAP_NET_ADMIN, CAP_NET_RAW, CAP_IPC_LOCK, CAP_BPF"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("run it with sudo"), "{stderr}");
+}
