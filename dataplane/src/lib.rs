@@ -13,6 +13,7 @@
 //!
 //! `unsafe` is denied everywhere else.
 
+pub mod api;
 pub mod daemon;
 pub mod engine;
 pub mod io;

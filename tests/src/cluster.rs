@@ -63,8 +63,10 @@ impl Daemon {
     ) -> Daemon {
         let file = std::fs::File::create(&log).expect("daemon log file");
         let bin = binary("podlane-dataplane");
+        let socket = log.with_extension("sock");
         let mut args = vec!["netns", "exec", node.name(), bin.to_str().unwrap()];
         args.extend(["--uplink", uplink, "--tables", tables.to_str().unwrap()]);
+        args.extend(["--control-socket", socket.to_str().unwrap()]);
         args.extend(extra);
         let child = Command::new("ip")
             .args(&args)

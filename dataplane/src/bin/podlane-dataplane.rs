@@ -62,12 +62,29 @@ enum LogLevel {
     about = "podlane's userspace VXLAN dataplane: AF_XDP in place of the kernel's vxlan device"
 )]
 struct Cli {
-    /// Tables to load: JSON with local_node, nodes, endpoints and policies (docs/tables.md).
-    #[arg(long, value_name = "FILE")]
-    tables: PathBuf,
+    /// Initial tables: JSON with local_node, nodes, endpoints and policies (docs/tables.md).
+    /// Without it the dataplane forwards nothing until the control process syncs
+    /// (`podlane agent`), and needs --node-name and --node-ip.
+    #[arg(long, value_name = "FILE", required_if_eq("check", "true"))]
+    tables: Option<PathBuf>,
     /// Validate the tables, print what they hold, and exit (0: valid, 1: rejected).
     #[arg(long)]
     check: bool,
+    /// This node's name in the cluster (the tables' local node).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// The control socket the control process (`podlane`) talks to.
+    #[arg(long, value_name = "PATH", default_value = "/run/podlane/dataplane.sock")]
+    control_socket: PathBuf,
+    /// Serve no control socket: the tables file is all there is.
+    #[arg(long, conflicts_with = "control_socket")]
+    no_control_socket: bool,
+    /// A uid, besides root and the daemon's own, allowed on the control socket.
+    #[arg(long, value_name = "UID")]
+    control_uid: Option<u32>,
+    /// A gid whose members are allowed on the control socket.
+    #[arg(long, value_name = "GID")]
+    control_gid: Option<u32>,
     /// The node's underlay interface (VXLAN is sent and received here).
     #[arg(long, value_name = "IFACE", required_unless_present = "check")]
     uplink: Option<String>,
@@ -128,7 +145,11 @@ fn main() -> ExitCode {
         .init();
 
     if cli.check {
-        return check(&cli.tables);
+        let Some(tables) = &cli.tables else {
+            eprintln!("podlane-dataplane: --check needs --tables FILE");
+            return ExitCode::from(2);
+        };
+        return check(tables);
     }
     let Some(uplink) = cli.uplink.clone() else {
         eprintln!("podlane-dataplane: --uplink IFACE is required to forward");
@@ -147,6 +168,9 @@ fn main() -> ExitCode {
     let config = DaemonConfig {
         uplink,
         node_ip: cli.node_ip,
+        node_name: cli.node_name,
+        control_socket: (!cli.no_control_socket).then_some(cli.control_socket),
+        access: daemon::Access { uid: cli.control_uid, gid: cli.control_gid },
         engine,
         cores: cli.cores,
         xdp_mode: match cli.xdp_mode {

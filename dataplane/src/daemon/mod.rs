@@ -9,8 +9,12 @@
 //! link. A crash or SIGKILL leaves nothing either: every attachment is a BPF link owned by
 //! the process.
 
+mod control;
 mod neighbours;
+mod tables;
 mod worker;
+
+pub use control::Access;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -18,11 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use crate::api::DaemonInfo;
 use crate::engine::{Counters, DropReason, EngineConfig};
 use crate::io::xdp::{XdpLink, XdpMode, XdpProgram, XskMap};
 use crate::io::xsk::{BindPreference, UmemConfig, XdpStatistics};
 use crate::io::{self};
-use crate::table::{Snapshot, SnapshotCell, TableSpec};
+use crate::table::TableSpec;
+use tables::Tables;
 
 /// Which XDP attach mode to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +54,8 @@ pub struct DaemonConfig {
     pub uplink: String,
     /// The node's underlay address; defaults to the local node's entry in the tables.
     pub node_ip: Option<IpAddr>,
+    /// The node's name; defaults to the tables' local node.
+    pub node_name: Option<String>,
     pub engine: EngineConfig,
     /// Cores to pin one worker each to; empty: one unpinned worker.
     pub cores: Vec<usize>,
@@ -56,8 +64,13 @@ pub struct DaemonConfig {
     pub poll_mode: PollMode,
     /// UMEM chunks per worker.
     pub umem_chunks: u32,
-    /// The static tables file (until the control socket exists).
-    pub tables: PathBuf,
+    /// Initial tables; without them the daemon forwards nothing until the control process
+    /// pushes a full sync (and then needs `node_name` and `node_ip`).
+    pub tables: Option<PathBuf>,
+    /// The control socket; `None`: no socket (tables from the file only).
+    pub control_socket: Option<PathBuf>,
+    /// Who besides root and the daemon's user may use the control socket.
+    pub access: Access,
     /// How often counters are logged at debug level.
     pub stats_interval: Duration,
 }
@@ -171,7 +184,8 @@ pub(crate) struct Shared {
     bind: BindPreference,
     xdp_mode: XdpModeChoice,
     poll_mode: PollMode,
-    tables: SnapshotCell,
+    tables: Tables,
+    info: DaemonInfo,
     stop: AtomicBool,
     stats: Vec<Mutex<WorkerStats>>,
     inboxes: Vec<worker::Inbox>,
@@ -227,20 +241,51 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         .min(u32::from(u16::MAX)) as u16;
     let uplink_queues = io::interface_queues(&config.uplink);
 
-    let spec = TableSpec::from_json_file(&config.tables)
-        .map_err(|e| DaemonError::Tables(e.to_string()))?;
-    let snapshot = Snapshot::build(&spec, 1).map_err(|e| {
-        DaemonError::Tables(format!("tables file {}: {e}", config.tables.display()))
-    })?;
-    let node_ip = snapshot.local_node().underlay;
+    let spec = match (&config.tables, &config.node_name, config.node_ip) {
+        (Some(path), _, _) => {
+            let spec =
+                TableSpec::from_json_file(path).map_err(|e| DaemonError::Tables(e.to_string()))?;
+            if let Some(name) = &config.node_name
+                && name != &spec.local_node
+            {
+                return Err(DaemonError::Tables(format!(
+                    "--node-name {name} is not the local node {:?} of {}",
+                    spec.local_node,
+                    path.display()
+                )));
+            }
+            spec
+        }
+        (None, Some(name), Some(ip)) => Tables::empty(name, ip, engine.uplink_mac),
+        (None, _, _) => {
+            return Err(DaemonError::Tables(
+                "without --tables, give --node-name and --node-ip: the control process pushes the rest".into(),
+            ));
+        }
+    };
+    let node_ip = match spec.nodes.iter().find(|n| n.name == spec.local_node) {
+        Some(local) => local.underlay,
+        None => {
+            return Err(DaemonError::Tables(format!(
+                "tables: local node {:?} is not in the node table",
+                spec.local_node
+            )));
+        }
+    };
     if let Some(ip) = config.node_ip
         && ip != node_ip
     {
         return Err(DaemonError::Tables(format!(
             "--node-ip {ip} is not the underlay address of the local node {:?} in the tables ({node_ip})",
-            snapshot.local_node().name
+            spec.local_node
         )));
     }
+    let tables = Tables::new(spec, node_ip).map_err(|e| {
+        DaemonError::Tables(match &config.tables {
+            Some(path) => format!("tables file {}: {e}", path.display()),
+            None => e,
+        })
+    })?;
 
     let workers = config.cores.len().max(1).min(uplink_queues as usize);
     if workers < config.cores.len() {
@@ -266,7 +311,26 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         bind: config.bind,
         xdp_mode: config.xdp_mode,
         poll_mode: config.poll_mode,
-        tables: SnapshotCell::new(snapshot),
+        info: DaemonInfo {
+            node: tables.node().to_owned(),
+            node_ip: node_ip.to_string(),
+            uplink: config.uplink.clone(),
+            uplink_mac: engine.uplink_mac.to_string(),
+            uplink_mtu: engine.uplink_mtu,
+            uplink_queues,
+            vni: engine.vni,
+            vxlan_port: engine.vxlan_port,
+            workers,
+            cores: config.cores.clone(),
+            xdp_mode: format!("{:?}", config.xdp_mode).to_lowercase(),
+            poll_mode: format!("{:?}", config.poll_mode).to_lowercase(),
+            control_socket: config
+                .control_socket
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        },
+        tables,
         stop: AtomicBool::new(false),
         stats: (0..workers).map(|_| Mutex::new(WorkerStats::default())).collect(),
         inboxes,
@@ -331,15 +395,21 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         "forwarding"
     );
 
-    let mut resolver = neighbours::Resolver::new(uplink_index, spec);
+    let control = match &config.control_socket {
+        Some(path) => match control::serve(path, shared.clone(), config.access) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                drop(uplink_link);
+                stop_workers(handles);
+                return Err(DaemonError::Setup(e));
+            }
+        },
+        None => None,
+    };
+    let mut resolver = neighbours::Resolver::new(uplink_index);
     let mut last_stats = Instant::now();
     while !io::stop_requested() {
-        if let Some(spec) = resolver.tick() {
-            match shared.tables.update(&spec) {
-                Ok(generation) => tracing::debug!(generation, "tables updated with next hops"),
-                Err(e) => tracing::error!("tables with resolved next hops rejected: {e}"),
-            }
-        }
+        resolver.tick(&shared.tables);
         if last_stats.elapsed() >= config.stats_interval {
             last_stats = Instant::now();
             for stats in &shared.stats {
@@ -351,6 +421,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         std::thread::sleep(Duration::from_millis(100));
     }
     tracing::info!("stopping");
+    drop(control);
     drop(uplink_link);
     stop_workers(handles);
     for stats in &shared.stats {

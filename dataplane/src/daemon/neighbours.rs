@@ -1,5 +1,5 @@
 //! Keeps every remote node's underlay next-hop MAC resolved from the kernel (see
-//! [`crate::io::netlink`]), and says when the tables need republishing.
+//! [`crate::io::netlink`]) and hands changes to [`Tables`].
 //!
 //! A node whose entry in the tables carries `next_hop_mac` keeps it (a static override); the
 //! others are resolved here. Unresolved nodes are retried every 100 ms, resolved ones are
@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use super::tables::Tables;
 use crate::io::netlink::Rtnetlink;
-use crate::table::TableSpec;
 use crate::wire::MacAddr;
 
 const RETRY: Duration = Duration::from_millis(100);
@@ -20,16 +20,15 @@ const REFRESH: Duration = Duration::from_secs(30);
 
 pub(super) struct Resolver {
     uplink: u32,
-    base: TableSpec,
     netlink: Option<Rtnetlink>,
-    resolved: HashMap<String, MacAddr>,
+    /// Per node: the underlay address it was resolved for, and the MAC.
+    resolved: HashMap<String, (IpAddr, MacAddr)>,
     last_attempt: HashMap<String, Instant>,
     warned: HashSet<String>,
-    published: bool,
 }
 
 impl Resolver {
-    pub(super) fn new(uplink: u32, base: TableSpec) -> Resolver {
+    pub(super) fn new(uplink: u32) -> Resolver {
         let netlink = match Rtnetlink::open() {
             Ok(n) => Some(n),
             Err(e) => {
@@ -39,78 +38,49 @@ impl Resolver {
         };
         Resolver {
             uplink,
-            base,
             netlink,
             resolved: HashMap::new(),
             last_attempt: HashMap::new(),
             warned: HashSet::new(),
-            published: false,
         }
     }
 
-    /// The tables with next hops filled in, when they changed since the last call.
-    pub(super) fn tick(&mut self) -> Option<TableSpec> {
-        let netlink = self.netlink.as_mut()?;
-        let mut changed = false;
-        let local = self.base.local_node.clone();
-        for node in self.base.nodes.iter().filter(|n| n.name != local && n.next_hop_mac.is_none()) {
-            let known = self.resolved.get(&node.name).copied();
+    /// Looks at the nodes that are due and publishes any next hop that changed.
+    pub(super) fn tick(&mut self, tables: &Tables) {
+        let Some(netlink) = self.netlink.as_mut() else { return };
+        for (name, underlay) in tables.nodes_to_resolve() {
+            let known = self.resolved.get(&name).filter(|(ip, _)| *ip == underlay).map(|(_, m)| *m);
             let due = if known.is_some() { REFRESH } else { RETRY };
-            if self.last_attempt.get(&node.name).is_some_and(|at| at.elapsed() < due) {
+            if self.last_attempt.get(&name).is_some_and(|at| at.elapsed() < due) {
                 continue;
             }
-            self.last_attempt.insert(node.name.clone(), Instant::now());
-            let route = match netlink.route_to(node.underlay) {
+            self.last_attempt.insert(name.clone(), Instant::now());
+            let route = match netlink.route_to(underlay) {
                 Ok(route) => route,
                 Err(e) => {
-                    if self.warned.insert(node.name.clone()) {
-                        tracing::warn!(node = %node.name, underlay = %node.underlay, "no route to the node: {e}");
+                    if self.warned.insert(name.clone()) {
+                        tracing::warn!(node = %name, %underlay, "no route to the node: {e}");
                     }
                     continue;
                 }
             };
-            if route.interface != self.uplink && self.warned.insert(node.name.clone()) {
-                tracing::warn!(node = %node.name, underlay = %node.underlay, "the kernel routes this node via another interface than the uplink");
+            if route.interface != self.uplink && self.warned.insert(name.clone()) {
+                tracing::warn!(node = %name, %underlay, "the kernel routes this node via another interface than the uplink");
             }
             match netlink.neighbour(self.uplink, route.next_hop) {
                 Ok(Some(mac)) if known != Some(mac) => {
-                    tracing::info!(node = %node.name, next_hop = %route.next_hop, %mac, "next hop resolved");
-                    self.resolved.insert(node.name.clone(), mac);
-                    changed = true;
+                    tracing::info!(node = %name, next_hop = %route.next_hop, %mac, "next hop resolved");
+                    self.resolved.insert(name.clone(), (underlay, mac));
+                    if let Err(e) = tables.set_next_hop(&name, mac) {
+                        tracing::error!(node = %name, "tables with the resolved next hop rejected: {e}");
+                    }
                 }
                 Ok(_) => {}
-                Err(e) => tracing::debug!(node = %node.name, "neighbour lookup failed: {e}"),
+                Err(e) => tracing::debug!(node = %name, "neighbour lookup failed: {e}"),
             }
             if let Err(e) = netlink.resolve(self.uplink, route.next_hop) {
-                tracing::debug!(node = %node.name, next_hop = %route.next_hop, "NTF_USE failed: {e}");
+                tracing::debug!(node = %name, next_hop = %route.next_hop, "NTF_USE failed: {e}");
             }
         }
-        if !changed && self.published {
-            return None;
-        }
-        self.published = true;
-        Some(self.effective())
-    }
-
-    fn effective(&self) -> TableSpec {
-        let mut spec = self.base.clone();
-        for node in &mut spec.nodes {
-            if node.next_hop_mac.is_none() {
-                node.next_hop_mac = self.resolved.get(&node.name).copied();
-            }
-        }
-        spec
-    }
-
-    /// The unresolved remote nodes (for logging).
-    #[allow(dead_code)]
-    pub(super) fn unresolved(&self) -> Vec<IpAddr> {
-        self.base
-            .nodes
-            .iter()
-            .filter(|n| n.name != self.base.local_node && n.next_hop_mac.is_none())
-            .filter(|n| !self.resolved.contains_key(&n.name))
-            .map(|n| n.underlay)
-            .collect()
     }
 }

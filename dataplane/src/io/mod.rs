@@ -49,6 +49,11 @@ pub fn interface_queues(name: &str) -> u32 {
     }
 }
 
+/// The pid, uid and gid of the process at the other end of a Unix socket (SO_PEERCRED).
+pub fn peer_credentials(socket: &impl std::os::fd::AsFd) -> io::Result<(i32, u32, u32)> {
+    sys::peer_credentials(socket.as_fd())
+}
+
 /// SIGINT and SIGTERM set a flag ([`stop_requested`]) instead of ending the process.
 pub fn install_stop_handlers() -> io::Result<()> {
     sys::install_stop_handlers()

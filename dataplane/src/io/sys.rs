@@ -628,3 +628,11 @@ pub(super) fn install_stop_handlers() -> io::Result<()> {
 pub(super) fn stop_requested() -> bool {
     STOP_REQUESTED.load(Ordering::Relaxed)
 }
+
+impl SockOpt for libc::ucred {}
+
+/// The credentials of a Unix socket's peer (SO_PEERCRED): pid, uid, gid.
+pub(super) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(i32, u32, u32)> {
+    let (cred, _) = getsockopt::<libc::ucred>(fd, libc::SOL_SOCKET, libc::SO_PEERCRED)?;
+    Ok((cred.pid, cred.uid, cred.gid))
+}

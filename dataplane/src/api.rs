@@ -1,0 +1,383 @@
+//! The control protocol between the control process (`podlane`) and the dataplane, over a
+//! Unix stream socket. The dataplane owns it; `control` depends on it. docs/protocol.md has
+//! the schema and an example exchange.
+//!
+//! Framing: a 4-byte big-endian length, then that many bytes of JSON. A length above
+//! [`MAX_FRAME`] is refused before anything is read or allocated. The first request on a
+//! connection must be [`Request::Hello`] with [`PROTOCOL_VERSION`]; a different version gets
+//! an error naming both versions and the connection is closed.
+//!
+//! Every request gets exactly one response. Updates ([`Request::FullSync`],
+//! [`Request::Update`]) are applied whole or not at all: the response is
+//! [`Response::Ack`] with the generation now in force, or [`Response::Error`] naming the
+//! offending entry, and then the tables in use are unchanged.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::table::{EndpointSpec, NodeSpec, PolicySpec, TableSpec};
+
+/// Version of this protocol; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts: a full sync of 5,000 nodes, 100,000 endpoints and
+/// their policies is well under it.
+pub const MAX_FRAME: usize = 256 << 20;
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Opens the conversation.
+    Hello { version: u32, client: String },
+    /// Replaces all tables.
+    FullSync { tables: TableSpec },
+    /// Incremental change, applied atomically: deletions, then upserts (insert or replace by
+    /// name; endpoints by `namespace/name`).
+    Update(Update),
+    /// The client has pushed everything it knows (after a full sync and its first updates).
+    InSync,
+    /// A read-only query.
+    Query { what: Query },
+}
+
+/// An incremental change.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Update {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upsert_nodes: Vec<NodeSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upsert_endpoints: Vec<EndpointSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upsert_policies: Vec<PolicySpec>,
+    /// Node names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delete_nodes: Vec<String>,
+    /// `namespace/name` of endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delete_endpoints: Vec<String>,
+    /// Policy names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delete_policies: Vec<String>,
+}
+
+impl Update {
+    pub fn is_empty(&self) -> bool {
+        *self == Update::default()
+    }
+
+    /// Applies the change to `tables`; an error names the entry that does not exist.
+    pub fn apply_to(&self, tables: &mut TableSpec) -> Result<(), ApiError> {
+        for name in &self.delete_nodes {
+            let before = tables.nodes.len();
+            tables.nodes.retain(|n| &n.name != name);
+            if tables.nodes.len() == before {
+                return Err(ApiError::unknown("node", name));
+            }
+        }
+        for key in &self.delete_endpoints {
+            let before = tables.endpoints.len();
+            tables.endpoints.retain(|e| &e.key() != key);
+            if tables.endpoints.len() == before {
+                return Err(ApiError::unknown("endpoint", key));
+            }
+        }
+        for name in &self.delete_policies {
+            let before = tables.policies.len();
+            tables.policies.retain(|p| &p.name != name);
+            if tables.policies.len() == before {
+                return Err(ApiError::unknown("policy", name));
+            }
+        }
+        for node in &self.upsert_nodes {
+            match tables.nodes.iter_mut().find(|n| n.name == node.name) {
+                Some(slot) => *slot = node.clone(),
+                None => tables.nodes.push(node.clone()),
+            }
+        }
+        for endpoint in &self.upsert_endpoints {
+            let key = endpoint.key();
+            match tables.endpoints.iter_mut().find(|e| e.key() == key) {
+                Some(slot) => *slot = endpoint.clone(),
+                None => tables.endpoints.push(endpoint.clone()),
+            }
+        }
+        for policy in &self.upsert_policies {
+            match tables.policies.iter_mut().find(|p| p.name == policy.name) {
+                Some(slot) => *slot = policy.clone(),
+                None => tables.policies.push(policy.clone()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Read-only queries (the `podlane show` commands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Query {
+    /// The tables in force (with resolved next hops) and their generation.
+    Tables,
+    /// Counters per worker and socket.
+    Counters,
+    /// The daemon's configuration.
+    Config,
+    Version,
+}
+
+/// What the dataplane answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Welcome {
+        version: u32,
+        node: String,
+        generation: u64,
+    },
+    /// The update is applied; `generation` is in force.
+    Ack {
+        generation: u64,
+    },
+    Error(ApiError),
+    Tables {
+        generation: u64,
+        in_sync: bool,
+        tables: TableSpec,
+    },
+    Counters {
+        workers: Vec<WorkerCounters>,
+    },
+    Config {
+        config: DaemonInfo,
+    },
+    Version {
+        dataplane: String,
+        protocol: u32,
+    },
+}
+
+/// An error reply: what went wrong, and the entry it concerns when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(message: impl Into<String>) -> ApiError {
+        ApiError { message: message.into(), entry: None }
+    }
+
+    fn unknown(kind: &str, name: &str) -> ApiError {
+        ApiError {
+            message: format!("cannot delete {kind} {name:?}: no such {kind}"),
+            entry: Some(name.to_owned()),
+        }
+    }
+}
+
+/// Counters of one worker, as the CLI shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WorkerCounters {
+    pub worker: usize,
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub encap: u64,
+    pub decap: u64,
+    pub local: u64,
+    pub reply: u64,
+    pub host: u64,
+    /// Drops by reason label (only reasons that occurred).
+    pub drops: BTreeMap<String, u64>,
+    pub no_socket: u64,
+    pub handoff_in: u64,
+    pub handoff_dropped: u64,
+    pub free_chunks: usize,
+    pub invalid_descriptors: u64,
+    pub sockets: Vec<SocketCounters>,
+}
+
+/// Counters of one AF_XDP socket.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SocketCounters {
+    pub interface: String,
+    pub queue: u32,
+    pub mode: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_dropped: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub rx_dropped: u64,
+}
+
+/// The daemon's configuration as `podlane show config` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub node: String,
+    pub node_ip: String,
+    pub uplink: String,
+    pub uplink_mac: String,
+    pub uplink_mtu: u16,
+    pub uplink_queues: u32,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    pub workers: usize,
+    pub cores: Vec<usize>,
+    pub xdp_mode: String,
+    pub poll_mode: String,
+    pub control_socket: String,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the connection between frames.
+    #[error("connection closed")]
+    Closed,
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("invalid message: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Writes one frame.
+pub fn write_frame<T: Serialize>(mut w: impl Write, message: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(message).map_err(io::Error::other)?;
+    if body.len() > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, FrameError::TooLarge(body.len())));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame)?;
+    w.flush()
+}
+
+/// Reads one frame's bytes (the length is checked before the body is read).
+pub fn read_frame_bytes(mut r: impl Read) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    })?;
+    Ok(body)
+}
+
+/// Reads and decodes one frame.
+pub fn read_frame<T: for<'de> Deserialize<'de>>(r: impl Read) -> Result<T, FrameError> {
+    let body = read_frame_bytes(r)?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(m: T) {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &m).unwrap();
+        assert_eq!(u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize, buf.len() - 4);
+        let back: T = read_frame(&buf[..]).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let tables: TableSpec =
+            serde_json::from_str(include_str!("../../docs/examples/two-nodes.json")).unwrap();
+        round_trip(Request::Hello { version: PROTOCOL_VERSION, client: "test".into() });
+        round_trip(Request::FullSync { tables: tables.clone() });
+        round_trip(Request::Update(Update {
+            upsert_endpoints: tables.endpoints.clone(),
+            delete_nodes: vec!["node-b".into()],
+            ..Update::default()
+        }));
+        round_trip(Request::InSync);
+        for what in [Query::Tables, Query::Counters, Query::Config, Query::Version] {
+            round_trip(Request::Query { what });
+        }
+        round_trip(Response::Welcome { version: 1, node: "node-a".into(), generation: 3 });
+        round_trip(Response::Ack { generation: 4 });
+        round_trip(Response::Error(ApiError {
+            message: "x".into(),
+            entry: Some("default/web".into()),
+        }));
+        round_trip(Response::Tables { generation: 4, in_sync: true, tables });
+        round_trip(Response::Counters { workers: vec![WorkerCounters::default()] });
+        round_trip(Response::Config { config: DaemonInfo::default() });
+        round_trip(Response::Version { dataplane: "0.1.0".into(), protocol: 1 });
+    }
+
+    #[test]
+    fn the_wire_format_is_tagged_json() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Request::Query { what: Query::Counters }).unwrap();
+        assert_eq!(&buf[4..], br#"{"type":"query","what":"counters"}"#);
+    }
+
+    #[test]
+    fn framing_errors_are_distinguished() {
+        assert!(matches!(read_frame_bytes(&[][..]), Err(FrameError::Closed)));
+        assert!(matches!(read_frame_bytes(&[0, 0][..]), Err(FrameError::Truncated)));
+        assert!(matches!(read_frame_bytes(&[0, 0, 0, 9, b'{'][..]), Err(FrameError::Truncated)));
+        assert!(matches!(
+            read_frame_bytes(&[0xff, 0xff, 0xff, 0xff][..]),
+            Err(FrameError::TooLarge(_))
+        ));
+        let bad = [0, 0, 0, 2, b'{', b'x'];
+        assert!(matches!(read_frame::<Request>(&bad[..]), Err(FrameError::Decode(_))));
+        let unknown = br#"{"type":"reboot"}"#;
+        let mut framed = (unknown.len() as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(unknown);
+        let err = read_frame::<Request>(&framed[..]).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `reboot`"), "{err}");
+    }
+
+    #[test]
+    fn updates_apply_whole_or_name_the_missing_entry() {
+        let mut tables: TableSpec =
+            serde_json::from_str(include_str!("../../docs/examples/two-nodes.json")).unwrap();
+        let mut web = tables.endpoints[0].clone();
+        web.labels.insert("tier".into(), "front".into());
+        let update = Update {
+            upsert_endpoints: vec![web.clone()],
+            delete_nodes: vec!["node-b".into()],
+            ..Update::default()
+        };
+        update.apply_to(&mut tables).unwrap();
+        assert_eq!(tables.nodes.len(), 1);
+        assert_eq!(tables.endpoints[0], web);
+        let missing = Update { delete_endpoints: vec!["default/nope".into()], ..Update::default() };
+        let err = missing.apply_to(&mut tables).unwrap_err();
+        assert_eq!(err.entry.as_deref(), Some("default/nope"));
+        assert!(err.message.contains("no such endpoint"), "{err}");
+    }
+}

@@ -1,0 +1,157 @@
+//! The tables a running daemon forwards with: what the control process pushed (the base),
+//! plus the next-hop MACs the daemon resolved itself, built into snapshots and published to
+//! the workers. One writer at a time (a mutex the workers never touch); a change that does
+//! not validate is refused whole and the snapshot in force stays.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::api::{ApiError, Update};
+use crate::table::{NodeSpec, Snapshot, SnapshotCell, TableSpec};
+use crate::wire::MacAddr;
+
+#[derive(Debug)]
+struct State {
+    base: TableSpec,
+    next_hops: HashMap<String, MacAddr>,
+    in_sync: bool,
+}
+
+/// The daemon's tables.
+#[derive(Debug)]
+pub(crate) struct Tables {
+    cell: SnapshotCell,
+    state: Mutex<State>,
+    node: String,
+    node_ip: IpAddr,
+}
+
+impl Tables {
+    /// Starts from `base`, whose local node must be `node` at `node_ip`.
+    pub(crate) fn new(base: TableSpec, node_ip: IpAddr) -> Result<Tables, String> {
+        let snapshot = Snapshot::build(&base, 1).map_err(|e| e.to_string())?;
+        Ok(Tables {
+            cell: SnapshotCell::new(snapshot),
+            node: base.local_node.clone(),
+            node_ip,
+            state: Mutex::new(State { base, next_hops: HashMap::new(), in_sync: false }),
+        })
+    }
+
+    /// Tables that hold only this node (no pods, no routes) until the control process syncs.
+    pub(crate) fn empty(node: &str, node_ip: IpAddr, vtep_mac: MacAddr) -> TableSpec {
+        TableSpec {
+            local_node: node.to_owned(),
+            nodes: vec![NodeSpec {
+                name: node.to_owned(),
+                underlay: node_ip,
+                vtep_mac: Some(vtep_mac),
+                next_hop_mac: None,
+                pod_cidrs: Vec::new(),
+            }],
+            endpoints: Vec::new(),
+            policies: Vec::new(),
+        }
+    }
+
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub(crate) fn load_full(&self) -> Arc<Snapshot> {
+        self.cell.load_full()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Builds and publishes `base` with the resolved next hops; on success it becomes the
+    /// base.
+    fn publish(&self, state: &mut State, base: TableSpec) -> Result<u64, ApiError> {
+        if base.local_node != self.node {
+            return Err(ApiError {
+                message: format!(
+                    "local node {:?} is not this dataplane's node {:?}",
+                    base.local_node, self.node
+                ),
+                entry: Some(base.local_node.clone()),
+            });
+        }
+        if let Some(local) = base.nodes.iter().find(|n| n.name == self.node)
+            && local.underlay != self.node_ip
+        {
+            return Err(ApiError {
+                message: format!(
+                    "node {:?} has underlay {} but this dataplane runs on {}",
+                    self.node, local.underlay, self.node_ip
+                ),
+                entry: Some(self.node.clone()),
+            });
+        }
+        let generation = self
+            .cell
+            .update(&effective(&base, &state.next_hops))
+            .map_err(|e| ApiError::new(format!("tables rejected: {e}")))?;
+        state.base = base;
+        Ok(generation)
+    }
+
+    /// Replaces everything.
+    pub(crate) fn full_sync(&self, tables: TableSpec) -> Result<u64, ApiError> {
+        let mut state = self.lock();
+        state.in_sync = false;
+        self.publish(&mut state, tables)
+    }
+
+    /// Applies an incremental change atomically.
+    pub(crate) fn update(&self, update: &Update) -> Result<u64, ApiError> {
+        let mut state = self.lock();
+        let mut base = state.base.clone();
+        update.apply_to(&mut base)?;
+        self.publish(&mut state, base)
+    }
+
+    pub(crate) fn set_in_sync(&self) -> u64 {
+        let mut state = self.lock();
+        state.in_sync = true;
+        self.cell.load().generation()
+    }
+
+    /// Remote nodes whose next hop the daemon must resolve: those without a static one.
+    pub(crate) fn nodes_to_resolve(&self) -> Vec<(String, IpAddr)> {
+        let state = self.lock();
+        state
+            .base
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.node && n.next_hop_mac.is_none())
+            .map(|n| (n.name.clone(), n.underlay))
+            .collect()
+    }
+
+    /// Records a resolved next hop and republishes; the base stays as it is.
+    pub(crate) fn set_next_hop(&self, node: &str, mac: MacAddr) -> Result<u64, ApiError> {
+        let mut state = self.lock();
+        state.next_hops.insert(node.to_owned(), mac);
+        let base = state.base.clone();
+        self.publish(&mut state, base)
+    }
+
+    /// The tables in force, next hops filled in.
+    pub(crate) fn current(&self) -> (u64, bool, TableSpec) {
+        let state = self.lock();
+        (self.cell.load().generation(), state.in_sync, effective(&state.base, &state.next_hops))
+    }
+}
+
+fn effective(base: &TableSpec, next_hops: &HashMap<String, MacAddr>) -> TableSpec {
+    let mut spec = base.clone();
+    for node in &mut spec.nodes {
+        if node.next_hop_mac.is_none() {
+            node.next_hop_mac = next_hops.get(&node.name).copied();
+        }
+    }
+    spec
+}
