@@ -291,3 +291,245 @@ pub(crate) fn handle(request: Request, backend: &impl Backend) -> Response {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::api::Update;
+    use crate::engine::{EngineConfig, Frame, Ingress, Pipeline, Verdict};
+    use crate::table::TableSpec;
+
+    /// A backend without AF_XDP: the tables, no workers.
+    struct TestBackend {
+        tables: Tables,
+    }
+
+    impl Backend for TestBackend {
+        fn tables(&self) -> &Tables {
+            &self.tables
+        }
+        fn counters(&self) -> Vec<WorkerCounters> {
+            vec![WorkerCounters::default()]
+        }
+        fn info(&self) -> DaemonInfo {
+            DaemonInfo { node: "node-a".into(), ..DaemonInfo::default() }
+        }
+    }
+
+    fn example() -> TableSpec {
+        serde_json::from_str(include_str!("../../../docs/examples/two-nodes.json")).unwrap()
+    }
+
+    fn socket_path(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("podlane-control-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("dataplane.sock")
+    }
+
+    fn start(tag: &str) -> (ControlServer, Arc<TestBackend>, PathBuf) {
+        let path = socket_path(tag);
+        let node_ip: IpAddr = "192.168.50.1".parse().unwrap();
+        let backend = Arc::new(TestBackend { tables: Tables::new(example(), node_ip).unwrap() });
+        let server = serve(&path, backend.clone(), Access::default()).unwrap();
+        (server, backend, path)
+    }
+
+    fn hello(path: &Path) -> UnixStream {
+        let stream = UnixStream::connect(path).unwrap();
+        api::write_frame(
+            &stream,
+            &Request::Hello { version: PROTOCOL_VERSION, client: "test".into() },
+        )
+        .unwrap();
+        match api::read_frame::<Response>(&stream).unwrap() {
+            Response::Welcome { version, node, .. } => {
+                assert_eq!((version, node.as_str()), (PROTOCOL_VERSION, "node-a"));
+            }
+            other => panic!("{other:?}"),
+        }
+        stream
+    }
+
+    fn ask(stream: &UnixStream, request: &Request) -> Response {
+        api::write_frame(stream, request).unwrap();
+        api::read_frame(stream).unwrap()
+    }
+
+    fn error_of(response: Response) -> ApiError {
+        match response {
+            Response::Error(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    /// The pipeline still forwards pod a1 → pod a2 on the tables in force.
+    fn still_forwards(backend: &TestBackend) {
+        let snapshot = backend.tables.load_full();
+        let gw = EngineConfig::default().gateway_mac;
+        let client = snapshot.endpoint_by_interface("veth-client").unwrap();
+        let web = snapshot.endpoint_by_interface("veth-web").unwrap();
+        let src = snapshot.endpoint(client).mac;
+        let builder = etherparse::PacketBuilder::ethernet2(src.0, gw.0)
+            .ipv4([10, 244, 1, 3], [10, 244, 1, 2], 64)
+            .tcp(40000, 80, 1, 1000);
+        let mut frame = vec![0u8; 128];
+        let mut bytes = Vec::new();
+        builder.write(&mut bytes, b"x").unwrap();
+        frame[64..64 + bytes.len()].copy_from_slice(&bytes);
+        let mut frames = [Frame::new(&mut frame, 64, bytes.len())];
+        let mut verdicts = [Verdict::Host];
+        Pipeline::new(EngineConfig::default()).process_batch(
+            &snapshot,
+            Ingress::Pod(client),
+            &mut frames,
+            &mut verdicts,
+        );
+        assert_eq!(verdicts[0], Verdict::Local(web));
+    }
+
+    #[test]
+    fn handshake_queries_and_updates() {
+        let (_server, backend, path) = start("ok");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let stream = hello(&path);
+        let Response::Tables { generation: g1, tables, .. } =
+            ask(&stream, &Request::Query { what: Query::Tables })
+        else {
+            panic!()
+        };
+        assert_eq!(tables.endpoints.len(), 2);
+        let mut web = tables.endpoints[0].clone();
+        web.labels.insert("tier".into(), "front".into());
+        let update = Update { upsert_endpoints: vec![web], ..Update::default() };
+        assert_eq!(ask(&stream, &Request::Update(update)), Response::Ack { generation: g1 + 1 });
+        assert_eq!(ask(&stream, &Request::InSync), Response::Ack { generation: g1 + 1 });
+        let Response::Tables { in_sync, .. } =
+            ask(&stream, &Request::Query { what: Query::Tables })
+        else {
+            panic!()
+        };
+        assert!(in_sync);
+        assert!(matches!(
+            ask(&stream, &Request::Query { what: Query::Counters }),
+            Response::Counters { .. }
+        ));
+        assert!(matches!(
+            ask(&stream, &Request::Query { what: Query::Version }),
+            Response::Version { protocol: 1, .. }
+        ));
+        // A second client at the same time.
+        let other = hello(&path);
+        assert!(matches!(
+            ask(&other, &Request::Query { what: Query::Config }),
+            Response::Config { .. }
+        ));
+        still_forwards(&backend);
+    }
+
+    #[test]
+    fn a_rejected_update_names_the_entry_and_changes_nothing() {
+        let (_server, backend, path) = start("reject");
+        let stream = hello(&path);
+        let before = backend.tables.load_full().generation();
+        let mut tables = example();
+        tables.endpoints[1].ips = vec!["10.244.2.3".parse().unwrap()]; // outside node-a's CIDR
+        let e = error_of(ask(&stream, &Request::FullSync { tables }));
+        assert!(e.message.contains("endpoint default/client: 10.244.2.3 is outside"), "{e}");
+        let e = error_of(ask(
+            &stream,
+            &Request::Update(Update { delete_nodes: vec!["node-z".into()], ..Update::default() }),
+        ));
+        assert_eq!(e.entry.as_deref(), Some("node-z"));
+        let mut foreign = example();
+        foreign.local_node = "node-b".into();
+        let e = error_of(ask(&stream, &Request::FullSync { tables: foreign }));
+        assert!(e.message.contains("is not this dataplane's node"), "{e}");
+        assert_eq!(backend.tables.load_full().generation(), before);
+        still_forwards(&backend);
+    }
+
+    #[test]
+    fn malformed_input_gets_an_error_or_a_closed_connection() {
+        let (_server, backend, path) = start("bad");
+        let before = backend.tables.load_full().generation();
+
+        // Wrong version: a clear error, then the connection closes.
+        let stream = UnixStream::connect(&path).unwrap();
+        api::write_frame(&stream, &Request::Hello { version: 99, client: "old".into() }).unwrap();
+        let e = error_of(api::read_frame(&stream).unwrap());
+        assert!(
+            e.message
+                .contains("protocol version 99 is not supported: this dataplane speaks version 1"),
+            "{e}"
+        );
+        assert!(matches!(api::read_frame::<Response>(&stream), Err(FrameError::Closed)));
+
+        // Anything before hello.
+        let stream = UnixStream::connect(&path).unwrap();
+        api::write_frame(&stream, &Request::InSync).unwrap();
+        assert!(
+            error_of(api::read_frame(&stream).unwrap())
+                .message
+                .contains("first message must be hello")
+        );
+
+        // Invalid payload and an unknown message type: an error each, the connection stays.
+        let mut stream = hello(&path);
+        stream.write_all(&[0, 0, 0, 3, b'{', b'x', b'}']).unwrap();
+        assert!(error_of(api::read_frame(&stream).unwrap()).message.contains("invalid message"));
+        let unknown = br#"{"type":"reboot"}"#;
+        stream.write_all(&(unknown.len() as u32).to_be_bytes()).unwrap();
+        stream.write_all(unknown).unwrap();
+        let e = error_of(api::read_frame(&stream).unwrap());
+        assert!(e.message.contains("unknown variant `reboot`"), "{e}");
+        assert!(matches!(
+            ask(&stream, &Request::Query { what: Query::Version }),
+            Response::Version { .. }
+        ));
+
+        // An oversized length: refused without reading it, then closed.
+        stream.write_all(&u32::MAX.to_be_bytes()).unwrap();
+        assert!(error_of(api::read_frame(&stream).unwrap()).message.contains("over the"));
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        assert!(rest.is_empty());
+
+        // A client that disconnects in the middle of a frame.
+        let mut stream = hello(&path);
+        stream.write_all(&[0, 0, 1, 0, b'{']).unwrap();
+        drop(stream);
+
+        // The server is still there, the tables unchanged, forwarding unaffected.
+        let stream = hello(&path);
+        assert!(matches!(
+            ask(&stream, &Request::Query { what: Query::Tables }),
+            Response::Tables { .. }
+        ));
+        assert_eq!(backend.tables.load_full().generation(), before);
+        still_forwards(&backend);
+    }
+
+    #[test]
+    fn stale_sockets_are_replaced_and_live_ones_refused() {
+        let path = socket_path("stale");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        drop(UnixListener::bind(&path).unwrap()); // what a crash leaves: the file, no server
+        let node_ip: IpAddr = "192.168.50.1".parse().unwrap();
+        let backend = Arc::new(TestBackend { tables: Tables::new(example(), node_ip).unwrap() });
+        let server = serve(&path, backend.clone(), Access::default()).unwrap();
+        hello(&path);
+        let err = serve(&path, backend.clone(), Access::default()).unwrap_err();
+        assert!(err.contains("another dataplane is serving"), "{err}");
+        drop(server);
+        assert!(!path.exists(), "the socket file is removed on shutdown");
+        std::fs::write(&path, "not a socket").unwrap();
+        let err = serve(&path, backend, Access::default()).unwrap_err();
+        assert!(err.contains("exists and is not a socket"), "{err}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+}
