@@ -1,7 +1,20 @@
-//! podlane's control side: today, offline checks of tables files for operators. The agent
-//! that computes a node's tables from a cluster description and pushes them to the dataplane
-//! over its Unix socket, the `show`/`apply` CLI and `podlane demo` arrive with the control
-//! plane and AF_XDP work.
+//! podlane's control side: the agent that computes a node's tables from a cluster
+//! description and keeps the dataplane in step over its Unix socket, the operator CLI's
+//! client and output, and offline checks of tables files.
+//!
+//! * [`cluster`] — the cluster file (nodes, pods, namespaces, NetworkPolicies) and the
+//!   tables of one node computed from it.
+//! * [`diff`] — the minimal update between two sets of tables.
+//! * [`client`] — the control-socket client ([`dataplane::api`] is the protocol).
+//! * [`agent`] — `podlane agent`: full sync, watch, incremental updates, reconnects.
+//! * [`show`] — `podlane show`: tables and counters for people.
+
+pub mod agent;
+pub mod client;
+pub mod cluster;
+
+pub mod diff;
+pub mod show;
 
 use std::path::Path;
 

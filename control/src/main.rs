@@ -1,15 +1,39 @@
-//! `podlane`: the operator CLI and, later, the control process (agent) and demo.
+//! `podlane`: the control process (agent) and operator CLI.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use control::client::{Client, DEFAULT_SOCKET};
+use control::cluster::Cluster;
+use control::{agent, show};
+use dataplane::api::{Query, Request, Response};
+use dataplane::table::TableSpec;
 
 #[derive(Parser, Debug)]
 #[command(name = "podlane", version, about = "podlane control process and operator CLI")]
 struct Cli {
+    /// The dataplane's control socket.
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum What {
+    Nodes,
+    Endpoints,
+    Routes,
+    Policy,
+    Counters,
+    Config,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -20,19 +44,105 @@ enum Command {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
     },
+    /// Keep a node's dataplane in step with a cluster file (docs/cluster.md): full sync,
+    /// then only what changes; re-sync when the dataplane restarts.
+    Agent {
+        /// The cluster description (YAML).
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+        /// This node's name in the cluster file.
+        #[arg(long, value_name = "NAME")]
+        node: String,
+    },
+    /// Show what the dataplane holds.
+    Show {
+        what: What,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Push tables once: a tables file (JSON), or a cluster file (YAML) with --node.
+    Apply {
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// With a cluster file: the node whose tables to push.
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Check { file } => match control::check_tables(&file) {
-            Ok(summary) => {
-                println!("{}: tables valid\n{summary}", file.display());
-                ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let verbose = matches!(cli.command, Command::Agent { .. });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_max_level(if verbose { tracing::Level::INFO } else { tracing::Level::WARN })
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podlane: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Check { file } => {
+            let summary = control::check_tables(&file)?;
+            println!("{}: tables valid\n{summary}", file.display());
+            Ok(())
+        }
+        Command::Agent { cluster, node } => {
+            dataplane::io::install_stop_handlers()?;
+            let config = agent::AgentConfig { cluster, node, socket: cli.socket };
+            agent::run(&config, dataplane::io::stop_requested)
+        }
+        Command::Show { what, output } => {
+            let mut client = Client::connect(&cli.socket, "podlane-show")?;
+            let query = match what {
+                What::Counters => Query::Counters,
+                What::Config => Query::Config,
+                _ => Query::Tables,
+            };
+            let response = client.request(&Request::Query { what: query })?;
+            if let Output::Json = output {
+                println!("{}", serde_json::to_string_pretty(&response)?);
+                return Ok(());
             }
-            Err(e) => {
-                eprintln!("podlane: {e:#}");
-                ExitCode::FAILURE
+            let text = match (what, response) {
+                (What::Nodes, Response::Tables { tables, .. }) => show::nodes(&tables),
+                (What::Endpoints, Response::Tables { tables, .. }) => show::endpoints(&tables),
+                (What::Routes, Response::Tables { tables, .. }) => show::routes(&tables),
+                (What::Policy, Response::Tables { tables, .. }) => show::policy(&tables),
+                (What::Counters, Response::Counters { workers }) => show::counters(&workers),
+                (What::Config, Response::Config { config }) => show::config(&config),
+                (_, Response::Error(e)) => anyhow::bail!("the dataplane answered: {e}"),
+                (_, other) => anyhow::bail!("unexpected reply {other:?}"),
+            };
+            print!("{text}");
+            Ok(())
+        }
+        Command::Apply { file, node } => {
+            let tables = match node {
+                Some(node) => Cluster::from_file(&file)?
+                    .tables_for(&node)
+                    .map_err(|e| anyhow::anyhow!("cluster file {}: {e}", file.display()))?,
+                None => TableSpec::from_json_file(&file)?,
+            };
+            let mut client = Client::connect(&cli.socket, "podlane-apply")?;
+            match client.request(&Request::FullSync { tables })? {
+                Response::Ack { generation } => {
+                    println!("applied: generation {generation}");
+                    Ok(())
+                }
+                Response::Error(e) => {
+                    anyhow::bail!("the dataplane rejected {}: {e}", file.display())
+                }
+                other => anyhow::bail!("unexpected reply {other:?}"),
             }
-        },
+        }
     }
 }

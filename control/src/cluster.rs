@@ -1,0 +1,449 @@
+//! The cluster description the agent reads (YAML, docs/cluster.md), and how one node's
+//! dataplane tables are computed from it: every node with its underlay address, VTEP MAC and
+//! pod CIDRs; this node's pods; and for each of them the union of the NetworkPolicies that
+//! select it, with selectors resolved to the addresses of the pods they match.
+//!
+//! NetworkPolicy semantics (REFERENCE.md): a pod is isolated in a direction once any policy
+//! listing that direction in its policyTypes selects it, and then allows what any of those
+//! policies allows. Pods selected by the same set of policies share one compiled policy.
+//! Peers: podSelector (the policy's namespace), namespaceSelector, both (AND), ipBlock with
+//! except. Ports: TCP (default), UDP, SCTP; numbers and endPort ranges. A rule whose peers
+//! select no pod allows nothing (it is left out, not turned into "everyone").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::Path;
+
+use dataplane::table::{
+    Cidr, EndpointSpec, NodeSpec, PeerSpec, PolicySpec, PortProtocol, PortSpec, RuleSpec, TableSpec,
+};
+use dataplane::wire::MacAddr;
+use serde::Deserialize;
+
+/// The whole description.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Cluster {
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+    pub nodes: Vec<Node>,
+    #[serde(default)]
+    pub pods: Vec<Pod>,
+    #[serde(default)]
+    pub network_policies: Vec<NetworkPolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Namespace {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Node {
+    pub name: String,
+    pub underlay: IpAddr,
+    #[serde(rename = "vtepMAC")]
+    pub vtep_mac: MacAddr,
+    #[serde(default, rename = "podCIDR")]
+    pub pod_cidr: Option<Cidr>,
+    #[serde(default, rename = "podCIDRs")]
+    pub pod_cidrs: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pod {
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    pub mac: MacAddr,
+    pub node: String,
+    pub interface: String,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+impl Pod {
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    fn addresses(&self) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = self.ip.into_iter().chain(self.ips.iter().copied()).collect();
+        ips.dedup();
+        ips
+    }
+}
+
+/// A NetworkPolicy in Kubernetes' own shape (networking.k8s.io/v1).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NetworkPolicy {
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub metadata: Metadata,
+    pub spec: NetworkPolicySpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    #[serde(default)]
+    pub pod_selector: LabelSelector,
+    #[serde(default)]
+    pub policy_types: Option<Vec<String>>,
+    #[serde(default)]
+    pub ingress: Option<Vec<IngressRule>>,
+    #[serde(default)]
+    pub egress: Option<Vec<EgressRule>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressRule {
+    #[serde(default)]
+    pub from: Option<Vec<Peer>>,
+    #[serde(default)]
+    pub ports: Option<Vec<Port>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    #[serde(default)]
+    pub to: Option<Vec<Peer>>,
+    #[serde(default)]
+    pub ports: Option<Vec<Port>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Peer {
+    #[serde(default)]
+    pub pod_selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub ip_block: Option<IpBlock>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpBlock {
+    pub cidr: Cidr,
+    #[serde(default)]
+    pub except: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Port {
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub port: Option<PortValue>,
+    #[serde(default)]
+    pub end_port: Option<u16>,
+}
+
+/// A port number or (unsupported here) a named port.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PortValue {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub match_expressions: Vec<Requirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+impl LabelSelector {
+    /// Kubernetes label selector semantics; an empty selector matches everything.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> Result<bool, String> {
+        if !self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            return Ok(false);
+        }
+        for r in &self.match_expressions {
+            let value = labels.get(&r.key);
+            let ok = match r.operator.as_str() {
+                "In" => value.is_some_and(|v| r.values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !r.values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                other => {
+                    return Err(format!(
+                        "unknown selector operator {other:?} (In, NotIn, Exists, DoesNotExist)"
+                    ));
+                }
+            };
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Cluster {
+    /// Reads and parses a cluster file; errors name the file and the line or field.
+    pub fn from_file(path: &Path) -> anyhow::Result<Cluster> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read cluster file {}: {e}", path.display()))?;
+        Cluster::from_yaml(&text)
+            .map_err(|e| anyhow::anyhow!("cluster file {}: {e}", path.display()))
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Cluster, String> {
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Labels of a namespace: those listed, plus Kubernetes' automatic
+    /// `kubernetes.io/metadata.name`.
+    fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
+        let mut labels = self
+            .namespaces
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.labels.clone())
+            .unwrap_or_default();
+        labels.insert("kubernetes.io/metadata.name".into(), name.to_owned());
+        labels
+    }
+
+    /// The tables of node `node`.
+    pub fn tables_for(&self, node: &str) -> Result<TableSpec, String> {
+        if !self.nodes.iter().any(|n| n.name == node) {
+            return Err(format!("node {node:?} is not in the cluster's nodes"));
+        }
+        let mut seen = BTreeSet::new();
+        for n in &self.nodes {
+            if !seen.insert(&n.name) {
+                return Err(format!("nodes: {:?} appears twice", n.name));
+            }
+        }
+        for p in &self.pods {
+            if !self.nodes.iter().any(|n| n.name == p.node) {
+                return Err(format!("pods: {} is on unknown node {:?}", p.key(), p.node));
+            }
+            if p.addresses().is_empty() {
+                return Err(format!("pods: {} has no ip", p.key()));
+            }
+        }
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| NodeSpec {
+                name: n.name.clone(),
+                underlay: n.underlay,
+                vtep_mac: Some(n.vtep_mac),
+                next_hop_mac: None,
+                pod_cidrs: n.pod_cidr.into_iter().chain(n.pod_cidrs.iter().copied()).collect(),
+            })
+            .collect();
+        let mut policies: BTreeMap<String, PolicySpec> = BTreeMap::new();
+        let mut endpoints = Vec::new();
+        for pod in self.pods.iter().filter(|p| p.node == node) {
+            let ingress = self.policy_for(pod, Direction::Ingress, &mut policies)?;
+            let egress = self.policy_for(pod, Direction::Egress, &mut policies)?;
+            endpoints.push(EndpointSpec {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                labels: pod.labels.clone(),
+                ips: pod.addresses(),
+                mac: pod.mac,
+                interface: pod.interface.clone(),
+                ingress_policy: ingress,
+                egress_policy: egress,
+            });
+        }
+        Ok(TableSpec {
+            local_node: node.to_owned(),
+            nodes,
+            endpoints,
+            policies: policies.into_values().collect(),
+        })
+    }
+
+    /// The compiled policy of `pod` in `direction` (created on first use), or `None` when no
+    /// policy isolates it in that direction.
+    fn policy_for(
+        &self,
+        pod: &Pod,
+        direction: Direction,
+        policies: &mut BTreeMap<String, PolicySpec>,
+    ) -> Result<Option<String>, String> {
+        let mut selecting = Vec::new();
+        for np in &self.network_policies {
+            let key = format!("{}/{}", np.metadata.namespace, np.metadata.name);
+            if np.metadata.namespace != pod.namespace || !direction.listed_in(&np.spec) {
+                continue;
+            }
+            if np
+                .spec
+                .pod_selector
+                .matches(&pod.labels)
+                .map_err(|e| format!("networkPolicies {key}: {e}"))?
+            {
+                selecting.push((key, np));
+            }
+        }
+        if selecting.is_empty() {
+            return Ok(None);
+        }
+        let name = format!(
+            "{}:{}",
+            direction.label(),
+            selecting.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join("+")
+        );
+        if !policies.contains_key(&name) {
+            let mut rules = Vec::new();
+            for (key, np) in &selecting {
+                for (peers, ports) in direction.rules(&np.spec) {
+                    let rule = self
+                        .rule(np, peers, ports)
+                        .map_err(|e| format!("networkPolicies {key}: {e}"))?;
+                    rules.extend(rule);
+                }
+            }
+            policies.insert(name.clone(), PolicySpec { name: name.clone(), rules });
+        }
+        Ok(Some(name))
+    }
+
+    /// One rule, selectors resolved; `None` when its peers select nothing.
+    fn rule(
+        &self,
+        np: &NetworkPolicy,
+        peers: Option<&Vec<Peer>>,
+        ports: Option<&Vec<Port>>,
+    ) -> Result<Option<RuleSpec>, String> {
+        let ports = ports
+            .map(|p| p.iter().map(port_spec).collect::<Result<Vec<_>, _>>())
+            .transpose()?
+            .unwrap_or_default();
+        let Some(peers) = peers.filter(|p| !p.is_empty()) else {
+            return Ok(Some(RuleSpec { peers: Vec::new(), ports }));
+        };
+        let mut resolved = BTreeSet::new();
+        let mut blocks = Vec::new();
+        for peer in peers {
+            if let Some(block) = &peer.ip_block {
+                if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
+                    return Err("a peer with ipBlock cannot also have selectors".into());
+                }
+                blocks.push(PeerSpec { cidr: block.cidr, except: block.except.clone() });
+                continue;
+            }
+            for pod in &self.pods {
+                let namespace_ok = match &peer.namespace_selector {
+                    Some(sel) => sel.matches(&self.namespace_labels(&pod.namespace))?,
+                    None => pod.namespace == np.metadata.namespace,
+                };
+                let pod_ok = match &peer.pod_selector {
+                    Some(sel) => sel.matches(&pod.labels)?,
+                    None => peer.namespace_selector.is_some(),
+                };
+                if namespace_ok && pod_ok {
+                    resolved.extend(pod.addresses());
+                }
+            }
+        }
+        blocks.extend(
+            resolved.into_iter().map(|ip| PeerSpec { cidr: Cidr::host(ip), except: Vec::new() }),
+        );
+        if blocks.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(RuleSpec { peers: blocks, ports }))
+    }
+}
+
+fn port_spec(port: &Port) -> Result<PortSpec, String> {
+    let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
+        "TCP" => PortProtocol::Tcp,
+        "UDP" => PortProtocol::Udp,
+        "SCTP" => PortProtocol::Sctp,
+        other => return Err(format!("unknown protocol {other:?} (TCP, UDP or SCTP)")),
+    };
+    let number = match &port.port {
+        None => None,
+        Some(PortValue::Number(n)) => Some(*n),
+        Some(PortValue::Name(name)) => {
+            return Err(format!("named port {name:?} is not supported: use the port number"));
+        }
+    };
+    Ok(PortSpec { protocol, port: number, end_port: port.end_port })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+
+    /// Whether a policy isolates in this direction: listed in policyTypes, or, without
+    /// policyTypes, Ingress always and Egress when the policy has egress rules.
+    fn listed_in(self, spec: &NetworkPolicySpec) -> bool {
+        match (&spec.policy_types, self) {
+            (Some(types), d) => types.iter().any(|t| t.eq_ignore_ascii_case(d.label())),
+            (None, Direction::Ingress) => true,
+            (None, Direction::Egress) => spec.egress.is_some(),
+        }
+    }
+
+    fn rules(self, spec: &NetworkPolicySpec) -> Vec<(Option<&Vec<Peer>>, Option<&Vec<Port>>)> {
+        match self {
+            Direction::Ingress => {
+                spec.ingress.iter().flatten().map(|r| (r.from.as_ref(), r.ports.as_ref())).collect()
+            }
+            Direction::Egress => {
+                spec.egress.iter().flatten().map(|r| (r.to.as_ref(), r.ports.as_ref())).collect()
+            }
+        }
+    }
+}
