@@ -412,6 +412,9 @@ fn port_spec(port: &Port) -> Result<PortSpec, String> {
     Ok(PortSpec { protocol, port: number, end_port: port.end_port })
 }
 
+/// One ingress or egress rule: its peers (`from` / `to`) and ports.
+type RuleRef<'a> = (Option<&'a Vec<Peer>>, Option<&'a Vec<Port>>);
+
 #[derive(Debug, Clone, Copy)]
 enum Direction {
     Ingress,
@@ -436,7 +439,7 @@ impl Direction {
         }
     }
 
-    fn rules(self, spec: &NetworkPolicySpec) -> Vec<(Option<&Vec<Peer>>, Option<&Vec<Port>>)> {
+    fn rules(self, spec: &NetworkPolicySpec) -> Vec<RuleRef<'_>> {
         match self {
             Direction::Ingress => {
                 spec.ingress.iter().flatten().map(|r| (r.from.as_ref(), r.ports.as_ref())).collect()
