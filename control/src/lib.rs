@@ -8,12 +8,16 @@
 //! * [`client`] — the control-socket client ([`dataplane::api`] is the protocol).
 //! * [`agent`] — `podlane agent`: full sync, watch, incremental updates, reconnects.
 //! * [`show`] — `podlane show`: tables and counters for people.
+//! * [`netns`] — namespaces, veth underlays, pods and kernel-VXLAN nodes on one machine.
+//! * [`probe`] — TCP and UDP traffic with digests, for the demo and the tests.
 
 pub mod agent;
 pub mod client;
 pub mod cluster;
 
 pub mod diff;
+pub mod netns;
+pub mod probe;
 pub mod show;
 
 use std::path::Path;

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::Netns;
 
-/// Pod MTU: a 1500-byte underlay less the 50 bytes of VXLAN over IPv4.
-pub const POD_MTU: &str = "1450";
+pub use control::netns::POD_MTU;
 
 /// A binary of the workspace, next to the running test's directory (`target/<profile>/`).
 /// `cargo test --workspace` builds every package's binaries before running tests.
@@ -167,34 +166,8 @@ impl Pod {
     /// Creates the pod `name` in `node` with a veth (`eth0` inside, `host_if` in the node).
     pub fn new(node: &Netns, name: &str, host_if: &str, ip: &str, mac: &str) -> Pod {
         let ns = Netns::new("pod");
-        crate::run(
-            "ip",
-            &[
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                ns.name(),
-                "address",
-                mac,
-                "mtu",
-                POD_MTU,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                host_if,
-                "netns",
-                node.name(),
-                "mtu",
-                POD_MTU,
-            ],
-        );
-        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        ns.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
-        ns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
-        node.ip(&["link", "set", host_if, "up"]);
+        control::netns::wire_pod(node.inner(), ns.inner(), host_if, ip, mac)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         Pod {
             ns,
             name: name.to_owned(),
@@ -314,18 +287,8 @@ pub fn underlay(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: 
 /// [`underlay`] with `queues` RX and TX queues on each end (one AF_XDP socket per queue):
 /// each side is (namespace, interface, address).
 pub fn underlay_with_queues(a: (&Netns, &str, &str), b: (&Netns, &str, &str), queues: u32) {
-    let ((a, a_if, a_ip), (b, b_if, b_ip)) = (a, b);
-    let command = format!(
-        "link add {a_if} netns {} numtxqueues {queues} numrxqueues {queues} type veth \
-         peer name {b_if} netns {} numtxqueues {queues} numrxqueues {queues}",
-        a.name(),
-        b.name()
-    );
-    crate::run("ip", &command.split_whitespace().collect::<Vec<_>>());
-    for (ns, dev, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", dev]);
-        ns.ip(&["link", "set", dev, "up"]);
-    }
+    control::netns::underlay((a.0.inner(), a.1, a.2), (b.0.inner(), b.1, b.2), queues)
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// A node entry of a tables file.

@@ -139,62 +139,41 @@ pub fn require_root(test: &str) -> bool {
 
 /// Runs a command, panicking with its output when it fails.
 pub fn run(program: &str, args: &[&str]) {
-    let out =
-        Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    control::netns::run(program, args).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-/// A network namespace of this test process, deleted (with every device in it) on drop,
-/// also when the test fails.
+/// A network namespace of this test process ([`control::netns::Netns`], which the demo uses
+/// too), deleted with every device in it on drop, also when the test fails. Its methods panic
+/// on failure, as a test wants.
 #[derive(Debug)]
-pub struct Netns(String, bool);
+pub struct Netns(control::netns::Netns);
 
 impl Netns {
     /// Creates `podlane-<tag>-<pid>-<n>`: unique per process and call, so tests run in parallel.
     pub fn new(tag: &str) -> Netns {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("podlane-{tag}-{}-{n}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns(name, true);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
+        Netns(control::netns::Netns::create(tag).unwrap_or_else(|e| panic!("{e:#}")))
     }
 
     /// A handle on a namespace owned elsewhere: not deleted when dropped.
     pub fn borrowed(name: &str) -> Netns {
-        Netns(name.to_owned(), false)
+        Netns(control::netns::Netns::borrowed(name))
     }
 
     pub fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    pub fn inner(&self) -> &control::netns::Netns {
         &self.0
     }
 
     /// `ip ARGS` inside the namespace.
     pub fn ip(&self, args: &[&str]) {
-        let mut full = vec!["-n", self.0.as_str()];
-        full.extend_from_slice(args);
-        run("ip", &full);
+        self.0.ip(args).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Any command inside the namespace.
     pub fn exec(&self, program: &str, args: &[&str]) {
-        let mut full = vec!["netns", "exec", self.0.as_str(), program];
-        full.extend_from_slice(args);
-        run("ip", &full);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if !self.1 {
-            return;
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        self.0.exec(program, args).unwrap_or_else(|e| panic!("{e:#}"));
     }
 }

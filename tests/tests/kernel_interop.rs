@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use control::netns::{self, KernelProfile, RemoteNode};
 use podlane_tests::cluster::{self, Background, Daemon, Pod};
 use podlane_tests::{Netns, ScratchDir, require_root, require_tool};
 
@@ -20,11 +21,9 @@ const NODE_B: &str = "192.168.82.2";
 const VTEP_A: &str = "0a:aa:00:00:00:01";
 const VTEP_B: &str = "0a:bb:00:00:00:01";
 
+/// A kernel CNI profile and the addresses of this two-node cluster under it.
 struct Profile {
-    name: &'static str,
-    device: &'static str,
-    vni: u32,
-    port: u16,
+    kernel: KernelProfile,
     cidr_a: &'static str,
     cidr_b: &'static str,
     /// Node B's address on its vxlan device (Flannel: the .0 of its subnet; Calico: its
@@ -36,10 +35,7 @@ struct Profile {
 }
 
 const FLANNEL: Profile = Profile {
-    name: "flannel",
-    device: "flannel.1",
-    vni: 1,
-    port: 8472,
+    kernel: netns::FLANNEL,
     cidr_a: "10.244.1.0/24",
     cidr_b: "10.244.2.0/24",
     overlay_b: "10.244.2.0",
@@ -47,10 +43,7 @@ const FLANNEL: Profile = Profile {
 };
 
 const CALICO: Profile = Profile {
-    name: "calico",
-    device: "vxlan.calico",
-    vni: 4096,
-    port: 4789,
+    kernel: netns::CALICO,
     cidr_a: "10.244.1.0/26",
     cidr_b: "10.244.2.0/26",
     overlay_b: "10.244.2.1",
@@ -59,83 +52,37 @@ const CALICO: Profile = Profile {
 
 /// Node B as the profile's CNI programs it, with one pod.
 fn kernel_node(profile: &Profile, node: &Netns) -> Pod {
-    for (key, value) in [
-        ("net.ipv4.ip_forward", "1"),
-        ("net.ipv4.conf.all.rp_filter", "0"),
-        ("net.ipv4.conf.default.rp_filter", "0"),
-    ] {
-        node.exec("sysctl", &["-qw", &format!("{key}={value}")]);
-    }
-    let (vni, port) = (profile.vni.to_string(), profile.port.to_string());
-    node.ip(&[
-        "link",
-        "add",
-        profile.device,
-        "type",
-        "vxlan",
-        "id",
-        &vni,
-        "local",
+    let remote = RemoteNode {
+        underlay: NODE_A,
+        vtep_mac: VTEP_A,
+        pod_cidr: profile.cidr_a,
+        gateway: profile.gateway_a,
+    };
+    netns::kernel_vxlan_node(
+        node.inner(),
+        profile.kernel,
+        "eth0",
         NODE_B,
-        "dev",
-        "eth0",
-        "dstport",
-        &port,
-        "nolearning",
-    ]);
-    node.ip(&["link", "set", profile.device, "address", VTEP_B]);
-    node.ip(&["addr", "add", &format!("{}/32", profile.overlay_b), "dev", profile.device]);
-    node.ip(&["link", "set", profile.device, "up"]);
-    node.ip(&[
-        "route",
-        "add",
-        profile.cidr_a,
-        "via",
-        profile.gateway_a,
-        "dev",
-        profile.device,
-        "onlink",
-    ]);
-    node.ip(&[
-        "neigh",
-        "add",
-        profile.gateway_a,
-        "lladdr",
-        VTEP_A,
-        "dev",
-        profile.device,
-        "nud",
-        "permanent",
-    ]);
-    node.exec("bridge", &["fdb", "add", VTEP_A, "dev", profile.device, "dst", NODE_A]);
-
-    let pod = Pod::new(node, "b1", "veth-b1", "10.244.2.2", "0a:58:0a:f4:02:02");
-    node.ip(&["route", "add", "10.244.2.2/32", "dev", "veth-b1"]);
-    node.exec("sysctl", &["-qw", "net.ipv4.conf.veth-b1.proxy_arp=1"]);
-    // Proxy ARP answers for 169.254.1.1 only when the node has a route to it through another
-    // interface — on a real node, its default route. This node has none, so the pod gets the
-    // answer proxy ARP would give as a static entry.
-    let out =
-        Command::new("ip").args(["-n", node.name(), "-br", "link", "show", "veth-b1"]).output();
-    let text = String::from_utf8_lossy(&out.expect("ip link").stdout).into_owned();
-    let host_mac = text.split_whitespace().nth(2).expect("veth-b1 MAC").to_owned();
-    pod.ns.ip(&[
-        "neigh",
-        "replace",
-        "169.254.1.1",
-        "lladdr",
-        &host_mac,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
-    pod
+        VTEP_B,
+        profile.overlay_b,
+        &remote,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let pod_ns = Netns::new("pod");
+    netns::wire_kernel_pod(
+        node.inner(),
+        pod_ns.inner(),
+        "veth-b1",
+        "10.244.2.2",
+        "0a:58:0a:f4:02:02",
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    Pod::wrap(pod_ns, "b1", "10.244.2.2")
 }
 
 /// tshark on node B's underlay interface until stopped.
 fn capture(node: &Netns, profile: &Profile, tshark: &Path, pcap: &Path) -> Background {
-    let filter = format!("udp port {}", profile.port);
+    let filter = format!("udp port {}", profile.kernel.port);
     let child = Command::new("ip")
         .args(["netns", "exec", node.name()])
         .arg(tshark)
@@ -163,7 +110,7 @@ fn stop_capture(mut tshark: Background) {
 }
 
 fn interop(profile: &Profile, tshark: &Path) {
-    let dir = ScratchDir::new(&format!("interop-{}", profile.name));
+    let dir = ScratchDir::new(&format!("interop-{}", profile.kernel.name));
     let (node_a, node_b) = (Netns::new("ipa"), Netns::new("ipb"));
     cluster::underlay(&node_a, "uplink", NODE_A, &node_b, "eth0", NODE_B);
     let pod_a = Pod::new(&node_a, "a1", "veth-a1", "10.244.1.2", "0a:58:0a:f4:01:02");
@@ -179,13 +126,13 @@ fn interop(profile: &Profile, tshark: &Path) {
         "uplink",
         &tables,
         dir.path().join("podlane.log"),
-        &["--profile", profile.name],
+        &["--profile", profile.kernel.name],
     );
     daemon.wait_ready(1);
 
     let pcap = dir.path().join("underlay.pcapng");
     let tshark_run = capture(&node_b, profile, tshark, &pcap);
-    let context = |what: &str| format!("{}: {what}\n{}", profile.name, daemon.log());
+    let context = |what: &str| format!("{}: {what}\n{}", profile.kernel.name, daemon.log());
     assert_eq!(pod_a.ping(&pod_b.ip, 3), 3, "{}", context("podlane pod → kernel pod"));
     assert_eq!(pod_b.ping(&pod_a.ip, 3), 3, "{}", context("kernel pod → podlane pod"));
     assert_eq!(
@@ -203,7 +150,7 @@ fn interop(profile: &Profile, tshark: &Path) {
     assert!(daemon.stop().success(), "{}", daemon.log());
 
     // What crossed the underlay, decoded by Wireshark's dissectors.
-    let decode_as = format!("udp.port=={},vxlan", profile.port);
+    let decode_as = format!("udp.port=={},vxlan", profile.kernel.port);
     let lines = podlane_tests::tshark_fields(
         tshark,
         &pcap,
@@ -215,7 +162,7 @@ fn interop(profile: &Profile, tshark: &Path) {
         let f: Vec<&str> = line.split('|').collect();
         assert_eq!(f.len(), 6, "{line}");
         assert_eq!(f[1], "0x0800", "VXLAN flags: only I ({line})");
-        assert_eq!(f[2], profile.vni.to_string(), "VNI ({line})");
+        assert_eq!(f[2], profile.kernel.vni.to_string(), "VNI ({line})");
         assert!(f[4].is_empty(), "tshark found a malformed frame: {line}");
         if f[0].starts_with(NODE_A) {
             from_podlane += 1;
@@ -237,7 +184,7 @@ fn interop(profile: &Profile, tshark: &Path) {
     );
     eprintln!(
         "{}: tshark decoded {from_podlane} VXLAN frames from podlane, {from_kernel} from the kernel",
-        profile.name
+        profile.kernel.name
     );
 }
 

@@ -1,0 +1,212 @@
+//! Traffic between pods for the demo and the tests, run inside a pod's namespace with
+//! `ip netns exec POD podlane probe ...` (or the tests' `podlane-netprobe` wrapper). Every payload is a deterministic byte stream, and
+//! both ends print a digest of what they sent or received, so a test can tell "arrived
+//! intact" from "arrived".
+//!
+//! * `tcp-sink PORT` — accepts one connection, reads to the end, prints `bytes=N digest=H`.
+//!   Prints `ready` once listening.
+//! * `tcp-send ADDR PORT BYTES` — connects (retrying for 10 s), sends BYTES, prints the same.
+//! * `udp-echo PORT` — echoes datagrams until killed. Prints `ready`.
+//! * `udp-send ADDR PORT COUNT` — sends COUNT numbered datagrams of varied sizes and waits for
+//!   each echo (retrying a lost one up to 5 times); prints `sent=N echoed=M intact=K`.
+//! * `udp-stream ADDR PORT COUNT RATE` — sends COUNT numbered datagrams at RATE a second,
+//!   never retrying, to an echo server; prints `sent=N echoed=M lost=K`: loss measured.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// FNV-1a over a stream.
+struct Digest(u64);
+
+impl Digest {
+    fn new() -> Digest {
+        Digest(0xcbf2_9ce4_8422_2325)
+    }
+    fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The deterministic stream: byte i of the stream, from a cheap mix of i.
+fn pattern(offset: u64, out: &mut [u8]) {
+    for (i, b) in out.iter_mut().enumerate() {
+        let x = (offset + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        *b = (x >> 56) as u8;
+    }
+}
+
+fn tcp_sink(port: u16) -> std::io::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port))?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let (mut stream, _) = listener.accept()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut digest = Digest::new();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        digest.update(&buf[..n]);
+        total += n as u64;
+    }
+    println!("bytes={total} digest={:016x}", digest.0);
+    Ok(())
+}
+
+fn tcp_send(addr: SocketAddr, bytes: u64) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("connect: {e}, retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let mut digest = Digest::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = buf.len().min((bytes - sent) as usize);
+        pattern(sent, &mut buf[..n]);
+        stream.write_all(&buf[..n])?;
+        digest.update(&buf[..n]);
+        sent += n as u64;
+    }
+    stream.shutdown(std::net::Shutdown::Write)?;
+    // Wait for the peer to close, so that everything was read before we report.
+    let _ = stream.read(&mut [0u8; 1]);
+    println!("bytes={sent} digest={:016x}", digest.0);
+    Ok(())
+}
+
+fn udp_echo(port: u16) -> std::io::Result<()> {
+    let socket = UdpSocket::bind(("0.0.0.0", port))?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf)?;
+        socket.send_to(&buf[..n], from)?;
+    }
+}
+
+fn udp_send(addr: SocketAddr, count: u32) -> std::io::Result<()> {
+    let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+    socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let (mut echoed, mut intact) = (0, 0);
+    let mut reply = vec![0u8; 65536];
+    for seq in 0..count {
+        // Sizes from 8 bytes up to what fits in a 1450-byte pod MTU.
+        let len = 8 + (seq as usize * 97) % (1450 - 28 - 8);
+        let mut datagram = vec![0u8; len];
+        pattern(u64::from(seq) << 20, &mut datagram);
+        datagram[..4].copy_from_slice(&seq.to_be_bytes());
+        for _attempt in 0..5 {
+            socket.send_to(&datagram, addr)?;
+            match socket.recv_from(&mut reply) {
+                Ok((n, _)) if reply[..4] == seq.to_be_bytes() => {
+                    echoed += 1;
+                    intact += u32::from(reply[..n] == datagram[..]);
+                    break;
+                }
+                _ => continue,
+            }
+        }
+    }
+    println!("sent={count} echoed={echoed} intact={intact}");
+    Ok(())
+}
+
+fn udp_stream(addr: SocketAddr, count: u32, rate: u32) -> std::io::Result<()> {
+    let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+    socket.connect(addr)?;
+    let receiver = socket.try_clone()?;
+    receiver.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collector = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut seen = vec![false; count as usize];
+            let mut buf = [0u8; 64];
+            let mut quiet_since: Option<Instant> = None;
+            loop {
+                match receiver.recv(&mut buf) {
+                    Ok(n) if n >= 4 => {
+                        let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                        if let Some(slot) = seen.get_mut(seq) {
+                            *slot = true;
+                        }
+                        quiet_since = None;
+                    }
+                    _ if done.load(std::sync::atomic::Ordering::Relaxed) => {
+                        // After the last send, stop once nothing came for a second.
+                        let since = *quiet_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= Duration::from_secs(1) {
+                            return seen.iter().filter(|s| **s).count() as u32;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    let interval = Duration::from_secs(1) / rate.max(1);
+    for seq in 0..count {
+        let due = start + interval * seq;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let mut datagram = [0u8; 32];
+        datagram[..4].copy_from_slice(&seq.to_be_bytes());
+        socket.send(&datagram)?;
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let echoed = collector.join().unwrap_or(0);
+    println!("sent={count} echoed={echoed} lost={}", count - echoed);
+    Ok(())
+}
+
+/// Runs one probe command (`args` without the program name).
+pub fn run(args: &[String]) -> ExitCode {
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    let addr = || -> Result<SocketAddr, String> {
+        format!("{}:{}", arg(1), arg(2)).parse().map_err(|e| format!("bad address: {e}"))
+    };
+    let result = match arg(0) {
+        "tcp-sink" => arg(1).parse().map_err(|e| format!("{e}")).and_then(|p| tcp_sink(p).map_err(|e| e.to_string())),
+        "tcp-send" => addr().and_then(|a| {
+            let bytes = arg(3).parse().map_err(|e| format!("bad byte count: {e}"))?;
+            tcp_send(a, bytes).map_err(|e| e.to_string())
+        }),
+        "udp-echo" => arg(1).parse().map_err(|e| format!("{e}")).and_then(|p| udp_echo(p).map_err(|e| e.to_string())),
+        "udp-stream" => addr().and_then(|a| {
+            let count = arg(3).parse().map_err(|e| format!("bad count: {e}"))?;
+            let rate = arg(4).parse().map_err(|e| format!("bad rate: {e}"))?;
+            udp_stream(a, count, rate).map_err(|e| e.to_string())
+        }),
+        "udp-send" => addr().and_then(|a| {
+            let count = arg(3).parse().map_err(|e| format!("bad count: {e}"))?;
+            udp_send(a, count).map_err(|e| e.to_string())
+        }),
+        _ => Err("usage: probe tcp-sink PORT | tcp-send ADDR PORT BYTES | udp-echo PORT | udp-send ADDR PORT COUNT | udp-stream ADDR PORT COUNT RATE".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podlane probe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
