@@ -102,63 +102,28 @@ fn kernel_node(profile: &Profile) -> (Netns, Iface) {
         "permanent",
     ]);
 
-    let (vni, port) = (profile.vni.to_string(), profile.port.to_string());
-    ns.ip(&[
-        "link",
-        "add",
-        profile.device,
-        "type",
-        "vxlan",
-        "id",
-        &vni,
-        "local",
-        NODE_B,
-        "dev",
+    let kernel = control::netns::KernelProfile {
+        name: profile.name,
+        device: profile.device,
+        vni: profile.vni,
+        port: profile.port,
+    };
+    let remote = control::netns::RemoteNode {
+        underlay: NODE_A,
+        vtep_mac: &VTEP_A.to_string(),
+        pod_cidr: profile.cidr_a,
+        gateway: profile.gateway_a,
+    };
+    control::netns::kernel_vxlan_node(
+        ns.inner(),
+        kernel,
         &dev,
-        "dstport",
-        &port,
-        "nolearning",
-    ]);
-    ns.ip(&["link", "set", profile.device, "address", &VTEP_B.to_string()]);
-    ns.ip(&["addr", "add", &format!("{}/32", profile.overlay_b), "dev", profile.device]);
-    ns.ip(&["link", "set", profile.device, "up"]);
-    ns.ip(&[
-        "route",
-        "add",
-        profile.cidr_a,
-        "via",
-        profile.gateway_a,
-        "dev",
-        profile.device,
-        "onlink",
-    ]);
-    ns.ip(&[
-        "neigh",
-        "add",
-        profile.gateway_a,
-        "lladdr",
-        &VTEP_A.to_string(),
-        "dev",
-        profile.device,
-        "nud",
-        "permanent",
-    ]);
-    podlane_tests::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            ns.name(),
-            "bridge",
-            "fdb",
-            "add",
-            &VTEP_A.to_string(),
-            "dev",
-            profile.device,
-            "dst",
-            NODE_A,
-        ],
-    );
+        NODE_B,
+        &VTEP_B.to_string(),
+        &profile.overlay_b.to_string(),
+        &remote,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
     (ns, tap)
 }
 
