@@ -9,11 +9,13 @@
 //! * [`agent`] — `podlane agent`: full sync, watch, incremental updates, reconnects.
 //! * [`show`] — `podlane show`: tables and counters for people.
 //! * [`netns`] — namespaces, veth underlays, pods and kernel-VXLAN nodes on one machine.
+//! * [`demo`] — `podlane demo`: a two-node cluster in network namespaces, end to end.
 //! * [`probe`] — TCP and UDP traffic with digests, for the demo and the tests.
 
 pub mod agent;
 pub mod client;
 pub mod cluster;
+pub mod demo;
 
 pub mod diff;
 pub mod netns;

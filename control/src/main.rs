@@ -60,6 +60,20 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Build a two-node cluster in network namespaces on this machine (node A on podlane,
+    /// node B on the kernel's vxlan device as Flannel sets it up), run ping and TCP between
+    /// pods, print the dataplane's tables and counters, and remove everything. Needs root.
+    Demo {
+        /// The podlane-dataplane binary (default: next to this one).
+        #[arg(long, value_name = "PATH")]
+        dataplane: Option<PathBuf>,
+    },
+    /// TCP/UDP traffic helper the demo runs inside pod namespaces (see control::probe).
+    #[command(hide = true)]
+    Probe {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Push tables once: a tables file (JSON), or a cluster file (YAML) with --node.
     Apply {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -72,6 +86,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Probe { args } = &cli.command {
+        return control::probe::run(args);
+    }
     let verbose = matches!(cli.command, Command::Agent { .. });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
@@ -100,6 +117,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = agent::AgentConfig { cluster, node, socket: cli.socket };
             agent::run(&config, dataplane::io::stop_requested)
         }
+        Command::Demo { dataplane } => {
+            let exe = std::env::current_exe()?;
+            let dataplane = dataplane.unwrap_or_else(|| exe.with_file_name("podlane-dataplane"));
+            control::demo::run(&exe, &dataplane)
+        }
+        Command::Probe { .. } => unreachable!("handled before logging is set up"),
         Command::Show { what, output } => {
             let mut client = Client::connect(&cli.socket, "podlane-show")?;
             let query = match what {
