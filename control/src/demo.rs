@@ -60,7 +60,9 @@ impl Drop for Scratch {
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -104,9 +106,14 @@ impl DemoPod {
     }
 
     fn ping(&self, to: &DemoPod) -> anyhow::Result<String> {
-        let out = self.ns.command("ping").args(["-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", to.ip]).output()?;
+        let out = self
+            .ns
+            .command("ping")
+            .args(["-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", to.ip])
+            .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let summary = text.lines().find(|l| l.contains("received")).unwrap_or("no reply").to_owned();
+        let summary =
+            text.lines().find(|l| l.contains("received")).unwrap_or("no reply").to_owned();
         if !out.status.success() {
             anyhow::bail!("ping {} → {} failed: {summary}", self.name, to.name);
         }
@@ -124,10 +131,21 @@ impl DemoPod {
         let out = self.probe(exe, &["tcp-send", to.ip, port, "10000000"]).output()?;
         let elapsed = started.elapsed();
         let sent = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        anyhow::ensure!(out.status.success(), "TCP {} → {} failed: {}", self.name, to.name, String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "TCP {} → {} failed: {}",
+            self.name,
+            to.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let received = lines.next().transpose()?.unwrap_or_default();
         drop(sink);
-        anyhow::ensure!(sent == received, "TCP {} → {}: sent {sent}, received {received}", self.name, to.name);
+        anyhow::ensure!(
+            sent == received,
+            "TCP {} → {}: sent {sent}, received {received}",
+            self.name,
+            to.name
+        );
         Ok(format!("10 MB in {:.2} s, intact ({sent})", elapsed.as_secs_f64()))
     }
 }
@@ -135,24 +153,42 @@ impl DemoPod {
 /// Runs the demo; `exe` is this `podlane` binary, `dataplane` the `podlane-dataplane` one.
 pub fn run(exe: &Path, dataplane_bin: &Path) -> anyhow::Result<()> {
     if !is_root() {
-        anyhow::bail!("podlane demo needs root: it creates network namespaces and attaches XDP programs (run it with sudo)");
+        anyhow::bail!(
+            "podlane demo needs root: it creates network namespaces and attaches XDP programs (run it with sudo)"
+        );
     }
     for tool in ["ip", "bridge", "ping", "sysctl"] {
         let found = std::env::var_os("PATH")
             .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).exists()));
-        anyhow::ensure!(found, "podlane demo needs `{tool}` (Debian: apt-get install iproute2 iputils-ping procps)");
+        anyhow::ensure!(
+            found,
+            "podlane demo needs `{tool}` (Debian: apt-get install iproute2 iputils-ping procps)"
+        );
     }
-    anyhow::ensure!(dataplane_bin.exists(), "{} not found: build the workspace first", dataplane_bin.display());
+    anyhow::ensure!(
+        dataplane_bin.exists(),
+        "{} not found: build the workspace first",
+        dataplane_bin.display()
+    );
     dataplane::io::install_stop_handlers()?;
     remove_leftovers();
 
-    step("creating the cluster: node A on podlane, node B on the Linux vxlan device as Flannel programs it");
-    let scratch = Scratch(std::env::temp_dir().join(format!("podlane-demo-{}", std::process::id())));
+    step(
+        "creating the cluster: node A on podlane, node B on the Linux vxlan device as Flannel programs it",
+    );
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("podlane-demo-{}", std::process::id())));
     std::fs::create_dir_all(&scratch.0)?;
     let node_a = Netns::create("demo-nodea")?;
     let node_b = Netns::create("demo-nodeb")?;
     netns::underlay((&node_a, "uplink", NODE_A), (&node_b, "eth0", NODE_B), 1)?;
-    let pod = |node: &Netns, name: &'static str, host_if: &str, ip: &'static str, mac: &str, kernel: bool| -> anyhow::Result<DemoPod> {
+    let pod = |node: &Netns,
+               name: &'static str,
+               host_if: &str,
+               ip: &'static str,
+               mac: &str,
+               kernel: bool|
+     -> anyhow::Result<DemoPod> {
         let ns = Netns::create("demo-pod")?;
         if kernel {
             netns::wire_kernel_pod(node, &ns, host_if, ip, mac)?;
@@ -163,8 +199,21 @@ pub fn run(exe: &Path, dataplane_bin: &Path) -> anyhow::Result<()> {
     };
     let a1 = pod(&node_a, "a1", "veth-a1", "10.244.1.2", "0a:58:0a:f4:01:02", false)?;
     let a2 = pod(&node_a, "a2", "veth-a2", "10.244.1.3", "0a:58:0a:f4:01:03", false)?;
-    let remote = RemoteNode { underlay: NODE_A, vtep_mac: VTEP_A, pod_cidr: "10.244.1.0/24", gateway: "10.244.1.0" };
-    netns::kernel_vxlan_node(&node_b, netns::FLANNEL, "eth0", NODE_B, VTEP_B, "10.244.2.0", &remote)?;
+    let remote = RemoteNode {
+        underlay: NODE_A,
+        vtep_mac: VTEP_A,
+        pod_cidr: "10.244.1.0/24",
+        gateway: "10.244.1.0",
+    };
+    netns::kernel_vxlan_node(
+        &node_b,
+        netns::FLANNEL,
+        "eth0",
+        NODE_B,
+        VTEP_B,
+        "10.244.2.0",
+        &remote,
+    )?;
     let b1 = pod(&node_b, "b1", "veth-b1", "10.244.2.2", "0a:58:0a:f4:02:02", true)?;
     let b2 = pod(&node_b, "b2", "veth-b2", "10.244.2.3", "0a:58:0a:f4:02:03", true)?;
     interrupted()?;
@@ -172,13 +221,25 @@ pub fn run(exe: &Path, dataplane_bin: &Path) -> anyhow::Result<()> {
     let cluster = scratch.0.join("cluster.yaml");
     std::fs::write(&cluster, CLUSTER)?;
     let socket = scratch.0.join("dataplane.sock");
-    step(&format!("starting podlane-dataplane on node A and `podlane agent --cluster {}`", cluster.display()));
+    step(&format!(
+        "starting podlane-dataplane on node A and `podlane agent --cluster {}`",
+        cluster.display()
+    ));
     let log = std::fs::File::create(scratch.0.join("dataplane.log"))?;
     let daemon = Process {
         name: "podlane-dataplane",
         child: node_a
             .command(dataplane_bin)
-            .args(["--uplink", "uplink", "--node-name", "node-a", "--node-ip", NODE_A, "--profile", "flannel"])
+            .args([
+                "--uplink",
+                "uplink",
+                "--node-name",
+                "node-a",
+                "--node-ip",
+                NODE_A,
+                "--profile",
+                "flannel",
+            ])
             .arg("--control-socket")
             .arg(&socket)
             .stdin(Stdio::null())
@@ -246,7 +307,9 @@ fn exercise(socket: &Path, exe: &Path, pods: [&DemoPod; 4]) -> anyhow::Result<()
     println!("    a1 → b1: {}", a1.tcp(exe, b1, "5001")?);
     interrupted()?;
     println!("    b1 → a1: {}", b1.tcp(exe, a1, "5002")?);
-    let Response::Tables { generation, tables, .. } = client.request(&Request::Query { what: Query::Tables })? else {
+    let Response::Tables { generation, tables, .. } =
+        client.request(&Request::Query { what: Query::Tables })?
+    else {
         anyhow::bail!("unexpected reply to a tables query");
     };
     step(&format!("what node A's dataplane holds (generation {generation}; `podlane show ...`)"));
@@ -261,7 +324,9 @@ fn exercise(socket: &Path, exe: &Path, pods: [&DemoPod; 4]) -> anyhow::Result<()
     }
     // Workers publish their counters once a second.
     std::thread::sleep(Duration::from_millis(1100));
-    if let Response::Counters { workers } = client.request(&Request::Query { what: Query::Counters })? {
+    if let Response::Counters { workers } =
+        client.request(&Request::Query { what: Query::Counters })?
+    {
         println!("--- counters");
         print!("{}", show::counters(&workers));
     }

@@ -165,6 +165,7 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
                 "TX DROP",
                 "RX RING FULL",
                 "FILL EMPTY",
+                "KERNEL DROP",
                 "INVALID RX/TX",
             ]
             .into_iter()
@@ -182,6 +183,7 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
                 s.tx_dropped.to_string(),
                 s.rx_ring_full.to_string(),
                 s.rx_fill_ring_empty.to_string(),
+                s.rx_dropped.to_string(),
                 format!("{}/{}", s.rx_invalid_descs, s.tx_invalid_descs),
             ]);
         }

@@ -60,11 +60,19 @@ impl Daemon {
         log: PathBuf,
         extra: &[&str],
     ) -> Daemon {
+        let mut args = vec!["--tables", tables.to_str().unwrap()];
+        args.extend(extra);
+        Daemon::start_with(node, uplink, log, &args)
+    }
+
+    /// Starts the daemon on `uplink` of `node` with exactly `extra` besides the uplink and
+    /// the control socket ([`Daemon::socket`]: the log's path with the extension `sock`).
+    pub fn start_with(node: &Netns, uplink: &str, log: PathBuf, extra: &[&str]) -> Daemon {
         let file = std::fs::File::create(&log).expect("daemon log file");
         let bin = binary("podlane-dataplane");
         let socket = log.with_extension("sock");
         let mut args = vec!["netns", "exec", node.name(), bin.to_str().unwrap()];
-        args.extend(["--uplink", uplink, "--tables", tables.to_str().unwrap()]);
+        args.extend(["--uplink", uplink]);
         args.extend(["--control-socket", socket.to_str().unwrap()]);
         args.extend(extra);
         let child = Command::new("ip")
@@ -101,6 +109,11 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.log.with_extension("sock")
     }
 
     /// Until the uplink program is attached and `pods` pod interfaces too.
