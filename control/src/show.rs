@@ -139,7 +139,8 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
     for w in workers {
         let _ = writeln!(
             out,
-            "worker {}: rx {} frames / {} bytes; encap {}, decap {}, local {}, reply {}, host {}; free chunks {}",
+            "worker {}: rx {} frames / {} bytes; encap {}, decap {}, local {}, reply {}, host {}; \
+             no socket {}; handoff in {}, dropped {}; free chunks {}",
             w.worker,
             w.rx_frames,
             w.rx_bytes,
@@ -148,6 +149,9 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
             w.local,
             w.reply,
             w.host,
+            w.no_socket,
+            w.handoff_in,
+            w.handoff_dropped,
             w.free_chunks
         );
         if !w.drops.is_empty() {
