@@ -315,3 +315,28 @@ pub fn arp_request(params: &ClusterParams, config: &EngineConfig, k: usize) -> V
     f.resize(60, 0);
     f
 }
+
+/// A full sync at the control protocol's target scale: the cluster's nodes (with `params`'
+/// blocks) and `endpoints` local endpoints, which the local node holds in an extra
+/// 100.64.0.0/10 pod CIDR (room for four million). Endpoints share one policy of
+/// `params.rules_per_policy` rules.
+pub fn full_sync(params: &ClusterParams, endpoints: usize) -> TableSpec {
+    let mut spec =
+        cluster(&ClusterParams { local_endpoints: 1, distinct_policies: 1, ..params.clone() });
+    let local_cidr: Cidr = "100.64.0.0/10".parse().expect("valid");
+    spec.nodes[0].pod_cidrs.push(local_cidr);
+    let policy = spec.policies[0].name.clone();
+    spec.endpoints = (0..endpoints)
+        .map(|k| EndpointSpec {
+            namespace: "bench".into(),
+            name: format!("pod-{k:06}"),
+            labels: [("app".to_owned(), format!("app-{}", k % 10))].into_iter().collect(),
+            ips: vec![IpAddr::V4(Ipv4Addr::from(0x6440_0001u32 + k as u32))],
+            mac: local_pod_mac(k),
+            interface: format!("veth{k:06}"),
+            ingress_policy: Some(policy.clone()),
+            egress_policy: None,
+        })
+        .collect();
+    spec
+}

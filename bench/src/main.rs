@@ -16,6 +16,20 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Time a control-protocol full sync as the dataplane handles it: decode the frame's
+    /// JSON, then build and publish the snapshot (defaults: 5,000 nodes, 100,000 endpoints).
+    Sync {
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+        nodes: u32,
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=4_000_000))]
+        endpoints: u32,
+        /// Rules of the policy the endpoints share.
+        #[arg(long, default_value_t = 100)]
+        rules: u32,
+        /// Timed runs (the best and the worst are reported).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        runs: u32,
+    },
     /// Build a synthetic cluster's tables and report their memory (defaults: the foundation
     /// issue's target — 5,000 nodes, 100,000 pods, 250 local, 1,000 rules per local pod).
     Tables {
@@ -48,6 +62,27 @@ fn mib(bytes: u64) -> String {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Sync { nodes, endpoints, rules, runs } => {
+            let params = ClusterParams {
+                nodes: nodes as usize,
+                rules_per_policy: rules as usize,
+                ..ClusterParams::memory_target()
+            };
+            let report = podlane_bench::sync::measure(&params, endpoints as usize, runs as usize)?;
+            println!(
+                "full sync: {nodes} nodes, {endpoints} endpoints, 1 policy of {rules} rules; frame {}",
+                mib(report.frame_bytes as u64)
+            );
+            for (i, run) in report.runs.iter().enumerate() {
+                println!(
+                    "run {}: decode {:.0?}, build and publish {:.0?}, total {:.0?}",
+                    i + 1,
+                    run.decode,
+                    run.apply,
+                    run.decode + run.apply
+                );
+            }
+        }
         Command::Tables {
             nodes,
             blocks_per_node,
