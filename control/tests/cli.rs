@@ -34,3 +34,32 @@ fn check_names_the_problem() {
     assert_eq!(code, 2, "usage error");
     assert!(stderr.contains("--file"), "{stderr}");
 }
+
+#[test]
+fn show_without_a_dataplane_says_where_it_looked() {
+    let socket = std::env::temp_dir().join(format!("podlane-nothing-{}.sock", std::process::id()));
+    let (code, _, stderr) = podlane(&["--socket", socket.to_str().unwrap(), "show", "nodes"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot connect to the dataplane at"), "{stderr}");
+    assert!(stderr.contains("is podlane-dataplane running?"), "{stderr}");
+    let (code, _, stderr) = podlane(&["show", "everything"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("possible values: nodes, endpoints, routes, policy, counters, config"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn agent_refuses_a_file_without_its_node() {
+    let path = std::env::temp_dir().join(format!("podlane-agent-cli-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        "nodes:\n  - {name: a, underlay: 10.0.0.1, vtepMAC: \"0a:00:00:00:00:01\"}\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = podlane(&["agent", "--cluster", path.to_str().unwrap(), "--node", "b"]);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("node \"b\" is not in the cluster's nodes"), "{stderr}");
+}
