@@ -196,6 +196,8 @@ pub struct WorkerCounters {
     pub no_socket: u64,
     pub handoff_in: u64,
     pub handoff_dropped: u64,
+    /// Handed-over frames dropped because the UMEM had no free chunk.
+    pub chunk_exhausted: u64,
     pub free_chunks: usize,
     pub invalid_descriptors: u64,
     pub sockets: Vec<SocketCounters>,

@@ -18,13 +18,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::Shared;
 use super::tables::Tables;
-use super::{Shared, WorkerStats};
 use crate::api::{
     self, ApiError, DaemonInfo, FrameError, PROTOCOL_VERSION, Query, Request, Response,
-    SocketCounters, WorkerCounters,
+    WorkerCounters,
 };
-use crate::engine::DropReason;
 use crate::io;
 
 /// Who may talk to the dataplane besides root and the daemon's own user.
@@ -47,54 +46,11 @@ impl Backend for Shared {
     }
 
     fn counters(&self) -> Vec<WorkerCounters> {
-        self.stats.iter().filter_map(|s| s.lock().ok().map(|s| worker_counters(&s))).collect()
+        self.stats.iter().filter_map(|s| s.lock().ok().map(|s| s.clone())).collect()
     }
 
     fn info(&self) -> DaemonInfo {
         self.info.clone()
-    }
-}
-
-fn worker_counters(s: &WorkerStats) -> WorkerCounters {
-    let c = &s.pipeline;
-    WorkerCounters {
-        worker: s.worker,
-        rx_frames: c.rx_frames,
-        rx_bytes: c.rx_bytes,
-        encap: c.encap,
-        decap: c.decap,
-        local: c.local,
-        reply: c.reply,
-        host: c.host,
-        drops: DropReason::ALL
-            .iter()
-            .filter(|r| c.dropped(**r) > 0)
-            .map(|r| (r.label().to_owned(), c.dropped(*r)))
-            .collect(),
-        no_socket: s.no_socket,
-        handoff_in: s.handoff_in,
-        handoff_dropped: s.handoff_dropped,
-        free_chunks: s.free_chunks,
-        invalid_descriptors: s.invalid_descriptors,
-        sockets: s
-            .ports
-            .iter()
-            .map(|p| SocketCounters {
-                interface: p.interface.clone(),
-                queue: p.queue,
-                mode: p.mode.clone(),
-                rx_packets: p.rx_packets,
-                rx_bytes: p.rx_bytes,
-                tx_packets: p.tx_packets,
-                tx_bytes: p.tx_bytes,
-                tx_dropped: p.tx_dropped,
-                rx_ring_full: p.xdp.rx_ring_full,
-                rx_fill_ring_empty: p.xdp.rx_fill_ring_empty_descs,
-                rx_invalid_descs: p.xdp.rx_invalid_descs,
-                tx_invalid_descs: p.xdp.tx_invalid_descs,
-                rx_dropped: p.xdp.rx_dropped,
-            })
-            .collect(),
     }
 }
 

@@ -22,10 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use crate::api::DaemonInfo;
-use crate::engine::{Counters, DropReason, EngineConfig};
+use crate::api::{DaemonInfo, WorkerCounters};
+use crate::engine::EngineConfig;
 use crate::io::xdp::{XdpLink, XdpMode, XdpProgram, XskMap};
-use crate::io::xsk::{BindPreference, UmemConfig, XdpStatistics};
+use crate::io::xsk::{BindPreference, UmemConfig};
 use crate::io::{self};
 use crate::table::TableSpec;
 use tables::Tables;
@@ -93,85 +93,51 @@ pub enum DaemonError {
     Setup(String),
 }
 
-/// Counters of one socket.
-#[derive(Debug, Clone, Default)]
-pub struct PortStats {
-    pub interface: String,
-    pub queue: u32,
-    pub mode: String,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    /// Frames dropped because the TX ring stayed full.
-    pub tx_dropped: u64,
-    pub xdp: XdpStatistics,
-}
-
-/// Counters of one worker, published by the worker about once a second.
-#[derive(Debug, Clone, Default)]
-pub struct WorkerStats {
-    pub worker: usize,
-    pub pipeline: Counters,
-    pub ports: Vec<PortStats>,
-    pub free_chunks: usize,
-    /// Descriptors from the kernel naming no chunk it owned.
-    pub invalid_descriptors: u64,
-    /// Frames for an endpoint with no socket (pod interface missing or just removed).
-    pub no_socket: u64,
-    pub handoff_in: u64,
-    pub handoff_dropped: u64,
-    pub chunk_exhausted: u64,
-}
-
-impl std::fmt::Display for WorkerStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let c = &self.pipeline;
-        write!(
-            f,
-            "worker {}: rx {} frames {} bytes; encap {} decap {} local {} reply {} host {} drop {}",
-            self.worker,
-            c.rx_frames,
-            c.rx_bytes,
-            c.encap,
-            c.decap,
-            c.local,
-            c.reply,
-            c.host,
-            c.total_drops()
-        )?;
-        for &reason in DropReason::ALL {
-            let n = c.dropped(reason);
-            if n > 0 {
-                write!(f, " [{}: {n}]", reason.label())?;
-            }
-        }
-        write!(
-            f,
-            "; no_socket {} handoff in {} dropped {}",
-            self.no_socket, self.handoff_in, self.handoff_dropped
-        )?;
-        for p in &self.ports {
-            write!(
-                f,
-                "\n  {} q{} ({}): rx {} pkts {} B, tx {} pkts {} B, tx_dropped {}, rx_ring_full {}, fill_ring_empty {}, invalid rx/tx {}/{}, kernel rx_dropped {}",
-                p.interface,
-                p.queue,
-                p.mode,
-                p.rx_packets,
-                p.rx_bytes,
-                p.tx_packets,
-                p.tx_bytes,
-                p.tx_dropped,
-                p.xdp.rx_ring_full,
-                p.xdp.rx_fill_ring_empty_descs,
-                p.xdp.rx_invalid_descs,
-                p.xdp.tx_invalid_descs,
-                p.xdp.rx_dropped
-            )?;
-        }
-        Ok(())
+/// The log line of one worker's counters (debug every `--stats-interval`, info at exit):
+/// the same figures `podlane show counters` prints.
+fn log_line(w: &WorkerCounters) -> String {
+    use std::fmt::Write as _;
+    let mut line = format!(
+        "worker {}: rx {} frames {} bytes; encap {} decap {} local {} reply {} host {} drop {}",
+        w.worker,
+        w.rx_frames,
+        w.rx_bytes,
+        w.encap,
+        w.decap,
+        w.local,
+        w.reply,
+        w.host,
+        w.drops.values().sum::<u64>()
+    );
+    for (reason, n) in &w.drops {
+        let _ = write!(line, " [{reason}: {n}]");
     }
+    let _ = write!(
+        line,
+        "; no_socket {} handoff in {} dropped {}",
+        w.no_socket, w.handoff_in, w.handoff_dropped
+    );
+    for s in &w.sockets {
+        let _ = write!(
+            line,
+            "\n  {} q{} ({}): rx {} pkts {} B, tx {} pkts {} B, tx_dropped {}, rx_ring_full {}, \
+             fill_ring_empty {}, invalid rx/tx {}/{}, kernel rx_dropped {}",
+            s.interface,
+            s.queue,
+            s.mode,
+            s.rx_packets,
+            s.rx_bytes,
+            s.tx_packets,
+            s.tx_bytes,
+            s.tx_dropped,
+            s.rx_ring_full,
+            s.rx_fill_ring_empty,
+            s.rx_invalid_descs,
+            s.tx_invalid_descs,
+            s.rx_dropped
+        );
+    }
+    line
 }
 
 /// State shared by the main thread and the workers.
@@ -187,7 +153,8 @@ pub(crate) struct Shared {
     tables: Tables,
     info: DaemonInfo,
     stop: AtomicBool,
-    stats: Vec<Mutex<WorkerStats>>,
+    /// Each worker's counters, published by the worker about once a second.
+    stats: Vec<Mutex<WorkerCounters>>,
     inboxes: Vec<worker::Inbox>,
 }
 
@@ -332,7 +299,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         },
         tables,
         stop: AtomicBool::new(false),
-        stats: (0..workers).map(|_| Mutex::new(WorkerStats::default())).collect(),
+        stats: (0..workers).map(|_| Mutex::new(WorkerCounters::default())).collect(),
         inboxes,
     });
 
@@ -414,7 +381,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             last_stats = Instant::now();
             for stats in &shared.stats {
                 if let Ok(s) = stats.lock() {
-                    tracing::debug!("{s}");
+                    tracing::debug!("{}", log_line(&s));
                 }
             }
         }
@@ -426,7 +393,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     stop_workers(handles);
     for stats in &shared.stats {
         if let Ok(s) = stats.lock() {
-            tracing::info!("{s}");
+            tracing::info!("{}", log_line(&s));
         }
     }
     Ok(())

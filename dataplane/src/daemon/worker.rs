@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
-use super::{PollMode, Shared, WorkerStats};
-use crate::engine::{Frame, Ingress, Pipeline, Verdict};
+use super::{PollMode, Shared};
+use crate::api::{SocketCounters, WorkerCounters};
+use crate::engine::{DropReason, Frame, Ingress, Pipeline, Verdict};
 use crate::io::xdp::{XdpLink, XdpProgram, XskMap};
 use crate::io::xsk::{Packet, RingSizes, SocketId, Umem, UmemConfig};
 use crate::io::{self, Poller, Readiness};
@@ -674,13 +675,14 @@ impl Worker {
     }
 
     fn publish_stats(&self) {
-        let ports = self
+        let sockets = self
             .ports
             .iter()
             .flatten()
             .map(|p| {
                 let socket = self.umem.socket(p.socket);
-                super::PortStats {
+                let xdp = socket.and_then(|s| s.statistics().ok()).unwrap_or_default();
+                SocketCounters {
                     interface: socket.map(|s| s.interface().to_owned()).unwrap_or_default(),
                     queue: p.queue,
                     mode: socket.map(|s| s.mode().to_string()).unwrap_or_default(),
@@ -689,20 +691,36 @@ impl Worker {
                     tx_packets: p.stats.tx_packets,
                     tx_bytes: p.stats.tx_bytes,
                     tx_dropped: p.stats.tx_dropped,
-                    xdp: socket.and_then(|s| s.statistics().ok()).unwrap_or_default(),
+                    rx_ring_full: xdp.rx_ring_full,
+                    rx_fill_ring_empty: xdp.rx_fill_ring_empty_descs,
+                    rx_invalid_descs: xdp.rx_invalid_descs,
+                    tx_invalid_descs: xdp.tx_invalid_descs,
+                    rx_dropped: xdp.rx_dropped,
                 }
             })
             .collect();
-        let stats = WorkerStats {
+        let c = self.pipeline.counters();
+        let stats = WorkerCounters {
             worker: self.index,
-            pipeline: self.pipeline.counters().clone(),
-            ports,
-            free_chunks: self.umem.free_chunks(),
-            invalid_descriptors: self.umem.invalid_descriptors(),
+            rx_frames: c.rx_frames,
+            rx_bytes: c.rx_bytes,
+            encap: c.encap,
+            decap: c.decap,
+            local: c.local,
+            reply: c.reply,
+            host: c.host,
+            drops: DropReason::ALL
+                .iter()
+                .filter(|r| c.dropped(**r) > 0)
+                .map(|r| (r.label().to_owned(), c.dropped(*r)))
+                .collect(),
             no_socket: self.no_socket,
             handoff_in: self.handoff_in,
             handoff_dropped: self.handoff_dropped,
             chunk_exhausted: self.chunk_exhausted,
+            free_chunks: self.umem.free_chunks(),
+            invalid_descriptors: self.umem.invalid_descriptors(),
+            sockets,
         };
         if let Ok(mut slot) = self.shared.stats[self.index].lock() {
             *slot = stats;
