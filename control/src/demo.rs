@@ -58,14 +58,6 @@ impl Drop for Scratch {
     }
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 fn interrupted() -> anyhow::Result<()> {
     if dataplane::io::stop_requested() {
         anyhow::bail!("interrupted");
@@ -152,7 +144,7 @@ impl DemoPod {
 
 /// Runs the demo; `exe` is this `podlane` binary, `dataplane` the `podlane-dataplane` one.
 pub fn run(exe: &Path, dataplane_bin: &Path) -> anyhow::Result<()> {
-    if !is_root() {
+    if !netns::is_root() {
         anyhow::bail!(
             "podlane demo needs root: it creates network namespaces and attaches XDP programs (run it with sudo)"
         );

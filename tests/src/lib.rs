@@ -113,14 +113,7 @@ pub fn tshark_fields(
 /// True when running as root. Tests that need root (namespaces, TAP devices) call
 /// [`require_root`] instead.
 pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
+    control::netns::is_root()
 }
 
 /// Root, or a loud skip (a failure under CI or `scripts/test`).

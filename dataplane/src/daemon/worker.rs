@@ -218,7 +218,7 @@ impl Worker {
     }
 
     fn add_port(&mut self, socket: SocketId, kind: PortKind, ifindex: u32, queue: u32) -> usize {
-        let kind_fill = matches!(kind, PortKind::Uplink);
+        let fill_target = if matches!(kind, PortKind::Uplink) { UPLINK_FILL } else { POD_FILL };
         let port = Port {
             socket,
             kind,
@@ -227,10 +227,7 @@ impl Worker {
             pending: Vec::new(),
             stats: PortCounters::default(),
             busy_poll_checked: false,
-            fill_target: match kind_fill {
-                true => UPLINK_FILL,
-                false => POD_FILL,
-            },
+            fill_target,
         };
         let slot = self.ports.iter().position(Option::is_none).unwrap_or(self.ports.len());
         if slot == self.ports.len() {
@@ -646,18 +643,12 @@ impl Worker {
         let mut down = Vec::new();
         for (slot, port) in self.ports.iter_mut().enumerate() {
             let Some(p) = port.as_mut() else { continue };
-            if !p.pending.is_empty() {
-                let before = p.pending.len();
-                let bytes: u64 = p.pending.iter().map(|pkt| u64::from(pkt.len)).sum();
-                let outcome = self.umem.transmit(p.socket, &mut p.pending);
-                let left: u64 = p.pending.iter().map(|pkt| u64::from(pkt.len)).sum();
-                p.stats.tx_packets += (before - p.pending.len()) as u64;
-                p.stats.tx_bytes += bytes - left;
-                if outcome.interface_down {
-                    down.push(slot);
-                }
-            } else if self.umem.tx_in_flight(p.socket) > 0 {
-                let _ = self.umem.transmit(p.socket, &mut p.pending);
+            // Also with nothing pending: frames still in flight may need another kick.
+            let outcome = self.umem.transmit(p.socket, &mut p.pending);
+            p.stats.tx_packets += u64::from(outcome.queued);
+            p.stats.tx_bytes += outcome.bytes;
+            if outcome.interface_down {
+                down.push(slot);
             }
             self.umem.complete(p.socket);
             self.umem.refill(p.socket, p.fill_target);

@@ -534,8 +534,7 @@ fn ioctl_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn interface_ioctl(name: &str, request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
-    let _ = name;
+fn interface_ioctl(request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
     let sock = ioctl_socket()?;
     // SAFETY: `req` is a live, exclusively borrowed `ifreq` with a NUL-terminated name; for
     // the requests used here (SIOCGIFHWADDR, SIOCGIFMTU, SIOCETHTOOL) the kernel reads the
@@ -548,7 +547,7 @@ fn interface_ioctl(name: &str, request: libc::Ioctl, req: &mut libc::ifreq) -> i
 /// The interface's MAC address (SIOCGIFHWADDR).
 pub(super) fn interface_mac(name: &str) -> io::Result<[u8; 6]> {
     let mut req = ifreq(name)?;
-    interface_ioctl(name, libc::SIOCGIFHWADDR, &mut req)?;
+    interface_ioctl(libc::SIOCGIFHWADDR, &mut req)?;
     // SAFETY: after SIOCGIFHWADDR the union holds `ifru_hwaddr`.
     let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
     Ok(std::array::from_fn(|i| data[i] as u8))
@@ -557,7 +556,7 @@ pub(super) fn interface_mac(name: &str) -> io::Result<[u8; 6]> {
 /// The interface's MTU (SIOCGIFMTU).
 pub(super) fn interface_mtu(name: &str) -> io::Result<u32> {
     let mut req = ifreq(name)?;
-    interface_ioctl(name, libc::SIOCGIFMTU, &mut req)?;
+    interface_ioctl(libc::SIOCGIFMTU, &mut req)?;
     // SAFETY: after SIOCGIFMTU the union holds `ifru_mtu`.
     Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
 }
@@ -583,7 +582,7 @@ pub(super) fn interface_channels(name: &str) -> io::Result<EthtoolChannels> {
     let mut channels = EthtoolChannels { cmd: ETHTOOL_GCHANNELS, ..Default::default() };
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_data = (&mut channels as *mut EthtoolChannels).cast();
-    interface_ioctl(name, libc::SIOCETHTOOL as libc::Ioctl, &mut req)?;
+    interface_ioctl(libc::SIOCETHTOOL as libc::Ioctl, &mut req)?;
     Ok(channels)
 }
 

@@ -50,8 +50,8 @@ pub struct UmemConfig {
 }
 
 impl Default for UmemConfig {
-    /// 16,384 chunks of 2 KiB: 32 MiB, room for 1,536-byte frames (MTU 1500 plus Ethernet
-    /// header and a VLAN tag... and outer headers prepended in the 256-byte headroom).
+    /// 16,384 chunks of 2 KiB: 32 MiB. After the kernel's 256-byte headroom (where the outer
+    /// headers are prepended) a chunk holds a 1,792-byte frame: MTU 1500 plus headers.
     fn default() -> Self {
         UmemConfig { chunks: 16_384, chunk_size: 2048, headroom: 0 }
     }
@@ -466,6 +466,8 @@ impl AsFd for XskSocket {
 pub struct TxOutcome {
     /// Descriptors put on the TX ring.
     pub queued: u32,
+    /// Their frames' bytes.
+    pub bytes: u64,
     /// The kernel refused the wake-up because the interface is gone or down.
     pub interface_down: bool,
 }
@@ -795,6 +797,7 @@ impl Umem {
             let mut reservation = socket.tx.reserve(pending.len() as u32);
             let n = reservation.remaining() as usize;
             for packet in pending.drain(..n) {
+                outcome.bytes += u64::from(packet.len);
                 self.state[packet.chunk.0 as usize] = KERNEL;
                 let addr = u64::from(packet.chunk.0) * chunk_size + u64::from(packet.head);
                 let _ = reservation.push(Desc { addr, len: packet.len });
@@ -840,11 +843,6 @@ impl Umem {
                 return total;
             }
         }
-    }
-
-    /// True when the socket has frames waiting on its RX ring or completions to reap.
-    pub fn tx_in_flight(&self, id: SocketId) -> u32 {
-        self.socket(id).map_or(0, |s| s.tx_in_flight)
     }
 }
 
