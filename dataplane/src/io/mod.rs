@@ -59,9 +59,15 @@ pub fn install_stop_handlers() -> io::Result<()> {
     sys::install_stop_handlers()
 }
 
-/// Whether SIGINT or SIGTERM arrived.
+/// Whether SIGINT or SIGTERM arrived (or [`request_stop`] was called).
 pub fn stop_requested() -> bool {
     sys::stop_requested()
+}
+
+/// Sets the flag [`stop_requested`] reads, as a signal would (e.g. when a controlling pipe
+/// closes).
+pub fn request_stop() {
+    sys::request_stop()
 }
 
 /// What `poll(2)` reported for one descriptor.

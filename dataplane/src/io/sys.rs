@@ -1,7 +1,8 @@
 //! Raw system calls and raw memory: the only `unsafe` code in podlane. Everything above this
 //! module is safe Rust over the small, checked primitives here:
 //!
-//! * bpf(2): map creation and update, program load, link creation. Each call takes a
+//! * bpf(2): map creation, lookup and update, program load, link creation, and running a
+//!   program on live frames (BPF_PROG_RUN, the packet generator of `podlane-bench`). Each call takes a
 //!   `#[repr(C)]` attribute struct laid out as the kernel's `union bpf_attr` member for its
 //!   command (include/uapi/linux/bpf.h); unused trailing fields are zero, which the kernel
 //!   requires, and the size passed is the struct's, which the kernel accepts for any prefix
@@ -20,7 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
 #[repr(C)]
@@ -61,6 +64,40 @@ struct ProgLoadAttr {
     prog_name: [u8; 16],
     prog_ifindex: u32,
     expected_attach_type: u32,
+}
+
+/// The `test` member of `union bpf_attr` (BPF_PROG_TEST_RUN, alias BPF_PROG_RUN).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// `struct xdp_md`, the XDP program's context, as BPF_PROG_RUN takes it.
+#[repr(C)]
+#[derive(Default)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
 }
 
 #[repr(C)]
@@ -136,6 +173,51 @@ pub(super) fn map_update_u32(map: &OwnedFd, key: u32, value: u32) -> io::Result<
     };
     // `key` and `value` outlive the call (bpf's SAFETY contract).
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// BPF_MAP_LOOKUP_ELEM: copies the value at `key` into `value`, whose length must be the
+/// map's value size (for a per-CPU map: the value size rounded up to 8, times the number of
+/// possible CPUs).
+pub(super) fn map_lookup(map: &OwnedFd, key: &[u8], value: &mut [u8]) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: value.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // `key` and `value` outlive the call (bpf's SAFETY contract); the kernel writes at most
+    // the map's value size into `value`, which our callers size accordingly.
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
+}
+
+/// BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES: runs the XDP program `repeat` times on
+/// copies of `frame`, as if received on queue 0 of `ifindex` (an index in the calling
+/// thread's network namespace), and carries out the verdicts for real: XDP_TX transmits on
+/// that interface, XDP_REDIRECT redirects. Frames are processed `batch` at a time.
+pub(super) fn prog_run_live(
+    prog: &OwnedFd,
+    frame: &[u8],
+    ifindex: u32,
+    repeat: u32,
+    batch: u32,
+) -> io::Result<()> {
+    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+    let mut ctx =
+        XdpMd { data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: size_of::<XdpMd>() as u32,
+        ctx_in: &mut ctx as *mut XdpMd as u64,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        batch_size: batch,
+        ..Default::default()
+    };
+    // `frame` and `ctx` outlive the call (bpf's SAFETY contract); in live-frames mode the
+    // kernel copies `frame` into its own pages and writes nothing back to us but `attr`.
+    bpf(BPF_PROG_TEST_RUN, &mut attr).map(drop)
 }
 
 /// BPF_PROG_LOAD with a verifier log. On failure the error carries the log's text.
@@ -626,6 +708,10 @@ pub(super) fn install_stop_handlers() -> io::Result<()> {
 
 pub(super) fn stop_requested() -> bool {
     STOP_REQUESTED.load(Ordering::Relaxed)
+}
+
+pub(super) fn request_stop() {
+    STOP_REQUESTED.store(true, Ordering::Relaxed);
 }
 
 impl SockOpt for libc::ucred {}

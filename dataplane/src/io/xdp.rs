@@ -16,12 +16,16 @@
 //! mode, through the peer's ordinary transmit path, so no veth needs either (ARCHITECTURE.md,
 //! "veth").
 //!
+//! The assembler and [`PerCpuArray`] are public so that `podlane-bench` can write its packet
+//! generator and sink the same way, and [`XdpProgram::run_live`] runs a program on live
+//! frames (BPF_PROG_RUN), which is how that generator transmits.
+//!
 //! A program is attached with BPF_LINK_CREATE: the attachment is owned by the link's file
 //! descriptor, so when the process exits — cleanly, by a panic or by SIGKILL — the kernel
 //! detaches the program. Nothing is pinned, nothing is left behind.
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::sys;
 
@@ -45,14 +49,28 @@ pub enum Reg {
     R7,
     R8,
     R9,
+    /// Read-only frame pointer: the top of the program's 512-byte stack.
+    R10,
 }
 
-/// Load sizes.
+/// Load and store sizes: 1, 2, 4 and 8 bytes.
 #[derive(Debug, Clone, Copy)]
 pub enum Size {
     B,
     H,
     W,
+    DW,
+}
+
+impl Size {
+    fn bits(self) -> u8 {
+        match self {
+            Size::W => 0x00,
+            Size::H => 0x08,
+            Size::B => 0x10,
+            Size::DW => 0x18,
+        }
+    }
 }
 
 /// Conditional jumps, against an immediate (`_imm`) or a register (`_reg`).
@@ -74,6 +92,9 @@ pub struct Label(usize);
 mod op {
     pub(super) const LD: u8 = 0x00;
     pub(super) const LDX: u8 = 0x01;
+    pub(super) const ST: u8 = 0x02;
+    pub(super) const STX: u8 = 0x03;
+    pub(super) const ALU: u8 = 0x04;
     pub(super) const ALU64: u8 = 0x07;
     pub(super) const JMP: u8 = 0x05;
     pub(super) const JMP32: u8 = 0x06;
@@ -83,7 +104,11 @@ mod op {
     pub(super) const K: u8 = 0x00;
     pub(super) const X: u8 = 0x08;
     pub(super) const ADD: u8 = 0x00;
+    pub(super) const SUB: u8 = 0x10;
+    pub(super) const MOD: u8 = 0x90;
     pub(super) const MOV: u8 = 0xb0;
+    /// Byte swap; with `X` (BPF_TO_BE) to big-endian.
+    pub(super) const END: u8 = 0xd0;
     pub(super) const JA: u8 = 0x00;
     pub(super) const JEQ: u8 = 0x10;
     pub(super) const JGT: u8 = 0x20;
@@ -95,14 +120,31 @@ mod op {
     pub(super) const PSEUDO_MAP_FD: u8 = 1;
 }
 
-/// Helper function ids.
-const HELPER_REDIRECT_MAP: i32 = 51;
-/// XDP actions.
-const XDP_PASS: i32 = 2;
+/// Helper function ids (include/uapi/linux/bpf.h, `___BPF_FUNC_MAPPER`).
+pub mod helper {
+    /// `void *bpf_map_lookup_elem(map, key)`
+    pub const MAP_LOOKUP_ELEM: i32 = 1;
+    /// `u64 bpf_ktime_get_ns(void)`: CLOCK_MONOTONIC.
+    pub const KTIME_GET_NS: i32 = 5;
+    /// `u32 bpf_get_prandom_u32(void)`
+    pub const GET_PRANDOM_U32: i32 = 7;
+    /// `long bpf_redirect_map(map, key, flags)`
+    pub const REDIRECT_MAP: i32 = 51;
+}
+use helper::REDIRECT_MAP as HELPER_REDIRECT_MAP;
+
+/// XDP actions (a program's return value).
+pub mod action {
+    pub const ABORTED: i32 = 0;
+    pub const DROP: i32 = 1;
+    pub const PASS: i32 = 2;
+    pub const TX: i32 = 3;
+}
+use action::PASS as XDP_PASS;
 /// `struct xdp_md` field offsets.
-const MD_DATA: i16 = 0;
-const MD_DATA_END: i16 = 4;
-const MD_RX_QUEUE_INDEX: i16 = 16;
+pub const MD_DATA: i16 = 0;
+pub const MD_DATA_END: i16 = 4;
+pub const MD_RX_QUEUE_INDEX: i16 = 16;
 
 /// An eBPF program under construction: instructions as the kernel's 8-byte `struct bpf_insn`
 /// (code, dst/src registers, 16-bit offset, 32-bit immediate), and labels resolved when done.
@@ -137,12 +179,38 @@ impl Asm {
 
     /// `dst = *(size *)(src + off)`
     pub fn ldx(&mut self, size: Size, dst: Reg, src: Reg, off: i16) {
-        let size = match size {
-            Size::W => 0x00,
-            Size::H => 0x08,
-            Size::B => 0x10,
-        };
-        self.insns.push(encode(op::LDX | op::MEM | size, dst, src as u8, off, 0));
+        self.insns.push(encode(op::LDX | op::MEM | size.bits(), dst, src as u8, off, 0));
+    }
+
+    /// `*(size *)(dst + off) = src`
+    pub fn stx(&mut self, size: Size, dst: Reg, off: i16, src: Reg) {
+        self.insns.push(encode(op::STX | op::MEM | size.bits(), dst, src as u8, off, 0));
+    }
+
+    /// `*(size *)(dst + off) = imm`
+    pub fn st_imm(&mut self, size: Size, dst: Reg, off: i16, imm: i32) {
+        self.insns.push(encode(op::ST | op::MEM | size.bits(), dst, 0, off, imm));
+    }
+
+    /// `dst += src`
+    pub fn add_reg(&mut self, dst: Reg, src: Reg) {
+        self.insns.push(encode(op::ALU64 | op::ADD | op::X, dst, src as u8, 0, 0));
+    }
+
+    /// `dst -= src`
+    pub fn sub_reg(&mut self, dst: Reg, src: Reg) {
+        self.insns.push(encode(op::ALU64 | op::SUB | op::X, dst, src as u8, 0, 0));
+    }
+
+    /// `dst = (u32)dst % (u32)imm`; `imm` must not be zero.
+    pub fn mod32_imm(&mut self, dst: Reg, imm: u32) {
+        assert!(imm != 0, "modulo by zero");
+        self.insns.push(encode(op::ALU | op::MOD | op::K, dst, 0, 0, imm as i32));
+    }
+
+    /// `dst = htobe16(dst)`: the low 16 bits in network order, the rest zero.
+    pub fn to_be16(&mut self, dst: Reg) {
+        self.insns.push(encode(op::ALU | op::END | op::X, dst, 0, 0, 16));
     }
 
     /// `dst = imm` (64-bit, sign-extended)
@@ -161,8 +229,8 @@ impl Asm {
     }
 
     /// `dst = map` (a 64-bit immediate load the kernel rewrites into the map's address).
-    pub fn ld_map(&mut self, dst: Reg, map: &XskMap) {
-        let fd = map.fd.as_raw_fd();
+    pub fn ld_map(&mut self, dst: Reg, map: &impl AsFd) {
+        let fd = map.as_fd().as_raw_fd();
         self.insns.push(encode(op::LD | op::IMM | op::DW, dst, op::PSEUDO_MAP_FD, 0, fd));
         self.insns.push(0);
     }
@@ -227,6 +295,12 @@ impl Asm {
 pub enum XdpError {
     #[error("creating the XSKMAP: {0} (needs root or CAP_BPF)")]
     MapCreate(#[source] std::io::Error),
+    #[error("creating BPF map {name}: {source} (needs root or CAP_BPF)")]
+    ArrayCreate { name: &'static str, source: std::io::Error },
+    #[error("reading BPF map {name}: {source}")]
+    MapLookup { name: &'static str, source: std::io::Error },
+    #[error("running XDP program {program} on live frames on interface index {ifindex}: {source}")]
+    Run { program: &'static str, ifindex: u32, source: std::io::Error },
     #[error("loading XDP program {program}: {source}\nverifier log:\n{log}")]
     Load { program: &'static str, source: std::io::Error, log: String },
     #[error("adding the socket of queue {queue} to the XSKMAP: {source}")]
@@ -269,6 +343,60 @@ impl XskMap {
     }
 }
 
+impl AsFd for XskMap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A per-CPU array of `u64` values (BPF_MAP_TYPE_PERCPU_ARRAY): a program updates its own
+/// CPU's copy without atomics; userspace reads the sum over CPUs.
+#[derive(Debug)]
+pub struct PerCpuArray {
+    fd: OwnedFd,
+    name: &'static str,
+    entries: u32,
+    cpus: usize,
+}
+
+impl PerCpuArray {
+    pub fn new(name: &'static str, entries: u32) -> Result<PerCpuArray, XdpError> {
+        const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+        let fd = sys::map_create(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, entries.max(1), name)
+            .map_err(|source| XdpError::ArrayCreate { name, source })?;
+        Ok(PerCpuArray { fd, name, entries: entries.max(1), cpus: possible_cpus() })
+    }
+
+    /// The sum over CPUs of the value at `index`.
+    pub fn sum(&self, index: u32) -> Result<u64, XdpError> {
+        if index >= self.entries {
+            return Ok(0);
+        }
+        let mut values = vec![0u8; 8 * self.cpus];
+        sys::map_lookup(&self.fd, &index.to_ne_bytes(), &mut values)
+            .map_err(|source| XdpError::MapLookup { name: self.name, source })?;
+        Ok(values.chunks_exact(8).map(|v| u64::from_ne_bytes(v.try_into().unwrap_or([0; 8]))).sum())
+    }
+}
+
+impl AsFd for PerCpuArray {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// The number of possible CPUs (`/sys/devices/system/cpu/possible`, e.g. "0-3"): the number
+/// of copies a per-CPU map holds.
+fn possible_cpus() -> usize {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    let highest = text
+        .trim()
+        .split(',')
+        .filter_map(|range| range.rsplit('-').next()?.parse::<usize>().ok())
+        .max();
+    highest.map_or_else(|| std::thread::available_parallelism().map_or(1, usize::from), |h| h + 1)
+}
+
 /// A loaded XDP program (it holds a reference to its map).
 #[derive(Debug)]
 pub struct XdpProgram {
@@ -307,6 +435,22 @@ impl XdpProgram {
         let fd = sys::prog_load(BPF_PROG_TYPE_XDP, BPF_XDP, insns, "Dual MIT/GPL", name)
             .map_err(|(source, log)| XdpError::Load { program: name, source, log })?;
         Ok(XdpProgram { fd, name })
+    }
+
+    /// Runs the program `repeat` times on copies of `frame` as if they arrived on
+    /// `interface` (queue 0) and carries out its verdicts for real (BPF_PROG_RUN with
+    /// BPF_F_TEST_XDP_LIVE_FRAMES): an XDP_TX program transmits them there. `batch` frames are
+    /// processed per batch (at most 256). Keep the same program attached to the interface:
+    /// then a call does not wait for an RCU grace period (DESIGN.md).
+    pub fn run_live(
+        &self,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+        batch: u32,
+    ) -> Result<(), XdpError> {
+        sys::prog_run_live(&self.fd, frame, ifindex, repeat, batch)
+            .map_err(|source| XdpError::Run { program: self.name, ifindex, source })
     }
 
     /// Attaches the program to `interface` through a BPF link. Dropping the link, or the
