@@ -1,8 +1,17 @@
 //! podlane's benchmarks: shared fixtures for the criterion micro-benchmarks of the pipeline
-//! (`benches/`), the table memory report of `podlane-bench tables`, and the integration tests.
-//! `podlane-bench sync` times a control-protocol full sync (`sync`). The namespace/VM
-//! packet-rate harness is a later issue.
+//! (`benches/`), the table memory report of `podlane-bench tables`, the full-sync timing of
+//! `podlane-bench sync`, and the packet-rate harness `podlane-bench pps` (docs/bench.md):
+//! `topology` builds the node and its endpoints, `traffic` the frames and XDP programs,
+//! `endpoint` the generator/sink processes, `forward` the bare AF_XDP baseline, `cpu` the
+//! /proc/stat accounting, `pps` the trials and searches, `report` the table, JSON and SVG.
 
+pub mod cpu;
+pub mod endpoint;
 pub mod fixture;
+pub mod forward;
 pub mod memory;
+pub mod pps;
+pub mod report;
 pub mod sync;
+pub mod topology;
+pub mod traffic;

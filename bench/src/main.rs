@@ -1,11 +1,18 @@
-//! `podlane-bench`: measurements that are not criterion micro-benchmarks. Today: what the
-//! tables cost in memory at cluster scale (`podlane-bench tables`). The packet-rate harness on
-//! network namespaces and VMs arrives with its own issue.
+//! `podlane-bench`: measurements that are not criterion micro-benchmarks: packets per second,
+//! CPU and latency of podlane against the kernel's VXLAN (`pps`), what the tables cost in
+//! memory at cluster scale (`tables`) and how long a full sync takes (`sync`). `endpoint` and
+//! `forward` are the harness's own helper processes.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use podlane_bench::fixture::ClusterParams;
 use podlane_bench::memory;
+use podlane_bench::pps::{self, Progress};
+use podlane_bench::report::{self, Machine};
+use podlane_bench::topology::{Dataplane, Direction, Placement, Topology};
 
 #[derive(Parser, Debug)]
 #[command(name = "podlane-bench", version, about = "podlane measurements")]
@@ -14,8 +21,86 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args, Debug)]
+struct PpsArgs {
+    /// A smoke run in well under a minute: every direction and dataplane, 64-byte frames,
+    /// one flow, short trials, a coarse search. Explicit options still apply.
+    #[arg(long)]
+    quick: bool,
+    /// Dataplanes to compare [default: all].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    dataplanes: Vec<Dataplane>,
+    /// Directions [default: all].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    directions: Vec<Direction>,
+    /// Frame sizes in bytes, FCS included as in RFC 2544, 64–1518 [default: 64,128,512,1518].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(64..=1518))]
+    frame_sizes: Vec<u16>,
+    /// Number of flows (distinct UDP source ports) [default: 1,1024,65536].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=65536))]
+    flows: Vec<u32>,
+    /// Length of each trial [default: 1000; --quick: 150].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(20..=600_000))]
+    trial_ms: Option<u64>,
+    /// Steps of the zero-loss binary search at most [default: 8; --quick: 4].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=30))]
+    search_steps: Option<u32>,
+    /// Offered rate of the CPU-per-packet trial, packets per second.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1000..=100_000_000))]
+    cpu_rate: u64,
+    /// Core of the generators.
+    #[arg(long, default_value_t = 0)]
+    gen_core: usize,
+    /// Core of the dataplane's worker (podlane, bare forward) [default: the last core].
+    #[arg(long)]
+    dut_core: Option<usize>,
+    /// Print the log of each dataplane process (podlane-dataplane, the bare forwarder) after
+    /// its turn.
+    #[arg(long)]
+    show_logs: bool,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "pps.json")]
+    json: PathBuf,
+    /// Where to write the SVG chart.
+    #[arg(long, default_value = "pps.svg")]
+    svg: PathBuf,
+    /// Use this existing interface as the node's uplink instead of a veth (it is moved into
+    /// the benchmark's node namespace for the run, then back with its addresses). Needs
+    /// --remote.
+    #[arg(long, value_name = "INTERFACE", requires = "remote")]
+    uplink: Option<String>,
+    /// ssh target of the machine at the other end of --uplink; it runs `podlane-bench
+    /// endpoint` there (podlane-bench must be on its PATH; root login).
+    #[arg(long, value_name = "SSH_TARGET", requires = "uplink")]
+    remote: Option<String>,
+    /// The far end's interface [default: the --uplink name].
+    #[arg(long, value_name = "INTERFACE", requires = "remote")]
+    remote_interface: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Packets per second, CPU per packet and latency of podlane, the kernel's VXLAN and a bare
+    /// AF_XDP forward, side by side, on a node built in network namespaces (needs root).
+    Pps(Box<PpsArgs>),
+    /// (internal) A traffic generator/sink on one interface, driven over stdin/stdout.
+    #[command(hide = true)]
+    Endpoint {
+        #[arg(long)]
+        interface: String,
+        #[arg(long)]
+        core: Option<usize>,
+    },
+    /// (internal) The bare AF_XDP forward baseline.
+    #[command(hide = true)]
+    Forward {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        core: Option<usize>,
+    },
     /// Time a control-protocol full sync as the dataplane handles it: decode the frame's
     /// JSON, then build and publish the snapshot (defaults: 5,000 nodes, 100,000 endpoints).
     Sync {
@@ -59,9 +144,138 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// A progress bar on standard error when it is a terminal; result lines on standard output.
+struct Bar {
+    done: usize,
+    total: usize,
+    tty: bool,
+    current: String,
+}
+
+impl Bar {
+    fn draw(&self) {
+        if self.tty {
+            let width = 30;
+            let filled = (self.done * width).checked_div(self.total).unwrap_or(0).min(width);
+            eprint!(
+                "\r\x1b[K[{}{}] {}/{} {}",
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                self.done,
+                self.total,
+                self.current
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    fn clear(&self) {
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn trial(&mut self, what: &str) {
+        self.done += 1;
+        self.current = what.to_owned();
+        self.draw();
+    }
+
+    fn line(&mut self, text: &str) {
+        self.clear();
+        println!("{text}");
+        self.draw();
+    }
+}
+
+/// `given`, or `default` when the option was not given.
+fn or<T>(given: Vec<T>, default: Vec<T>) -> Vec<T> {
+    if given.is_empty() { default } else { given }
+}
+
+fn pps_command(args: PpsArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        control::netns::is_root(),
+        "podlane-bench pps builds network namespaces and attaches XDP programs: run it as root"
+    );
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let dut_core = args.dut_core.unwrap_or(cores - 1);
+    for (flag, core) in [("--gen-core", args.gen_core), ("--dut-core", dut_core)] {
+        anyhow::ensure!(core < cores, "{flag} {core}: this machine has cores 0 to {}", cores - 1);
+    }
+    let quick = args.quick;
+    let config = pps::Config {
+        dataplanes: or(
+            args.dataplanes,
+            vec![Dataplane::Kernel, Dataplane::Podlane, Dataplane::BareAfXdp],
+        ),
+        directions: or(args.directions, vec![Direction::Encap, Direction::Decap, Direction::Local]),
+        frame_sizes: or(
+            args.frame_sizes.into_iter().map(usize::from).collect(),
+            if quick { vec![64] } else { vec![64, 128, 512, 1518] },
+        ),
+        flows: or(args.flows, if quick { vec![1] } else { vec![1, 1024, 65536] }),
+        trial_ms: args.trial_ms.unwrap_or(if quick { 150 } else { 1000 }),
+        search_steps: args.search_steps.unwrap_or(if quick { 4 } else { 8 }),
+        resolution: 0.01,
+        cpu_rate_pps: args.cpu_rate as f64,
+        latency_fractions: vec![0.1, 0.5, 0.9],
+        gen_core: args.gen_core,
+        dut_core,
+        show_logs: args.show_logs,
+    };
+    dataplane::io::install_stop_handlers()?;
+    let machine = Machine::this();
+    println!(
+        "podlane-bench pps on {} CPUs ({}), Linux {}: generators on core {}, dataplane worker on core {}",
+        machine.cpus, machine.cpu_model, machine.kernel, config.gen_core, config.dut_core
+    );
+    let placement = Placement {
+        uplink: args.uplink,
+        remote: args.remote,
+        remote_interface: args.remote_interface,
+    };
+    let mut topology =
+        Topology::build(&placement, config.gen_core).context("building the benchmark's network")?;
+    let mut bar = Bar {
+        done: 0,
+        total: config.total_trials(),
+        tty: std::io::stderr().is_terminal(),
+        current: String::new(),
+    };
+    let result = pps::run(&mut topology, &config, &mut bar);
+    bar.clear();
+    drop(topology);
+    let rows = result?;
+    println!();
+    print!("{}", report::table(&rows));
+    println!(
+        "frame in/out: RFC 2544 sizes (FCS included) of the pod's frame and of the same frame on the underlay (VXLAN adds 50)"
+    );
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let doc = report::Report {
+        schema: 1,
+        command,
+        machine: machine.clone(),
+        config: &config,
+        rows: &rows,
+    };
+    std::fs::write(&args.json, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    std::fs::write(&args.svg, report::svg(&rows, &machine))
+        .with_context(|| format!("writing {}", args.svg.display()))?;
+    println!("results: {} and {}", args.json.display(), args.svg.display());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Pps(args) => pps_command(*args)?,
+        Command::Endpoint { interface, core } => podlane_bench::endpoint::serve(&interface, core)?,
+        Command::Forward { from, to, core } => podlane_bench::forward::run(&from, &to, core)?,
         Command::Sync { nodes, endpoints, rules, runs } => {
             let params = ClusterParams {
                 nodes: nodes as usize,
