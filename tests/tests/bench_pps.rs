@@ -1,0 +1,120 @@
+//! Smoke test of the packet-rate harness: `podlane-bench pps --quick` builds its namespaces,
+//! runs every dataplane (kernel VXLAN, podlane, bare AF_XDP forward) in every direction, and
+//! writes its table, JSON and SVG. It asserts that traffic flowed through each dataplane and
+//! that every documented field was produced, and that nothing is left behind. It asserts no
+//! rate or duration: those are the benchmark's to report, not a test's to judge.
+
+use std::process::Command;
+
+use podlane_tests::cluster::binary;
+use podlane_tests::{ScratchDir, require_root, require_tool};
+
+fn bench_namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("podlane-bench"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn quick_run_measures_every_dataplane_and_direction() {
+    if !require_root("quick_run_measures_every_dataplane_and_direction") {
+        return;
+    }
+    if require_tool("ethtool").is_none() {
+        return;
+    }
+    let dir = ScratchDir::new("bench-pps");
+    let (json, svg) = (dir.path().join("pps.json"), dir.path().join("pps.svg"));
+    let out = Command::new(binary("podlane-bench"))
+        .args(["pps", "--quick", "--json"])
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .expect("run podlane-bench pps");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "podlane-bench pps --quick failed:\n{stdout}\n{stderr}");
+    for needle in ["search  1:", "kernel vxlan", "podlane", "bare AF_XDP fwd", "0-loss Mpps"] {
+        assert!(stdout.contains(needle), "output lacks {needle:?}:\n{stdout}");
+    }
+
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
+            .expect("JSON parses");
+    assert_eq!(doc["schema"], 1);
+    for key in ["cpu_model", "cpus", "kernel"] {
+        assert!(!doc["machine"][key].is_null(), "machine.{key} missing");
+    }
+    let rows = doc["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 9, "3 dataplanes x 3 directions:\n{stdout}");
+    for row in rows {
+        let name = format!("{} {}", row["dataplane"], row["direction"]);
+        for key in [
+            "frame_size",
+            "outer_frame_size",
+            "flows",
+            "max_pps",
+            "max_offered_pps",
+            "zero_loss_pps",
+            "gbps_inner",
+            "gbps_outer",
+            "cpu_ns_per_packet",
+            "pps_per_busy_core",
+            "busy_cores",
+            "cpu_delivered_pps",
+        ] {
+            assert!(row[key].is_number(), "{name}: {key} is {}", row[key]);
+        }
+        assert_eq!(row["frame_size"], 64);
+        assert!(row["max_pps"].as_f64().unwrap() > 0.0, "{name}: no traffic went through");
+        let steps = row["search"].as_array().expect("search steps");
+        assert!(!steps.is_empty(), "{name}: no search step");
+        assert!(
+            steps.iter().any(|s| s["delivered"].as_u64().unwrap() > 0),
+            "{name}: nothing delivered"
+        );
+        let cores = row["cores"].as_array().expect("cores");
+        assert!(!cores.is_empty() && cores.iter().all(|c| c["busy"].is_number()), "{name}: cores");
+        let latency = row["latency"].as_array().expect("latency");
+        assert_eq!(latency.len(), 3, "{name}: latency at 10, 50 and 90 %");
+        for point in latency {
+            for key in ["fraction", "rate_pps", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"] {
+                assert!(point[key].is_number(), "{name}: latency.{key} missing");
+            }
+            assert!(point["samples"].as_u64().unwrap() > 0, "{name}: no latency samples");
+            assert!(
+                point["p50_ns"].as_u64() <= point["p99_ns"].as_u64(),
+                "{name}: percentiles out of order"
+            );
+        }
+        if row["dataplane"] != "kernel" {
+            assert!(row["max_vs_kernel"].is_number(), "{name}: no ratio to the kernel");
+        }
+    }
+
+    let chart = std::fs::read_to_string(&svg).expect("SVG written");
+    assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
+    assert!(chart.matches("<rect").count() > 9, "the chart has bars");
+
+    assert!(bench_namespaces().is_empty(), "namespaces left behind: {:?}", bench_namespaces());
+}
+
+#[test]
+fn bad_arguments_are_explained() {
+    let run =
+        |args: &[&str]| Command::new(binary("podlane-bench")).args(args).output().expect("run");
+    let out = run(&["pps", "--frame-sizes", "32"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64..=1518"), "{out:?}");
+    let out = run(&["pps", "--uplink", "eth9"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--remote"), "{out:?}");
+    let out = run(&["pps", "--directions", "sideways"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("encap"), "{out:?}");
+}
