@@ -230,9 +230,14 @@ fn path<'t>(
 
 /// Runs one trial at `rate` (None: flat out).
 fn trial(p: &mut Path<'_>, rate: Option<f64>, ms: u64) -> anyhow::Result<Trial> {
+    run_trial(p, rate, ms, false)
+}
+
+/// A trial; `fine` sends in small bursts (latency trials).
+fn run_trial(p: &mut Path<'_>, rate: Option<f64>, ms: u64, fine: bool) -> anyhow::Result<Trial> {
     let before = p.sink.count()?;
     let cpu_before = cpu::sample();
-    let reply = p.generator.call(&Request::Send { rate, duration_ms: ms })?;
+    let reply = p.generator.call(&Request::Send { rate, duration_ms: ms, fine })?;
     let cpu_after = cpu::sample();
     // Frames still in rings arrive within a few milliseconds.
     std::thread::sleep(Duration::from_millis(30));
@@ -359,7 +364,7 @@ fn measure(
             rate / 1e6
         ));
         p.sink.call(&Request::LatencyStart)?;
-        let t = trial(&mut p, Some(rate), ms);
+        let t = run_trial(&mut p, Some(rate), ms, true);
         let summary = match p.sink.call(&Request::LatencyStop)? {
             Reply::Latency(s) => s,
             other => anyhow::bail!("sink replied {other:?} to latency_stop"),

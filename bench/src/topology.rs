@@ -42,9 +42,12 @@ const POD1_MAC: [u8; 6] = [0x02, 0x70, 0x6c, 0x01, 0x00, 0x02];
 const POD2_MAC: [u8; 6] = [0x02, 0x70, 0x6c, 0x01, 0x00, 0x03];
 const LOCAL_NODE_IP: &str = "10.99.0.1";
 const LOCAL_REMOTE_IP: &str = "10.99.0.2";
-/// Pods get a 1500-byte MTU, so the underlay needs 1550 for VXLAN over IPv4.
-const POD_MTU: &str = "1500";
+/// The underlay carries 1518-byte frames (1500-byte packets) encapsulated: 1550 bytes of IP.
 const UNDERLAY_MTU: u32 = 1550;
+/// Pods get the underlay's MTU too, not 50 less: the bare forward hands the encapsulated
+/// decap frame to the pod unchanged, and a veth drops what exceeds its MTU. The generated
+/// frames are at most 1518 bytes, so nothing else changes.
+const POD_MTU: &str = "1550";
 pub const PROFILE: netns::KernelProfile = netns::FLANNEL;
 
 /// Which dataplane forwards.
@@ -276,7 +279,7 @@ impl Topology {
         };
         let remote_ip = remote.ipv4.context("the far endpoint's interface has no IPv4 address")?;
 
-        // Pods, wired as Calico wires them, with a 1500-byte MTU.
+        // Pods, wired as Calico wires them.
         for (pod, host_if, ip, mac) in
             [(&pod1_ns, "veth-p1", POD1_IP, POD1_MAC), (&pod2_ns, "veth-p2", POD2_IP, POD2_MAC)]
         {
