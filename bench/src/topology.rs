@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use control::netns::{self, Netns, RemoteNode};
+use dataplane::wire::MacAddr;
 
 use crate::endpoint::Client;
 use crate::traffic::Hop;
@@ -146,17 +147,12 @@ pub struct Topology {
 }
 
 fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let parts: Vec<&str> = text.split(':').collect();
-    anyhow::ensure!(parts.len() == 6, "not a MAC address: {text:?}");
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16).with_context(|| format!("not a MAC address: {text:?}"))?;
-    }
-    Ok(mac)
+    let mac: MacAddr = text.parse().with_context(|| format!("not a MAC address: {text:?}"))?;
+    Ok(mac.0)
 }
 
 pub fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    MacAddr(*mac).to_string()
 }
 
 /// Removes namespaces left by a benchmark that was killed (its process no longer exists).
