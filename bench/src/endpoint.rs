@@ -165,15 +165,10 @@ pub fn serve(interface: &str, core: Option<usize>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The first IPv4 address of `interface` (from `ip -4 -o addr`), to tell the harness.
+/// The first IPv4 address of `interface`, to tell the harness.
 fn ipv4_of(interface: &str) -> Option<std::net::Ipv4Addr> {
-    let out = std::process::Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "dev", interface])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let word = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
-    word.split('/').next()?.parse().ok()
+    let addresses = crate::topology::ipv4_and_prefix(None, interface).ok()?;
+    addresses.first()?.split('/').next()?.parse().ok()
 }
 
 impl Endpoint {

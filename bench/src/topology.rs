@@ -188,7 +188,8 @@ fn local_endpoint(ns: &Netns, interface: &str, core: usize) -> anyhow::Result<Cl
     Client::start(&format!("{}:{interface}", ns.name()), cmd, true)
 }
 
-fn ipv4_and_prefix(ns: Option<&Netns>, interface: &str) -> anyhow::Result<Vec<String>> {
+/// The IPv4 addresses of `interface` as `ADDRESS/PREFIX` (from `ip -4 -o addr`).
+pub fn ipv4_and_prefix(ns: Option<&Netns>, interface: &str) -> anyhow::Result<Vec<String>> {
     let mut cmd = Command::new("ip");
     if let Some(ns) = ns {
         cmd.args(["-n", ns.name()]);
