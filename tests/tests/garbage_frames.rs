@@ -1,6 +1,10 @@
 //! Bad input on a live daemon: 20,000 frames of garbage written into a pod interface (a TAP
 //! device standing in for a pod's veth, so the test can put any bytes on it) are each a
 //! counted drop, the daemon does not fall over, and the real pods beside it keep forwarding.
+//!
+//! "Counted" covers both places a frame can be dropped: the pipeline's drop reasons for what
+//! reached the socket, and the kernel's socket counter (`rx_dropped`, fill ring empty) for what
+//! arrived while the worker was not scheduled — on a 2-core machine the writer can outrun it.
 
 use podlane_tests::cluster::{self, Daemon, Pod};
 use podlane_tests::{Netns, ScratchDir, require_root};
@@ -77,6 +81,10 @@ fn garbage_frames_are_counted_drops() {
         if i % 5_000 == 0 {
             assert_eq!(p1.ping(&p2.ip, 1), 1, "forwarding between real pods during the garbage");
         }
+        if i % 256 == 255 {
+            // Give the worker a turn now and then, so most frames reach the parsers.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
     assert!(written > 19_000, "only {written} garbage frames written");
     assert_eq!(p1.ping(&p2.ip, 3), 3, "forwarding after the garbage:\n{}", daemon.log());
@@ -95,6 +103,12 @@ fn garbage_frames_are_counted_drops() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{tap_line}"));
+    let kernel_dropped: u64 = tap_line
+        .split("kernel rx_dropped ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{tap_line}"));
     let summary = log.lines().find(|l| l.contains("worker 0: rx ")).expect("worker summary");
     let dropped: u64 = summary
         .split(" drop ")
@@ -103,7 +117,11 @@ fn garbage_frames_are_counted_drops() {
         .and_then(|n| n.trim_end_matches(';').parse().ok())
         .unwrap_or_else(|| panic!("{summary}"));
     eprintln!("{written} written, {received} received on {tap_name}; {summary}");
-    assert!(received >= written * 9 / 10, "the TAP's socket got the frames: {tap_line}");
+    assert!(
+        received + kernel_dropped >= written,
+        "every frame written reached the socket or is in its kernel drop count: {tap_line}"
+    );
+    assert!(received >= 1_000, "the parsers saw the garbage: {tap_line}");
     assert!(dropped >= received, "every garbage frame is a counted drop: {summary}");
     for reason in ["unsupported_ethertype", "malformed_arp", "malformed_ipv4"] {
         assert!(summary.contains(reason), "{reason} among the reasons: {summary}");
