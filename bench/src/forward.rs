@@ -19,7 +19,12 @@ const BURST: u32 = 256;
 const FILL: u32 = 2048;
 
 /// Forwards `from` → `to` until asked to stop.
-pub fn run(from: &str, to: &str, core: Option<usize>) -> anyhow::Result<()> {
+pub fn run(
+    from: &str,
+    to: &str,
+    core: Option<usize>,
+    realtime_priority: Option<u8>,
+) -> anyhow::Result<()> {
     dataplane::io::install_stop_handlers()?;
     if let Some(core) = core {
         core_affinity::set_for_current(core_affinity::CoreId { id: core });
@@ -29,6 +34,10 @@ pub fn run(from: &str, to: &str, core: Option<usize>) -> anyhow::Result<()> {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         dataplane::io::request_stop();
     });
+    // After spawning the watcher, which would otherwise inherit the real-time policy.
+    if let Some(priority) = realtime_priority {
+        dataplane::io::set_realtime_priority(priority)?;
+    }
     let mut umem = Umem::new(UmemConfig::default())?;
     let rx = umem.open(from, 0, RingSizes::default(), BindPreference::Auto)?;
     let tx = umem.open(to, 0, RingSizes::default(), BindPreference::Auto)?;

@@ -54,6 +54,12 @@ struct PpsArgs {
     /// Core of the dataplane's worker (podlane, bare forward) [default: the last core].
     #[arg(long)]
     dut_core: Option<usize>,
+    /// SCHED_FIFO priority of the dataplane's worker (podlane, bare forward), 0 for ordinary
+    /// scheduling. The kernel's path runs in softirq, which no thread can preempt; this gives
+    /// the userspace workers the same footing against kernel threads on their core (here
+    /// DAMON's kdamond took the worker's core for 2-4 ms at a time).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=99))]
+    dut_priority: u8,
     /// Print the log of each dataplane process (podlane-dataplane, the bare forwarder) after
     /// its turn.
     #[arg(long)]
@@ -100,6 +106,9 @@ enum Command {
         to: String,
         #[arg(long)]
         core: Option<usize>,
+        /// SCHED_FIFO priority (1-99); default: ordinary scheduling.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+        realtime_priority: Option<u8>,
     },
     /// Time a control-protocol full sync as the dataplane handles it: decode the frame's
     /// JSON, then build and publish the snapshot (defaults: 5,000 nodes, 100,000 endpoints).
@@ -224,6 +233,7 @@ fn pps_command(args: PpsArgs) -> anyhow::Result<()> {
         latency_fractions: vec![0.1, 0.5, 0.9],
         gen_core: args.gen_core,
         dut_core,
+        dut_priority: (args.dut_priority > 0).then_some(args.dut_priority),
         show_logs: args.show_logs,
     };
     dataplane::io::install_stop_handlers()?;
@@ -275,7 +285,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Pps(args) => pps_command(*args)?,
         Command::Endpoint { interface, core } => podlane_bench::endpoint::serve(&interface, core)?,
-        Command::Forward { from, to, core } => podlane_bench::forward::run(&from, &to, core)?,
+        Command::Forward { from, to, core, realtime_priority } => {
+            podlane_bench::forward::run(&from, &to, core, realtime_priority)?
+        }
         Command::Sync { nodes, endpoints, rules, runs } => {
             let params = ClusterParams {
                 nodes: nodes as usize,

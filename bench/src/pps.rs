@@ -43,6 +43,8 @@ pub struct Config {
     pub latency_fractions: Vec<f64>,
     pub gen_core: usize,
     pub dut_core: usize,
+    /// SCHED_FIFO priority of the dataplane's worker; `None`: ordinary scheduling.
+    pub dut_priority: Option<u8>,
     /// Print each dataplane process's log after its turn.
     #[serde(skip)]
     pub show_logs: bool,
@@ -433,7 +435,13 @@ pub fn run(
                     if dataplane::io::stop_requested() {
                         anyhow::bail!("interrupted");
                     }
-                    let running = Running::start(topology, dataplane, direction, config.dut_core)?;
+                    let running = Running::start(
+                        topology,
+                        dataplane,
+                        direction,
+                        config.dut_core,
+                        config.dut_priority,
+                    )?;
                     let row =
                         measure(topology, config, dataplane, direction, size, flows, progress);
                     let log = running.stop();

@@ -423,14 +423,16 @@ pub fn bare_path(topology: &Topology, direction: Direction) -> (String, String) 
 }
 
 impl Running {
-    /// Starts `dataplane` in the node, its forwarding thread pinned to `core`, and waits until
-    /// it forwards.
+    /// Starts `dataplane` in the node, its forwarding thread pinned to `core` (under
+    /// SCHED_FIFO at `priority` if given), and waits until it forwards.
     pub fn start(
         topology: &Topology,
         dataplane: Dataplane,
         direction: Direction,
         core: usize,
+        priority: Option<u8>,
     ) -> anyhow::Result<Running> {
+        let priority = priority.map(|p| p.to_string());
         let log = topology.scratch.join(format!("{dataplane:?}.log"));
         let mut cmd = match dataplane {
             Dataplane::Kernel => return Ok(Running { child: None, log }),
@@ -440,12 +442,18 @@ impl Running {
                     .arg(&topology.tables)
                     .args(["--uplink", &topology.uplink, "--no-control-socket"])
                     .args(["--cores", &core.to_string(), "--log-level", "info"]);
+                if let Some(priority) = &priority {
+                    cmd.args(["--realtime-priority", priority]);
+                }
                 cmd
             }
             Dataplane::BareAfXdp => {
                 let (from, to) = bare_path(topology, direction);
                 let mut cmd = topology.node.command(this_binary()?);
                 cmd.args(["forward", "--from", &from, "--to", &to, "--core", &core.to_string()]);
+                if let Some(priority) = &priority {
+                    cmd.args(["--realtime-priority", priority]);
+                }
                 cmd
             }
         };

@@ -111,6 +111,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon still owned").id()
+    }
+
     /// The control socket.
     pub fn socket(&self) -> PathBuf {
         self.log.with_extension("sock")

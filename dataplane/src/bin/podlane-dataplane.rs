@@ -112,6 +112,12 @@ struct Cli {
     /// How idle workers wait.
     #[arg(long, value_enum, default_value = "event")]
     poll: PollArg,
+    /// Run the workers under SCHED_FIFO at this priority (1-99), so that other threads and
+    /// kernel threads on their cores wait instead of taking a core for milliseconds while
+    /// the rings overflow. Event mode only: a spinning real-time worker would starve its
+    /// core. Needs CAP_SYS_NICE. Default: ordinary scheduling.
+    #[arg(long, value_name = "PRIORITY", value_parser = clap::value_parser!(u8).range(1..=99))]
+    realtime_priority: Option<u8>,
     /// UMEM chunks (2 KiB each) per worker.
     #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1024..=1 << 20))]
     umem_chunks: u32,
@@ -155,6 +161,13 @@ fn main() -> ExitCode {
         eprintln!("podlane-dataplane: --uplink IFACE is required to forward");
         return ExitCode::from(2);
     };
+    if cli.realtime_priority.is_some() && matches!(cli.poll, PollArg::Spin) {
+        eprintln!(
+            "podlane-dataplane: --realtime-priority with --poll spin would let the workers \
+             starve everything else on their cores; use --poll event (the default) with it"
+        );
+        return ExitCode::from(2);
+    }
     let (vni, port) = match cli.profile {
         Profile::Flannel => (1, 8472),
         Profile::Calico => (4096, 4789),
@@ -187,6 +200,7 @@ fn main() -> ExitCode {
             PollArg::Event => PollMode::Event,
             PollArg::Spin => PollMode::Spin,
         },
+        realtime_priority: cli.realtime_priority,
         umem_chunks: cli.umem_chunks,
         tables: cli.tables,
         stats_interval: Duration::from_secs(cli.stats_interval.max(1)),

@@ -62,6 +62,8 @@ pub struct DaemonConfig {
     pub xdp_mode: XdpModeChoice,
     pub bind: BindPreference,
     pub poll_mode: PollMode,
+    /// SCHED_FIFO priority of the workers (1–99); `None`: ordinary scheduling.
+    pub realtime_priority: Option<u8>,
     /// UMEM chunks per worker.
     pub umem_chunks: u32,
     /// Initial tables; without them the daemon forwards nothing until the control process
@@ -316,9 +318,16 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         let core = config.cores.get(index).map(|&id| {
             core_ids.iter().copied().find(|c| c.id == id).unwrap_or(core_affinity::CoreId { id })
         });
-        let handle =
-            worker::spawn(index, core, shared.clone(), uplink_map.clone(), wakee, ready_tx.clone())
-                .map_err(|e| DaemonError::Setup(format!("starting worker {index}: {e}")))?;
+        let handle = worker::spawn(
+            index,
+            core,
+            config.realtime_priority,
+            shared.clone(),
+            uplink_map.clone(),
+            wakee,
+            ready_tx.clone(),
+        )
+        .map_err(|e| DaemonError::Setup(format!("starting worker {index}: {e}")))?;
         handles.push(handle);
     }
     drop(ready_tx);

@@ -719,10 +719,12 @@ impl Worker {
     }
 }
 
-/// Spawns worker `index` pinned to `core`; reports startup success or failure on `ready`.
+/// Spawns worker `index` pinned to `core` (under SCHED_FIFO at `realtime_priority` if
+/// given); reports startup success or failure on `ready`.
 pub(super) fn spawn(
     index: usize,
     core: Option<core_affinity::CoreId>,
+    realtime_priority: Option<u8>,
     shared: Arc<Shared>,
     uplink_map: Arc<XskMap>,
     wakee: UnixDatagram,
@@ -732,6 +734,14 @@ pub(super) fn spawn(
         if let Some(core) = core {
             if !core_affinity::set_for_current(core) {
                 tracing::warn!(worker = index, core = core.id, "could not pin to core");
+            }
+        }
+        if let Some(priority) = realtime_priority {
+            // Asked for explicitly: a worker that silently ran without it would lose frames
+            // whenever something else takes its core, so this is a startup error.
+            if let Err(e) = io::set_realtime_priority(priority) {
+                let _ = ready.send(Err(format!("worker {index}: {e}")));
+                return;
             }
         }
         match Worker::start(index, shared, &uplink_map, wakee) {

@@ -70,6 +70,23 @@ pub fn request_stop() {
     sys::request_stop()
 }
 
+/// Runs the calling thread under SCHED_FIFO at `priority` (1–99), so that ordinary threads
+/// and kernel threads on its core wait for it instead of taking the core for milliseconds.
+/// A poll-mode thread that sleeps when idle gives the core back; one that spins would starve
+/// it. Needs CAP_SYS_NICE.
+pub fn set_realtime_priority(priority: u8) -> io::Result<()> {
+    if !(1..=99).contains(&priority) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("real-time priority {priority} is outside 1-99"),
+        ));
+    }
+    sys::set_fifo_priority(i32::from(priority)).map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::EPERM) { " (needs CAP_SYS_NICE)" } else { "" };
+        io::Error::new(e.kind(), format!("SCHED_FIFO priority {priority}: {e}{hint}"))
+    })
+}
+
 /// What `poll(2)` reported for one descriptor.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Readiness {

@@ -721,3 +721,12 @@ pub(super) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(i32, u32, u32)
     let (cred, _) = getsockopt::<libc::ucred>(fd, libc::SOL_SOCKET, libc::SO_PEERCRED)?;
     Ok((cred.pid, cred.uid, cred.gid))
 }
+
+/// Puts the calling thread under SCHED_FIFO at `priority` (1–99).
+pub(super) fn set_fifo_priority(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: `param` is a valid, initialised sched_param that outlives the call; pid 0 names
+    // the calling thread, so no other thread's state is touched.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
