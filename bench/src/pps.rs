@@ -13,7 +13,7 @@
 //!    runs in the generator's own system call, so a dataplane too slow for the rate holds the
 //!    generator back instead of dropping.
 //! 3. **CPU at a fixed rate** (default 1 Mpps offered): nanoseconds of CPU, all cores, per
-//!    delivered packet, less the generator's userspace time (its pacing loop). What remains
+//!    delivered packet, less the CPU of the generator's pacing loop. What remains
 //!    of the harness is the generator's in-kernel frame production and the sink's XDP drop,
 //!    the same for every dataplane.
 //! 4. **latency** at 10, 50 and 90 % of the zero-loss rate: one-way, from the generator's XDP
@@ -79,15 +79,15 @@ pub struct Trial {
     pub lost: u64,
     #[serde(skip)]
     pub cores: Vec<CoreUse>,
-    /// The generator's userspace time, when it ran on this machine.
+    /// CPU of the generator's pacing loop, when it ran on this machine.
     #[serde(skip)]
-    pub generator_user_ns: u64,
+    pub generator_pacing_ns: u64,
 }
 
 impl Trial {
     /// Busy CPU time of all cores less the generator's pacing loop.
     fn dataplane_busy_ns(&self) -> u64 {
-        self.cores.iter().map(|c| c.busy_ns).sum::<u64>().saturating_sub(self.generator_user_ns)
+        self.cores.iter().map(|c| c.busy_ns).sum::<u64>().saturating_sub(self.generator_pacing_ns)
     }
 
     fn passes(&self) -> bool {
@@ -244,7 +244,7 @@ fn run_trial(p: &mut Path<'_>, rate: Option<f64>, ms: u64, fine: bool) -> anyhow
     // Frames still in rings arrive within a few milliseconds.
     std::thread::sleep(Duration::from_millis(30));
     let delivered = p.sink.count()?.saturating_sub(before);
-    let Reply::Sent { frames: sent, elapsed_ns, user_ns } = reply else {
+    let Reply::Sent { frames: sent, elapsed_ns, pacing_ns } = reply else {
         anyhow::bail!("generator replied {reply:?} to send");
     };
     let seconds = elapsed_ns.max(1) as f64 / 1e9;
@@ -257,7 +257,7 @@ fn run_trial(p: &mut Path<'_>, rate: Option<f64>, ms: u64, fine: bool) -> anyhow
         delivered_pps: delivered as f64 / seconds,
         lost: sent.saturating_sub(delivered),
         cores: cpu::between(&cpu_before, &cpu_after),
-        generator_user_ns: if p.generator.local { user_ns } else { 0 },
+        generator_pacing_ns: if p.generator.local { pacing_ns } else { 0 },
     })
 }
 

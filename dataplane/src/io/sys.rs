@@ -722,6 +722,19 @@ pub(super) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(i32, u32, u32)
     Ok((cred.pid, cred.uid, cred.gid))
 }
 
+/// CPU time the calling thread has used, user and system, in nanoseconds
+/// (CLOCK_THREAD_CPUTIME_ID: the scheduler's exact runtime, not tick samples).
+pub(super) fn thread_cpu_ns() -> io::Result<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec that outlives the call; the kernel writes
+    // only into it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
 /// Puts the calling thread under SCHED_FIFO at `priority` (1–99).
 pub(super) fn set_fifo_priority(priority: i32) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: priority };
