@@ -89,6 +89,15 @@ enum Command {
     /// Packets per second, CPU per packet and latency of podlane, the kernel's VXLAN and a bare
     /// AF_XDP forward, side by side, on a node built in network namespaces (needs root).
     Pps(Box<PpsArgs>),
+    /// Prints the table of a JSON file written by `pps` and, with --svg, draws its chart again
+    /// (for results copied back from VMs, or a chart lost).
+    Report {
+        /// The JSON results.
+        json: PathBuf,
+        /// Where to write the SVG chart.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// (internal) A traffic generator/sink on one interface, driven over stdin/stdout.
     #[command(hide = true)]
     Endpoint {
@@ -284,6 +293,20 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Pps(args) => pps_command(*args)?,
+        Command::Report { json, svg } => {
+            let saved = report::Saved::read(&json)?;
+            let mut text = format!("{}\n{}", saved.command, report::table(&saved.rows));
+            if let Some(svg) = svg {
+                std::fs::write(&svg, report::svg(&saved.rows, &saved.machine))
+                    .with_context(|| format!("writing {}", svg.display()))?;
+                text += &format!("chart: {}\n", svg.display());
+            }
+            // Piped into `head`, a closed pipe ends the output, not the program with a panic.
+            match std::io::stdout().lock().write_all(text.as_bytes()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.context("writing the table")?,
+            }
+        }
         Command::Endpoint { interface, core } => podlane_bench::endpoint::serve(&interface, core)?,
         Command::Forward { from, to, core, realtime_priority } => {
             podlane_bench::forward::run(&from, &to, core, realtime_priority)?

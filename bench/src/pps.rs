@@ -21,7 +21,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cpu::{self, CoreUse};
 use crate::endpoint::{Client, LatencySummary, Reply, Request};
@@ -97,7 +97,7 @@ impl Trial {
 }
 
 /// A step of the zero-loss search, as printed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     pub rate_pps: f64,
     pub offered_pps: f64,
@@ -108,7 +108,7 @@ pub struct Step {
 }
 
 /// Latency at one offered rate.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LatencyPoint {
     pub fraction: f64,
     pub rate_pps: f64,
@@ -117,7 +117,7 @@ pub struct LatencyPoint {
 }
 
 /// One core's busy share in the maximum trial.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CoreShare {
     pub core: usize,
     pub busy: f64,
@@ -127,7 +127,7 @@ pub struct CoreShare {
 }
 
 /// One row of the results: a dataplane in one cell.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     pub dataplane: Dataplane,
     pub direction: Direction,

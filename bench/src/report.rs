@@ -4,13 +4,13 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::pps::{Config, Row};
 use crate::topology::Dataplane;
 
 /// The machine the numbers come from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub cpu_model: String,
     pub cpus: usize,
@@ -53,6 +53,33 @@ pub struct Report<'a> {
     pub machine: Machine,
     pub config: &'a Config,
     pub rows: &'a [Row],
+}
+
+/// A JSON document read back (`podlane-bench report`): what the table and chart need.
+#[derive(Debug, Deserialize)]
+pub struct Saved {
+    pub schema: u32,
+    pub command: String,
+    pub machine: Machine,
+    pub rows: Vec<Row>,
+}
+
+impl Saved {
+    pub fn read(path: &std::path::Path) -> anyhow::Result<Saved> {
+        use anyhow::Context as _;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let saved: Saved = serde_json::from_str(&text).with_context(|| {
+            format!("{} is not the JSON that podlane-bench pps writes", path.display())
+        })?;
+        anyhow::ensure!(
+            saved.schema == 1,
+            "{}: schema {} is not the one this podlane-bench reads (1)",
+            path.display(),
+            saved.schema
+        );
+        Ok(saved)
+    }
 }
 
 fn mpps(pps: f64) -> String {
@@ -175,7 +202,7 @@ fn panel(
         );
     }
     let group = width / cells.len().max(1) as f64;
-    for (g, (key, members)) in cells.iter().enumerate() {
+    for (g, (_, members)) in cells.iter().enumerate() {
         let bar = (group * 0.8) / members.len().max(1) as f64;
         for (b, r) in members.iter().enumerate() {
             let x = left + g as f64 * group + group * 0.1 + b as f64 * bar;
@@ -200,11 +227,20 @@ fn panel(
                 }
             }
         }
+        // Three short lines: one line per cell overlapped its neighbours with 12 cells.
+        let first = members[0];
+        let flows = match first.flows {
+            1 => "1 flow".to_owned(),
+            n if n % 1024 == 0 => format!("{}k flows", n / 1024),
+            n => format!("{n} flows"),
+        };
+        let direction = format!("{:?}", first.direction).to_lowercase();
+        let x = left + g as f64 * group + group / 2.0;
         let _ = writeln!(
             svg,
-            r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">{key}</text>"#,
-            left + g as f64 * group + group / 2.0,
-            base + 14.0
+            r#"<text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle"><tspan x="{x:.1}">{direction}</tspan><tspan x="{x:.1}" dy="12">{} B</tspan><tspan x="{x:.1}" dy="12">{flows}</tspan></text>"#,
+            base + 14.0,
+            first.frame_size
         );
     }
 }
@@ -215,7 +251,7 @@ pub fn svg(rows: &[Row], machine: &Machine) -> String {
     let mut svg = String::new();
     let _ = writeln!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="960" height="920" font-family="sans-serif">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="960" height="960" font-family="sans-serif">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
@@ -245,7 +281,7 @@ pub fn svg(rows: &[Row], machine: &Machine) -> String {
         }),
     ] {
         panel(&mut svg, y, title, unit, rows, value);
-        y += 280.0;
+        y += 295.0;
     }
     let mut x = 20.0;
     for d in [Dataplane::Kernel, Dataplane::Podlane, Dataplane::BareAfXdp] {

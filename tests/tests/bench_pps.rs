@@ -101,6 +101,29 @@ fn quick_run_measures_every_dataplane_and_direction() {
     assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
     assert!(chart.matches("<rect").count() > 9, "the chart has bars");
 
+    // `report` reads the JSON back: the same table, the same chart.
+    let redrawn = dir.path().join("again.svg");
+    let out = Command::new(binary("podlane-bench"))
+        .arg("report")
+        .arg(&json)
+        .arg("--svg")
+        .arg(&redrawn)
+        .output()
+        .expect("run podlane-bench report");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "podlane-bench report failed: {out:?}");
+    let table = |text: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("encap ") || l.starts_with("decap ") || l.starts_with("local ")
+            })
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(table(&report), table(&stdout), "report's table differs from the run's");
+    assert_eq!(table(&report).len(), 9);
+    assert_eq!(std::fs::read_to_string(&redrawn).expect("chart redrawn"), chart);
+
     assert!(bench_namespaces().is_empty(), "namespaces left behind: {:?}", bench_namespaces());
 }
 
@@ -117,4 +140,16 @@ fn bad_arguments_are_explained() {
     let out = run(&["pps", "--directions", "sideways"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("encap"), "{out:?}");
+
+    let dir = ScratchDir::new("bench-report");
+    let not_results = dir.path().join("cluster.json");
+    std::fs::write(&not_results, "{\"nodes\": []}").expect("write");
+    let out = Command::new(binary("podlane-bench"))
+        .arg("report")
+        .arg(&not_results)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not the JSON that podlane-bench pps writes"), "{stderr}");
 }
