@@ -339,3 +339,43 @@ pub fn xdp_attached(ns: &Netns) -> Vec<String> {
         .map(|l| l.split(": ").nth(1).unwrap_or(l).split('@').next().unwrap_or_default().to_owned())
         .collect()
 }
+
+/// The single-node set-up of several tests: `node-a` (namespace `<tag>node`, its uplink
+/// `uplink` at 192.168.`subnet`.1) with an underlay peer `node-b` (`<tag>peer`, .2) and two
+/// local pods, p1 (10.244.1.2) and p2 (10.244.1.3). Fields drop pods first, as locals would.
+#[derive(Debug)]
+pub struct OneNode {
+    pub p1: Pod,
+    pub p2: Pod,
+    pub peer: Netns,
+    pub node: Netns,
+    pub dir: crate::ScratchDir,
+    subnet: u8,
+}
+
+impl OneNode {
+    pub fn new(tag: &str, subnet: u8) -> OneNode {
+        let dir = crate::ScratchDir::new(tag);
+        let node = Netns::new(&format!("{tag}node"));
+        let peer = Netns::new(&format!("{tag}peer"));
+        let (node_ip, peer_ip) = (format!("192.168.{subnet}.1"), format!("192.168.{subnet}.2"));
+        underlay(&node, "uplink", &node_ip, &peer, "eth0", &peer_ip);
+        let p1 = Pod::new(&node, "p1", "veth-p1", "10.244.1.2", "0a:58:0a:f4:01:02");
+        let p2 = Pod::new(&node, "p2", "veth-p2", "10.244.1.3", "0a:58:0a:f4:01:03");
+        OneNode { p1, p2, peer, node, dir, subnet }
+    }
+
+    /// Writes node-a's tables (both nodes, p1, p2 and `more` pods) and returns their path.
+    pub fn write_tables(&self, more: &[&Pod]) -> PathBuf {
+        let underlay_ip = |host: u8| format!("192.168.{}.{host}", self.subnet);
+        let nodes = [
+            node_json("node-a", &underlay_ip(1), "0a:aa:00:00:00:01", "10.244.1.0/24"),
+            node_json("node-b", &underlay_ip(2), "0a:bb:00:00:00:01", "10.244.2.0/24"),
+        ];
+        let pods: Vec<&Pod> =
+            [&self.p1, &self.p2].into_iter().chain(more.iter().copied()).collect();
+        let path = self.dir.path().join("tables.json");
+        write_tables(&path, "node-a", &nodes, &pods);
+        path
+    }
+}

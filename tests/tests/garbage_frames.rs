@@ -6,8 +6,8 @@
 //! reached the socket, and the kernel's socket counter (`rx_dropped`, fill ring empty) for what
 //! arrived while the worker was not scheduled — on a 2-core machine the writer can outrun it.
 
-use podlane_tests::cluster::{self, Daemon, Pod};
-use podlane_tests::{Netns, ScratchDir, require_root};
+use podlane_tests::cluster::{Daemon, OneNode, Pod};
+use podlane_tests::{Netns, require_root};
 use tun_tap::{Iface, Mode};
 
 /// Deterministic garbage: lengths 14..=300 (a TAP refuses shorter writes), bytes from an
@@ -46,12 +46,8 @@ fn garbage_frames_are_counted_drops() {
     if !require_root("garbage_frames_are_counted_drops") {
         return;
     }
-    let dir = ScratchDir::new("garbage");
-    let node = Netns::new("gbnode");
-    let peer = Netns::new("gbpeer");
-    cluster::underlay(&node, "uplink", "192.168.83.1", &peer, "eth0", "192.168.83.2");
-    let p1 = Pod::new(&node, "p1", "veth-p1", "10.244.1.2", "0a:58:0a:f4:01:02");
-    let p2 = Pod::new(&node, "p2", "veth-p2", "10.244.1.3", "0a:58:0a:f4:01:03");
+    let one = OneNode::new("gb", 83);
+    let (node, dir, p1, p2) = (&one.node, &one.dir, &one.p1, &one.p2);
     let tap = Iface::without_packet_info("pltap%d", Mode::Tap).expect("create TAP device");
     let tap_name = tap.name().to_owned();
     podlane_tests::run("ip", &["link", "set", &tap_name, "netns", node.name()]);
@@ -63,13 +59,8 @@ fn garbage_frames_are_counted_drops() {
         mac: "0a:58:0a:f4:01:09".into(),
         host_if: tap_name.clone(),
     };
-    let nodes = [
-        cluster::node_json("node-a", "192.168.83.1", "0a:aa:00:00:00:01", "10.244.1.0/24"),
-        cluster::node_json("node-b", "192.168.83.2", "0a:bb:00:00:00:01", "10.244.2.0/24"),
-    ];
-    let tables = dir.path().join("tables.json");
-    cluster::write_tables(&tables, "node-a", &nodes, &[&p1, &p2, &tap_pod]);
-    let mut daemon = Daemon::start(&node, "uplink", &tables, dir.path().join("d.log"), &[]);
+    let tables = one.write_tables(&[&tap_pod]);
+    let mut daemon = Daemon::start(node, "uplink", &tables, dir.path().join("d.log"), &[]);
     daemon.wait_ready(3);
 
     let frames = garbage(20_000);

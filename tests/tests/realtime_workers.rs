@@ -1,8 +1,8 @@
 //! `--realtime-priority`: the workers, and only they, run under SCHED_FIFO at the priority
 //! asked for and still forward; the combination with spinning workers is refused.
 
-use podlane_tests::cluster::{self, Daemon, Pod, binary};
-use podlane_tests::{Netns, ScratchDir, require_root};
+use podlane_tests::cluster::{Daemon, OneNode, binary};
+use podlane_tests::require_root;
 
 /// (policy, priority) of a thread from /proc/PID/task/TID/stat: fields 41 and 40 after the
 /// command name, which is in parentheses and may contain spaces.
@@ -19,22 +19,13 @@ fn workers_run_under_sched_fifo_and_forward() {
     if !require_root("workers_run_under_sched_fifo_and_forward") {
         return;
     }
-    let dir = ScratchDir::new("realtime");
-    let node = Netns::new("rtnode");
-    let peer = Netns::new("rtpeer");
-    cluster::underlay(&node, "uplink", "192.168.84.1", &peer, "eth0", "192.168.84.2");
-    let p1 = Pod::new(&node, "p1", "veth-p1", "10.244.1.2", "0a:58:0a:f4:01:02");
-    let p2 = Pod::new(&node, "p2", "veth-p2", "10.244.1.3", "0a:58:0a:f4:01:03");
-    let nodes = [
-        cluster::node_json("node-a", "192.168.84.1", "0a:aa:00:00:00:01", "10.244.1.0/24"),
-        cluster::node_json("node-b", "192.168.84.2", "0a:bb:00:00:00:01", "10.244.2.0/24"),
-    ];
-    let tables = dir.path().join("tables.json");
-    cluster::write_tables(&tables, "node-a", &nodes, &[&p1, &p2]);
+    let one = OneNode::new("rt", 84);
+    let tables = one.write_tables(&[]);
     let extra = ["--cores", "0", "--realtime-priority", "7"];
-    let mut daemon = Daemon::start(&node, "uplink", &tables, dir.path().join("d.log"), &extra);
+    let log = one.dir.path().join("d.log");
+    let mut daemon = Daemon::start(&one.node, "uplink", &tables, log, &extra);
     daemon.wait_ready(2);
-    assert_eq!(p1.ping(&p2.ip, 3), 3, "forwarding under SCHED_FIFO:\n{}", daemon.log());
+    assert_eq!(one.p1.ping(&one.p2.ip, 3), 3, "forwarding under SCHED_FIFO:\n{}", daemon.log());
 
     let pid = daemon.pid();
     let mut workers = 0;
