@@ -116,7 +116,7 @@ pub struct LatencyPoint {
     pub summary: LatencySummary,
 }
 
-/// One core's busy share in the maximum trial.
+/// One core's busy share at the zero-loss rate (flat out when no rate passed).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CoreShare {
     pub core: usize,
