@@ -14,9 +14,9 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dataplane::engine::{Frame, Ingress, Pipeline, Verdict};
-use dataplane::table::{EndpointId, Snapshot};
 use podlane_bench::fixture::{self, ClusterParams};
+use podlane_core::engine::{Frame, Ingress, Pipeline, Verdict};
+use podlane_core::table::{EndpointId, Snapshot};
 
 /// (benchmark id, ingress, frames, the verdict every frame must get).
 type Case = (&'static str, Ingress, Vec<Vec<u8>>, fn(&Verdict) -> bool);
@@ -144,7 +144,7 @@ fn retarget_source(params: &ClusterParams, frame: &[u8], pod: usize) -> Vec<u8> 
     f[6..12].copy_from_slice(&fixture::local_pod_mac(pod).0);
     f[26..30].copy_from_slice(&fixture::pod_ip(params, 0, pod).octets());
     f[24..26].copy_from_slice(&[0, 0]);
-    let sum = !dataplane::wire::checksum::sum(0, &f[14..34]);
+    let sum = !podlane_core::wire::checksum::sum(0, &f[14..34]);
     f[24..26].copy_from_slice(&sum.to_be_bytes());
     f
 }

@@ -7,8 +7,8 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use dataplane::table::{CompiledPolicy, L4, PortProtocol, Snapshot};
 use podlane_bench::fixture::{self, ClusterParams, Rng};
+use podlane_core::table::{CompiledPolicy, L4, PortProtocol, Snapshot};
 
 const LOOKUPS: usize = 1024;
 

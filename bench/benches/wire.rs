@@ -1,4 +1,4 @@
-//! Hand-written header access (`dataplane::wire`) against etherparse, on the work the hot path
+//! Hand-written header access (`podlane_core::wire`) against etherparse, on the work the hot path
 //! does per frame: parsing a VXLAN frame down to the inner ports (decap), and writing the 50
 //! bytes of outer headers (encap). This is the measurement behind writing our own views
 //! instead of calling etherparse on the hot path; etherparse stays as the tests' independent
@@ -9,8 +9,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dataplane::wire::{EtherType, EthernetFrame, IpProtocol, Ipv4Packet, UdpPacket, VxlanPacket};
 use podlane_bench::fixture::{self, ClusterParams};
+use podlane_core::wire::{
+    EtherType, EthernetFrame, IpProtocol, Ipv4Packet, UdpPacket, VxlanPacket,
+};
 
 /// Our views: outer Ethernet/IPv4/UDP/VXLAN, inner Ethernet/IPv4/UDP ports.
 fn parse_podlane(frame: &[u8]) -> Option<(u32, u16)> {

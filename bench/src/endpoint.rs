@@ -185,7 +185,7 @@ pub fn serve(interface: &str, core: Option<usize>) -> anyhow::Result<()> {
 
 /// The first IPv4 address of `interface`, to tell the harness.
 fn ipv4_of(interface: &str) -> Option<std::net::Ipv4Addr> {
-    let addresses = crate::topology::ipv4_and_prefix(None, interface).ok()?;
+    let addresses = testbed::netns::ipv4_addresses(None, interface).ok()?;
     addresses.first()?.split('/').next()?.parse().ok()
 }
 

@@ -5,16 +5,16 @@
 //! Layout: node `i` (0 is the local node) has underlay 172.16.x.y = 172.16.0.0 + i + 1 and
 //! owns `blocks_per_node` Calico-style /26 blocks from 10.0.0.0/8; local pods take the first
 //! addresses of node 0's blocks. Frames are built with etherparse, an encoder independent of
-//! `dataplane::wire`.
+//! `podlane_core::wire`.
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use dataplane::engine::EngineConfig;
-use dataplane::table::{
+use etherparse::PacketBuilder;
+use podlane_core::engine::EngineConfig;
+use podlane_core::table::{
     Cidr, EndpointSpec, NodeSpec, PeerSpec, PolicySpec, PortProtocol, PortSpec, RuleSpec, TableSpec,
 };
-use dataplane::wire::MacAddr;
-use etherparse::PacketBuilder;
+use podlane_core::wire::MacAddr;
 
 /// The size of a synthetic cluster.
 #[derive(Debug, Clone)]

@@ -215,7 +215,7 @@ fn or<T>(given: Vec<T>, default: Vec<T>) -> Vec<T> {
 
 fn pps_command(args: PpsArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        control::netns::is_root(),
+        testbed::is_root(),
         "podlane-bench pps builds network namespaces and attaches XDP programs: run it as root"
     );
     let cores = std::thread::available_parallelism().map_or(1, usize::from);

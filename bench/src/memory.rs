@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use dataplane::table::{Snapshot, TableSpec};
+use podlane_core::table::{Snapshot, TableSpec};
 
 use crate::fixture::{self, ClusterParams};
 
@@ -40,7 +40,7 @@ pub struct TableMemory {
 }
 
 /// Generates the cluster's tables, builds the snapshot and measures both.
-pub fn measure(params: &ClusterParams) -> Result<TableMemory, dataplane::table::TableError> {
+pub fn measure(params: &ClusterParams) -> Result<TableMemory, podlane_core::table::TableError> {
     let (rss_before_spec, _) = rss();
     let spec: TableSpec = fixture::cluster(params);
     let (rss_with_spec, _) = rss();

@@ -186,7 +186,7 @@ fn path<'t>(
     // gateway with its own gateway MAC (as Calico does); the kernel node with the host-side
     // veth's MAC (proxy ARP).
     let gateway_mac = match dataplane {
-        Dataplane::Podlane => dataplane::engine::EngineConfig::default().gateway_mac.0,
+        Dataplane::Podlane => podlane_core::engine::EngineConfig::default().gateway_mac.0,
         _ => t.host1_mac,
     };
     let to_gateway = |ip| Hop { mac: gateway_mac, ip };

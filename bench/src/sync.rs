@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use dataplane::api::{self, Request};
-use dataplane::table::{Snapshot, SnapshotCell, TableSpec};
+use podlane_core::api::{self, Request};
+use podlane_core::table::{Snapshot, SnapshotCell, TableSpec};
 
 use crate::fixture::{ClusterParams, full_sync};
 

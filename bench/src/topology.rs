@@ -24,12 +24,15 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::Context;
-use control::netns::{self, Netns, RemoteNode};
-use dataplane::wire::MacAddr;
+use podlane_core::wire::MacAddr;
+use testbed::kernel::{self, RemoteNode};
+use testbed::link::{self, LentNic};
+use testbed::podlane;
+use testbed::{Netns, Pod, Service};
 
 use crate::endpoint::Client;
 use crate::traffic::Hop;
@@ -48,8 +51,8 @@ const UNDERLAY_MTU: u32 = 1550;
 /// Pods get the underlay's MTU too, not 50 less: the bare forward hands the encapsulated
 /// decap frame to the pod unchanged, and a veth drops what exceeds its MTU. The generated
 /// frames are at most 1518 bytes, so nothing else changes.
-const POD_MTU: &str = "1550";
-pub const PROFILE: netns::KernelProfile = netns::FLANNEL;
+const POD_MTU: u32 = 1550;
+pub const PROFILE: kernel::KernelProfile = kernel::FLANNEL;
 
 /// Which dataplane forwards.
 #[derive(
@@ -120,29 +123,6 @@ pub struct Placement {
     pub remote_interface: Option<String>,
 }
 
-/// A real NIC moved into the node namespace; moved back with its addresses on drop.
-#[derive(Debug)]
-struct MovedNic {
-    name: String,
-    node: String,
-    addresses: Vec<String>,
-    mtu: u32,
-}
-
-impl Drop for MovedNic {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["-n", &self.node, "link", "set", &self.name, "netns", "1"])
-            .status();
-        for a in &self.addresses {
-            let _ = Command::new("ip").args(["addr", "add", a, "dev", &self.name]).status();
-        }
-        let _ = Command::new("ip")
-            .args(["link", "set", &self.name, "mtu", &self.mtu.to_string(), "up"])
-            .status();
-    }
-}
-
 /// The built network, its endpoints and what the dataplanes need to know.
 #[derive(Debug)]
 pub struct Topology {
@@ -150,9 +130,9 @@ pub struct Topology {
     pub pod1: Client,
     pub pod2: Client,
     pub remote: Client,
-    _nic: Option<MovedNic>,
+    _pods: (Pod, Pod),
+    _nic: Option<LentNic>,
     pub node: Netns,
-    _pods: (Netns, Netns),
     _remote_ns: Option<Netns>,
     pub uplink: String,
     pub node_ip: Ipv4Addr,
@@ -175,25 +155,11 @@ pub fn mac_string(mac: &[u8; 6]) -> String {
     MacAddr(*mac).to_string()
 }
 
-/// Removes namespaces left by a benchmark that was killed (its process no longer exists).
-fn remove_stale_namespaces() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(rest) = name.strip_prefix("podlane-bench") else { continue };
-        let pid = rest.split('-').rev().nth(1).and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
+/// A namespace of the benchmark, without IPv6: its router and neighbour solicitations would
+/// be stray frames at the sinks.
 fn namespace(tag: &str) -> anyhow::Result<Netns> {
     let ns = Netns::create(tag)?;
-    // No IPv6: its router and neighbour solicitations would be stray frames at the sinks.
-    for s in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"] {
-        ns.exec("sysctl", &["-qw", s])?;
-    }
+    ns.disable_ipv6()?;
     Ok(ns)
 }
 
@@ -208,29 +174,12 @@ fn local_endpoint(ns: &Netns, interface: &str, core: usize) -> anyhow::Result<Cl
     Client::start(&format!("{}:{interface}", ns.name()), cmd, true)
 }
 
-/// The IPv4 addresses of `interface` as `ADDRESS/PREFIX` (from `ip -4 -o addr`).
-pub fn ipv4_and_prefix(ns: Option<&Netns>, interface: &str) -> anyhow::Result<Vec<String>> {
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = ns {
-        cmd.args(["-n", ns.name()]);
-    }
-    let out = cmd.args(["-4", "-o", "addr", "show", "dev", interface]).output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let addrs: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1).map(str::to_owned))
-        .collect();
-    Ok(addrs)
-}
-
 impl Topology {
     /// Builds the network and starts the three endpoints (the generator ones pinned to
     /// `gen_core`).
     pub fn build(placement: &Placement, gen_core: usize) -> anyhow::Result<Topology> {
-        remove_stale_namespaces();
+        testbed::netns::remove_stale("bench");
         let node = namespace("bench-node")?;
-        let pod1_ns = namespace("bench-pod1")?;
-        let pod2_ns = namespace("bench-pod2")?;
         let scratch = std::env::temp_dir().join(format!("{}-files", node.name()));
         std::fs::create_dir_all(&scratch)?;
 
@@ -238,24 +187,23 @@ impl Topology {
         let (uplink, nic, remote_ns, remote, node_ip) = match &placement.uplink {
             None => {
                 let remote_ns = namespace("bench-remote")?;
-                netns::underlay(
+                link::underlay(
                     (&node, "up0", LOCAL_NODE_IP),
                     (&remote_ns, "up0r", LOCAL_REMOTE_IP),
                     1,
                 )?;
                 for (ns, dev) in [(&node, "up0"), (&remote_ns, "up0r")] {
-                    ns.ip(&["link", "set", dev, "mtu", &UNDERLAY_MTU.to_string()])?;
+                    link::set_mtu(ns, dev, UNDERLAY_MTU)?;
                 }
                 let remote = local_endpoint(&remote_ns, "up0r", gen_core)?;
                 ("up0".to_owned(), None, Some(remote_ns), remote, LOCAL_NODE_IP.parse()?)
             }
             Some(nic_name) => {
-                let addresses = ipv4_and_prefix(None, nic_name)?;
+                let addresses = testbed::netns::ipv4_addresses(None, nic_name)?;
                 let first = addresses.first().with_context(|| {
                     format!("--uplink {nic_name}: it has no IPv4 address; give it the node's underlay address first")
                 })?;
                 let node_ip: Ipv4Addr = first.split('/').next().unwrap_or_default().parse()?;
-                let mtu = dataplane::io::interface_mtu(nic_name)?;
                 let target = placement
                     .remote
                     .as_deref()
@@ -273,41 +221,28 @@ impl Topology {
                     &remote_if,
                 ]);
                 let remote = Client::start(&format!("{target}:{remote_if}"), cmd, false)?;
-                netns::run("ip", &["link", "set", nic_name, "netns", node.name()])?;
-                let moved = MovedNic {
-                    name: nic_name.clone(),
-                    node: node.name().to_owned(),
-                    addresses: addresses.clone(),
-                    mtu,
-                };
-                for a in &addresses {
-                    node.ip(&["addr", "add", a, "dev", nic_name])?;
-                }
-                node.ip(&[
-                    "link",
-                    "set",
-                    nic_name,
-                    "mtu",
-                    &UNDERLAY_MTU.max(mtu).to_string(),
-                    "up",
-                ])?;
-                (nic_name.clone(), Some(moved), None, remote, node_ip)
+                let lent = LentNic::lend(nic_name, &node, UNDERLAY_MTU)?;
+                (nic_name.clone(), Some(lent), None, remote, node_ip)
             }
         };
         let remote_ip = remote.ipv4.context("the far endpoint's interface has no IPv4 address")?;
 
         // Pods, wired as Calico wires them.
-        for (pod, host_if, ip, mac) in
-            [(&pod1_ns, "veth-p1", POD1_IP, POD1_MAC), (&pod2_ns, "veth-p2", POD2_IP, POD2_MAC)]
+        let mut pods = Vec::new();
+        for (name, host_if, ip, mac) in
+            [("pod1", "veth-p1", POD1_IP, POD1_MAC), ("pod2", "veth-p2", POD2_IP, POD2_MAC)]
         {
-            netns::wire_kernel_pod(&node, pod, host_if, &ip.to_string(), &mac_string(&mac))?;
-            pod.ip(&["link", "set", "eth0", "mtu", POD_MTU])?;
-            node.ip(&["link", "set", host_if, "mtu", POD_MTU])?;
+            let pod = kernel::wire_pod(&node, name, host_if, &ip.to_string(), &mac_string(&mac))?;
+            pod.ns.disable_ipv6()?;
+            link::set_mtu(&pod.ns, "eth0", POD_MTU)?;
+            link::set_mtu(&node, host_if, POD_MTU)?;
+            pods.push(pod);
         }
+        let (Some(pod2), Some(pod1)) = (pods.pop(), pods.pop()) else { unreachable!("two pods") };
 
         // The kernel dataplane, as Flannel programs it.
         let remote_ip_s = remote_ip.to_string();
-        netns::kernel_vxlan_node(
+        kernel::vxlan_node(
             &node,
             PROFILE,
             &uplink,
@@ -327,8 +262,7 @@ impl Topology {
             (remote_ip_s.clone(), mac_string(&remote.mac), uplink.clone()),
         ];
         for dev in ["veth-p1", "veth-p2", uplink.as_str()] {
-            node.exec("ethtool", &["-K", dev, "gro", "on"])
-                .context("ethtool -K gro on (apt-get install ethtool)")?;
+            link::set_features(&node, dev, &["gro", "on"])?;
         }
 
         // The same node for podlane.
@@ -337,15 +271,15 @@ impl Topology {
         let tables = scratch.join("tables.json");
         std::fs::write(&tables, tables_json(node_ip, remote_ip))?;
 
-        let pod1 = local_endpoint(&pod1_ns, "eth0", gen_core)?;
-        let pod2 = local_endpoint(&pod2_ns, "eth0", gen_core)?;
+        let pod1_endpoint = local_endpoint(&pod1.ns, "eth0", gen_core)?;
+        let pod2_endpoint = local_endpoint(&pod2.ns, "eth0", gen_core)?;
         let topology = Topology {
-            pod1,
-            pod2,
+            pod1: pod1_endpoint,
+            pod2: pod2_endpoint,
             remote,
+            _pods: (pod1, pod2),
             _nic: nic,
             node,
-            _pods: (pod1_ns, pod2_ns),
             _remote_ns: remote_ns,
             uplink,
             node_ip,
@@ -366,23 +300,9 @@ impl Topology {
     pub fn pin_neighbours(&self) -> anyhow::Result<Vec<String>> {
         let mut lost = Vec::new();
         for (ip, mac, dev) in &self.neighbours {
-            let out = Command::new("ip")
-                .args(["-n", self.node.name(), "neigh", "show", ip, "dev", dev])
-                .output()?;
-            if !String::from_utf8_lossy(&out.stdout).contains("PERMANENT") {
+            if !self.node.pin_neighbour(ip, mac, dev)? {
                 lost.push(format!("{ip} on {dev}"));
             }
-            self.node.ip(&[
-                "neigh",
-                "replace",
-                ip,
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ])?;
         }
         Ok(lost)
     }
@@ -422,15 +342,7 @@ fn tables_json(node_ip: Ipv4Addr, remote_ip: Ipv4Addr) -> String {
 /// A dataplane process running in the node (none for the kernel).
 #[derive(Debug)]
 pub struct Running {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-/// podlane-dataplane beside this binary (`target/release/`), else on PATH.
-fn dataplane_binary() -> PathBuf {
-    let sibling =
-        std::env::current_exe().ok().and_then(|p| Some(p.parent()?.join("podlane-dataplane")));
-    sibling.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("podlane-dataplane"))
+    service: Option<Service>,
 }
 
 /// The interfaces a bare forward reads from and writes to in `direction`.
@@ -454,105 +366,57 @@ impl Running {
     ) -> anyhow::Result<Running> {
         let priority = priority.map(|p| p.to_string());
         let log = topology.scratch.join(format!("{dataplane:?}.log"));
-        let mut cmd = match dataplane {
-            Dataplane::Kernel => return Ok(Running { child: None, log }),
+        let core = core.to_string();
+        let mut service = match dataplane {
+            Dataplane::Kernel => return Ok(Running { service: None }),
             Dataplane::Podlane => {
-                let mut cmd = topology.node.command(dataplane_binary());
-                cmd.arg("--tables")
-                    .arg(&topology.tables)
-                    .args(["--uplink", &topology.uplink, "--no-control-socket"])
-                    .args(["--cores", &core.to_string(), "--log-level", "info"]);
+                let mut args = vec!["--cores", &core, "--log-level", "info"];
                 if let Some(priority) = &priority {
-                    cmd.args(["--realtime-priority", priority]);
+                    args.extend(["--realtime-priority", priority]);
                 }
-                cmd
+                let daemon = podlane::Dataplane::with_tables(
+                    &topology.node,
+                    &topology.uplink,
+                    &topology.tables,
+                    &log,
+                    &args,
+                )?;
+                daemon.into_service()
             }
             Dataplane::BareAfXdp => {
                 let (from, to) = bare_path(topology, direction);
                 let mut cmd = topology.node.command(this_binary()?);
-                cmd.args(["forward", "--from", &from, "--to", &to, "--core", &core.to_string()]);
+                cmd.args(["forward", "--from", &from, "--to", &to, "--core", &core]);
                 if let Some(priority) = &priority {
                     cmd.args(["--realtime-priority", priority]);
                 }
-                cmd
+                Service::start("bare AF_XDP forward", cmd, &log)?
             }
         };
-        let file = std::fs::File::create(&log)?;
-        let child = cmd
-            .stdin(Stdio::piped())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {cmd:?}"))?;
-        let mut running = Running { child: Some(child), log };
         let needles: &[(&str, usize)] = match dataplane {
             Dataplane::Podlane => {
                 &[("forwarding", 1), ("pod interface attached", 2), ("next hop resolved", 1)]
             }
             _ => &[("ready", 1)],
         };
-        if let Err(e) = running.wait_for(needles) {
-            let neigh = Command::new("ip")
-                .args(["-n", topology.node.name(), "neigh", "show"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            let route = Command::new("ip")
-                .args(["-n", topology.node.name(), "route", "get", &topology.remote_ip.to_string()])
-                .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout).into_owned()
-                        + &String::from_utf8_lossy(&o.stderr)
-                })
-                .unwrap_or_default();
+        if let Err(e) = service.wait_for_all(needles, Duration::from_secs(15)) {
+            let neigh = topology.node.ip_output(&["neigh", "show"]).unwrap_or_default();
+            let route = topology
+                .node
+                .ip_output(&["route", "get", &topology.remote_ip.to_string()])
+                .unwrap_or_else(|e| e.to_string());
             return Err(e.context(format!(
                 "{} did not come up; neighbours:\n{neigh}route: {route}",
                 dataplane.label()
             )));
         }
-        Ok(running)
-    }
-
-    fn wait_for(&mut self, needles: &[(&str, usize)]) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if needles.iter().all(|(n, count)| text.matches(n).count() >= *count) {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    anyhow::bail!("it exited ({status}):\n{text}");
-                }
-            }
-            anyhow::ensure!(Instant::now() < deadline, "waited 15 s; its log:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Ok(Running { service: Some(service) })
     }
 
     /// Stops the process (SIGTERM, then SIGKILL after 10 s) and returns its log.
     pub fn stop(mut self) -> String {
-        self.terminate();
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn terminate(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.terminate();
+        let Some(mut service) = self.service.take() else { return String::new() };
+        let _ = service.stop();
+        service.log()
     }
 }

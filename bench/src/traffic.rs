@@ -102,7 +102,7 @@ fn push_ipv4_udp(
     out.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
     out.extend_from_slice(&src.octets());
     out.extend_from_slice(&dst.octets());
-    let sum = dataplane::wire::checksum::checksum(&out[ip_start..ip_start + 20]);
+    let sum = podlane_core::wire::checksum::checksum(&out[ip_start..ip_start + 20]);
     out[ip_start + 10..ip_start + 12].copy_from_slice(&sum.to_be_bytes());
     out.extend_from_slice(&sport.to_be_bytes());
     out.extend_from_slice(&dport.to_be_bytes());

@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use dataplane::api::{Query, Request, Response};
-use dataplane::table::TableSpec;
+use podlane_core::api::{Query, Request, Response};
+use podlane_core::table::TableSpec;
 
 use crate::client::Client;
 use crate::cluster::Cluster;

@@ -5,7 +5,7 @@ use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use dataplane::api::{self, PROTOCOL_VERSION, Request, Response};
+use podlane_core::api::{self, PROTOCOL_VERSION, Request, Response};
 
 /// The default socket path (the dataplane's `--control-socket` default).
 pub const DEFAULT_SOCKET: &str = "/run/podlane/dataplane.sock";

@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
 
-use dataplane::table::{
+use podlane_core::table::{
     Cidr, EndpointSpec, NodeSpec, PeerSpec, PolicySpec, PortProtocol, PortSpec, RuleSpec, TableSpec,
 };
-use dataplane::wire::MacAddr;
+use podlane_core::wire::MacAddr;
 use serde::Deserialize;
 
 /// The whole description.

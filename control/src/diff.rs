@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use dataplane::api::Update;
-use dataplane::table::TableSpec;
+use podlane_core::api::Update;
+use podlane_core::table::TableSpec;
 
 fn changes<T: Clone + PartialEq>(
     old: &[T],

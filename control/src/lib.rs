@@ -5,12 +5,12 @@
 //! * [`cluster`] — the cluster file (nodes, pods, namespaces, NetworkPolicies) and the
 //!   tables of one node computed from it.
 //! * [`diff`] — the minimal update between two sets of tables.
-//! * [`client`] — the control-socket client ([`dataplane::api`] is the protocol).
+//! * [`client`] — the control-socket client ([`podlane_core::api`] is the protocol).
 //! * [`agent`] — `podlane agent`: full sync, watch, incremental updates, reconnects.
 //! * [`show`] — `podlane show`: tables and counters for people.
-//! * [`netns`] — namespaces, veth underlays, pods and kernel-VXLAN nodes on one machine.
-//! * [`demo`] — `podlane demo`: a two-node cluster in network namespaces, end to end.
-//! * [`probe`] — TCP and UDP traffic with digests, for the demo and the tests.
+//! * [`signals`] — SIGINT/SIGTERM as a request to stop.
+//! * [`demo`] — `podlane demo`: a two-node cluster in network namespaces, end to end, built
+//!   with the `podlane-testbed` crate (the only part of this crate that uses it).
 
 pub mod agent;
 pub mod client;
@@ -18,13 +18,12 @@ pub mod cluster;
 pub mod demo;
 
 pub mod diff;
-pub mod netns;
-pub mod probe;
 pub mod show;
+pub mod signals;
 
 use std::path::Path;
 
-use dataplane::table::{Snapshot, TableSpec};
+use podlane_core::table::{Snapshot, TableSpec};
 
 /// Validates a tables file exactly as the dataplane will when it is pushed, and returns a
 /// summary of what it holds; the error names the file and the offending entry.

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use control::client::{Client, DEFAULT_SOCKET};
 use control::cluster::Cluster;
 use control::{agent, show};
-use dataplane::api::{Query, Request, Response};
-use dataplane::table::TableSpec;
+use podlane_core::api::{Query, Request, Response};
+use podlane_core::table::TableSpec;
 
 #[derive(Parser, Debug)]
 #[command(name = "podlane", version, about = "podlane control process and operator CLI")]
@@ -68,12 +68,6 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         dataplane: Option<PathBuf>,
     },
-    /// TCP/UDP traffic helper the demo runs inside pod namespaces (see control::probe).
-    #[command(hide = true)]
-    Probe {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
     /// Push tables once: a tables file (JSON), or a cluster file (YAML) with --node.
     Apply {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -86,9 +80,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Probe { args } = &cli.command {
-        return control::probe::run(args);
-    }
     let verbose = matches!(cli.command, Command::Agent { .. });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
@@ -113,16 +104,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Agent { cluster, node } => {
-            dataplane::io::install_stop_handlers()?;
+            let stop = control::signals::stop_on_signals()?;
             let config = agent::AgentConfig { cluster, node, socket: cli.socket };
-            agent::run(&config, dataplane::io::stop_requested)
+            agent::run(&config, || stop.requested())
         }
         Command::Demo { dataplane } => {
             let exe = std::env::current_exe()?;
             let dataplane = dataplane.unwrap_or_else(|| exe.with_file_name("podlane-dataplane"));
-            control::demo::run(&exe, &dataplane)
+            let stop = control::signals::stop_on_signals()?;
+            control::demo::run(&exe, &dataplane, &stop)
         }
-        Command::Probe { .. } => unreachable!("handled before logging is set up"),
         Command::Show { what, output } => {
             let mut client = Client::connect(&cli.socket, "podlane-show")?;
             let query = match what {

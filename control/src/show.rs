@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use dataplane::api::{DaemonInfo, WorkerCounters};
-use dataplane::table::TableSpec;
+use podlane_core::api::{DaemonInfo, WorkerCounters};
+use podlane_core::table::TableSpec;
 
 /// Aligns rows into columns, the first row being the header.
 pub fn columns(rows: &[Vec<String>]) -> String {

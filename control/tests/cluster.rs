@@ -3,7 +3,7 @@
 
 use control::cluster::Cluster;
 use control::diff::diff;
-use dataplane::table::{PeerSpec, PortProtocol, Snapshot};
+use podlane_core::table::{PeerSpec, PortProtocol, Snapshot};
 
 const CLUSTER: &str = r#"
 namespaces:

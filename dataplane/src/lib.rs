@@ -1,21 +1,16 @@
-//! podlane's dataplane: the forwarding engine that replaces the kernel VXLAN device on a
-//! Kubernetes node.
+//! podlane's dataplane: the I/O and the daemon around [`podlane_core`]'s pipeline, replacing
+//! the kernel VXLAN device on a Kubernetes node.
 //!
-//! Layers, bottom up (ARCHITECTURE.md has the packet path):
+//! * [`io`] — AF_XDP sockets, XDP programs, rtnetlink: the one module allowed `unsafe`, all of
+//!   it in `io::sys`.
+//! * [`daemon`] — `podlane-dataplane`: start-up, the pinned workers that move frames between
+//!   sockets through the pipeline, the control socket, next-hop resolution, shutdown.
 //!
-//! * [`wire`] — zero-copy views over frame bytes; never panics on any input.
-//! * [`table`] — nodes, local endpoints, routes (LPM) and compiled policy, built and validated
-//!   into one immutable [`table::Snapshot`] published lock-free to workers.
-//! * [`engine`] — the per-batch pipeline: a pure function from frames, ingress port and
-//!   snapshot to one verdict per frame. No I/O, no allocation, no lock, no log line per packet.
-//!
-//! * [`io`] — AF_XDP and XDP: the one module allowed `unsafe`, all of it in `io::sys`.
-//!
-//! `unsafe` is denied everywhere else.
+//! The logic without I/O (wire formats, tables, the pipeline, the control protocol) is the
+//! `podlane-core` crate; users of both name it there.
 
-pub mod api;
+// Within this crate, `crate::table` etc. name the core's modules.
+use podlane_core::{api, engine, table, wire};
+
 pub mod daemon;
-pub mod engine;
 pub mod io;
-pub mod table;
-pub mod wire;

@@ -2,8 +2,8 @@
 //! panic; an encapsulated result is accepted by the peer node's own pipeline.
 #![no_main]
 
-use dataplane::engine::{EngineConfig, Frame, Ingress, Pipeline, Verdict};
-use dataplane::table::{EndpointId, Snapshot, TableSpec};
+use podlane_core::engine::{EngineConfig, Frame, Ingress, Pipeline, Verdict};
+use podlane_core::table::{EndpointId, Snapshot, TableSpec};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 

@@ -1,8 +1,8 @@
 //! Every view's checked constructor on any bytes, then every accessor: none may panic once
-//! `new_checked` succeeded (the contract of `dataplane::wire`).
+//! `new_checked` succeeded (the contract of `podlane_core::wire`).
 #![no_main]
 
-use dataplane::wire::*;
+use podlane_core::wire::*;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,11 +1,10 @@
-//! Shared helpers for podlane's integration tests: writing frames to pcap files, and finding
-//! the external decoders and tools the tests use as oracles (tshark today; real kernels in
-//! network namespaces with the AF_XDP daemon).
+//! Shared helpers for podlane's integration tests: writing frames to pcap files, decoding them
+//! with tshark, and the rule for tests that need root or a tool. The clusters the live tests
+//! run on (namespaces, kernel nodes, podlane nodes, pods, traffic) come from the
+//! `podlane-testbed` crate.
 //!
 //! A test that needs a tool which is missing fails under CI (`CI` set in the environment) or
 //! `scripts/test`, and otherwise skips with a loud message naming the command that installs it.
-
-pub mod cluster;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -59,29 +58,6 @@ pub fn require_tool(tool: &str) -> Option<PathBuf> {
     }
 }
 
-/// A scratch directory removed on drop, unique per test and process.
-#[derive(Debug)]
-pub struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    pub fn new(test: &str) -> ScratchDir {
-        let dir = std::env::temp_dir().join(format!("podlane-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create scratch directory");
-        ScratchDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs tshark on a pcap and returns one line per frame with the requested fields,
 /// `|`-separated, every occurrence of a field (outer and inner headers) joined by `,`.
 /// Checksum validation is switched on so that tshark reports bad checksums as such.
@@ -110,15 +86,9 @@ pub fn tshark_fields(
         .collect()
 }
 
-/// True when running as root. Tests that need root (namespaces, TAP devices) call
-/// [`require_root`] instead.
-pub fn is_root() -> bool {
-    control::netns::is_root()
-}
-
 /// Root, or a loud skip (a failure under CI or `scripts/test`).
 pub fn require_root(test: &str) -> bool {
-    if is_root() {
+    if testbed::is_root() {
         return true;
     }
     if must_not_skip() {
@@ -128,45 +98,4 @@ pub fn require_root(test: &str) -> bool {
         "\n*** SKIPPED: {test} needs root (network namespaces). Run scripts/test as root. ***\n"
     );
     false
-}
-
-/// Runs a command, panicking with its output when it fails.
-pub fn run(program: &str, args: &[&str]) {
-    control::netns::run(program, args).unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-/// A network namespace of this test process ([`control::netns::Netns`], which the demo uses
-/// too), deleted with every device in it on drop, also when the test fails. Its methods panic
-/// on failure, as a test wants.
-#[derive(Debug)]
-pub struct Netns(control::netns::Netns);
-
-impl Netns {
-    /// Creates `podlane-<tag>-<pid>-<n>`: unique per process and call, so tests run in parallel.
-    pub fn new(tag: &str) -> Netns {
-        Netns(control::netns::Netns::create(tag).unwrap_or_else(|e| panic!("{e:#}")))
-    }
-
-    /// A handle on a namespace owned elsewhere: not deleted when dropped.
-    pub fn borrowed(name: &str) -> Netns {
-        Netns(control::netns::Netns::borrowed(name))
-    }
-
-    pub fn name(&self) -> &str {
-        self.0.name()
-    }
-
-    pub fn inner(&self) -> &control::netns::Netns {
-        &self.0
-    }
-
-    /// `ip ARGS` inside the namespace.
-    pub fn ip(&self, args: &[&str]) {
-        self.0.ip(args).unwrap_or_else(|e| panic!("{e:#}"));
-    }
-
-    /// Any command inside the namespace.
-    pub fn exec(&self, program: &str, args: &[&str]) {
-        self.0.exec(program, args).unwrap_or_else(|e| panic!("{e:#}"));
-    }
 }

@@ -6,8 +6,8 @@
 
 use std::process::Command;
 
-use podlane_tests::cluster::binary;
-use podlane_tests::{ScratchDir, require_root, require_tool};
+use podlane_tests::{require_root, require_tool};
+use testbed::{ScratchDir, binary};
 
 fn bench_namespaces() -> Vec<String> {
     let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
@@ -27,7 +27,7 @@ fn quick_run_measures_every_dataplane_and_direction() {
     if require_tool("ethtool").is_none() {
         return;
     }
-    let dir = ScratchDir::new("bench-pps");
+    let dir = ScratchDir::new("bench-pps").expect("scratch directory");
     let (json, svg) = (dir.path().join("pps.json"), dir.path().join("pps.svg"));
     let out = Command::new(binary("podlane-bench"))
         .args(["pps", "--quick", "--json"])
@@ -141,7 +141,7 @@ fn bad_arguments_are_explained() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("encap"), "{out:?}");
 
-    let dir = ScratchDir::new("bench-report");
+    let dir = ScratchDir::new("bench-report").expect("scratch directory");
     let not_results = dir.path().join("cluster.json");
     std::fs::write(&not_results, "{\"nodes\": []}").expect("write");
     let out = Command::new(binary("podlane-bench"))

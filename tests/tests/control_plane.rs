@@ -6,7 +6,6 @@
 //! pod stops, the untouched stream loses no datagram. Then node B's dataplane restarts and its
 //! agent syncs it again from scratch.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -14,10 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use control::client::Client;
-use dataplane::api::{Request, Response, Update};
-use dataplane::table::NodeSpec;
-use podlane_tests::cluster::{Background, Daemon, Pod, binary};
-use podlane_tests::{Netns, ScratchDir, require_root};
+use podlane_core::api::{Query, Request, Response, Update};
+use podlane_core::table::NodeSpec;
+use podlane_tests::require_root;
+use testbed::link::Switch;
+use testbed::podlane::{self, Dataplane};
+use testbed::{Netns, Pod, ScratchDir, Service};
 
 struct NodeDef {
     name: &'static str,
@@ -75,70 +76,25 @@ fn write_cluster(path: &Path, text: &str) {
 /// A node on the bridged underlay running a dataplane with no tables, and its agent.
 fn podlane_node(
     dir: &Path,
-    switch: &Netns,
+    switch: &mut Switch,
     def: &NodeDef,
-    index: usize,
     cluster: &Path,
-) -> (Netns, Daemon, Background) {
-    let ns = Netns::new(&format!("cp{}", &def.name[5..]));
-    let port = format!("port{index}");
-    podlane_tests::run(
-        "ip",
-        &[
-            "link",
-            "add",
-            "uplink",
-            "netns",
-            ns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            switch.name(),
-        ],
-    );
-    ns.ip(&["addr", "add", &format!("{}/24", def.underlay), "dev", "uplink"]);
-    ns.ip(&["link", "set", "uplink", "up"]);
-    switch.ip(&["link", "set", &port, "master", "br0"]);
-    switch.ip(&["link", "set", &port, "up"]);
-    let daemon = Daemon::start_with(
+) -> anyhow::Result<(Netns, Dataplane, Service)> {
+    let ns = Netns::create(&format!("cp{}", &def.name[5..]))?;
+    switch.plug(&ns, "uplink", def.underlay)?;
+    let daemon = Dataplane::start(
         &ns,
         "uplink",
-        dir.join(format!("{}.log", def.name)),
+        &dir.join(format!("{}.log", def.name)),
         &["--node-name", def.name, "--node-ip", def.underlay],
-    );
-    let agent = start_agent(dir, def.name, &daemon.socket(), cluster);
-    (ns, daemon, agent)
-}
-
-fn start_agent(dir: &Path, node: &str, socket: &Path, cluster: &Path) -> Background {
-    let log = std::fs::File::create(dir.join(format!("agent-{node}.log"))).unwrap();
-    Background(
-        Command::new(binary("podlane"))
-            .arg("--socket")
-            .arg(socket)
-            .args(["agent", "--node", node, "--cluster"])
-            .arg(cluster)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start podlane agent"),
-    )
-}
-
-/// Pings until `expect` holds (replies or none) or 10 s pass; true if it held.
-fn ping_until(from: &Pod, to: &str, reachable: bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if (from.ping(to, 1) == 1) == reachable {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+    )?;
+    let agent = podlane::agent(
+        def.name,
+        daemon.socket(),
+        cluster,
+        &dir.join(format!("agent-{}.log", def.name)),
+    )?;
+    Ok((ns, daemon, agent))
 }
 
 /// `ip -s link` of the namespaces, for a failure's message.
@@ -163,15 +119,13 @@ fn kernel_drops(namespaces: &[&Netns]) -> String {
 }
 
 #[test]
-fn control_plane() {
+fn control_plane() -> anyhow::Result<()> {
     if !require_root("control_plane") {
-        return;
+        return Ok(());
     }
-    let dir = ScratchDir::new("control-plane");
+    let dir = ScratchDir::new("control-plane")?;
     let cluster = dir.path().join("cluster.yaml");
-    let switch = Netns::new("cpsw");
-    switch.ip(&["link", "add", "br0", "type", "bridge"]);
-    switch.ip(&["link", "set", "br0", "up"]);
+    let mut switch = Switch::new("cpsw")?;
 
     let a1 = ("a1", "10.244.1.2", "0a:58:0a:f4:01:02", "node-a", "veth-a1");
     let b1 = ("b1", "10.244.2.2", "0a:58:0a:f4:02:02", "node-b", "veth-b1");
@@ -180,45 +134,32 @@ fn control_plane() {
     let c1 = ("c1", "10.244.3.2", "0a:58:0a:f4:03:02", "node-c", "veth-c1");
     write_cluster(&cluster, &cluster_yaml(2, &[a1, b1, b2]));
 
-    let (node_a, daemon_a, _agent_a) = podlane_node(dir.path(), &switch, &NODES[0], 0, &cluster);
-    let (node_b, mut daemon_b, agent_b) = podlane_node(dir.path(), &switch, &NODES[1], 1, &cluster);
-    let pod = |node: &Netns, p: (&str, &str, &str, &str, &str)| Pod::new(node, p.0, p.4, p.1, p.2);
-    let pod_a1 = pod(&node_a, a1);
-    let pod_b1 = pod(&node_b, b1);
-    let pod_b2 = pod(&node_b, b2);
+    let (node_a, daemon_a, _agent_a) = podlane_node(dir.path(), &mut switch, &NODES[0], &cluster)?;
+    let (node_b, mut daemon_b, agent_b) =
+        podlane_node(dir.path(), &mut switch, &NODES[1], &cluster)?;
+    let pod = |node: &Netns, p: (&str, &str, &str, &str, &str)| Pod::wire(node, p.0, p.4, p.1, p.2);
+    let pod_a1 = pod(&node_a, a1)?;
+    let pod_b1 = pod(&node_b, b1)?;
+    let pod_b2 = pod(&node_b, b2)?;
     let logs = || format!("node-a:\n{}\nnode-b:\n{}", daemon_a.log(), daemon_b.log());
-    assert!(ping_until(&pod_a1, &pod_b1.ip, true), "a1 → b1 after the first sync\n{}", logs());
-    assert!(ping_until(&pod_a1, &pod_b2.ip, true), "a1 → b2 after the first sync");
+    assert!(pod_a1.ping_until(&pod_b1.ip, true), "a1 → b1 after the first sync\n{}", logs());
+    assert!(pod_a1.ping_until(&pod_b2.ip, true), "a1 → b2 after the first sync");
 
-    // The untouched flow: a1 → b1, 5,000 datagrams at 500 a second, echoed back.
-    let mut echo = Background(
-        pod_b1
-            .ns
-            .inner()
-            .command(binary("podlane-netprobe"))
-            .args(["udp-echo", "7000"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    // Only once it is bound: a datagram before that would be the test's own loss.
-    let mut ready = String::new();
-    BufReader::new(echo.0.stdout.as_mut().unwrap()).read_line(&mut ready).unwrap();
-    assert_eq!(ready.trim(), "ready");
+    // The untouched flow: a1 → b1, 5,000 datagrams at 500 a second, echoed back. The stream
+    // starts only once the echo server is bound: a datagram before that would be the test's
+    // own loss.
+    let echo = pod_b1.serve(&["udp-echo", "7000"])?;
     let stream = pod_a1
-        .ns
-        .inner()
-        .command(binary("podlane-netprobe"))
-        .args(["udp-stream", &pod_b1.ip, "7000", "5000", "500"])
+        .probe(&["udp-stream", &pod_b1.ip, "7000", "5000", "500"])
         .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn()?;
 
     // 100 updates a second to node A from a second client: a node that comes and goes.
     let churning = Arc::new(AtomicBool::new(true));
     let churned = Arc::new(AtomicU32::new(0));
     let churn = {
-        let (churning, churned, socket) = (churning.clone(), churned.clone(), daemon_a.socket());
+        let (churning, churned, socket) =
+            (churning.clone(), churned.clone(), daemon_a.socket().to_owned());
         std::thread::spawn(move || {
             let mut client = Client::connect(&socket, "churn").expect("churn client");
             let node = NodeSpec {
@@ -257,28 +198,24 @@ fn control_plane() {
 
     // Meanwhile, through the agents: b3 added, b2 removed, node C with c1 added.
     std::thread::sleep(Duration::from_secs(1));
-    let pod_b3 = pod(&node_b, b3);
+    let pod_b3 = pod(&node_b, b3)?;
     write_cluster(&cluster, &cluster_yaml(2, &[a1, b1, b2, b3]));
-    assert!(
-        ping_until(&pod_a1, &pod_b3.ip, true),
-        "forwarding to the new pod b3 starts\n{}",
-        logs()
-    );
+    assert!(pod_a1.ping_until(&pod_b3.ip, true), "forwarding to the new pod b3 starts\n{}", logs());
     write_cluster(&cluster, &cluster_yaml(2, &[a1, b1, b3]));
-    assert!(ping_until(&pod_a1, &pod_b2.ip, false), "forwarding to the removed pod b2 stops");
+    assert!(pod_a1.ping_until(&pod_b2.ip, false), "forwarding to the removed pod b2 stops");
     // Node C joins the cluster file, then comes up (its agent needs its node in the file;
     // its worker attaches c1's veth as soon as it exists).
     write_cluster(&cluster, &cluster_yaml(3, &[a1, b1, b3, c1]));
-    let (node_c, daemon_c, _agent_c) = podlane_node(dir.path(), &switch, &NODES[2], 2, &cluster);
-    let pod_c1 = pod(&node_c, c1);
+    let (node_c, daemon_c, _agent_c) = podlane_node(dir.path(), &mut switch, &NODES[2], &cluster)?;
+    let pod_c1 = pod(&node_c, c1)?;
     assert!(
-        ping_until(&pod_a1, &pod_c1.ip, true),
+        pod_a1.ping_until(&pod_c1.ip, true),
         "forwarding to the new node's pod starts\n{}\nnode-c:\n{}",
         logs(),
         daemon_c.log()
     );
 
-    let output = stream.wait_with_output().unwrap();
+    let output = stream.wait_with_output()?;
     churning.store(false, Ordering::Relaxed);
     churn.join().expect("churn thread");
     drop(echo);
@@ -287,8 +224,7 @@ fn control_plane() {
     eprintln!("untouched flow: {report}; {updates} churn updates acknowledged");
     let counters = |socket: &Path| {
         let mut client = Client::connect(socket, "test").unwrap();
-        let response =
-            client.request(&Request::Query { what: dataplane::api::Query::Counters }).unwrap();
+        let response = client.request(&Request::Query { what: Query::Counters }).unwrap();
         let Response::Counters { workers } = response else { panic!() };
         control::show::counters(&workers)
     };
@@ -296,37 +232,38 @@ fn control_plane() {
         report,
         "sent=5000 echoed=5000 lost=0",
         "the untouched flow lost datagrams\nnode-a:\n{}\nnode-b:\n{}\n{}",
-        counters(&daemon_a.socket()),
-        counters(&daemon_b.socket()),
+        counters(daemon_a.socket()),
+        counters(daemon_b.socket()),
         kernel_drops(&[&node_a, &node_b, &pod_a1.ns, &pod_b1.ns])
     );
     assert!(updates >= 500, "only {updates} updates in the stream's 10 s");
 
     // Node B's dataplane restarts: its agent reconnects and syncs from scratch.
-    assert!(daemon_b.stop().success(), "{}", daemon_b.log());
+    assert!(daemon_b.stop()?.success(), "{}", daemon_b.log());
     // Same control socket (it follows the log's name); the first run's log is kept aside.
-    std::fs::rename(dir.path().join("node-b.log"), dir.path().join("node-b-first.log")).unwrap();
-    let mut daemon_b = Daemon::start_with(
+    std::fs::rename(dir.path().join("node-b.log"), dir.path().join("node-b-first.log"))?;
+    let mut daemon_b = Dataplane::start(
         &node_b,
         "uplink",
-        dir.path().join("node-b.log"),
+        &dir.path().join("node-b.log"),
         &["--node-name", "node-b", "--node-ip", NODES[1].underlay],
-    );
-    daemon_b.wait_for("pod interface attached", 2);
-    assert!(ping_until(&pod_a1, &pod_b3.ip, true), "after node B's restart\n{}", daemon_b.log());
-    let agent_log = std::fs::read_to_string(dir.path().join("agent-node-b.log")).unwrap();
+    )?;
+    daemon_b.wait_for("pod interface attached", 2)?;
+    assert!(pod_a1.ping_until(&pod_b3.ip, true), "after node B's restart\n{}", daemon_b.log());
+    let agent_log = agent_b.log();
     assert!(agent_log.contains("reconnecting and syncing from scratch"), "{agent_log}");
     assert!(agent_log.matches("full sync applied").count() >= 2, "{agent_log}");
     drop(agent_b);
 
     // Read back what node A holds: the three nodes, its one pod, no leftover churn node.
-    let mut client = Client::connect(&daemon_a.socket(), "test").unwrap();
+    let mut client = Client::connect(daemon_a.socket(), "test")?;
     let Response::Tables { tables, in_sync, .. } =
-        client.request(&Request::Query { what: dataplane::api::Query::Tables }).unwrap()
+        client.request(&Request::Query { what: Query::Tables })?
     else {
         panic!()
     };
     assert!(in_sync);
     let names: Vec<&str> = tables.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["node-a", "node-b", "node-c"]);
+    Ok(())
 }

@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use podlane_tests::cluster::binary;
 use podlane_tests::require_root;
+use testbed::binary;
 
 fn demo_namespaces() -> usize {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();

@@ -6,8 +6,10 @@
 //! reached the socket, and the kernel's socket counter (`rx_dropped`, fill ring empty) for what
 //! arrived while the worker was not scheduled — on a 2-core machine the writer can outrun it.
 
-use podlane_tests::cluster::{Daemon, OneNode, Pod};
-use podlane_tests::{Netns, require_root};
+use podlane_tests::require_root;
+use testbed::cluster::OneNode;
+use testbed::podlane::Dataplane;
+use testbed::{Netns, Pod, link};
 use tun_tap::{Iface, Mode};
 
 /// Deterministic garbage: lengths 14..=300 (a TAP refuses shorter writes), bytes from an
@@ -42,16 +44,15 @@ fn garbage(n: usize) -> Vec<Vec<u8>> {
 }
 
 #[test]
-fn garbage_frames_are_counted_drops() {
+fn garbage_frames_are_counted_drops() -> anyhow::Result<()> {
     if !require_root("garbage_frames_are_counted_drops") {
-        return;
+        return Ok(());
     }
-    let one = OneNode::new("gb", 83);
+    let one = OneNode::new("gb", 83)?;
     let (node, dir, p1, p2) = (&one.node, &one.dir, &one.p1, &one.p2);
-    let tap = Iface::without_packet_info("pltap%d", Mode::Tap).expect("create TAP device");
+    let tap = Iface::without_packet_info("pltap%d", Mode::Tap)?;
     let tap_name = tap.name().to_owned();
-    podlane_tests::run("ip", &["link", "set", &tap_name, "netns", node.name()]);
-    node.ip(&["link", "set", &tap_name, "up"]);
+    link::move_into(&tap_name, node)?;
     let tap_pod = Pod {
         ns: Netns::borrowed(node.name()),
         name: "garbage".into(),
@@ -59,9 +60,10 @@ fn garbage_frames_are_counted_drops() {
         mac: "0a:58:0a:f4:01:09".into(),
         host_if: tap_name.clone(),
     };
-    let tables = one.write_tables(&[&tap_pod]);
-    let mut daemon = Daemon::start(node, "uplink", &tables, dir.path().join("d.log"), &[]);
-    daemon.wait_ready(3);
+    let tables = one.write_tables(&[&tap_pod])?;
+    let mut daemon =
+        Dataplane::with_tables(node, "uplink", &tables, &dir.path().join("d.log"), &[])?;
+    daemon.wait_ready(3)?;
 
     let frames = garbage(20_000);
     let mut written = 0u64;
@@ -80,7 +82,7 @@ fn garbage_frames_are_counted_drops() {
     assert!(written > 19_000, "only {written} garbage frames written");
     assert_eq!(p1.ping(&p2.ip, 3), 3, "forwarding after the garbage:\n{}", daemon.log());
     assert_eq!(p2.ping(&p1.ip, 3), 3);
-    assert!(daemon.stop().success(), "{}", daemon.log());
+    assert!(daemon.stop()?.success(), "{}", daemon.log());
 
     // The final counters: every frame the TAP's socket received is dropped with a reason.
     let log = daemon.log();
@@ -117,4 +119,5 @@ fn garbage_frames_are_counted_drops() {
     for reason in ["unsupported_ethertype", "malformed_arp", "malformed_ipv4"] {
         assert!(summary.contains(reason), "{reason} among the reasons: {summary}");
     }
+    Ok(())
 }

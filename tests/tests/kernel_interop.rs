@@ -9,12 +9,12 @@
 //! pod side of a node does not show on the wire, the vxlan device's configuration does.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use control::netns::{self, KernelProfile, RemoteNode};
-use podlane_tests::cluster::{self, Background, Daemon, Pod};
-use podlane_tests::{Netns, ScratchDir, require_root, require_tool};
+use podlane_tests::{require_root, require_tool};
+use testbed::capture::Capture;
+use testbed::kernel::{self, KernelProfile, RemoteNode};
+use testbed::podlane::Dataplane;
+use testbed::{Netns, Pod, ScratchDir, link, tables};
 
 const NODE_A: &str = "192.168.82.1";
 const NODE_B: &str = "192.168.82.2";
@@ -35,7 +35,7 @@ struct Profile {
 }
 
 const FLANNEL: Profile = Profile {
-    kernel: netns::FLANNEL,
+    kernel: kernel::FLANNEL,
     cidr_a: "10.244.1.0/24",
     cidr_b: "10.244.2.0/24",
     overlay_b: "10.244.2.0",
@@ -43,7 +43,7 @@ const FLANNEL: Profile = Profile {
 };
 
 const CALICO: Profile = Profile {
-    kernel: netns::CALICO,
+    kernel: kernel::CALICO,
     cidr_a: "10.244.1.0/26",
     cidr_b: "10.244.2.0/26",
     overlay_b: "10.244.2.1",
@@ -51,87 +51,41 @@ const CALICO: Profile = Profile {
 };
 
 /// Node B as the profile's CNI programs it, with one pod.
-fn kernel_node(profile: &Profile, node: &Netns) -> Pod {
+fn kernel_node(profile: &Profile, node: &Netns) -> anyhow::Result<Pod> {
     let remote = RemoteNode {
         underlay: NODE_A,
         vtep_mac: VTEP_A,
         pod_cidr: profile.cidr_a,
         gateway: profile.gateway_a,
     };
-    netns::kernel_vxlan_node(
-        node.inner(),
-        profile.kernel,
-        "eth0",
-        NODE_B,
-        VTEP_B,
-        profile.overlay_b,
-        &remote,
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    let pod_ns = Netns::new("pod");
-    netns::wire_kernel_pod(
-        node.inner(),
-        pod_ns.inner(),
-        "veth-b1",
-        "10.244.2.2",
-        "0a:58:0a:f4:02:02",
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    Pod::wrap(pod_ns, "b1", "10.244.2.2")
+    kernel::vxlan_node(node, profile.kernel, "eth0", NODE_B, VTEP_B, profile.overlay_b, &remote)?;
+    kernel::wire_pod(node, "b1", "veth-b1", "10.244.2.2", "0a:58:0a:f4:02:02")
 }
 
-/// tshark on node B's underlay interface until stopped.
-fn capture(node: &Netns, profile: &Profile, tshark: &Path, pcap: &Path) -> Background {
-    let filter = format!("udp port {}", profile.kernel.port);
-    let child = Command::new("ip")
-        .args(["netns", "exec", node.name()])
-        .arg(tshark)
-        .args(["-n", "-q", "-i", "eth0", "-f", &filter, "-w"])
-        .arg(pcap)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tshark");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::metadata(pcap).map_or(0, |m| m.len()) == 0 {
-        assert!(Instant::now() < deadline, "tshark did not start capturing");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    Background(child)
-}
-
-fn stop_capture(mut tshark: Background) {
-    let _ = Command::new("kill").args(["-INT", &tshark.0.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tshark.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn interop(profile: &Profile, tshark: &Path) {
-    let dir = ScratchDir::new(&format!("interop-{}", profile.kernel.name));
-    let (node_a, node_b) = (Netns::new("ipa"), Netns::new("ipb"));
-    cluster::underlay(&node_a, "uplink", NODE_A, &node_b, "eth0", NODE_B);
-    let pod_a = Pod::new(&node_a, "a1", "veth-a1", "10.244.1.2", "0a:58:0a:f4:01:02");
-    let pod_b = kernel_node(profile, &node_b);
+fn interop(profile: &Profile, tshark: &Path) -> anyhow::Result<()> {
+    let dir = ScratchDir::new(&format!("interop-{}", profile.kernel.name))?;
+    let (node_a, node_b) = (Netns::create("ipa")?, Netns::create("ipb")?);
+    link::underlay((&node_a, "uplink", NODE_A), (&node_b, "eth0", NODE_B), 1)?;
+    let pod_a = Pod::wire(&node_a, "a1", "veth-a1", "10.244.1.2", "0a:58:0a:f4:01:02")?;
+    let pod_b = kernel_node(profile, &node_b)?;
     let nodes = [
-        cluster::node_json("node-a", NODE_A, VTEP_A, profile.cidr_a),
-        cluster::node_json("node-b", NODE_B, VTEP_B, profile.cidr_b),
+        tables::node("node-a", NODE_A, VTEP_A, profile.cidr_a)?,
+        tables::node("node-b", NODE_B, VTEP_B, profile.cidr_b)?,
     ];
-    let tables = dir.path().join("tables.json");
-    cluster::write_tables(&tables, "node-a", &nodes, &[&pod_a]);
-    let mut daemon = Daemon::start(
+    let tables_file = dir.path().join("tables.json");
+    tables::write(&tables_file, &tables::for_node("node-a", &nodes, &[&pod_a])?)?;
+    let mut daemon = Dataplane::with_tables(
         &node_a,
         "uplink",
-        &tables,
-        dir.path().join("podlane.log"),
+        &tables_file,
+        &dir.path().join("podlane.log"),
         &["--profile", profile.kernel.name],
-    );
-    daemon.wait_ready(1);
+    )?;
+    daemon.wait_ready(1)?;
 
     let pcap = dir.path().join("underlay.pcapng");
-    let tshark_run = capture(&node_b, profile, tshark, &pcap);
+    let filter = format!("udp port {}", profile.kernel.port);
+    let capture = Capture::start(tshark, &node_b, "eth0", &filter, &pcap)?;
     let context = |what: &str| format!("{}: {what}\n{}", profile.kernel.name, daemon.log());
     assert_eq!(pod_a.ping(&pod_b.ip, 3), 3, "{}", context("podlane pod → kernel pod"));
     assert_eq!(pod_b.ping(&pod_a.ip, 3), 3, "{}", context("kernel pod → podlane pod"));
@@ -141,13 +95,13 @@ fn interop(profile: &Profile, tshark: &Path) {
         "{}",
         context("podlane pod → kernel node's vxlan address")
     );
-    let (sent, received) = pod_a.tcp_to(&pod_b, 5001, 10_000_000);
-    assert!(sent.starts_with("bytes=10000000 "), "{sent}");
-    assert_eq!(sent, received, "{}", context("TCP podlane → kernel"));
-    let (sent, received) = pod_b.tcp_to(&pod_a, 5002, 10_000_000);
-    assert_eq!(sent, received, "{}", context("TCP kernel → podlane"));
-    stop_capture(tshark_run);
-    assert!(daemon.stop().success(), "{}", daemon.log());
+    let transfer = pod_a.tcp_to(&pod_b, 5001, 10_000_000)?;
+    assert!(transfer.sent.starts_with("bytes=10000000 "), "{}", transfer.sent);
+    assert_eq!(transfer.sent, transfer.received, "{}", context("TCP podlane → kernel"));
+    let transfer = pod_b.tcp_to(&pod_a, 5002, 10_000_000)?;
+    assert_eq!(transfer.sent, transfer.received, "{}", context("TCP kernel → podlane"));
+    capture.stop();
+    assert!(daemon.stop()?.success(), "{}", daemon.log());
 
     // What crossed the underlay, decoded by Wireshark's dissectors.
     let decode_as = format!("udp.port=={},vxlan", profile.kernel.port);
@@ -186,14 +140,15 @@ fn interop(profile: &Profile, tshark: &Path) {
         "{}: tshark decoded {from_podlane} VXLAN frames from podlane, {from_kernel} from the kernel",
         profile.kernel.name
     );
+    Ok(())
 }
 
 #[test]
-fn kernel_interop() {
+fn kernel_interop() -> anyhow::Result<()> {
     if !require_root("kernel_interop") {
-        return;
+        return Ok(());
     }
-    let Some(tshark) = require_tool("tshark") else { return };
-    interop(&FLANNEL, &tshark);
-    interop(&CALICO, &tshark);
+    let Some(tshark) = require_tool("tshark") else { return Ok(()) };
+    interop(&FLANNEL, &tshark)?;
+    interop(&CALICO, &tshark)
 }

@@ -13,11 +13,13 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use dataplane::engine::{EngineConfig, Frame, Ingress, Pipeline, Verdict};
-use dataplane::table::{Cidr, EndpointSpec, NodeSpec, Snapshot, TableSpec};
-use dataplane::wire::MacAddr;
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use podlane_tests::{Netns, require_root};
+use podlane_core::engine::{EngineConfig, Frame, Ingress, Pipeline, Verdict};
+use podlane_core::table::{Cidr, EndpointSpec, NodeSpec, Snapshot, TableSpec};
+use podlane_core::wire::MacAddr;
+use podlane_tests::require_root;
+use testbed::kernel::{self, KernelProfile, RemoteNode};
+use testbed::{Netns, link};
 use tun_tap::{Iface, Mode};
 
 const UPLINK_A: MacAddr = MacAddr([0x02, 0xaa, 0, 0, 0, 0x01]);
@@ -71,60 +73,41 @@ const CALICO: Profile = Profile {
 
 /// Node B: a namespace with a TAP underlay (our end is the returned `Iface`) and a kernel
 /// vxlan device programmed the way the profile's CNI does.
-fn kernel_node(profile: &Profile) -> (Netns, Iface) {
-    let ns = Netns::new(&format!("k{}", &profile.name[..3]));
-    for (key, value) in [
-        ("net.ipv4.conf.all.rp_filter", "0"),
-        ("net.ipv4.conf.default.rp_filter", "0"),
-        ("net.ipv6.conf.all.disable_ipv6", "1"),
-        ("net.ipv6.conf.default.disable_ipv6", "1"),
-    ] {
-        ns.exec("sysctl", &["-qw", &format!("{key}={value}")]);
-    }
+fn kernel_node(profile: &Profile) -> anyhow::Result<(Netns, Iface)> {
+    let ns = Netns::create(&format!("k{}", &profile.name[..3]))?;
+    ns.disable_ipv6()?;
     // The TAP is created here and moved at once into the namespace; its file descriptor
     // stays ours.
-    let tap = Iface::without_packet_info("pltap%d", Mode::Tap).expect("create TAP device");
-    tap.set_non_blocking().expect("non-blocking TAP");
+    let tap = Iface::without_packet_info("pltap%d", Mode::Tap)?;
+    tap.set_non_blocking()?;
     let dev = tap.name().to_owned();
-    podlane_tests::run("ip", &["link", "set", &dev, "netns", ns.name()]);
-    ns.ip(&["link", "set", &dev, "address", &UPLINK_B.to_string()]);
-    ns.ip(&["addr", "add", &format!("{NODE_B}/24"), "dev", &dev]);
-    ns.ip(&["link", "set", &dev, "up"]);
-    ns.ip(&[
-        "neigh",
-        "add",
-        NODE_A,
-        "lladdr",
-        &UPLINK_A.to_string(),
-        "dev",
-        &dev,
-        "nud",
-        "permanent",
-    ]);
+    link::move_into(&dev, &ns)?;
+    ns.ip(&["link", "set", &dev, "address", &UPLINK_B.to_string()])?;
+    ns.ip(&["addr", "add", &format!("{NODE_B}/24"), "dev", &dev])?;
+    ns.pin_neighbour(NODE_A, &UPLINK_A.to_string(), &dev)?;
 
-    let kernel = control::netns::KernelProfile {
+    let kernel = KernelProfile {
         name: profile.name,
         device: profile.device,
         vni: profile.vni,
         port: profile.port,
     };
-    let remote = control::netns::RemoteNode {
+    let remote = RemoteNode {
         underlay: NODE_A,
         vtep_mac: &VTEP_A.to_string(),
         pod_cidr: profile.cidr_a,
         gateway: profile.gateway_a,
     };
-    control::netns::kernel_vxlan_node(
-        ns.inner(),
+    kernel::vxlan_node(
+        &ns,
         kernel,
         &dev,
         NODE_B,
         &VTEP_B.to_string(),
         &profile.overlay_b.to_string(),
         &remote,
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    (ns, tap)
+    )?;
+    Ok((ns, tap))
 }
 
 /// Node A's tables: podlane's view of the same two-node cluster.
@@ -209,11 +192,11 @@ fn next_vxlan(tap: &Iface, port: u16, wait: Duration) -> Option<Vec<u8>> {
     None
 }
 
-fn interop(profile: Profile) {
+fn interop(profile: Profile) -> anyhow::Result<()> {
     if !require_root(&format!("kernel_vxlan ({})", profile.name)) {
-        return;
+        return Ok(());
     }
-    let (_ns, tap) = kernel_node(&profile);
+    let (_ns, tap) = kernel_node(&profile)?;
     let snapshot = tables(&profile);
     let config = EngineConfig {
         vni: profile.vni,
@@ -276,14 +259,15 @@ fn interop(profile: Profile) {
         );
     }
     eprintln!("{}: the kernel's vxlan device and podlane exchanged 3 echoes", profile.name);
+    Ok(())
 }
 
 #[test]
-fn kernel_vxlan_flannel() {
-    interop(FLANNEL);
+fn kernel_vxlan_flannel() -> anyhow::Result<()> {
+    interop(FLANNEL)
 }
 
 #[test]
-fn kernel_vxlan_calico() {
-    interop(CALICO);
+fn kernel_vxlan_calico() -> anyhow::Result<()> {
+    interop(CALICO)
 }

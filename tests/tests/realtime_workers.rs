@@ -1,8 +1,10 @@
 //! `--realtime-priority`: the workers, and only they, run under SCHED_FIFO at the priority
 //! asked for and still forward; the combination with spinning workers is refused.
 
-use podlane_tests::cluster::{Daemon, OneNode, binary};
 use podlane_tests::require_root;
+use testbed::binary;
+use testbed::cluster::OneNode;
+use testbed::podlane::Dataplane;
 
 /// (policy, priority) of a thread from /proc/PID/task/TID/stat: fields 41 and 40 after the
 /// command name, which is in parentheses and may contain spaces.
@@ -15,19 +17,19 @@ fn scheduling(pid: u32, tid: &str) -> (u32, u32) {
 }
 
 #[test]
-fn workers_run_under_sched_fifo_and_forward() {
+fn workers_run_under_sched_fifo_and_forward() -> anyhow::Result<()> {
     if !require_root("workers_run_under_sched_fifo_and_forward") {
-        return;
+        return Ok(());
     }
-    let one = OneNode::new("rt", 84);
-    let tables = one.write_tables(&[]);
+    let one = OneNode::new("rt", 84)?;
+    let tables = one.write_tables(&[])?;
     let extra = ["--cores", "0", "--realtime-priority", "7"];
     let log = one.dir.path().join("d.log");
-    let mut daemon = Daemon::start(&one.node, "uplink", &tables, log, &extra);
-    daemon.wait_ready(2);
+    let mut daemon = Dataplane::with_tables(&one.node, "uplink", &tables, &log, &extra)?;
+    daemon.wait_ready(2)?;
     assert_eq!(one.p1.ping(&one.p2.ip, 3), 3, "forwarding under SCHED_FIFO:\n{}", daemon.log());
 
-    let pid = daemon.pid();
+    let pid = daemon.pid().expect("running");
     let mut workers = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
         let tid = task.unwrap().file_name().into_string().unwrap();
@@ -41,7 +43,8 @@ fn workers_run_under_sched_fifo_and_forward() {
         }
     }
     assert_eq!(workers, 1, "one worker thread");
-    assert!(daemon.stop().success(), "{}", daemon.log());
+    assert!(daemon.stop()?.success(), "{}", daemon.log());
+    Ok(())
 }
 
 #[test]

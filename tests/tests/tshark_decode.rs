@@ -6,10 +6,11 @@
 
 use std::net::IpAddr;
 
-use dataplane::engine::{EngineConfig, Frame, Ingress, Pipeline, Verdict};
-use dataplane::table::{EndpointId, Snapshot};
 use podlane_bench::fixture::{self, ClusterParams};
-use podlane_tests::{ScratchDir, require_tool, tshark_fields, write_pcap};
+use podlane_core::engine::{EngineConfig, Frame, Ingress, Pipeline, Verdict};
+use podlane_core::table::{EndpointId, Snapshot};
+use podlane_tests::{require_tool, tshark_fields, write_pcap};
+use testbed::ScratchDir;
 
 const HEADROOM: usize = 256;
 
@@ -60,7 +61,7 @@ fn check(name: &str, config: EngineConfig, underlay_v6: bool) {
     let Some(tshark) = require_tool("tshark") else { return };
     let params = small_cluster();
     let pairs = encapsulate_all(&params, &config, underlay_v6);
-    let dir = ScratchDir::new(name);
+    let dir = ScratchDir::new(name).expect("scratch directory");
     let pcap = dir.path().join("encap.pcap");
     write_pcap(&pcap, &pairs.iter().map(|(_, o)| o.clone()).collect::<Vec<_>>()).unwrap();
     let decode_as = format!("udp.port=={},vxlan", config.vxlan_port);

@@ -3,51 +3,52 @@
 //! kernel's neighbour table. Every pod pair pings (same node and across nodes); a 10 MB TCP
 //! transfer and a UDP exchange between pods on different nodes arrive intact.
 
-use podlane_tests::cluster::{self, Daemon, Pod};
-use podlane_tests::{Netns, ScratchDir, require_root};
+use podlane_tests::require_root;
+use testbed::podlane::Dataplane;
+use testbed::{Netns, Pod, ScratchDir, link, tables};
 
 #[test]
-fn two_nodes() {
+fn two_nodes() -> anyhow::Result<()> {
     if !require_root("two_nodes") {
-        return;
+        return Ok(());
     }
-    let dir = ScratchDir::new("two-nodes");
-    let (node_a, node_b) = (Netns::new("nodea"), Netns::new("nodeb"));
-    cluster::underlay_with_queues(
+    let dir = ScratchDir::new("two-nodes")?;
+    let (node_a, node_b) = (Netns::create("nodea")?, Netns::create("nodeb")?);
+    link::underlay(
         (&node_a, "uplink-a", "192.168.80.1"),
         (&node_b, "uplink-b", "192.168.80.2"),
         2,
-    );
+    )?;
     let pods = [
-        Pod::new(&node_a, "a2", "veth-a2", "10.244.1.2", "0a:58:0a:f4:01:02"),
-        Pod::new(&node_a, "a3", "veth-a3", "10.244.1.3", "0a:58:0a:f4:01:03"),
-        Pod::new(&node_b, "b2", "veth-b2", "10.244.2.2", "0a:58:0a:f4:02:02"),
-        Pod::new(&node_b, "b3", "veth-b3", "10.244.2.3", "0a:58:0a:f4:02:03"),
+        Pod::wire(&node_a, "a2", "veth-a2", "10.244.1.2", "0a:58:0a:f4:01:02")?,
+        Pod::wire(&node_a, "a3", "veth-a3", "10.244.1.3", "0a:58:0a:f4:01:03")?,
+        Pod::wire(&node_b, "b2", "veth-b2", "10.244.2.2", "0a:58:0a:f4:02:02")?,
+        Pod::wire(&node_b, "b3", "veth-b3", "10.244.2.3", "0a:58:0a:f4:02:03")?,
     ];
     let nodes = [
-        cluster::node_json("node-a", "192.168.80.1", "0a:aa:00:00:00:01", "10.244.1.0/24"),
-        cluster::node_json("node-b", "192.168.80.2", "0a:bb:00:00:00:01", "10.244.2.0/24"),
+        tables::node("node-a", "192.168.80.1", "0a:aa:00:00:00:01", "10.244.1.0/24")?,
+        tables::node("node-b", "192.168.80.2", "0a:bb:00:00:00:01", "10.244.2.0/24")?,
     ];
     let tables_a = dir.path().join("tables-a.json");
     let tables_b = dir.path().join("tables-b.json");
-    cluster::write_tables(&tables_a, "node-a", &nodes, &[&pods[0], &pods[1]]);
-    cluster::write_tables(&tables_b, "node-b", &nodes, &[&pods[2], &pods[3]]);
-    let mut daemon_a = Daemon::start(
+    tables::write(&tables_a, &tables::for_node("node-a", &nodes, &[&pods[0], &pods[1]])?)?;
+    tables::write(&tables_b, &tables::for_node("node-b", &nodes, &[&pods[2], &pods[3]])?)?;
+    let mut daemon_a = Dataplane::with_tables(
         &node_a,
         "uplink-a",
         &tables_a,
-        dir.path().join("a.log"),
+        &dir.path().join("a.log"),
         &["--log-level", "debug"],
-    );
-    let mut daemon_b = Daemon::start(
+    )?;
+    let mut daemon_b = Dataplane::with_tables(
         &node_b,
         "uplink-b",
         &tables_b,
-        dir.path().join("b.log"),
+        &dir.path().join("b.log"),
         &["--log-level", "debug", "--cores", "0,1"],
-    );
-    daemon_a.wait_ready(2);
-    daemon_b.wait_ready(2);
+    )?;
+    daemon_a.wait_ready(2)?;
+    daemon_b.wait_ready(2)?;
 
     for from in &pods {
         for to in pods.iter().filter(|p| p.name != from.name) {
@@ -64,13 +65,13 @@ fn two_nodes() {
         }
     }
 
-    let (sent, received) = pods[0].tcp_to(&pods[2], 5001, 10_000_000);
-    assert!(sent.starts_with("bytes=10000000 "), "{sent}");
-    assert_eq!(sent, received, "the TCP stream arrived intact");
-    let (sent, received) = pods[3].tcp_to(&pods[1], 5002, 10_000_000);
-    assert_eq!(sent, received, "the TCP stream arrived intact the other way");
+    let transfer = pods[0].tcp_to(&pods[2], 5001, 10_000_000)?;
+    assert!(transfer.sent.starts_with("bytes=10000000 "), "{}", transfer.sent);
+    assert_eq!(transfer.sent, transfer.received, "the TCP stream arrived intact");
+    let transfer = pods[3].tcp_to(&pods[1], 5002, 10_000_000)?;
+    assert_eq!(transfer.sent, transfer.received, "the TCP stream arrived intact the other way");
 
-    let report = pods[1].udp_to(&pods[2], 6000, 300);
+    let report = pods[1].udp_to(&pods[2], 6000, 300)?;
     assert_eq!(report, "sent=300 echoed=300 intact=300");
 
     let log_b = daemon_b.log();
@@ -85,17 +86,18 @@ fn two_nodes() {
     assert_eq!(owners.into_iter().collect::<Vec<_>>(), ["0", "1"], "{log_b}");
 
     // A pod's interface disappears: logged, its socket closed, the others keep forwarding.
-    node_a.ip(&["link", "del", "veth-a3"]);
-    daemon_a.wait_for("pod interface detached: the interface disappeared", 1);
+    node_a.ip(&["link", "del", "veth-a3"])?;
+    daemon_a.wait_for("pod interface detached: the interface disappeared", 1)?;
     assert_eq!(pods[0].ping(&pods[2].ip, 3), 3, "{}", daemon_a.log());
     assert_eq!(pods[3].ping(&pods[0].ip, 3), 3, "{}", daemon_a.log());
 
     // Both daemons stop cleanly and report what they forwarded.
-    assert!(daemon_a.stop().success(), "{}", daemon_a.log());
-    assert!(daemon_b.stop().success(), "{}", daemon_b.log());
+    assert!(daemon_a.stop()?.success(), "{}", daemon_a.log());
+    assert!(daemon_b.stop()?.success(), "{}", daemon_b.log());
     let log = daemon_a.log();
     assert!(log.contains("uplink-a q0 (copy)"), "the bind mode is shown:\n{log}");
     for ns in [&node_a, &node_b] {
-        assert!(cluster::xdp_attached(ns).is_empty(), "no XDP program left in {}", ns.name());
+        assert!(ns.xdp_attached()?.is_empty(), "no XDP program left in {}", ns.name());
     }
+    Ok(())
 }

@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use podlane_tests::{ScratchDir, require_tool};
+use podlane_tests::require_tool;
+use testbed::ScratchDir;
 
 #[test]
 fn vagrantfile_validates() {
@@ -18,7 +19,7 @@ fn vagrantfile_validates() {
     let had_key = key_dir.exists();
     // Vagrant keeps per-project state in `.vagrant/` next to the Vagrantfile; here it goes to a
     // scratch directory, so that the test leaves nothing in the tree.
-    let state = ScratchDir::new("vagrant-validate");
+    let state = ScratchDir::new("vagrant-validate").expect("scratch directory");
     let mut cmd = Command::new(vagrant);
     cmd.arg("validate")
         .current_dir(&dir)

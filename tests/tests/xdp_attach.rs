@@ -8,16 +8,19 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dataplane::io::xdp::{XdpError, XdpProgram, XskMap};
-use podlane_tests::{Netns, require_root};
+use podlane_tests::require_root;
+use testbed::Netns;
+use testbed::link::{self, End};
 
 /// Two namespaces joined by a veth: `up0` (192.168.77.1) in the first, `up1` (.2) in the other.
 fn pair() -> (Netns, Netns) {
-    let (a, b) = (Netns::new("xdpa"), Netns::new("xdpb"));
-    a.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", b.name()]);
-    a.ip(&["addr", "add", "192.168.77.1/24", "dev", "up0"]);
-    b.ip(&["addr", "add", "192.168.77.2/24", "dev", "up1"]);
-    a.ip(&["link", "set", "up0", "up"]);
-    b.ip(&["link", "set", "up1", "up"]);
+    let (a, b) = (Netns::create("xdpa").unwrap(), Netns::create("xdpb").unwrap());
+    link::veth_pair(
+        End::with_address(&a, "up0", "192.168.77.1/24"),
+        End::with_address(&b, "up1", "192.168.77.2/24"),
+        1,
+    )
+    .unwrap();
     (a, b)
 }
 
@@ -41,12 +44,7 @@ fn attach(ns: &Netns, args: &[&str]) -> Child {
 }
 
 fn xdp_attached(ns: &Netns, dev: &str) -> bool {
-    let out = Command::new("ip")
-        .args(["-n", ns.name(), "-d", "link", "show", "dev", dev])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.contains("prog/xdp") || text.contains(" xdp")
+    ns.xdp_attached().unwrap().iter().any(|d| d == dev)
 }
 
 fn wait_detached(ns: &Netns, dev: &str) {
@@ -61,7 +59,7 @@ fn wait_detached(ns: &Netns, dev: &str) {
 }
 
 fn ping(from: &Netns, to: &str) {
-    from.exec("ping", &["-c", "2", "-i", "0.2", "-W", "2", to]);
+    from.exec("ping", &["-c", "2", "-i", "0.2", "-W", "2", to]).unwrap();
 }
 
 #[test]

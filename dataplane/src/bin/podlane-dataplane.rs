@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use dataplane::daemon::{self, DaemonConfig, PollMode, XdpModeChoice};
-use dataplane::engine::EngineConfig;
 use dataplane::io::xsk::BindPreference;
-use dataplane::table::{Snapshot, TableSpec};
+use podlane_core::engine::EngineConfig;
+use podlane_core::table::{Snapshot, TableSpec};
 
 /// Wire settings of the overlay this node joins.
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -66,6 +66,7 @@ pub fn stop_requested() -> bool {
 
 /// Sets the flag [`stop_requested`] reads, as a signal would (e.g. when a controlling pipe
 /// closes).
+#[cfg(feature = "testing")]
 pub fn request_stop() {
     sys::request_stop()
 }
@@ -90,6 +91,7 @@ pub fn set_realtime_priority(priority: u8) -> io::Result<()> {
 /// CPU time the calling thread has used (user and system), exact to the nanosecond, unlike
 /// /proc's tick-sampled figures. podlane-bench uses it to take its generator's pacing loop out
 /// of the CPU it charges to a dataplane.
+#[cfg(feature = "testing")]
 pub fn thread_cpu_time() -> io::Result<std::time::Duration> {
     sys::thread_cpu_ns().map(std::time::Duration::from_nanos)
 }

@@ -21,8 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
+#[cfg(feature = "testing")]
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+#[cfg(feature = "testing")]
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
@@ -67,6 +69,7 @@ struct ProgLoadAttr {
 }
 
 /// The `test` member of `union bpf_attr` (BPF_PROG_TEST_RUN, alias BPF_PROG_RUN).
+#[cfg(feature = "testing")]
 #[repr(C)]
 #[derive(Default)]
 struct TestRunAttr {
@@ -89,6 +92,7 @@ struct TestRunAttr {
 }
 
 /// `struct xdp_md`, the XDP program's context, as BPF_PROG_RUN takes it.
+#[cfg(feature = "testing")]
 #[repr(C)]
 #[derive(Default)]
 struct XdpMd {
@@ -178,6 +182,7 @@ pub(super) fn map_update_u32(map: &OwnedFd, key: u32, value: u32) -> io::Result<
 /// BPF_MAP_LOOKUP_ELEM: copies the value at `key` into `value`, whose length must be the
 /// map's value size (for a per-CPU map: the value size rounded up to 8, times the number of
 /// possible CPUs).
+#[cfg(feature = "testing")]
 pub(super) fn map_lookup(map: &OwnedFd, key: &[u8], value: &mut [u8]) -> io::Result<()> {
     let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,
@@ -194,6 +199,7 @@ pub(super) fn map_lookup(map: &OwnedFd, key: &[u8], value: &mut [u8]) -> io::Res
 /// copies of `frame`, as if received on queue 0 of `ifindex` (an index in the calling
 /// thread's network namespace), and carries out the verdicts for real: XDP_TX transmits on
 /// that interface, XDP_REDIRECT redirects. Frames are processed `batch` at a time.
+#[cfg(feature = "testing")]
 pub(super) fn prog_run_live(
     prog: &OwnedFd,
     frame: &[u8],
@@ -710,6 +716,7 @@ pub(super) fn stop_requested() -> bool {
     STOP_REQUESTED.load(Ordering::Relaxed)
 }
 
+#[cfg(feature = "testing")]
 pub(super) fn request_stop() {
     STOP_REQUESTED.store(true, Ordering::Relaxed);
 }
@@ -724,6 +731,7 @@ pub(super) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(i32, u32, u32)
 
 /// CPU time the calling thread has used, user and system, in nanoseconds
 /// (CLOCK_THREAD_CPUTIME_ID: the scheduler's exact runtime, not tick samples).
+#[cfg(feature = "testing")]
 pub(super) fn thread_cpu_ns() -> io::Result<u64> {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec that outlives the call; the kernel writes

@@ -16,9 +16,10 @@
 //! mode, through the peer's ordinary transmit path, so no veth needs either (ARCHITECTURE.md,
 //! "veth").
 //!
-//! The assembler and [`PerCpuArray`] are public so that `podlane-bench` can write its packet
-//! generator and sink the same way, and [`XdpProgram::run_live`] runs a program on live
-//! frames (BPF_PROG_RUN), which is how that generator transmits.
+//! The assembler is public so that `podlane-bench` can write its packet generator and sink the
+//! same way; with the `testing` feature (the bench's, never the daemon's), `PerCpuArray` counts
+//! per CPU and `XdpProgram::run_live` runs a program on live frames (BPF_PROG_RUN), which is
+//! how that generator transmits.
 //!
 //! A program is attached with BPF_LINK_CREATE: the attachment is owned by the link's file
 //! descriptor, so when the process exits — cleanly, by a panic or by SIGKILL — the kernel
@@ -351,6 +352,7 @@ impl AsFd for XskMap {
 
 /// A per-CPU array of `u64` values (BPF_MAP_TYPE_PERCPU_ARRAY): a program updates its own
 /// CPU's copy without atomics; userspace reads the sum over CPUs.
+#[cfg(feature = "testing")]
 #[derive(Debug)]
 pub struct PerCpuArray {
     fd: OwnedFd,
@@ -359,6 +361,7 @@ pub struct PerCpuArray {
     cpus: usize,
 }
 
+#[cfg(feature = "testing")]
 impl PerCpuArray {
     pub fn new(name: &'static str, entries: u32) -> Result<PerCpuArray, XdpError> {
         const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
@@ -379,6 +382,7 @@ impl PerCpuArray {
     }
 }
 
+#[cfg(feature = "testing")]
 impl AsFd for PerCpuArray {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -387,6 +391,7 @@ impl AsFd for PerCpuArray {
 
 /// The number of possible CPUs (`/sys/devices/system/cpu/possible`, e.g. "0-3"): the number
 /// of copies a per-CPU map holds.
+#[cfg(feature = "testing")]
 fn possible_cpus() -> usize {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
     let highest = text
@@ -442,6 +447,7 @@ impl XdpProgram {
     /// BPF_F_TEST_XDP_LIVE_FRAMES): an XDP_TX program transmits them there. `batch` frames are
     /// processed per batch (at most 256). Keep the same program attached to the interface:
     /// then a call does not wait for an RCU grace period (DESIGN.md).
+    #[cfg(feature = "testing")]
     pub fn run_live(
         &self,
         ifindex: u32,

@@ -1,7 +1,8 @@
-//! Traffic between pods for the demo and the tests, run inside a pod's namespace with
-//! `ip netns exec POD podlane probe ...` (or the tests' `podlane-netprobe` wrapper). Every payload is a deterministic byte stream, and
-//! both ends print a digest of what they sent or received, so a test can tell "arrived
-//! intact" from "arrived".
+//! The traffic program of the testbed, `podlane-netprobe`, run inside a namespace with
+//! `ip netns exec NS podlane-netprobe ...` ([`crate::pod::Pod::probe`]). Every payload is a
+//! deterministic byte stream, and both ends print a digest of what they sent or received, so a
+//! test can tell "arrived intact" from "arrived". Servers listen on IPv6 and IPv4 alike
+//! (IPv4 only where the namespace has IPv6 switched off); addresses are IPv4 or IPv6.
 //!
 //! * `tcp-sink PORT` — accepts one connection, reads to the end, prints `bytes=N digest=H`.
 //!   Prints `ready` once listening.
@@ -39,8 +40,15 @@ fn pattern(offset: u64, out: &mut [u8]) {
     }
 }
 
+/// Binds the wildcard address: `[::]` (which takes IPv4 too), or `0.0.0.0` where the
+/// namespace has no IPv6.
+fn bind_any<T>(port: u16, bind: impl Fn(SocketAddr) -> std::io::Result<T>) -> std::io::Result<T> {
+    bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)))
+        .or_else(|_| bind(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port))))
+}
+
 fn tcp_sink(port: u16) -> std::io::Result<()> {
-    let listener = TcpListener::bind(("0.0.0.0", port))?;
+    let listener = bind_any(port, TcpListener::bind)?;
     println!("ready");
     std::io::stdout().flush()?;
     let (mut stream, _) = listener.accept()?;
@@ -91,7 +99,7 @@ fn tcp_send(addr: SocketAddr, bytes: u64) -> std::io::Result<()> {
 }
 
 fn udp_echo(port: u16) -> std::io::Result<()> {
-    let socket = UdpSocket::bind(("0.0.0.0", port))?;
+    let socket = bind_any(port, UdpSocket::bind)?;
     println!("ready");
     std::io::stdout().flush()?;
     let mut buf = vec![0u8; 65536];
@@ -101,14 +109,24 @@ fn udp_echo(port: u16) -> std::io::Result<()> {
     }
 }
 
+/// An unbound-port UDP socket of `addr`'s family.
+fn udp_client(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    match addr {
+        SocketAddr::V4(_) => UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
 fn udp_send(addr: SocketAddr, count: u32) -> std::io::Result<()> {
-    let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+    let socket = udp_client(addr)?;
     socket.set_read_timeout(Some(Duration::from_millis(500)))?;
     let (mut echoed, mut intact) = (0, 0);
     let mut reply = vec![0u8; 65536];
     for seq in 0..count {
-        // Sizes from 8 bytes up to what fits in a 1450-byte pod MTU.
-        let len = 8 + (seq as usize * 97) % (1450 - 28 - 8);
+        // Sizes from 8 bytes up to what fits in a 1450-byte pod MTU (IP and UDP headers
+        // taken off: 28 bytes over IPv4, 48 over IPv6).
+        let headers = if addr.is_ipv4() { 28 } else { 48 };
+        let len = 8 + (seq as usize * 97) % (1450 - headers - 8);
         let mut datagram = vec![0u8; len];
         pattern(u64::from(seq) << 20, &mut datagram);
         datagram[..4].copy_from_slice(&seq.to_be_bytes());
@@ -129,7 +147,7 @@ fn udp_send(addr: SocketAddr, count: u32) -> std::io::Result<()> {
 }
 
 fn udp_stream(addr: SocketAddr, count: u32, rate: u32) -> std::io::Result<()> {
-    let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+    let socket = udp_client(addr)?;
     socket.connect(addr)?;
     let receiver = socket.try_clone()?;
     receiver.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -182,7 +200,10 @@ fn udp_stream(addr: SocketAddr, count: u32, rate: u32) -> std::io::Result<()> {
 pub fn run(args: &[String]) -> ExitCode {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
     let addr = || -> Result<SocketAddr, String> {
-        format!("{}:{}", arg(1), arg(2)).parse().map_err(|e| format!("bad address: {e}"))
+        let ip: std::net::IpAddr =
+            arg(1).parse().map_err(|e| format!("bad address {:?}: {e}", arg(1)))?;
+        let port: u16 = arg(2).parse().map_err(|e| format!("bad port {:?}: {e}", arg(2)))?;
+        Ok(SocketAddr::new(ip, port))
     };
     let result = match arg(0) {
         "tcp-sink" => arg(1).parse().map_err(|e| format!("{e}")).and_then(|p| tcp_sink(p).map_err(|e| e.to_string())),
@@ -200,12 +221,12 @@ pub fn run(args: &[String]) -> ExitCode {
             let count = arg(3).parse().map_err(|e| format!("bad count: {e}"))?;
             udp_send(a, count).map_err(|e| e.to_string())
         }),
-        _ => Err("usage: probe tcp-sink PORT | tcp-send ADDR PORT BYTES | udp-echo PORT | udp-send ADDR PORT COUNT | udp-stream ADDR PORT COUNT RATE".into()),
+        _ => Err("usage: podlane-netprobe tcp-sink PORT | tcp-send ADDR PORT BYTES | udp-echo PORT | udp-send ADDR PORT COUNT | udp-stream ADDR PORT COUNT RATE".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("podlane probe: {e}");
+            eprintln!("podlane-netprobe: {e}");
             ExitCode::FAILURE
         }
     }

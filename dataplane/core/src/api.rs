@@ -314,7 +314,7 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let tables: TableSpec =
-            serde_json::from_str(include_str!("../../docs/examples/two-nodes.json")).unwrap();
+            serde_json::from_str(include_str!("../../../docs/examples/two-nodes.json")).unwrap();
         round_trip(Request::Hello { version: PROTOCOL_VERSION, client: "test".into() });
         round_trip(Request::FullSync { tables: tables.clone() });
         round_trip(Request::Update(Update {
@@ -366,7 +366,7 @@ mod tests {
     #[test]
     fn updates_apply_whole_or_name_the_missing_entry() {
         let mut tables: TableSpec =
-            serde_json::from_str(include_str!("../../docs/examples/two-nodes.json")).unwrap();
+            serde_json::from_str(include_str!("../../../docs/examples/two-nodes.json")).unwrap();
         let mut web = tables.endpoints[0].clone();
         web.labels.insert("tier".into(), "front".into());
         let update = Update {
