@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use podlane_bench::fixture::{self, ClusterParams};
-use podlane_core::engine::{Frame, Ingress, Pipeline, Verdict};
+use podlane_core::engine::{Frame, Ingress, Pipeline, Span, Verdict};
 use podlane_core::table::{EndpointId, Snapshot};
 
 /// (benchmark id, ingress, frames, the verdict every frame must get).
@@ -30,6 +30,8 @@ const FRAME_LEN: usize = 64;
 struct Batch {
     buffers: Vec<Vec<u8>>,
     lens: Vec<usize>,
+    /// Where each frame lies; reset from `lens` for every run (encapsulation moves them).
+    spans: Vec<Span>,
 }
 
 impl Batch {
@@ -42,7 +44,11 @@ impl Batch {
                 b
             })
             .collect();
-        Batch { buffers, lens: frames.iter().map(Vec::len).collect() }
+        Batch {
+            buffers,
+            lens: frames.iter().map(Vec::len).collect(),
+            spans: vec![Span::default(); frames.len()],
+        }
     }
 }
 
@@ -55,11 +61,10 @@ impl Batch {
     }
 
     fn frames(&mut self) -> Vec<Frame<'_>> {
-        self.buffers
-            .iter_mut()
-            .zip(&self.lens)
-            .map(|(b, &len)| Frame::new(b, HEADROOM, len))
-            .collect()
+        for (span, &len) in self.spans.iter_mut().zip(&self.lens) {
+            *span = Span::new(HEADROOM, len);
+        }
+        self.buffers.iter_mut().zip(&mut self.spans).map(|(b, span)| Frame::new(b, span)).collect()
     }
 }
 

@@ -446,13 +446,9 @@ fn record(
                 continue;
             }
             if recording_flag.load(Ordering::Relaxed) {
-                let heads: Vec<(u32, u32)> = packets.iter().map(|p| (p.head, p.len)).collect();
                 let mut histogram = shared.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?;
-                let mut i = 0;
-                umem.lend(&packets, &mut scratch, |chunk| {
-                    let (head, len) = heads[i];
-                    i += 1;
-                    let frame = &chunk[head as usize..(head + len) as usize];
+                umem.lend(&mut packets, &mut scratch, |chunk, span| {
+                    let frame = &chunk[span.head as usize..span.end()];
                     if let Some((sent, arrived)) = traffic::stamps(frame, &layout) {
                         if arrived > sent {
                             let _ = histogram.record(arrived - sent);

@@ -2,7 +2,7 @@
 //! panic; an encapsulated result is accepted by the peer node's own pipeline.
 #![no_main]
 
-use podlane_core::engine::{EngineConfig, Frame, Ingress, Pipeline, Verdict};
+use podlane_core::engine::{EngineConfig, Frame, Ingress, Pipeline, Span, Verdict};
 use podlane_core::table::{EndpointId, Snapshot, TableSpec};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut buffer = vec![0u8; HEADROOM + frame.len() + 64];
     buffer[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-    let mut frames = [Frame::new(&mut buffer, HEADROOM, frame.len())];
+    let mut span = Span::new(HEADROOM, frame.len());
+    let mut frames = [Frame::new(&mut buffer, &mut span)];
     let mut verdicts = [Verdict::Host];
     let mut pipeline = Pipeline::new(config);
     pipeline.process_batch(snapshot, ingress, &mut frames, &mut verdicts);

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use podlane_core::engine::{EngineConfig, Frame, Ingress, Pipeline, Verdict};
+use podlane_core::engine::{EngineConfig, Frame, Ingress, Pipeline, Span, Verdict};
 use podlane_core::table::{Cidr, EndpointSpec, NodeSpec, Snapshot, TableSpec};
 use podlane_core::wire::MacAddr;
 use podlane_tests::require_root;
@@ -162,7 +162,8 @@ fn process(
 ) -> (Verdict, Vec<u8>) {
     let mut buffer = vec![0u8; HEADROOM + frame.len()];
     buffer[HEADROOM..].copy_from_slice(frame);
-    let mut f = Frame::new(&mut buffer, HEADROOM, frame.len());
+    let mut span = Span::new(HEADROOM, frame.len());
+    let mut f = Frame::new(&mut buffer, &mut span);
     let verdict = pipeline.process_one(snapshot, ingress, &mut f);
     (verdict, f.data().to_vec())
 }

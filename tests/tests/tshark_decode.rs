@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use podlane_bench::fixture::{self, ClusterParams};
-use podlane_core::engine::{EngineConfig, Frame, Ingress, Pipeline, Verdict};
+use podlane_core::engine::{EngineConfig, Frame, Ingress, Pipeline, Span, Verdict};
 use podlane_core::table::{EndpointId, Snapshot};
 use podlane_tests::{require_tool, tshark_fields, write_pcap};
 use testbed::ScratchDir;
@@ -47,7 +47,8 @@ fn encapsulate_all(
         for (pod, frame) in fixture::encap_frames(params, 20, frame_len) {
             let mut buffer = vec![0u8; HEADROOM + frame.len()];
             buffer[HEADROOM..].copy_from_slice(&frame);
-            let mut f = Frame::new(&mut buffer, HEADROOM, frame.len());
+            let mut span = Span::new(HEADROOM, frame.len());
+            let mut f = Frame::new(&mut buffer, &mut span);
             let verdict =
                 pipeline.process_one(&snapshot, Ingress::Pod(EndpointId(pod as u32)), &mut f);
             assert_eq!(verdict, Verdict::Encap, "{frame_len}-byte frame from pod {pod}");

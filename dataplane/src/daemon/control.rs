@@ -72,47 +72,67 @@ impl Drop for ControlServer {
     }
 }
 
+/// Why the control socket could not be served; each names the path and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("creating the control socket's directory {}: {source}", path.display())]
+    Directory { path: PathBuf, source: std::io::Error },
+    #[error("{} exists and is not a socket; remove it or choose another --control-socket", path.display())]
+    NotASocket { path: PathBuf },
+    #[error(
+        "another dataplane is serving {}; stop it first or choose another --control-socket",
+        path.display()
+    )]
+    InUse { path: PathBuf },
+    #[error("removing the stale socket {}: {source}", path.display())]
+    RemoveStale { path: PathBuf, source: std::io::Error },
+    #[error("binding the control socket {}: {source}", path.display())]
+    Bind { path: PathBuf, source: std::io::Error },
+    #[error("setting mode 0600 on {}: {source}", path.display())]
+    Mode { path: PathBuf, source: std::io::Error },
+    #[error("starting the control socket's thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
 /// Binds the socket (handling a stale one) and starts serving.
 pub(crate) fn serve<B: Backend>(
     path: &Path,
     backend: Arc<B>,
     access: Access,
-) -> Result<ControlServer, String> {
+) -> Result<ControlServer, ControlError> {
+    let at = |path: &Path| path.to_owned();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| ControlError::Directory { path: at(dir), source })?;
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(format!(
-                "{} exists and is not a socket; remove it or choose another --control-socket",
-                path.display()
-            ));
+            return Err(ControlError::NotASocket { path: at(path) });
         }
         if UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another dataplane is serving {}; stop it first or choose another --control-socket",
-                path.display()
-            ));
+            return Err(ControlError::InUse { path: at(path) });
         }
         std::fs::remove_file(path)
-            .map_err(|e| format!("removing the stale socket {}: {e}", path.display()))?;
+            .map_err(|source| ControlError::RemoveStale { path: at(path), source })?;
         tracing::info!(path = %path.display(), "removed a stale control socket left by an earlier run");
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| format!("binding the control socket {}: {e}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).map_err(|source| ControlError::Bind { path: at(path), source })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("setting mode 0600 on {}: {e}", path.display()))?;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        .map_err(|source| ControlError::Mode { path: at(path), source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ControlError::Bind { path: at(path), source })?;
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("podlane-control".into())
             .spawn(move || accept_loop(listener, backend, access, stop))
-            .map_err(|e| e.to_string())?
+            .map_err(ControlError::Thread)?
     };
     tracing::info!(path = %path.display(), "control socket listening");
     Ok(ControlServer { path: path.to_owned(), stop, thread: Some(thread) })
@@ -255,7 +275,7 @@ mod tests {
 
     use super::*;
     use crate::api::Update;
-    use crate::engine::{EngineConfig, Frame, Ingress, Pipeline, Verdict};
+    use crate::engine::{EngineConfig, Frame, Ingress, Pipeline, Span, Verdict};
     use crate::table::TableSpec;
 
     /// A backend without AF_XDP: the tables, no workers.
@@ -336,7 +356,8 @@ mod tests {
         let mut bytes = Vec::new();
         builder.write(&mut bytes, b"x").unwrap();
         frame[64..64 + bytes.len()].copy_from_slice(&bytes);
-        let mut frames = [Frame::new(&mut frame, 64, bytes.len())];
+        let mut span = Span::new(64, bytes.len());
+        let mut frames = [Frame::new(&mut frame, &mut span)];
         let mut verdicts = [Verdict::Host];
         Pipeline::new(EngineConfig::default()).process_batch(
             &snapshot,
@@ -480,12 +501,14 @@ mod tests {
         let server = serve(&path, backend.clone(), Access::default()).unwrap();
         hello(&path);
         let err = serve(&path, backend.clone(), Access::default()).unwrap_err();
-        assert!(err.contains("another dataplane is serving"), "{err}");
+        assert!(matches!(err, ControlError::InUse { .. }));
+        assert!(err.to_string().contains("another dataplane is serving"), "{err}");
         drop(server);
         assert!(!path.exists(), "the socket file is removed on shutdown");
         std::fs::write(&path, "not a socket").unwrap();
         let err = serve(&path, backend, Access::default()).unwrap_err();
-        assert!(err.contains("exists and is not a socket"), "{err}");
+        assert!(matches!(err, ControlError::NotASocket { .. }));
+        assert!(err.to_string().contains("exists and is not a socket"), "{err}");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

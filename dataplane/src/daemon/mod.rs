@@ -14,7 +14,8 @@ mod neighbours;
 mod tables;
 mod worker;
 
-pub use control::Access;
+pub use control::{Access, ControlError};
+pub use worker::WorkerError;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -24,10 +25,10 @@ use std::time::{Duration, Instant};
 
 use crate::api::{DaemonInfo, WorkerCounters};
 use crate::engine::EngineConfig;
-use crate::io::xdp::{XdpLink, XdpMode, XdpProgram, XskMap};
+use crate::io::xdp::{XdpError, XdpLink, XdpMode, XdpProgram, XskMap};
 use crate::io::xsk::{BindPreference, UmemConfig};
 use crate::io::{self};
-use crate::table::TableSpec;
+use crate::table::{LoadError, TableError, TableSpec};
 use tables::Tables;
 
 /// Which XDP attach mode to use.
@@ -77,22 +78,70 @@ pub struct DaemonConfig {
     pub stats_interval: Duration,
 }
 
-/// Why the daemon could not start; each is one clear line.
+/// Why the daemon could not start; each is one clear line that says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(
         "needs root, or CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_IPC_LOCK \
-         (missing: {0}); run it with sudo"
+         (missing: {missing}); run it with sudo"
     )]
-    Privileges(String),
+    Privileges { missing: String },
     #[error("no interface named {0:?} in this network namespace (see `ip link`)")]
     NoSuchInterface(String),
+    #[error("reading the {what} of {interface}: {source}")]
+    Interface { interface: String, what: &'static str, source: std::io::Error },
     #[error("this kernel has no AF_XDP sockets (CONFIG_XDP_SOCKETS=y is required)")]
     NoAfXdp,
-    #[error("{0}")]
-    Tables(String),
-    #[error("{0}")]
-    Setup(String),
+    #[error(transparent)]
+    Tables(#[from] TablesError),
+    #[error("installing the SIGINT/SIGTERM handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("creating a worker's inbox: {0}")]
+    Inbox(#[source] std::io::Error),
+    #[error("the uplink's XSKMAP: {0}")]
+    UplinkMap(#[source] XdpError),
+    #[error("the uplink program: {0}")]
+    UplinkProgram(#[source] XdpError),
+    #[error("attaching the uplink program to {interface}: {source}")]
+    UplinkAttach { interface: String, source: AttachError },
+    #[error("starting worker {index}: {source}")]
+    WorkerThread { index: usize, source: std::io::Error },
+    #[error("worker {index}: {source}")]
+    Worker { index: usize, source: WorkerError },
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+/// Why the tables the daemon starts with are not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum TablesError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("tables file {}: {source}", path.display())]
+    Rejected { path: PathBuf, source: TableError },
+    #[error("tables: {0}")]
+    Invalid(#[source] TableError),
+    #[error("--node-name {name} is not the local node {local:?} of {}", path.display())]
+    NodeName { name: String, local: String, path: PathBuf },
+    #[error(
+        "without --tables, give --node-name and --node-ip: the control process pushes the rest"
+    )]
+    NoIdentity,
+    #[error("tables: local node {0:?} is not in the node table")]
+    NoLocalNode(String),
+    #[error(
+        "--node-ip {given} is not the underlay address of the local node {node:?} in the tables ({tables})"
+    )]
+    NodeIp { given: IpAddr, node: String, tables: IpAddr },
+}
+
+/// Why an XDP program could not be attached in the chosen mode.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Xdp(#[from] XdpError),
+    #[error("{native}; generic mode too: {generic}")]
+    NeitherMode { native: Box<XdpError>, generic: Box<XdpError> },
 }
 
 /// The log line of one worker's counters (debug every `--stats-interval`, info at exit):
@@ -161,14 +210,21 @@ pub(crate) struct Shared {
 }
 
 /// Attaches `program` in the chosen mode; `Auto` tries native, then generic.
-fn attach(program: &XdpProgram, interface: &str, mode: XdpModeChoice) -> Result<XdpLink, String> {
+pub(crate) fn attach(
+    program: &XdpProgram,
+    interface: &str,
+    mode: XdpModeChoice,
+) -> Result<XdpLink, AttachError> {
     let native = || program.attach(interface, XdpMode::Native);
     let generic = || program.attach(interface, XdpMode::Generic);
     match mode {
-        XdpModeChoice::Native => native().map_err(|e| e.to_string()),
-        XdpModeChoice::Generic => generic().map_err(|e| e.to_string()),
-        XdpModeChoice::Auto => native().or_else(|native_err| {
-            generic().map_err(|e| format!("{native_err}; generic mode too: {e}"))
+        XdpModeChoice::Native => Ok(native()?),
+        XdpModeChoice::Generic => Ok(generic()?),
+        XdpModeChoice::Auto => native().or_else(|native| {
+            generic().map_err(|generic| AttachError::NeitherMode {
+                native: Box::new(native),
+                generic: Box::new(generic),
+            })
         }),
     }
 }
@@ -198,63 +254,22 @@ fn missing_capabilities() -> Vec<&'static str> {
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let missing = missing_capabilities();
     if !missing.is_empty() {
-        return Err(DaemonError::Privileges(missing.join(", ")));
+        return Err(DaemonError::Privileges { missing: missing.join(", ") });
     }
     let uplink_index = io::interface_index(&config.uplink)
         .ok_or_else(|| DaemonError::NoSuchInterface(config.uplink.clone()))?;
+    let interface_error = |what| {
+        let interface = config.uplink.clone();
+        move |source| DaemonError::Interface { interface, what, source }
+    };
     let mut engine = config.engine.clone();
-    engine.uplink_mac = io::interface_mac(&config.uplink)
-        .map_err(|e| DaemonError::Setup(format!("reading the MAC of {}: {e}", config.uplink)))?;
+    engine.uplink_mac = io::interface_mac(&config.uplink).map_err(interface_error("MAC"))?;
     engine.uplink_mtu = io::interface_mtu(&config.uplink)
-        .map_err(|e| DaemonError::Setup(format!("reading the MTU of {}: {e}", config.uplink)))?
+        .map_err(interface_error("MTU"))?
         .min(u32::from(u16::MAX)) as u16;
     let uplink_queues = io::interface_queues(&config.uplink);
-
-    let spec = match (&config.tables, &config.node_name, config.node_ip) {
-        (Some(path), _, _) => {
-            let spec =
-                TableSpec::from_json_file(path).map_err(|e| DaemonError::Tables(e.to_string()))?;
-            if let Some(name) = &config.node_name
-                && name != &spec.local_node
-            {
-                return Err(DaemonError::Tables(format!(
-                    "--node-name {name} is not the local node {:?} of {}",
-                    spec.local_node,
-                    path.display()
-                )));
-            }
-            spec
-        }
-        (None, Some(name), Some(ip)) => Tables::empty(name, ip, engine.uplink_mac),
-        (None, _, _) => {
-            return Err(DaemonError::Tables(
-                "without --tables, give --node-name and --node-ip: the control process pushes the rest".into(),
-            ));
-        }
-    };
-    let node_ip = match spec.nodes.iter().find(|n| n.name == spec.local_node) {
-        Some(local) => local.underlay,
-        None => {
-            return Err(DaemonError::Tables(format!(
-                "tables: local node {:?} is not in the node table",
-                spec.local_node
-            )));
-        }
-    };
-    if let Some(ip) = config.node_ip
-        && ip != node_ip
-    {
-        return Err(DaemonError::Tables(format!(
-            "--node-ip {ip} is not the underlay address of the local node {:?} in the tables ({node_ip})",
-            spec.local_node
-        )));
-    }
-    let tables = Tables::new(spec, node_ip).map_err(|e| {
-        DaemonError::Tables(match &config.tables {
-            Some(path) => format!("tables file {}: {e}", path.display()),
-            None => e,
-        })
-    })?;
+    let tables = initial_tables(&config, engine.uplink_mac)?;
+    let node_ip = tables.node_ip();
 
     let workers = config.cores.len().max(1).min(uplink_queues as usize);
     if workers < config.cores.len() {
@@ -264,10 +279,12 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             "more cores than uplink queues: running {workers} worker(s), one per queue at most"
         );
     }
+    let umem = UmemConfig { chunks: config.umem_chunks, ..UmemConfig::default() };
     let mut inboxes = Vec::new();
     let mut wakees = Vec::new();
     for _ in 0..workers {
-        let (inbox, wakee) = worker::Inbox::new().map_err(|e| DaemonError::Setup(e.to_string()))?;
+        let (inbox, wakee) =
+            worker::Inbox::new(umem.chunk_size as usize).map_err(DaemonError::Inbox)?;
         inboxes.push(inbox);
         wakees.push(wakee);
     }
@@ -276,7 +293,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         uplink_queues,
         workers,
         engine: engine.clone(),
-        umem: worker::umem_config(config.umem_chunks),
+        umem,
         bind: config.bind,
         xdp_mode: config.xdp_mode,
         poll_mode: config.poll_mode,
@@ -305,11 +322,10 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         inboxes,
     });
 
-    io::install_stop_handlers().map_err(|e| DaemonError::Setup(format!("signal handlers: {e}")))?;
-    let uplink_map =
-        Arc::new(XskMap::new(uplink_queues).map_err(|e| DaemonError::Setup(e.to_string()))?);
+    io::install_stop_handlers().map_err(DaemonError::Signals)?;
+    let uplink_map = Arc::new(XskMap::new(uplink_queues).map_err(DaemonError::UplinkMap)?);
     let uplink_program = XdpProgram::uplink(&uplink_map, node_ip, engine.vxlan_port)
-        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+        .map_err(DaemonError::UplinkProgram)?;
 
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::new();
@@ -327,16 +343,21 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             wakee,
             ready_tx.clone(),
         )
-        .map_err(|e| DaemonError::Setup(format!("starting worker {index}: {e}")))?;
+        .map_err(|source| DaemonError::WorkerThread { index, source })?;
         handles.push(handle);
     }
     drop(ready_tx);
     let mut startup_error = None;
     for _ in 0..workers {
         match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => startup_error = startup_error.or(Some(e)),
-            Err(_) => startup_error = startup_error.or(Some("a worker died at start".into())),
+            Ok((_, Ok(()))) => {}
+            Ok((index, Err(source))) => {
+                startup_error = startup_error.or(Some(DaemonError::Worker { index, source }))
+            }
+            Err(_) => {
+                let source = WorkerError::Died;
+                startup_error = startup_error.or(Some(DaemonError::Worker { index: 0, source }))
+            }
         }
     }
     let stop_workers = |handles: Vec<std::thread::JoinHandle<()>>| {
@@ -347,17 +368,18 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     };
     if let Some(e) = startup_error {
         stop_workers(handles);
-        return Err(if e.contains("no AF_XDP") {
-            DaemonError::NoAfXdp
-        } else {
-            DaemonError::Setup(e)
+        return Err(match e {
+            DaemonError::Worker { source, .. } if source.is_af_xdp_missing() => {
+                DaemonError::NoAfXdp
+            }
+            other => other,
         });
     }
     let uplink_link = match attach(&uplink_program, &config.uplink, config.xdp_mode) {
         Ok(link) => link,
-        Err(e) => {
+        Err(source) => {
             stop_workers(handles);
-            return Err(DaemonError::Setup(e));
+            return Err(DaemonError::UplinkAttach { interface: config.uplink.clone(), source });
         }
     };
     tracing::info!(
@@ -377,7 +399,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             Err(e) => {
                 drop(uplink_link);
                 stop_workers(handles);
-                return Err(DaemonError::Setup(e));
+                return Err(e.into());
             }
         },
         None => None,
@@ -406,4 +428,42 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         }
     }
     Ok(())
+}
+
+/// The tables the daemon starts with: a tables file, or only this node (`--node-name`,
+/// `--node-ip`) until the control process pushes the rest.
+fn initial_tables(
+    config: &DaemonConfig,
+    vtep_mac: crate::wire::MacAddr,
+) -> Result<Tables, TablesError> {
+    let spec = match (&config.tables, &config.node_name, config.node_ip) {
+        (Some(path), _, _) => {
+            let spec = TableSpec::from_json_file(path)?;
+            if let Some(name) = &config.node_name
+                && name != &spec.local_node
+            {
+                return Err(TablesError::NodeName {
+                    name: name.clone(),
+                    local: spec.local_node.clone(),
+                    path: path.clone(),
+                });
+            }
+            spec
+        }
+        (None, Some(name), Some(ip)) => Tables::empty(name, ip, vtep_mac),
+        (None, _, _) => return Err(TablesError::NoIdentity),
+    };
+    let Some(local) = spec.nodes.iter().find(|n| n.name == spec.local_node) else {
+        return Err(TablesError::NoLocalNode(spec.local_node.clone()));
+    };
+    let node_ip = local.underlay;
+    if let Some(given) = config.node_ip
+        && given != node_ip
+    {
+        return Err(TablesError::NodeIp { given, node: spec.local_node.clone(), tables: node_ip });
+    }
+    Tables::new(spec, node_ip).map_err(|source| match &config.tables {
+        Some(path) => TablesError::Rejected { path: path.clone(), source },
+        None => TablesError::Invalid(source),
+    })
 }

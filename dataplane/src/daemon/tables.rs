@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::api::{ApiError, Update};
-use crate::table::{NodeSpec, Snapshot, SnapshotCell, TableSpec};
+use crate::table::{NodeSpec, Snapshot, SnapshotCell, TableError, TableSpec};
 use crate::wire::MacAddr;
 
 #[derive(Debug)]
@@ -29,8 +29,8 @@ pub(crate) struct Tables {
 
 impl Tables {
     /// Starts from `base`, whose local node must be `node` at `node_ip`.
-    pub(crate) fn new(base: TableSpec, node_ip: IpAddr) -> Result<Tables, String> {
-        let snapshot = Snapshot::build(&base, 1).map_err(|e| e.to_string())?;
+    pub(crate) fn new(base: TableSpec, node_ip: IpAddr) -> Result<Tables, TableError> {
+        let snapshot = Snapshot::build(&base, 1)?;
         Ok(Tables {
             cell: SnapshotCell::new(snapshot),
             node: base.local_node.clone(),
@@ -57,6 +57,11 @@ impl Tables {
 
     pub(crate) fn node(&self) -> &str {
         &self.node
+    }
+
+    /// This node's underlay address.
+    pub(crate) fn node_ip(&self) -> IpAddr {
+        self.node_ip
     }
 
     pub(crate) fn load_full(&self) -> Arc<Snapshot> {

@@ -204,73 +204,92 @@ drop_reasons! {
     DecapForRemoteNode => "decap_for_remote_node",
 }
 
-/// A frame in a buffer with headroom: `buffer[head..head + len]` is the frame. The engine
-/// grows it at the front for encapsulation and shrinks it for decapsulation.
+/// Where a frame lies in its buffer: `len` bytes from offset `head`. The I/O layer keeps one
+/// with every frame it owns (next to the buffer's handle) and the engine moves it in place
+/// when it encapsulates or decapsulates, so both speak of a frame the same way and nothing is
+/// copied back and forth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub head: u32,
+    pub len: u32,
+}
+
+impl Span {
+    pub fn new(head: usize, len: usize) -> Span {
+        Span { head: head as u32, len: len as u32 }
+    }
+
+    /// One past the frame's last byte.
+    pub fn end(&self) -> usize {
+        self.head as usize + self.len as usize
+    }
+}
+
+/// A frame in a buffer with headroom: the bytes of `buffer` that `span` names. The engine
+/// grows it at the front for encapsulation and shrinks it for decapsulation, through the span.
 #[derive(Debug)]
 pub struct Frame<'a> {
     buffer: &'a mut [u8],
-    head: usize,
-    len: usize,
+    span: &'a mut Span,
 }
 
 impl<'a> Frame<'a> {
-    /// A frame of `len` bytes starting `head` bytes into `buffer`.
+    /// The frame `span` names in `buffer`.
     ///
     /// # Panics
-    /// If `head + len` exceeds the buffer: that is the I/O layer's bug, not bad input.
-    pub fn new(buffer: &'a mut [u8], head: usize, len: usize) -> Frame<'a> {
-        assert!(
-            head.checked_add(len).is_some_and(|end| end <= buffer.len()),
-            "frame outside buffer"
-        );
-        Frame { buffer, head, len }
+    /// If the span reaches past the buffer: that is the I/O layer's bug, not bad input (it
+    /// checks every descriptor the kernel hands it against its buffers).
+    pub fn new(buffer: &'a mut [u8], span: &'a mut Span) -> Frame<'a> {
+        assert!(span.end() <= buffer.len(), "frame outside buffer");
+        Frame { buffer, span }
     }
 
     pub fn data(&self) -> &[u8] {
-        &self.buffer[self.head..self.head + self.len]
+        &self.buffer[self.span.head as usize..self.span.end()]
     }
 
     pub fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.buffer[self.head..self.head + self.len]
+        let end = self.span.end();
+        &mut self.buffer[self.span.head as usize..end]
     }
 
     /// Offset of the frame's first byte in the buffer (the UMEM descriptor adds it).
     pub fn head(&self) -> usize {
-        self.head
+        self.span.head as usize
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.span.len as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.span.len == 0
     }
 
     /// Grows the frame by `n` bytes at the front; false when the headroom is too small.
     fn push_head(&mut self, n: usize) -> bool {
-        if n > self.head {
+        if n > self.span.head as usize {
             return false;
         }
-        self.head -= n;
-        self.len += n;
+        self.span.head -= n as u32;
+        self.span.len += n as u32;
         true
     }
 
     /// Drops the first `n` bytes (at most the frame's length).
     fn pull_head(&mut self, n: usize) {
-        let n = n.min(self.len);
-        self.head += n;
-        self.len -= n;
+        let n = (n as u32).min(self.span.len);
+        self.span.head += n;
+        self.span.len -= n;
     }
 
     /// Sets the length: trims Ethernet padding, or grows into tailroom; false when the buffer
     /// is too small.
     fn set_len(&mut self, len: usize) -> bool {
-        if self.head + len > self.buffer.len() {
+        if self.span.head as usize + len > self.buffer.len() {
             return false;
         }
-        self.len = len;
+        self.span.len = len as u32;
         true
     }
 }
@@ -465,7 +484,7 @@ impl Pipeline {
         self.counters.rx_bytes += frame.len() as u64;
         let verdict = match ingress {
             Ingress::Uplink => uplink::process(self, snapshot, frame),
-            Ingress::Pod(id) => match snapshot.endpoints().get(id.0 as usize) {
+            Ingress::Pod(id) => match snapshot.get_endpoint(id) {
                 Some(_) => pod::process(self, snapshot, id, frame, hint),
                 None => Verdict::Drop(DropReason::UnknownIngress),
             },

@@ -91,7 +91,8 @@ fn config_for(local: &str) -> EngineConfig {
 fn run(p: &mut Pipeline, snap: &Snapshot, ingress: Ingress, bytes: &[u8]) -> (Verdict, Vec<u8>) {
     let mut buffer = vec![0u8; HEADROOM + bytes.len() + 128];
     buffer[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
-    let mut frames = [Frame::new(&mut buffer, HEADROOM, bytes.len())];
+    let mut span = Span::new(HEADROOM, bytes.len());
+    let mut frames = [Frame::new(&mut buffer, &mut span)];
     let mut verdicts = [Verdict::Host];
     p.process_batch(snap, ingress, &mut frames, &mut verdicts);
     (verdicts[0], frames[0].data().to_vec())
@@ -626,7 +627,8 @@ fn encap_limits() {
     // No headroom in the buffer.
     let frame = udp4("10.244.1.2", "10.244.2.5", 1, 2, 64, b"");
     let mut buffer = frame.clone();
-    let mut frames = [Frame::new(&mut buffer, 0, frame.len())];
+    let mut span = Span::new(0, frame.len());
+    let mut frames = [Frame::new(&mut buffer, &mut span)];
     let mut verdicts = [Verdict::Host];
     p.process_batch(&snap, from_a1(&snap), &mut frames, &mut verdicts);
     assert_eq!(verdicts[0], Verdict::Drop(DropReason::NoBufferRoom));
@@ -771,7 +773,8 @@ proptest! {
             b[HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
             b
         }).collect();
-        let mut batch: Vec<Frame<'_>> = buffers.iter_mut().zip(&frames).map(|(b, f)| Frame::new(b, HEADROOM, f.len())).collect();
+        let mut spans: Vec<Span> = frames.iter().map(|f| Span::new(HEADROOM, f.len())).collect();
+        let mut batch: Vec<Frame<'_>> = buffers.iter_mut().zip(spans.iter_mut()).map(|(b, span)| Frame::new(b, span)).collect();
         let mut verdicts = vec![Verdict::Host; batch.len()];
         p.process_batch(&snap, ingress, &mut batch, &mut verdicts);
         let c = p.counters();
@@ -839,8 +842,12 @@ fn forwarding_continues_while_tables_are_replaced() {
                             b
                         })
                         .collect();
-                    let mut frames: Vec<Frame<'_>> =
-                        buffers.iter_mut().map(|b| Frame::new(b, HEADROOM, frame.len())).collect();
+                    let mut spans = vec![Span::new(HEADROOM, frame.len()); buffers.len()];
+                    let mut frames: Vec<Frame<'_>> = buffers
+                        .iter_mut()
+                        .zip(spans.iter_mut())
+                        .map(|(b, span)| Frame::new(b, span))
+                        .collect();
                     let mut verdicts = [Verdict::Host; 16];
                     p.process_batch(&snap, a1, &mut frames, &mut verdicts);
                     // Node-b is in every table the writer publishes: always encapsulated.

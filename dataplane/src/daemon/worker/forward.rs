@@ -1,0 +1,147 @@
+//! The forwarding path of a worker: a burst received on a port goes through the pipeline as
+//! one batch, and each frame's chunk — rewritten in place — is queued on the port its verdict
+//! names (the same UMEM, so nothing is copied), handed to the worker that owns its pod, or
+//! released. Then every port transmits what waits, reaps completions and tops up its fill
+//! ring.
+
+use super::Worker;
+use super::pods::Slot;
+use super::port::PortId;
+use crate::engine::{Frame, Ingress, Verdict};
+use crate::io::xsk::Packet;
+use crate::table::{EndpointId, Snapshot};
+
+use super::port::PortKind;
+
+/// Where a frame goes from this worker.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Target {
+    Port(PortId),
+    /// A pod another worker owns.
+    Worker {
+        worker: usize,
+        endpoint: EndpointId,
+        instance: u64,
+    },
+    /// No socket to send it on (a pod not attached): counted as `no_socket`.
+    Nowhere,
+}
+
+/// Lends the parked frame vector to a batch (`Vec` is covariant: `'static` shortens to `'a`).
+fn recycle<'a>(mut frames: Vec<Frame<'static>>) -> Vec<Frame<'a>> {
+    frames.clear();
+    frames
+}
+
+/// Parks the batch's frame vector for the next batch, keeping its allocation: it is emptied
+/// first, so no frame outlives its borrow, and collecting an emptied `into_iter` reuses the
+/// buffer in place.
+fn park(mut frames: Vec<Frame<'_>>) -> Vec<Frame<'static>> {
+    frames.clear();
+    frames.into_iter().map(|_| -> Frame<'static> { unreachable!("emptied") }).collect()
+}
+
+impl Worker {
+    /// Where frames for the endpoint in slot `id` go.
+    pub(super) fn target(&self, id: EndpointId) -> Target {
+        match self.endpoints.get(id.0 as usize) {
+            Some(Slot::Attached { pod, .. }) => {
+                pod.ports.first().map_or(Target::Nowhere, |p| Target::Port(*p))
+            }
+            Some(Slot::Elsewhere { worker, instance }) => {
+                Target::Worker { worker: *worker, endpoint: id, instance: *instance }
+            }
+            _ => Target::Nowhere,
+        }
+    }
+
+    /// One RX burst on `port`: pipeline, then each frame to its target. Returns the number of
+    /// frames received.
+    pub(super) fn receive(&mut self, port: PortId, snapshot: &Snapshot) -> usize {
+        let Some(p) = self.ports.get(port) else { return 0 };
+        let (socket, ingress) = match p.kind {
+            PortKind::Uplink => (p.socket, Ingress::Uplink),
+            PortKind::Pod(endpoint) => (p.socket, Ingress::Pod(endpoint)),
+        };
+        let n = self.umem.receive(socket, super::BURST as u32, &mut self.rx);
+        if n == 0 {
+            return 0;
+        }
+        let bytes: u64 = self.rx.iter().map(|pkt| u64::from(pkt.span.len)).sum();
+        if let Some(p) = self.ports.get_mut(port) {
+            p.received(n, bytes);
+        }
+        {
+            let mut frames = recycle(std::mem::take(&mut self.frames));
+            self.umem.lend(&mut self.rx, &mut self.scratch, |buffer, span| {
+                frames.push(Frame::new(buffer, span));
+            });
+            let verdicts = &mut self.verdicts[..n as usize];
+            self.pipeline.process_batch(snapshot, ingress, &mut frames, verdicts);
+            self.frames = park(frames);
+        }
+        let mut rx = std::mem::take(&mut self.rx);
+        for (i, packet) in rx.drain(..).enumerate() {
+            let target = match self.verdicts[i] {
+                Verdict::Encap => self.uplink.map_or(Target::Nowhere, Target::Port),
+                Verdict::Decap(id) | Verdict::Local(id) => self.target(id),
+                Verdict::Reply => Target::Port(port),
+                // Host: the exception path (a TAP to the host stack) is later work; until
+                // then such frames are counted by the pipeline and dropped here.
+                Verdict::Host | Verdict::Drop(_) => {
+                    self.umem.release(packet.chunk);
+                    continue;
+                }
+            };
+            self.send(target, packet);
+        }
+        self.rx = rx;
+        n as usize
+    }
+
+    /// Queues a frame on its target, or releases it.
+    pub(super) fn send(&mut self, target: Target, mut packet: Packet) {
+        match target {
+            Target::Port(port) => match self.ports.get_mut(port) {
+                Some(p) => {
+                    if let Err(packet) = p.queue(packet) {
+                        self.umem.release(packet.chunk);
+                    }
+                }
+                None => {
+                    self.io_counters.no_socket += 1;
+                    self.umem.release(packet.chunk);
+                }
+            },
+            Target::Worker { worker, endpoint, instance } => {
+                self.hand_off(worker, endpoint, instance, &mut packet);
+                self.umem.release(packet.chunk);
+            }
+            Target::Nowhere => {
+                self.io_counters.no_socket += 1;
+                self.umem.release(packet.chunk);
+            }
+        }
+    }
+
+    /// Transmits what is pending on every port, reaps completions, refills.
+    pub(super) fn flush(&mut self) {
+        let mut down = Vec::new();
+        for (_, p) in self.ports.iter_mut() {
+            // Also with nothing pending: frames still in flight may need another kick.
+            let outcome = self.umem.transmit(p.socket, &mut p.pending);
+            p.stats.tx_packets += u64::from(outcome.queued);
+            p.stats.tx_bytes += outcome.bytes;
+            if outcome.interface_down
+                && let PortKind::Pod(endpoint) = p.kind
+            {
+                down.push(endpoint);
+            }
+            self.umem.complete(p.socket);
+            self.umem.refill(p.socket, p.fill_target);
+        }
+        for endpoint in down {
+            self.interface_gone(endpoint);
+        }
+    }
+}

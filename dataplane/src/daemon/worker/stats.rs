@@ -1,0 +1,75 @@
+//! A worker's counters, published about once a second for the control socket and the log:
+//! the pipeline's (forwarded by verdict, dropped by reason), each port's, the kernel's per
+//! socket (XDP_STATISTICS) and the worker's own (hand-overs, frames with no socket).
+
+use super::Worker;
+use crate::api::{SocketCounters, WorkerCounters};
+use crate::engine::DropReason;
+
+/// What the worker counts itself, beside the pipeline and the sockets.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct IoCounters {
+    /// Frames for a pod with no socket to send on (not attached, or its port closed).
+    pub(super) no_socket: u64,
+    /// Frames other workers handed to this one.
+    pub(super) handoff_in: u64,
+    /// Frames that could not be handed over or delivered after a hand-over.
+    pub(super) handoff_dropped: u64,
+    /// Handed-over frames dropped because the UMEM had no free chunk.
+    pub(super) chunk_exhausted: u64,
+}
+
+impl Worker {
+    pub(super) fn publish_stats(&self) {
+        let sockets = self
+            .ports
+            .iter()
+            .map(|p| {
+                let socket = self.umem.socket(p.socket);
+                let xdp = socket.and_then(|s| s.statistics().ok()).unwrap_or_default();
+                SocketCounters {
+                    interface: p.interface.clone(),
+                    queue: p.queue,
+                    mode: socket.map(|s| s.mode().to_string()).unwrap_or_default(),
+                    rx_packets: p.stats.rx_packets,
+                    rx_bytes: p.stats.rx_bytes,
+                    tx_packets: p.stats.tx_packets,
+                    tx_bytes: p.stats.tx_bytes,
+                    tx_dropped: p.stats.tx_dropped,
+                    rx_ring_full: xdp.rx_ring_full,
+                    rx_fill_ring_empty: xdp.rx_fill_ring_empty_descs,
+                    rx_invalid_descs: xdp.rx_invalid_descs,
+                    tx_invalid_descs: xdp.tx_invalid_descs,
+                    rx_dropped: xdp.rx_dropped,
+                }
+            })
+            .collect();
+        let c = self.pipeline.counters();
+        let io = self.io_counters;
+        let stats = WorkerCounters {
+            worker: self.index,
+            rx_frames: c.rx_frames,
+            rx_bytes: c.rx_bytes,
+            encap: c.encap,
+            decap: c.decap,
+            local: c.local,
+            reply: c.reply,
+            host: c.host,
+            drops: DropReason::ALL
+                .iter()
+                .filter(|r| c.dropped(**r) > 0)
+                .map(|r| (r.label().to_owned(), c.dropped(*r)))
+                .collect(),
+            no_socket: io.no_socket,
+            handoff_in: io.handoff_in,
+            handoff_dropped: io.handoff_dropped,
+            chunk_exhausted: io.chunk_exhausted,
+            free_chunks: self.umem.free_chunks(),
+            invalid_descriptors: self.umem.invalid_descriptors(),
+            sockets,
+        };
+        if let Ok(mut slot) = self.shared.stats[self.index].lock() {
+            *slot = stats;
+        }
+    }
+}
