@@ -1,7 +1,9 @@
 //! Two nodes, both on podlane, two pods each — the whole dataplane on real kernels: AF_XDP
 //! on veth uplinks and pod veths, the pipeline in between, next hops resolved through the
 //! kernel's neighbour table. Every pod pair pings (same node and across nodes); a 10 MB TCP
-//! transfer and a UDP exchange between pods on different nodes arrive intact.
+//! transfer and a UDP exchange between pods on different nodes arrive intact. A pod whose veth
+//! appears after the tables were pushed is reached from the other node through the worker
+//! that did not attach it.
 
 use podlane_tests::require_root;
 use testbed::podlane::Dataplane;
@@ -32,7 +34,15 @@ fn two_nodes() -> anyhow::Result<()> {
     let tables_a = dir.path().join("tables-a.json");
     let tables_b = dir.path().join("tables-b.json");
     tables::write(&tables_a, &tables::for_node("node-a", &nodes, &[&pods[0], &pods[1]])?)?;
-    tables::write(&tables_b, &tables::for_node("node-b", &nodes, &[&pods[2], &pods[3]])?)?;
+    // Node B's tables also hold b4, whose veth does not exist yet: it is wired later, while
+    // the daemon runs (as a CNI plugin would after the table push).
+    let b4 = ("b4", "veth-b4", "10.244.2.4", "0a:58:0a:f4:02:04");
+    let mut spec_b = tables::for_node("node-b", &nodes, &[&pods[2], &pods[3]])?;
+    let mut b4_endpoint = pods[2].endpoint()?;
+    (b4_endpoint.name, b4_endpoint.interface) = (b4.0.into(), b4.1.into());
+    (b4_endpoint.ips, b4_endpoint.mac) = (vec![b4.2.parse()?], b4.3.parse()?);
+    spec_b.endpoints.push(b4_endpoint);
+    tables::write(&tables_b, &spec_b)?;
     let mut daemon_a = Dataplane::with_tables(
         &node_a,
         "uplink-a",
@@ -84,6 +94,21 @@ fn two_nodes() -> anyhow::Result<()> {
         .filter_map(|l| l.split(" worker=").nth(1).and_then(|w| w.get(..1)))
         .collect();
     assert_eq!(owners.into_iter().collect::<Vec<_>>(), ["0", "1"], "{log_b}");
+
+    // b4's veth appears: its worker (worker 1; node B's uplink frames arrive on worker 0's
+    // queue) attaches it, and frames from node A reach it through worker 0's hand-over.
+    let pod_b4 = Pod::wire(&node_b, b4.0, b4.1, b4.2, b4.3)?;
+    daemon_b.wait_for("pod interface attached", 3)?;
+    assert!(
+        daemon_b.log().contains(r#"pod interface attached worker=1 interface="veth-b4""#),
+        "{}",
+        daemon_b.log()
+    );
+    assert!(
+        pods[0].ping_until(&pod_b4.ip, true),
+        "a2 → b4 after its veth appeared\n{}",
+        daemon_b.log()
+    );
 
     // A pod's interface disappears: logged, its socket closed, the others keep forwarding.
     node_a.ip(&["link", "del", "veth-a3"])?;
