@@ -49,9 +49,9 @@ impl Transfer {
 }
 
 impl Pod {
-    /// Creates pod `name` in a new namespace (tagged after the node's) and wires it into `node`: `eth0` inside with
-    /// `mac` and `ip`/32, `host_if` in the node, both at [`POD_MTU`], a default route via
-    /// [`GATEWAY_V4`].
+    /// Creates pod `name` in a new namespace (tagged after the node's) and wires it into
+    /// `node`: `eth0` inside with `mac` and `ip`/32, `host_if` in the node, both at
+    /// [`POD_MTU`], a default route via [`GATEWAY_V4`].
     pub fn wire(
         node: &Netns,
         name: &str,

@@ -105,8 +105,19 @@ impl Worker {
         }
     }
 
-    /// Attaches the pod in slot `id` on `interface`, or notes it as waiting.
+    /// Attaches the pod in slot `id` on `interface`, or notes it as waiting (saying why on the
+    /// first attempt only: a retry that fails again changes nothing worth a line).
     fn attach(&mut self, id: EndpointId, instance: u64, interface: &str) -> Slot {
+        self.attach_attempt(id, instance, interface, true)
+    }
+
+    fn attach_attempt(
+        &mut self,
+        id: EndpointId,
+        instance: u64,
+        interface: &str,
+        first: bool,
+    ) -> Slot {
         match self.try_attach(id, interface) {
             Ok(pod) => {
                 tracing::info!(
@@ -118,11 +129,13 @@ impl Worker {
                 Slot::Attached { instance, pod }
             }
             Err(e) => {
-                tracing::warn!(
-                    worker = self.index,
-                    interface,
-                    "pod interface not attached, retrying every second: {e}"
-                );
+                if first {
+                    tracing::warn!(
+                        worker = self.index,
+                        interface,
+                        "pod interface not attached, retrying every second: {e}"
+                    );
+                }
                 Slot::Waiting { instance, interface: interface.to_owned(), since: Instant::now() }
             }
         }
@@ -207,18 +220,7 @@ impl Worker {
                 Slot::Attached { .. } => self.interface_gone(id),
                 Slot::Waiting { instance, interface, since } if since.elapsed() >= RETRY => {
                     let (instance, interface) = (*instance, interface.clone());
-                    self.endpoints[slot] = match self.try_attach(id, &interface) {
-                        Ok(pod) => {
-                            tracing::info!(
-                                worker = self.index,
-                                interface,
-                                queues = pod.ports.len(),
-                                "pod interface attached"
-                            );
-                            Slot::Attached { instance, pod }
-                        }
-                        Err(_) => Slot::Waiting { instance, interface, since: Instant::now() },
-                    };
+                    self.endpoints[slot] = self.attach_attempt(id, instance, &interface, false);
                 }
                 _ => {}
             }

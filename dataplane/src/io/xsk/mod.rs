@@ -1,4 +1,6 @@
-//! AF_XDP sockets over one shared UMEM, in safe Rust over [`super::sys`].
+//! AF_XDP sockets over one shared UMEM, in safe Rust over [`super::sys`]: `ring` (the four
+//! mapped rings), `socket` (one socket and what it reports), `umem` (the area, chunk
+//! ownership, and every move of a chunk between userspace and the rings).
 //!
 //! A [`Umem`] is one memory area divided into equal chunks, plus every socket that uses it.
 //! The first socket registers the area with the kernel; every later one binds with
