@@ -171,6 +171,7 @@ pub fn cluster(params: &ClusterParams) -> TableSpec {
                         .expect("aligned")
                 })
                 .collect(),
+            tunnel_ips: Vec::new(),
         })
         .collect();
     let policies: Vec<PolicySpec> = (0..params.distinct_policies.max(1))

@@ -275,6 +275,7 @@ impl Cluster {
                 vtep_mac: Some(n.vtep_mac),
                 next_hop_mac: None,
                 pod_cidrs: n.pod_cidr.into_iter().chain(n.pod_cidrs.iter().copied()).collect(),
+                tunnel_ips: Vec::new(),
             })
             .collect();
         let mut policies: BTreeMap<String, PolicySpec> = BTreeMap::new();

@@ -20,10 +20,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, frame)) = data.split_first() else { return };
     let snapshot = &*SNAPSHOT;
     let config = EngineConfig { uplink_mtu: 9000, outer_udp_checksum_v4: selector & 2 != 0, ..EngineConfig::default() };
-    let ingress = match selector % 3 {
+    let ingress = match selector % 4 {
         0 => Ingress::Uplink,
         1 => Ingress::Pod(EndpointId(0)),
-        _ => Ingress::Pod(EndpointId(1)),
+        2 => Ingress::Pod(EndpointId(1)),
+        _ => Ingress::Host,
     };
     let mut buffer = vec![0u8; HEADROOM + frame.len() + 64];
     buffer[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);

@@ -168,6 +168,7 @@ fn control_plane() -> anyhow::Result<()> {
                 vtep_mac: Some("0a:99:00:00:00:01".parse().unwrap()),
                 next_hop_mac: None,
                 pod_cidrs: vec!["10.244.99.0/24".parse().unwrap()],
+                tunnel_ips: Vec::new(),
             };
             let start = Instant::now();
             let mut i = 0u32;

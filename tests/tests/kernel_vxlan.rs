@@ -121,6 +121,7 @@ fn tables(profile: &Profile) -> Snapshot {
                 vtep_mac: Some(VTEP_A),
                 next_hop_mac: None,
                 pod_cidrs: vec![profile.cidr_a.parse::<Cidr>().unwrap()],
+                tunnel_ips: Vec::new(),
             },
             NodeSpec {
                 name: "node-b".into(),
@@ -128,6 +129,7 @@ fn tables(profile: &Profile) -> Snapshot {
                 vtep_mac: Some(VTEP_B),
                 next_hop_mac: Some(UPLINK_B),
                 pod_cidrs: vec![profile.cidr_b.parse::<Cidr>().unwrap()],
+                tunnel_ips: Vec::new(),
             },
         ],
         endpoints: vec![EndpointSpec {

@@ -49,6 +49,7 @@ impl Tables {
                 vtep_mac: Some(vtep_mac),
                 next_hop_mac: None,
                 pod_cidrs: Vec::new(),
+                tunnel_ips: Vec::new(),
             }],
             endpoints: Vec::new(),
             policies: Vec::new(),

@@ -20,6 +20,7 @@ pub fn node(
         vtep_mac: Some(vtep_mac.parse().map_err(|e| anyhow::anyhow!("node {name}: {e}"))?),
         next_hop_mac: None,
         pod_cidrs: vec![pod_cidr.parse().map_err(|e| anyhow::anyhow!("node {name}: {e}"))?],
+        tunnel_ips: Vec::new(),
     })
 }
 

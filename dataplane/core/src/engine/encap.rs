@@ -3,8 +3,10 @@
 //!
 //! * outer Ethernet: underlay next hop ← uplink MAC;
 //! * outer IPv4: TOS 0 with the inner ECN encapsulated (`INET_ECN_encapsulate`: CE becomes
-//!   ECT(0)), DF clear, TTL 64, a per-worker identification counter; or outer IPv6 with the
-//!   same ECN rule in the traffic class, flow label 0, hop limit 64;
+//!   ECT(0)), DF set (as the Linux device's `df set`: a VTEP must not fragment, and podlane
+//!   does not reassemble, so nothing on the way may fragment either), TTL 64, a per-worker
+//!   identification counter; or outer IPv6 with the same ECN rule in the traffic class, flow
+//!   label 0, hop limit 64;
 //! * UDP: source port = flow hash scaled into [min, max] (Linux's `udp_flow_src_port`), so one
 //!   flow keeps one port (ECMP/RSS entropy) and different flows spread; destination = the
 //!   configured port; checksum zero over IPv4 unless configured, always computed over IPv6;
@@ -58,6 +60,19 @@ fn ecn_encapsulate(inner_tos: u8) -> u8 {
         0x03 => 0x02,
         ecn => ecn,
     }
+}
+
+/// The largest inner IP packet that fits the uplink once encapsulated: the MTU pods must use
+/// (1450 on a 1500-byte IPv4 underlay, 1430 over IPv6).
+#[inline]
+pub(super) fn max_inner_ip_len(pipeline: &Pipeline, snapshot: &Snapshot) -> usize {
+    let overhead = match snapshot.local_node().underlay {
+        IpAddr::V4(_) => ENCAP_OVERHEAD_V4,
+        IpAddr::V6(_) => ENCAP_OVERHEAD_V6,
+    };
+    // The overhead counts the inner Ethernet header's 14 bytes as the outer Ethernet's: the
+    // outer Ethernet header is not part of the MTU, the inner one is part of the payload.
+    usize::from(pipeline.config.uplink_mtu).saturating_sub(overhead)
 }
 
 /// What the encapsulation needs to know about the inner packet.
@@ -130,7 +145,7 @@ pub(super) fn encapsulate(
             ip.set_dscp_ecn(ecn);
             ip.set_total_len((outer_ip_header + udp_len) as u16);
             ip.set_ident(pipeline.next_ip_id);
-            ip.set_dont_frag_no_offset(false);
+            ip.set_dont_frag_no_offset(true);
             ip.set_ttl(config.outer_ttl);
             ip.set_protocol(IpProtocol::Udp);
             ip.set_src_addr(src);

@@ -5,9 +5,9 @@
 //!
 //! Contract: no I/O, no allocation, no lock and no log line per frame; any byte sequence gets
 //! a verdict and never a panic. A frame that is malformed or refused is
-//! `Verdict::Drop(reason)` and counted per [`DropReason`]; a well-formed frame that is not the
-//! dataplane's business (node traffic, traffic leaving the cluster) is `Verdict::Host`, for the
-//! exception path.
+//! `Verdict::Drop(reason)` and counted per [`DropReason`]; a well-formed frame for the node
+//! itself or for outside the cluster is `Verdict::Host`, for the host interface, through which
+//! the node's kernel (kubelet, kube-proxy's Services, masquerade) takes it on.
 //!
 //! Paths (REFERENCE.md is the authority on what "like the kernel" means):
 //!
@@ -16,10 +16,18 @@
 //! * uplink VXLAN → local pod: outer validation and anti-spoofing, decapsulation, ingress
 //!   policy, MAC rewrite, TTL decrement.
 //! * pod → pod on this node: both policies, MAC rewrite, TTL decrement.
+//! * pod → this node or outside the cluster: to the host interface (egress policy for what
+//!   leaves the cluster; a pod and its own node always reach each other).
+//! * host interface → pod or remote pod ([`host`]): what the node's kernel routes into the
+//!   overlay — its own traffic, Services after DNAT, NodePorts — delivered or encapsulated.
 //! * ARP for the gateway address / neighbour solicitation for the gateway → reply in place.
+//! * TTL running out, or a packet too big for the overlay → the ICMP error a router sends
+//!   ([`icmp_error`], rate-limited).
 
 mod encap;
 mod flow;
+mod host;
+mod icmp_error;
 mod offload;
 mod pod;
 mod uplink;
@@ -55,8 +63,9 @@ pub struct EngineConfig {
     /// receiver, Linux and podlane included, accepts both. Over IPv6 it is always computed
     /// (RFC 8200 §8.1).
     pub outer_udp_checksum_v4: bool,
-    /// MTU of the uplink: an inner packet that would not fit once encapsulated is dropped,
-    /// because a VTEP must not fragment.
+    /// MTU of the uplink: a VTEP must not fragment, so a pod's packet that would not fit once
+    /// encapsulated gets the ICMP error that makes its sender use smaller ones (or, IPv4
+    /// without DF, goes to the host interface, where the kernel fragments it).
     pub uplink_mtu: u16,
     /// Source MAC of outer frames: the uplink's own address.
     pub uplink_mac: MacAddr,
@@ -64,8 +73,12 @@ pub struct EngineConfig {
     pub gateway_mac: MacAddr,
     /// The gateway address pods route through (Calico: 169.254.1.1).
     pub gateway_v4: Ipv4Addr,
-    /// The IPv6 gateway (fe80::1).
+    /// The IPv6 gateway: Calico's, the link-local address derived from the gateway MAC
+    /// (fe80::ecee:eeff:feee:eeee), which a pod wired by Calico's CNI routes through.
     pub gateway_v6: Ipv6Addr,
+    /// Frames for the node or leaving the cluster go to a host interface (`Verdict::Host`);
+    /// without one they are dropped as `no_host_interface`.
+    pub host_interface: bool,
 }
 
 impl Default for EngineConfig {
@@ -82,7 +95,8 @@ impl Default for EngineConfig {
             uplink_mac: MacAddr([0x02, 0, 0, 0, 0, 0x01]),
             gateway_mac: MacAddr([0xee, 0xee, 0xee, 0xee, 0xee, 0xee]),
             gateway_v4: Ipv4Addr::new(169, 254, 1, 1),
-            gateway_v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+            gateway_v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee),
+            host_interface: true,
         }
     }
 }
@@ -92,8 +106,11 @@ impl Default for EngineConfig {
 pub enum Ingress {
     /// The node's uplink (underlay) interface.
     Uplink,
-    /// The host-side veth of a local pod (an index into the snapshot the batch runs on).
+    /// The host-side veth of a local pod (its slot in the snapshot the batch runs on).
     Pod(EndpointId),
+    /// The host interface: IP packets the node's kernel routed into the overlay, each behind
+    /// an Ethernet header the I/O layer put in front (its addresses are not looked at).
+    Host,
 }
 
 /// What to do with one frame, after the engine rewrote it in place.
@@ -105,9 +122,11 @@ pub enum Verdict {
     Decap(EndpointId),
     /// From a pod to a pod on this node: transmit to this pod.
     Local(EndpointId),
-    /// Rewritten into an ARP reply or neighbour advertisement: send back out the ingress port.
+    /// Rewritten into an ARP reply, a neighbour advertisement or an ICMP error: send back out
+    /// the ingress port.
     Reply,
-    /// Not the dataplane's to forward: hand to the host stack (exception path, later issue).
+    /// For the node itself or for outside the cluster: hand the IP packet (after the Ethernet
+    /// header) to the host interface.
     Host,
     /// Refused; counted under the reason.
     Drop(DropReason),
@@ -200,8 +219,23 @@ drop_reasons! {
     InnerSrcIsOwnVtep => "inner_src_is_own_vtep",
     /// Inner frame is neither IPv4 nor IPv6.
     InnerNotIp => "inner_not_ip",
-    /// Decapsulated packet addressed to another node's pod CIDR.
+    /// Decapsulated packet not for this node: another node's pod CIDR, or outside the cluster.
     DecapForRemoteNode => "decap_for_remote_node",
+    /// Addressed to this node's pod CIDR, but to no pod and no address of the node.
+    NoSuchPod => "no_such_pod",
+    /// From the host interface, to an address outside every pod CIDR (a route the daemon
+    /// has not removed yet).
+    HostNoRoute => "host_no_route",
+    /// An ICMP redirect from the host: the kernel sends them when a packet leaves the host
+    /// interface it came in on, and a pod must never follow one.
+    HostRedirect => "host_redirect",
+    /// For the node or outside the cluster, and the dataplane runs without a host interface.
+    NoHostInterface => "no_host_interface",
+    /// On the uplink's socket, a frame that is not VXLAN for this node (the XDP program
+    /// leaves those to the kernel).
+    NotVxlanForNode => "not_vxlan_for_node",
+    /// Outer ECN CE over an inner packet that is not ECN-capable (RFC 6040 §4.2: drop).
+    EcnCeNotEct => "ecn_ce_not_ect",
 }
 
 /// Where a frame lies in its buffer: `len` bytes from offset `head`. The I/O layer keeps one
@@ -345,6 +379,8 @@ pub struct Counters {
     pub reply: u64,
     pub host: u64,
     pub drops: [u64; DropReason::COUNT],
+    /// Of `reply`, the ICMP errors (time exceeded, fragmentation needed, packet too big).
+    pub icmp_errors: u64,
 }
 
 impl Default for Counters {
@@ -358,6 +394,7 @@ impl Default for Counters {
             reply: 0,
             host: 0,
             drops: [0; DropReason::COUNT],
+            icmp_errors: 0,
         }
     }
 }
@@ -396,16 +433,18 @@ impl Counters {
         for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
             *a += b;
         }
+        self.icmp_errors += other.icmp_errors;
     }
 }
 
 /// One worker's pipeline: the configuration, its counters and the per-worker state the
-/// outer headers need (the IPv4 identification counter).
+/// outer headers need (the IPv4 identification counter) and ICMP errors obey (a rate limit).
 #[derive(Debug)]
 pub struct Pipeline {
     config: EngineConfig,
     counters: Counters,
     next_ip_id: u16,
+    icmp_budget: icmp_error::Budget,
 }
 
 impl Pipeline {
@@ -417,7 +456,19 @@ impl Pipeline {
     /// counters 4096 apart, so that two workers sending to the same node do not emit the same
     /// IDs in lockstep (DF is clear, so an underlay that fragments reassembles by ID).
     pub fn for_worker(config: EngineConfig, index: u16) -> Pipeline {
-        Pipeline { config, counters: Counters::default(), next_ip_id: index.wrapping_mul(4096) }
+        Pipeline {
+            config,
+            counters: Counters::default(),
+            next_ip_id: index.wrapping_mul(4096),
+            icmp_budget: icmp_error::Budget::default(),
+        }
+    }
+
+    /// Tells the pipeline the time (any monotonic clock, in nanoseconds), before a batch: the
+    /// ICMP error budget refills with it. Without it the budget never refills beyond its
+    /// initial burst.
+    pub fn set_clock(&mut self, now_ns: u64) {
+        self.icmp_budget.refill(now_ns);
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -484,6 +535,7 @@ impl Pipeline {
         self.counters.rx_bytes += frame.len() as u64;
         let verdict = match ingress {
             Ingress::Uplink => uplink::process(self, snapshot, frame),
+            Ingress::Host => host::process(self, snapshot, frame, hint),
             Ingress::Pod(id) => match snapshot.get_endpoint(id) {
                 Some(_) => pod::process(self, snapshot, id, frame, hint),
                 None => Verdict::Drop(DropReason::UnknownIngress),

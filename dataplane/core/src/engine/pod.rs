@@ -1,7 +1,9 @@
 //! Frames received from a pod's host-side veth: ARP and neighbour solicitations for the
 //! gateway are answered in place; IP is checked against the pod's own addresses
 //! (anti-spoofing), routed, policed and then delivered locally, encapsulated to the owning
-//! node, or handed to the host.
+//! node, or handed to the host interface (for the node itself, or leaving the cluster). A
+//! packet whose TTL runs out, or that would not fit the underlay once encapsulated, gets the
+//! ICMP error a router would send.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -15,6 +17,7 @@ use crate::wire::{
 
 use super::encap::{self, Inner};
 use super::flow::{self, Flow};
+use super::icmp_error::{self, IcmpError};
 use super::offload;
 use super::{DropReason, Frame, Pipeline, RouteHint, Verdict};
 
@@ -76,6 +79,8 @@ struct Packet {
     ttl: u8,
     tos: u8,
     ip_len: usize,
+    /// IPv4's don't-fragment flag (always true for IPv6, which routers never fragment).
+    dont_frag: bool,
     flow: Flow,
 }
 
@@ -111,6 +116,7 @@ fn ipv4(
             ttl: ip.ttl(),
             tos: ip.dscp_ecn(),
             ip_len: usize::from(ip.total_len()),
+            dont_frag: ip.dont_frag(),
             flow,
         }
     };
@@ -158,6 +164,7 @@ fn ipv6(
             ttl: ip.hop_limit(),
             tos: ip.traffic_class(),
             ip_len: ip.total_len(),
+            dont_frag: true,
             flow,
         }
     };
@@ -195,7 +202,14 @@ fn forward(
                 }
             }
             if packet.ttl <= 1 {
-                return Verdict::Drop(DropReason::TtlExpired);
+                let error = IcmpError::TimeExceeded;
+                return icmp_error::to_pod(
+                    pipeline,
+                    frame,
+                    packet.ip_len,
+                    error,
+                    DropReason::TtlExpired,
+                );
             }
             frame.set_len(ETH + packet.ip_len);
             offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
@@ -207,13 +221,30 @@ fn forward(
         }
         // An address of this node inside its own pod CIDR (Flannel's flannel.1 address,
         // Calico's tunnel address): pod ↔ own node is always allowed.
-        Some(RouteTarget::Node(node)) if node == snapshot.local_node_id() => Verdict::Host,
+        Some(RouteTarget::Node(node)) if node == snapshot.local_node_id() => {
+            if snapshot.is_local_address(packet.dst) {
+                to_host(pipeline, frame, packet.ip_len)
+            } else {
+                Verdict::Drop(DropReason::NoSuchPod)
+            }
+        }
         Some(RouteTarget::Node(node)) => {
             if !egress_allowed() {
                 return Verdict::Drop(DropReason::PolicyDeniedEgress);
             }
             if packet.ttl <= 1 {
-                return Verdict::Drop(DropReason::TtlExpired);
+                let error = IcmpError::TimeExceeded;
+                return icmp_error::to_pod(
+                    pipeline,
+                    frame,
+                    packet.ip_len,
+                    error,
+                    DropReason::TtlExpired,
+                );
+            }
+            let fits = encap::max_inner_ip_len(pipeline, snapshot);
+            if packet.ip_len > fits {
+                return too_big(pipeline, frame, &packet, fits);
             }
             frame.set_len(ETH + packet.ip_len);
             offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
@@ -234,18 +265,52 @@ fn forward(
             || packet.dst == IpAddr::V4(pipeline.config.gateway_v4)
             || packet.dst == IpAddr::V6(pipeline.config.gateway_v6) =>
         {
-            Verdict::Host
+            to_host(pipeline, frame, packet.ip_len)
         }
         None => {
             if !egress_allowed() {
                 return Verdict::Drop(DropReason::PolicyDeniedEgress);
             }
-            Verdict::Host
+            to_host(pipeline, frame, packet.ip_len)
         }
     }
 }
 
-fn key(ip: IpAddr) -> u128 {
+/// Hands a pod's IP packet to the host interface: Ethernet padding trimmed and any checksum
+/// the pod's kernel left for offload finished, since the host's kernel receives it as it is.
+fn to_host(pipeline: &Pipeline, frame: &mut Frame<'_>, ip_len: usize) -> Verdict {
+    if !pipeline.config.host_interface {
+        return Verdict::Drop(DropReason::NoHostInterface);
+    }
+    frame.set_len(ETH + ip_len);
+    offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
+    Verdict::Host
+}
+
+/// A pod's packet too big for the overlay (`fits` bytes of IP at most). With DF (and always
+/// over IPv6) the pod learns the path MTU from an ICMP error; an IPv4 packet without DF goes
+/// to the host interface, whose MTU is the overlay's, so that the kernel fragments it and the
+/// fragments come back to be encapsulated, as they would through the Linux vxlan device.
+fn too_big(
+    pipeline: &mut Pipeline,
+    frame: &mut Frame<'_>,
+    packet: &Packet,
+    fits: usize,
+) -> Verdict {
+    if !packet.dont_frag && pipeline.config.host_interface {
+        return to_host(pipeline, frame, packet.ip_len);
+    }
+    let mtu = fits.min(usize::from(u16::MAX)) as u16;
+    icmp_error::to_pod(
+        pipeline,
+        frame,
+        packet.ip_len,
+        IcmpError::TooBig { mtu },
+        DropReason::MtuExceeded,
+    )
+}
+
+pub(super) fn key(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(a) => u128::from(u32::from(a)),
         IpAddr::V6(a) => u128::from(a),

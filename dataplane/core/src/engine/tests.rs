@@ -53,6 +53,7 @@ fn spec_for(local: &str, underlay_v6: bool) -> TableSpec {
                     "10.244.1.0/24".parse().unwrap(),
                     "fd00:10:244:1::/64".parse().unwrap(),
                 ],
+                tunnel_ips: Vec::new(),
             },
             NodeSpec {
                 name: "node-b".into(),
@@ -63,6 +64,7 @@ fn spec_for(local: &str, underlay_v6: bool) -> TableSpec {
                     "10.244.2.0/24".parse().unwrap(),
                     "fd00:10:244:2::/64".parse().unwrap(),
                 ],
+                tunnel_ips: Vec::new(),
             },
         ],
         endpoints: if local == "node-a" {
@@ -159,7 +161,7 @@ fn encap_ipv4_matches_the_kernel_format() {
     assert_eq!(h.source(), [192, 168, 50, 1]);
     assert_eq!(h.destination(), [192, 168, 50, 2]);
     assert_eq!(h.ttl(), 64);
-    assert!(!h.dont_fragment());
+    assert!(h.dont_fragment(), "DF set: nothing on the underlay may fragment VXLAN");
     assert_eq!(h.dcp().value(), 0);
     assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum());
     let Some(TransportSlice::Udp(udp)) = &outer.transport else { panic!() };
@@ -325,7 +327,10 @@ fn decap_validates_like_linux_and_calico() {
             vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 1], &good_inner),
             Verdict::Drop(DropReason::UnknownVtep),
         ),
-        (vxlan_from_b([8, 0, 0, 0], 1, 4789, [192, 168, 50, 2], &good_inner), Verdict::Host),
+        (
+            vxlan_from_b([8, 0, 0, 0], 1, 4789, [192, 168, 50, 2], &good_inner),
+            Verdict::Drop(DropReason::NotVxlanForNode),
+        ),
         (
             vxlan_from_b(
                 [8, 0, 0, 0],
@@ -424,25 +429,28 @@ fn fragments_of_one_datagram_share_the_outer_source_port() {
     assert_eq!(outer_sport(&o3), expected, "unfragmented datagrams hash their ports");
 }
 
+/// What the XDP program leaves to the kernel (SSH, ARP, VXLAN for another address) is a
+/// mismatch if it reaches the pipeline: dropped and counted, never "host".
 #[test]
-fn uplink_traffic_for_the_host() {
+fn uplink_traffic_that_is_not_vxlan_for_the_node() {
     let snap = snapshot(&spec_for("node-a", false));
     let mut p = Pipeline::new(config_for("node-a"));
-    // SSH to the node, ARP on the underlay, UDP to someone else.
     let ssh = PacketBuilder::ethernet2(NEXT_HOP_B.0, UPLINK_A.0)
         .ipv4([192, 168, 50, 2], [192, 168, 50, 1], 64)
         .tcp(50000, 22, 1, 100);
     let mut frame = Vec::new();
     ssh.write(&mut frame, b"").unwrap();
-    assert_eq!(run(&mut p, &snap, Ingress::Uplink, &frame).0, Verdict::Host);
+    let mismatch = Verdict::Drop(DropReason::NotVxlanForNode);
+    assert_eq!(run(&mut p, &snap, Ingress::Uplink, &frame).0, mismatch);
     let mut arp = frame.clone();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(run(&mut p, &snap, Ingress::Uplink, &arp).0, Verdict::Host);
+    assert_eq!(run(&mut p, &snap, Ingress::Uplink, &arp).0, mismatch);
     let other =
         vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner_to_a2(VTEP_B, VTEP_A, 64));
     let mut other = other;
     other[33] = 77; // outer destination 192.168.50.77 (checksum not revisited: not ours anyway)
-    assert_eq!(run(&mut p, &snap, Ingress::Uplink, &other).0, Verdict::Host);
+    assert_eq!(run(&mut p, &snap, Ingress::Uplink, &other).0, mismatch);
+    assert_eq!(p.counters().host, 0);
 }
 
 #[test]
@@ -515,7 +523,7 @@ fn arp_for_gateway_is_answered() {
 }
 
 fn neighbour_solicitation(src: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
-    let target = ip6("fe80::1");
+    let target = EngineConfig::default().gateway_v6;
     let dst = ip6("ff02::1:ff00:1");
     let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
     icmp.extend_from_slice(&target.octets());
@@ -585,7 +593,7 @@ fn pod_checks() {
     let spoofed = udp4("10.244.1.3", "10.244.2.5", 1, 2, 64, b"");
     assert_eq!(run(&mut p, &snap, a1, &spoofed).0, Verdict::Drop(DropReason::PodSourceSpoofed));
     let expired = udp4("10.244.1.2", "10.244.2.5", 1, 2, 1, b"");
-    assert_eq!(run(&mut p, &snap, a1, &expired).0, Verdict::Drop(DropReason::TtlExpired));
+    assert_eq!(run(&mut p, &snap, a1, &expired).0, Verdict::Reply, "ICMP time exceeded");
     let mcast = udp4("10.244.1.2", "224.0.0.251", 5353, 5353, 1, b"");
     assert_eq!(run(&mut p, &snap, a1, &mcast).0, Verdict::Drop(DropReason::MulticastDestination));
     let mut wrong_mac = udp4("10.244.1.2", "10.244.2.5", 1, 2, 64, b"");
@@ -613,6 +621,18 @@ fn pod_checks() {
         run(&mut p, &snap, a1, &udp4("10.244.1.2", "10.244.1.0", 1, 53, 64, b"")).0,
         Verdict::Host
     );
+    // An address of the node's pod CIDR that is neither a pod nor the node's.
+    assert_eq!(
+        run(&mut p, &snap, a1, &udp4("10.244.1.2", "10.244.1.77", 1, 53, 64, b"")).0,
+        Verdict::Drop(DropReason::NoSuchPod)
+    );
+    assert_eq!(p.counters().host, 3);
+    // Without a host interface, what is the host's is a counted drop instead.
+    let mut p = Pipeline::new(EngineConfig { host_interface: false, ..config_for("node-a") });
+    assert_eq!(
+        run(&mut p, &snap, a1, &udp4("10.244.1.2", "8.8.8.8", 1, 53, 64, b"")).0,
+        Verdict::Drop(DropReason::NoHostInterface)
+    );
 }
 
 #[test]
@@ -620,8 +640,13 @@ fn encap_limits() {
     let mut spec = spec_for("node-a", false);
     let snap = snapshot(&spec);
     let mut p = Pipeline::new(config_for("node-a"));
-    let big = udp4("10.244.1.2", "10.244.2.5", 1, 2, 64, &[0u8; 1451 - 28]);
-    assert_eq!(run(&mut p, &snap, from_a1(&snap), &big).0, Verdict::Drop(DropReason::MtuExceeded));
+    // Too big for the overlay: DF set gets "fragmentation needed", DF clear goes to the host
+    // interface (the kernel fragments it there).
+    let mut big = udp4("10.244.1.2", "10.244.2.5", 1, 2, 64, &[0u8; 1451 - 28]);
+    set_dont_fragment(&mut big, false);
+    assert_eq!(run(&mut p, &snap, from_a1(&snap), &big).0, Verdict::Host);
+    set_dont_fragment(&mut big, true);
+    assert_eq!(run(&mut p, &snap, from_a1(&snap), &big).0, Verdict::Reply);
     let fits = udp4("10.244.1.2", "10.244.2.5", 1, 2, 64, &[0u8; 1450 - 28]);
     assert_eq!(run(&mut p, &snap, from_a1(&snap), &fits).0, Verdict::Encap);
     // No headroom in the buffer.
@@ -763,11 +788,15 @@ proptest! {
     #[test]
     fn random_bytes_get_exactly_one_verdict(
         frames in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..200), 1..32),
-        from_uplink in any::<bool>(),
+        port in 0..3u8,
     ) {
         let snap = snapshot(&spec_for("node-a", false));
         let mut p = Pipeline::new(config_for("node-a"));
-        let ingress = if from_uplink { Ingress::Uplink } else { from_a1(&snap) };
+        let ingress = match port {
+            0 => Ingress::Uplink,
+            1 => Ingress::Host,
+            _ => from_a1(&snap),
+        };
         let mut buffers: Vec<Vec<u8>> = frames.iter().map(|f| {
             let mut b = vec![0u8; HEADROOM + f.len() + 64];
             b[HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
@@ -956,5 +985,241 @@ fn checksums_left_for_offload_are_finished() {
     assert_eq!(
         run(&mut p, &snap, Ingress::Uplink, &frame).0,
         Verdict::Drop(DropReason::OuterChecksum)
+    );
+}
+
+/// Sets or clears DF on the IPv4 packet of an Ethernet frame (etherparse sets it) and
+/// refreshes its header checksum.
+fn set_dont_fragment(frame: &mut [u8], dont_fragment: bool) {
+    frame[14 + 6] = if dont_fragment { frame[14 + 6] | 0x40 } else { frame[14 + 6] & !0x40 };
+    let mut ip = crate::wire::Ipv4Packet::new_unchecked(&mut frame[14..]);
+    ip.fill_checksum();
+}
+
+/// A frame as the worker builds it from the host interface: the IP packet behind an Ethernet
+/// header whose addresses the engine does not look at.
+fn from_host(ip_packet: &[u8], ethertype: u16) -> Vec<u8> {
+    let mut frame = vec![0u8; 12];
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame.extend_from_slice(ip_packet);
+    frame
+}
+
+fn ipv4_packet(src: &str, dst: &str, ttl: u8, tcp_port: u16) -> Vec<u8> {
+    let b = PacketBuilder::ipv4(ip4(src).octets(), ip4(dst).octets(), ttl)
+        .tcp(40000, tcp_port, 1, 65535);
+    let mut out = Vec::new();
+    b.write(&mut out, b"probe").unwrap();
+    out
+}
+
+/// Checks an ICMPv4 error for pod a1: from the gateway, to the pod, quoting `original`.
+fn assert_icmpv4_error(out: &[u8], original: &[u8], msg_type: u8, code: u8, rest: [u8; 4]) {
+    let cfg = EngineConfig::default();
+    let pkt = SlicedPacket::from_ethernet(out).unwrap();
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = &pkt.link else { panic!() };
+    assert_eq!((eth.destination(), eth.source()), (POD_A1_MAC.0, cfg.gateway_mac.0));
+    let Some(NetSlice::Ipv4(ip)) = &pkt.net else { panic!("IPv4") };
+    assert_eq!(ip.header().source_addr(), cfg.gateway_v4);
+    assert_eq!(ip.header().destination_addr(), ip4("10.244.1.2"));
+    assert_eq!(ip.header().header_checksum(), ip.header().to_header().calc_header_checksum());
+    let icmp = &out[34..];
+    assert_eq!((icmp[0], icmp[1]), (msg_type, code));
+    assert_eq!(&icmp[4..8], &rest);
+    assert_eq!(crate::wire::checksum::sum(0, icmp), 0xffff, "ICMP checksum");
+    let quoted = &icmp[8..];
+    assert_eq!(quoted, &original[14..14 + quoted.len()], "the offending datagram, quoted");
+    assert!(quoted.len() >= 28, "at least the IP header and 8 bytes");
+    assert!(out.len() - 14 <= 576, "at most 576 bytes of error");
+}
+
+#[test]
+fn expired_packets_get_time_exceeded_from_the_gateway() {
+    let snap = snapshot(&spec_for("node-a", false));
+    let mut p = Pipeline::new(config_for("node-a"));
+    let a1 = from_a1(&snap);
+    for dst in ["10.244.2.5", "10.244.1.3"] {
+        let expired = udp4("10.244.1.2", dst, 33434, 33435, 1, &[7u8; 100]);
+        let (v, out) = run(&mut p, &snap, a1, &expired);
+        assert_eq!(v, Verdict::Reply, "to {dst}");
+        assert_icmpv4_error(&out, &expired, 11, 0, [0; 4]);
+    }
+    assert_eq!(p.counters().icmp_errors, 2);
+    // Not about an ICMP error: that gets nothing back.
+    let b = PacketBuilder::ethernet2(POD_A1_MAC.0, EngineConfig::default().gateway_mac.0)
+        .ipv4(ip4("10.244.1.2").octets(), ip4("10.244.2.5").octets(), 1)
+        .icmpv4(etherparse::Icmpv4Type::TimeExceeded(
+            etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+        ));
+    let mut error = Vec::new();
+    b.write(&mut error, &[0u8; 28]).unwrap();
+    assert_eq!(run(&mut p, &snap, a1, &error).0, Verdict::Drop(DropReason::TtlExpired));
+    // IPv6: hop limit exceeded, from the gateway's link-local address.
+    let b = PacketBuilder::ethernet2(POD_A1_MAC.0, EngineConfig::default().gateway_mac.0)
+        .ipv6(ip6("fd00:10:244:1::2").octets(), ip6("fd00:10:244:2::9").octets(), 1)
+        .udp(33434, 33435);
+    let mut v6 = Vec::new();
+    b.write(&mut v6, &[1u8; 40]).unwrap();
+    let (v, out) = run(&mut p, &snap, a1, &v6);
+    assert_eq!(v, Verdict::Reply);
+    let pkt = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(NetSlice::Ipv6(ip)) = &pkt.net else { panic!("IPv6") };
+    assert_eq!(ip.header().source_addr(), EngineConfig::default().gateway_v6);
+    assert_eq!(ip.header().destination_addr(), ip6("fd00:10:244:1::2"));
+    let Some(TransportSlice::Icmpv6(icmp)) = &pkt.transport else { panic!("ICMPv6") };
+    assert_eq!((icmp.type_u8(), icmp.code_u8()), (3, 0));
+    let expected = icmp
+        .header()
+        .icmp_type
+        .calc_checksum(ip.header().source(), ip.header().destination(), icmp.payload())
+        .unwrap();
+    assert_eq!(icmp.checksum(), expected);
+    assert_eq!(icmp.payload(), &v6[14..], "the whole packet fits the quote");
+}
+
+#[test]
+fn packets_too_big_for_the_overlay_teach_the_pod_its_path_mtu() {
+    let snap = snapshot(&spec_for("node-a", false));
+    let mut p = Pipeline::new(config_for("node-a"));
+    let mut big = udp4("10.244.1.2", "10.244.2.5", 1, 2, 64, &[3u8; 1472]);
+    set_dont_fragment(&mut big, true);
+    let (v, out) = run(&mut p, &snap, from_a1(&snap), &big);
+    assert_eq!(v, Verdict::Reply);
+    assert_icmpv4_error(&out, &big, 3, 4, [0, 0, 0x05, 0xaa]); // next-hop MTU 1450
+    assert_eq!(out.len(), 14 + 576, "cut to 576 bytes");
+    // IPv6 over an IPv6 underlay: packet too big with 1430.
+    let spec6 = spec_for("node-a", true);
+    let snap6 = snapshot(&spec6);
+    let b = PacketBuilder::ethernet2(POD_A1_MAC.0, EngineConfig::default().gateway_mac.0)
+        .ipv6(ip6("fd00:10:244:1::2").octets(), ip6("fd00:10:244:2::9").octets(), 64)
+        .udp(1, 2);
+    let mut v6 = Vec::new();
+    b.write(&mut v6, &[5u8; 1400]).unwrap();
+    let (v, out) =
+        run(&mut p, &snap6, Ingress::Pod(snap6.endpoint_by_interface("veth-a1").unwrap()), &v6);
+    assert_eq!(v, Verdict::Reply);
+    let icmp = &out[14 + 40..];
+    assert_eq!((icmp[0], icmp[1]), (2, 0));
+    assert_eq!(&icmp[4..8], &1430u32.to_be_bytes());
+    assert_eq!(out.len(), 14 + 1280, "cut to the IPv6 minimum MTU");
+}
+
+#[test]
+fn icmp_errors_are_rate_limited() {
+    let snap = snapshot(&spec_for("node-a", false));
+    let mut p = Pipeline::new(config_for("node-a"));
+    p.set_clock(1_000_000_000);
+    let expired = udp4("10.244.1.2", "10.244.2.5", 1, 2, 1, b"");
+    let verdicts: Vec<Verdict> =
+        (0..80).map(|_| run(&mut p, &snap, from_a1(&snap), &expired).0).collect();
+    assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Reply).count(), 50);
+    assert_eq!(p.counters().dropped(DropReason::TtlExpired), 30);
+    p.set_clock(1_020_000_000); // 20 ms: 20 more
+    let more = (0..80).filter(|_| run(&mut p, &snap, from_a1(&snap), &expired).0 == Verdict::Reply);
+    assert_eq!(more.count(), 20);
+}
+
+/// The host interface: what the node's kernel routes into the overlay.
+#[test]
+fn host_packets_reach_pods_and_remote_pods() {
+    let mut spec = spec_for("node-a", false);
+    spec.policies = vec![PolicySpec { name: "deny-all".into(), rules: vec![] }];
+    spec.endpoints[1].ingress_policy = Some("deny-all".into()); // a2 takes nothing
+    spec.endpoints[0].egress_policy = Some("deny-all".into()); // a1 sends nothing
+    let snap = snapshot(&spec);
+    let a2 = snap.endpoint_by_interface("veth-a2").unwrap();
+    let mut p = Pipeline::new(config_for("node-a"));
+    let run_host =
+        |p: &mut Pipeline, packet: &[u8]| run(p, &snap, Ingress::Host, &from_host(packet, 0x0800));
+
+    // The node itself (its tunnel address, its underlay address) reaches a2 whatever a2's
+    // policy: a kubelet probe. The TTL is the kernel's to take down, not ours.
+    for src in ["10.244.1.0", "192.168.50.1"] {
+        let probe = ipv4_packet(src, "10.244.1.3", 64, 8080);
+        let (v, out) = run_host(&mut p, &probe);
+        assert_eq!(v, Verdict::Local(a2), "from {src}");
+        assert_eq!(&out[..6], &POD_A2_MAC.0);
+        assert_eq!(&out[6..12], &EngineConfig::default().gateway_mac.0);
+        assert_eq!(&out[14..], &probe[..], "the packet itself is untouched (TTL too)");
+    }
+    // Anyone else (a NodePort client, DNAT to a2) meets a2's ingress policy.
+    let outside = ipv4_packet("203.0.113.9", "10.244.1.3", 63, 8080);
+    assert_eq!(run_host(&mut p, &outside).0, Verdict::Drop(DropReason::PolicyDeniedIngress));
+    // To a remote pod: encapsulated, inner TTL as the kernel left it.
+    let remote = ipv4_packet("10.244.1.0", "10.244.2.5", 64, 80);
+    let (v, out) = run_host(&mut p, &remote);
+    assert_eq!(v, Verdict::Encap);
+    let (_, inner) = outer_and_inner(&out);
+    let inner = SlicedPacket::from_ethernet(inner).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &inner.net else { panic!() };
+    assert_eq!(ip.header().ttl(), 64);
+    // a1's own packet back from the kernel after a Service's DNAT: a1's egress policy judges
+    // its real destination.
+    let dnat = ipv4_packet("10.244.1.2", "10.244.2.5", 63, 80);
+    assert_eq!(run_host(&mut p, &dnat).0, Verdict::Drop(DropReason::PolicyDeniedEgress));
+    // What the host interface must not carry to pods, or cannot deliver.
+    let mut redirect = ipv4_packet("10.244.1.0", "10.244.1.3", 64, 80);
+    redirect[9] = 1; // ICMP
+    redirect[20] = 5; // redirect
+    crate::wire::Ipv4Packet::new_unchecked(&mut redirect[..]).fill_checksum();
+    assert_eq!(run_host(&mut p, &redirect).0, Verdict::Drop(DropReason::HostRedirect));
+    let nobody = ipv4_packet("10.244.1.0", "10.244.1.99", 64, 80);
+    assert_eq!(run_host(&mut p, &nobody).0, Verdict::Drop(DropReason::NoSuchPod));
+    let stale = ipv4_packet("10.244.1.0", "10.9.0.1", 64, 80);
+    assert_eq!(run_host(&mut p, &stale).0, Verdict::Drop(DropReason::HostNoRoute));
+    // IPv6 from the host to a1, and the neighbour discovery a kernel may try on the link.
+    let b =
+        PacketBuilder::ipv6(ip6("fd00:10:244:1::").octets(), ip6("fd00:10:244:1::2").octets(), 64)
+            .tcp(1, 80, 1, 100);
+    let mut v6 = Vec::new();
+    b.write(&mut v6, b"x").unwrap();
+    let a1 = snap.endpoint_by_interface("veth-a1").unwrap();
+    assert_eq!(run(&mut p, &snap, Ingress::Host, &from_host(&v6, 0x86dd)).0, Verdict::Local(a1));
+    let b = PacketBuilder::ipv6(ip6("fe80::1").octets(), ip6("fd00:10:244:1::2").octets(), 255)
+        .icmpv6(etherparse::Icmpv6Type::Unknown { type_u8: 135, code_u8: 0, bytes5to8: [0; 4] });
+    let mut ns = Vec::new();
+    b.write(&mut ns, &[0u8; 16]).unwrap();
+    assert_eq!(
+        run(&mut p, &snap, Ingress::Host, &from_host(&ns, 0x86dd)).0,
+        Verdict::Drop(DropReason::NeighbourDiscoveryIgnored)
+    );
+}
+
+#[test]
+fn decap_carries_congestion_marks_and_serves_the_tunnel_address() {
+    let snap = snapshot(&spec_for("node-a", false));
+    let mut p = Pipeline::new(config_for("node-a"));
+    let with_ecn = |outer_ecn: u8, inner_ecn: u8, dst: [u8; 4]| {
+        let inner =
+            PacketBuilder::ethernet2(VTEP_B.0, VTEP_A.0).ipv4([10, 244, 2, 5], dst, 64).udp(7, 7);
+        let mut bytes = Vec::new();
+        inner.write(&mut bytes, b"payload").unwrap();
+        bytes[15] |= inner_ecn;
+        crate::wire::Ipv4Packet::new_unchecked(&mut bytes[14..]).fill_checksum();
+        let mut frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &bytes);
+        frame[15] |= outer_ecn;
+        crate::wire::Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+        frame
+    };
+    let (v, out) = run(&mut p, &snap, Ingress::Uplink, &with_ecn(3, 2, [10, 244, 1, 3]));
+    assert!(matches!(v, Verdict::Decap(_)));
+    assert_eq!(out[15] & 3, 3, "CE carried to the inner ECT(0) packet");
+    let ip = crate::wire::Ipv4Packet::new_checked(&out[14..]).unwrap();
+    assert!(ip.verify_checksum());
+    let (v, out) = run(&mut p, &snap, Ingress::Uplink, &with_ecn(2, 1, [10, 244, 1, 3]));
+    assert!(matches!(v, Verdict::Decap(_)));
+    assert_eq!(out[15] & 3, 1, "no CE outside: the inner ECN stays");
+    assert_eq!(
+        run(&mut p, &snap, Ingress::Uplink, &with_ecn(3, 0, [10, 244, 1, 3])).0,
+        Verdict::Drop(DropReason::EcnCeNotEct)
+    );
+    // A remote pod pinging this node's tunnel address: the host's; an unused address: no one's.
+    assert_eq!(
+        run(&mut p, &snap, Ingress::Uplink, &with_ecn(0, 0, [10, 244, 1, 0])).0,
+        Verdict::Host
+    );
+    assert_eq!(
+        run(&mut p, &snap, Ingress::Uplink, &with_ecn(0, 0, [10, 244, 1, 77])).0,
+        Verdict::Drop(DropReason::NoSuchPod)
     );
 }

@@ -1,7 +1,9 @@
 //! Frames received on the uplink: VXLAN for this node is validated the way the Linux vxlan
-//! device and Calico's anti-spoofing would, decapsulated and delivered to the local pod;
-//! everything else well-formed is the host's (SSH, ARP, kubelet: the XDP program passes most of
-//! it to the kernel before it gets here).
+//! device and Calico's anti-spoofing would, decapsulated (the outer ECN CE carried to the inner
+//! packet, RFC 6040) and delivered to the local pod, or to the host interface when it is for
+//! the node's own tunnel address. Everything else is the kernel's (SSH, ARP, kubelet, other
+//! VNIs): the XDP program passes it before it gets here, so what does get here is dropped as a
+//! mismatch.
 
 use std::net::IpAddr;
 
@@ -16,11 +18,18 @@ use super::offload;
 use super::pod::decrement_ttl;
 use super::{DropReason, Frame, Pipeline, Verdict};
 
+/// ECN codepoints (RFC 3168 §5).
+const ECN_MASK: u8 = 0x03;
+const ECN_CE: u8 = 0x03;
+const NOT_ECT: u8 = 0x00;
+
 const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
 
 /// Where the VXLAN payload sits in an outer frame that passed the outer checks.
 struct Outer {
     source: IpAddr,
+    /// The outer header's ECN bits.
+    ecn: u8,
     /// Offset of the VXLAN header in the frame.
     vxlan_start: usize,
     /// End of the UDP datagram in the frame (outer Ethernet padding excluded).
@@ -56,7 +65,7 @@ fn outer(pipeline: &Pipeline, snapshot: &Snapshot, data: &[u8]) -> Result<Outer,
     match eth.ethertype() {
         EtherType::Ipv4 => outer_ipv4(pipeline, snapshot, &data[ETH..]),
         EtherType::Ipv6 => outer_ipv6(pipeline, snapshot, &data[ETH..]),
-        _ => Err(Verdict::Host),
+        _ => Err(Verdict::Drop(DropReason::NotVxlanForNode)),
     }
 }
 
@@ -87,7 +96,8 @@ fn finish_inner_checksum(frame: &mut Frame<'_>) -> bool {
     }
 }
 
-/// Outer IPv4 + UDP checks. `Err(Host)` for what is not VXLAN for this node.
+/// Outer IPv4 + UDP checks; what is not VXLAN for this node is a mismatch with the XDP
+/// program, which passes it to the kernel.
 #[inline(always)]
 fn outer_ipv4(pipeline: &Pipeline, snapshot: &Snapshot, bytes: &[u8]) -> Result<Outer, Verdict> {
     let Ok(ip) = Ipv4Packet::new_checked(bytes) else {
@@ -98,7 +108,7 @@ fn outer_ipv4(pipeline: &Pipeline, snapshot: &Snapshot, bytes: &[u8]) -> Result<
         || ip.frag_offset() != 0
     {
         // Later fragments carry no port: they may be anything UDP, so the kernel reassembles.
-        return Err(Verdict::Host);
+        return Err(Verdict::Drop(DropReason::NotVxlanForNode));
     }
     if !ip.verify_checksum() {
         return Err(Verdict::Drop(DropReason::OuterChecksum));
@@ -107,7 +117,7 @@ fn outer_ipv4(pipeline: &Pipeline, snapshot: &Snapshot, bytes: &[u8]) -> Result<
         return Err(Verdict::Drop(DropReason::OuterMalformed));
     };
     if udp.dst_port() != pipeline.config.vxlan_port {
-        return Err(Verdict::Host);
+        return Err(Verdict::Drop(DropReason::NotVxlanForNode));
     }
     if ip.more_frags() {
         return Err(Verdict::Drop(DropReason::OuterFragment));
@@ -124,6 +134,7 @@ fn outer_ipv4(pipeline: &Pipeline, snapshot: &Snapshot, bytes: &[u8]) -> Result<
     let udp_start = ETH + ip.header_len();
     Ok(Outer {
         source: IpAddr::V4(ip.src_addr()),
+        ecn: ip.dscp_ecn() & ECN_MASK,
         vxlan_start: udp_start + UdpPacket::<&[u8]>::HEADER_LEN,
         udp_end: udp_start + usize::from(udp.len()),
     })
@@ -148,13 +159,13 @@ fn outer_ipv6(pipeline: &Pipeline, snapshot: &Snapshot, bytes: &[u8]) -> Result<
     if IpAddr::V6(ip.dst_addr()) != snapshot.local_node().underlay
         || ip.next_header() != IpProtocol::Udp
     {
-        return Err(Verdict::Host);
+        return Err(Verdict::Drop(DropReason::NotVxlanForNode));
     }
     let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
         return Err(Verdict::Drop(DropReason::OuterMalformed));
     };
     if udp.dst_port() != pipeline.config.vxlan_port {
-        return Err(Verdict::Host);
+        return Err(Verdict::Drop(DropReason::NotVxlanForNode));
     }
     // RFC 8200 §8.1: a zero UDP checksum over IPv6 is invalid (Linux drops it unless the
     // device enables udp6zerocsumrx).
@@ -168,6 +179,7 @@ fn outer_ipv6(pipeline: &Pipeline, snapshot: &Snapshot, bytes: &[u8]) -> Result<
     let udp_start = ETH + Ipv6Packet::<&[u8]>::HEADER_LEN;
     Ok(Outer {
         source: IpAddr::V6(ip.src_addr()),
+        ecn: ip.traffic_class() & ECN_MASK,
         vxlan_start: udp_start + UdpPacket::<&[u8]>::HEADER_LEN,
         udp_end: udp_start + usize::from(udp.len()),
     })
@@ -178,6 +190,7 @@ struct InnerPacket {
     src: IpAddr,
     dst: IpAddr,
     ttl: u8,
+    ecn: u8,
     ip_len: usize,
     l4: crate::table::L4,
 }
@@ -230,6 +243,12 @@ fn decapsulate(
         }
     };
 
+    // RFC 6040 §4.2, as Linux's INET_ECN_decapsulate: congestion the underlay marked stays
+    // visible to the inner transport; a CE mark on a packet that cannot carry it is a drop.
+    let mark_ce = outer.ecn == ECN_CE && inner.ecn != ECN_CE;
+    if outer.ecn == ECN_CE && inner.ecn == NOT_ECT {
+        return Verdict::Drop(DropReason::EcnCeNotEct);
+    }
     let target = snapshot.route(inner.dst);
     match target {
         Some(RouteTarget::Endpoint(id)) => {
@@ -247,20 +266,47 @@ fn decapsulate(
             frame.set_len(ETH + inner.ip_len);
             // A kernel VTEP on a veth underlay leaves inner checksums partial (offload.rs).
             offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
+            if mark_ce {
+                set_ce(frame, inner.dst);
+            }
             decrement_ttl(frame, inner.dst);
             let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
             eth.set_destination(endpoint.mac);
             eth.set_source(pipeline.config.gateway_mac);
             Verdict::Decap(id)
         }
-        Some(RouteTarget::Node(node)) if node != snapshot.local_node_id() => {
-            Verdict::Drop(DropReason::DecapForRemoteNode)
-        }
-        // This node's own overlay address, or outside the cluster: the host routes it.
-        _ => {
+        // This node's own tunnel address: for the node's kernel.
+        Some(RouteTarget::Node(node))
+            if node == snapshot.local_node_id() && snapshot.is_local_address(inner.dst) =>
+        {
+            if !pipeline.config.host_interface {
+                return Verdict::Drop(DropReason::NoHostInterface);
+            }
             frame.pull_head(inner_start);
             frame.set_len(ETH + inner.ip_len);
+            offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
+            if mark_ce {
+                set_ce(frame, inner.dst);
+            }
             Verdict::Host
+        }
+        Some(RouteTarget::Node(node)) if node == snapshot.local_node_id() => {
+            Verdict::Drop(DropReason::NoSuchPod)
+        }
+        // Another node's pods, or outside the cluster: not this node's to deliver.
+        _ => Verdict::Drop(DropReason::DecapForRemoteNode),
+    }
+}
+
+/// Marks the inner packet (after the Ethernet header) CE.
+fn set_ce(frame: &mut Frame<'_>, family: IpAddr) {
+    let ip = &mut frame.data_mut()[ETH..];
+    match family {
+        IpAddr::V4(_) => Ipv4Packet::new_unchecked(ip).set_ecn(ECN_CE),
+        IpAddr::V6(_) => {
+            let mut ip = Ipv6Packet::new_unchecked(ip);
+            let tc = ip.traffic_class();
+            ip.set_traffic_class(tc | ECN_CE);
         }
     }
 }
@@ -276,6 +322,7 @@ fn inner_ipv4(bytes: &[u8]) -> Result<InnerPacket, DropReason> {
         src: IpAddr::V4(ip.src_addr()),
         dst: IpAddr::V4(ip.dst_addr()),
         ttl: ip.ttl(),
+        ecn: ip.dscp_ecn() & ECN_MASK,
         ip_len: usize::from(ip.total_len()),
         l4: flow.l4,
     })
@@ -289,6 +336,7 @@ fn inner_ipv6(bytes: &[u8]) -> Result<InnerPacket, DropReason> {
         src: IpAddr::V6(ip.src_addr()),
         dst: IpAddr::V6(ip.dst_addr()),
         ttl: ip.hop_limit(),
+        ecn: ip.traffic_class() & ECN_MASK,
         ip_len: ip.total_len(),
         l4: flow.l4,
     })

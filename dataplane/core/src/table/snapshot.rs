@@ -45,6 +45,10 @@ pub enum TableError {
     DuplicatePolicy(String),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error("node {node:?}: tunnel address {ip} is outside its pod CIDRs")]
+    TunnelIpOutsideCidrs { node: String, ip: IpAddr },
+    #[error("endpoint {endpoint} has {ip}, this node's tunnel address")]
+    TunnelIpIsPodIp { endpoint: String, ip: IpAddr },
     #[error("too many {what}: {count} (at most {max})")]
     TooMany { what: &'static str, count: usize, max: usize },
 }
@@ -82,6 +86,9 @@ pub struct Node {
     pub vtep_mac: MacAddr,
     pub next_hop_mac: Option<MacAddr>,
     pub pod_cidrs: Vec<Cidr>,
+    /// The node's own addresses on the overlay ([`NodeSpec::tunnel_ips`], defaults filled
+    /// in).
+    pub tunnel_ips: Vec<IpAddr>,
 }
 
 /// A local endpoint as the engine uses it. Policies are indices into [`Snapshot::policies`].
@@ -174,12 +181,23 @@ impl Snapshot {
                     second: n.name.clone(),
                 });
             }
+            let tunnel_ips = if n.tunnel_ips.is_empty() {
+                n.pod_cidrs.iter().map(Cidr::addr).collect()
+            } else {
+                n.tunnel_ips.clone()
+            };
+            if let Some(&ip) =
+                tunnel_ips.iter().find(|ip| !n.pod_cidrs.iter().any(|c| c.contains(**ip)))
+            {
+                return Err(TableError::TunnelIpOutsideCidrs { node: n.name.clone(), ip });
+            }
             nodes.push(Node {
                 name: n.name.clone(),
                 underlay: n.underlay,
                 vtep_mac,
                 next_hop_mac: n.next_hop_mac,
                 pod_cidrs: n.pod_cidrs.clone(),
+                tunnel_ips,
             });
         }
         let local_node = *node_by_name
@@ -221,6 +239,9 @@ impl Snapshot {
                 return Err(TableError::InvalidEndpointMac { endpoint: key, mac: e.mac });
             }
             for &ip in &e.ips {
+                if nodes[local_node.0 as usize].tunnel_ips.contains(&ip) {
+                    return Err(TableError::TunnelIpIsPodIp { endpoint: key, ip });
+                }
                 if let Some(&first) = ip_owner.get(&ip) {
                     return Err(TableError::DuplicatePodIp {
                         ip,
@@ -336,6 +357,14 @@ impl Snapshot {
     #[inline]
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id.0 as usize]
+    }
+
+    /// Is `ip` an address of this node: its underlay address or one of its tunnel addresses?
+    /// (Traffic between a pod and its own node is always allowed.)
+    #[inline]
+    pub fn is_local_address(&self, ip: IpAddr) -> bool {
+        let local = self.local_node();
+        local.underlay == ip || local.tunnel_ips.contains(&ip)
     }
 
     /// The local endpoints with their slots, in slot order.
@@ -589,6 +618,7 @@ pub(crate) mod tests {
             vtep_mac: Some(mac(last)),
             next_hop_mac: Some(mac(100 + last)),
             pod_cidrs: vec![cidr.parse().unwrap()],
+            tunnel_ips: Vec::new(),
         }
     }
 
@@ -685,6 +715,14 @@ pub(crate) mod tests {
                 Box::new(|s| s.endpoints[0].mac = MacAddr::ZERO),
                 "endpoint default/web: MAC 00:00:00:00:00:00 is multicast or zero",
             ),
+            (
+                Box::new(|s| s.nodes[0].tunnel_ips = vec!["10.244.2.1".parse().unwrap()]),
+                "node \"a\": tunnel address 10.244.2.1 is outside its pod CIDRs",
+            ),
+            (
+                Box::new(|s| s.endpoints[0].ips = vec!["10.244.1.0".parse().unwrap()]),
+                "endpoint default/web has 10.244.1.0, this node's tunnel address",
+            ),
         ];
         for (break_it, message) in cases {
             let mut spec = good();
@@ -692,6 +730,21 @@ pub(crate) mod tests {
             let err = Snapshot::build(&spec, 1).unwrap_err();
             assert_eq!(err.to_string(), message);
         }
+    }
+
+    #[test]
+    fn tunnel_addresses_default_to_each_pod_cidr_and_are_the_nodes_own() {
+        let mut spec = good();
+        let snap = Snapshot::build(&spec, 1).unwrap();
+        assert_eq!(snap.local_node().tunnel_ips, ["10.244.1.0".parse::<IpAddr>().unwrap()]);
+        assert!(snap.is_local_address("10.244.1.0".parse().unwrap()));
+        assert!(snap.is_local_address("192.168.50.1".parse().unwrap()));
+        assert!(!snap.is_local_address("10.244.1.2".parse().unwrap()));
+        // Calico's tunnel address: one chosen address of the block.
+        spec.nodes[0].tunnel_ips = vec!["10.244.1.1".parse().unwrap()];
+        let snap = Snapshot::build(&spec, 1).unwrap();
+        assert!(snap.is_local_address("10.244.1.1".parse().unwrap()));
+        assert!(!snap.is_local_address("10.244.1.0".parse().unwrap()));
     }
 
     #[test]

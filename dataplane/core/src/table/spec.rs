@@ -65,6 +65,11 @@ pub struct NodeSpec {
     pub next_hop_mac: Option<MacAddr>,
     #[serde(default)]
     pub pod_cidrs: Vec<Cidr>,
+    /// The node's own addresses on the overlay, inside its pod CIDRs: Flannel's `flannel.1`
+    /// address, Calico's `IPv4VXLANTunnelAddr`. Other nodes and the node's pods reach the node
+    /// itself there. Empty: the first address of each pod CIDR (Flannel's choice).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnel_ips: Vec<IpAddr>,
 }
 
 /// A pod on this node.

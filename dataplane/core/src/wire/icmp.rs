@@ -1,5 +1,6 @@
-//! ICMPv4 (RFC 792) and ICMPv6 (RFC 4443) headers — type, code, checksum — plus the two
-//! neighbour-discovery messages the gateway handles (RFC 4861 §4.3 and §4.4).
+//! ICMPv4 (RFC 792) and ICMPv6 (RFC 4443) headers — type, code, checksum — the error
+//! messages a router sends (time exceeded, fragmentation needed / packet too big), plus the
+//! two neighbour-discovery messages the gateway handles (RFC 4861 §4.3 and §4.4).
 
 use std::net::Ipv6Addr;
 
@@ -15,13 +16,32 @@ mod field {
     pub(super) const ND_OPTIONS: usize = 24;
 }
 
+/// ICMPv4 message types and codes podlane sends or looks at (RFC 792, RFC 1191).
+pub mod icmpv4_type {
+    pub const ECHO_REPLY: u8 = 0;
+    pub const DEST_UNREACHABLE: u8 = 3;
+    /// Code of [`DEST_UNREACHABLE`]: fragmentation needed and DF set; the next-hop MTU is in
+    /// the low 16 bits of the rest of the header (RFC 1191 §4).
+    pub const CODE_FRAG_NEEDED: u8 = 4;
+    pub const REDIRECT: u8 = 5;
+    pub const ECHO_REQUEST: u8 = 8;
+    pub const TIME_EXCEEDED: u8 = 11;
+    /// Code of [`TIME_EXCEEDED`]: TTL exceeded in transit.
+    pub const CODE_TTL_EXCEEDED: u8 = 0;
+}
+
 /// ICMPv6 message types podlane looks at.
 pub mod icmpv6_type {
+    /// The MTU is the whole rest of the header (RFC 4443 §3.2).
+    pub const PACKET_TOO_BIG: u8 = 2;
+    /// Code 0: hop limit exceeded in transit (RFC 4443 §3.3).
+    pub const TIME_EXCEEDED: u8 = 3;
     pub const ECHO_REQUEST: u8 = 128;
     pub const ECHO_REPLY: u8 = 129;
     pub const ROUTER_SOLICIT: u8 = 133;
     pub const NEIGHBOR_SOLICIT: u8 = 135;
     pub const NEIGHBOR_ADVERT: u8 = 136;
+    pub const REDIRECT: u8 = 137;
 }
 
 /// NDP option types (RFC 4861 §4.6).
@@ -67,6 +87,28 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
 
     pub fn checksum(&self) -> u16 {
         be16(self.buffer.as_ref(), field::CHECKSUM)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv4Packet<T> {
+    /// Writes an error message header: type, code, the 32-bit rest of the header (the
+    /// next-hop MTU for fragmentation needed, zero for time exceeded), checksum zeroed. The
+    /// offending datagram follows in the buffer; the caller fills the checksum over both.
+    /// `Err(Truncated)`, writing nothing, when the buffer is shorter than 8 bytes.
+    pub fn emit_error(&mut self, msg_type: u8, code: u8, rest: u32) -> Result<(), WireError> {
+        let b = self.buffer.as_mut();
+        if b.len() < field::REST + 4 {
+            return Err(WireError::Truncated);
+        }
+        b[field::TYPE] = msg_type;
+        b[field::CODE] = code;
+        put16(b, field::CHECKSUM, 0);
+        b[field::REST..field::REST + 4].copy_from_slice(&rest.to_be_bytes());
+        Ok(())
+    }
+
+    pub fn set_checksum(&mut self, value: u16) {
+        put16(self.buffer.as_mut(), field::CHECKSUM, value);
     }
 }
 
@@ -158,6 +200,21 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Packet<T> {
         put16(self.buffer.as_mut(), field::CHECKSUM, value);
     }
 
+    /// Writes an error message header: type, code, the 32-bit rest of the header (the MTU for
+    /// packet too big, zero for time exceeded), checksum zeroed (the caller fills it).
+    /// `Err(Truncated)`, writing nothing, when the buffer is shorter than 8 bytes.
+    pub fn emit_error(&mut self, msg_type: u8, code: u8, rest: u32) -> Result<(), WireError> {
+        let b = self.buffer.as_mut();
+        if b.len() < field::REST + 4 {
+            return Err(WireError::Truncated);
+        }
+        b[field::TYPE] = msg_type;
+        b[field::CODE] = code;
+        put16(b, field::CHECKSUM, 0);
+        b[field::REST..field::REST + 4].copy_from_slice(&rest.to_be_bytes());
+        Ok(())
+    }
+
     /// Writes a neighbour advertisement for `target` with `flags` ([`na_flags`]) and one
     /// target link-layer address option: 32 bytes, checksum zeroed (the caller fills it).
     /// `Err(Truncated)`, writing nothing, when the buffer is shorter.
@@ -186,6 +243,23 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Packet<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_headers_carry_type_code_and_rest() {
+        let mut b = [0xffu8; 12];
+        let mut icmp = Icmpv4Packet::new_checked(&mut b[..]).unwrap();
+        icmp.emit_error(icmpv4_type::DEST_UNREACHABLE, icmpv4_type::CODE_FRAG_NEEDED, 1450)
+            .unwrap();
+        assert_eq!(&b[..8], &[3, 4, 0, 0, 0, 0, 0x05, 0xaa]);
+        assert_eq!(&b[8..], &[0xff; 4], "the quoted datagram after the header is left alone");
+        let mut b = [0u8; 8];
+        let mut icmp = Icmpv6Packet::new_checked(&mut b[..]).unwrap();
+        icmp.emit_error(icmpv6_type::PACKET_TOO_BIG, 0, 1430).unwrap();
+        assert_eq!(b, [2, 0, 0, 0, 0, 0, 0x05, 0x96]);
+        let mut short = [0u8; 6];
+        let mut icmp = Icmpv4Packet::new_checked(&mut short[..]).unwrap();
+        assert_eq!(icmp.emit_error(icmpv4_type::TIME_EXCEEDED, 0, 0), Err(WireError::Truncated));
+    }
 
     /// Neighbour solicitation for fe80::1 with a source link-layer address option.
     fn solicitation() -> Vec<u8> {

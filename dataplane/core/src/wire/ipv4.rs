@@ -154,6 +154,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.buffer.as_mut()[field::DSCP_ECN] = value;
     }
 
+    /// Sets the ECN bits (the low two of the TOS byte) and patches the header checksum
+    /// incrementally (RFC 1624), as a router that marks CE does.
+    pub fn set_ecn(&mut self, ecn: u8) {
+        let b = self.buffer.as_mut();
+        let old_word = be16(b, field::VER_IHL);
+        b[field::DSCP_ECN] = (b[field::DSCP_ECN] & !0x03) | (ecn & 0x03);
+        let new_word = be16(b, field::VER_IHL);
+        let updated = checksum::update_u16(be16(b, field::CHECKSUM), old_word, new_word);
+        put16(b, field::CHECKSUM, updated);
+    }
+
     pub fn set_total_len(&mut self, len: u16) {
         put16(self.buffer.as_mut(), field::LENGTH, len);
     }
@@ -314,5 +325,15 @@ mod tests {
         let ip = Ipv4Packet::new_checked(&b[..]).unwrap();
         assert!(ip.is_fragment());
         assert_eq!(ip.frag_offset(), 16);
+    }
+
+    #[test]
+    fn ecn_marking_keeps_the_checksum_valid() {
+        let mut b = fixture();
+        let dscp = b[1] & !0x03;
+        let mut ip = Ipv4Packet::new_checked(&mut b[..]).unwrap();
+        ip.set_ecn(0x03);
+        assert_eq!(ip.dscp_ecn(), dscp | 0x03, "DSCP kept, CE set");
+        assert!(ip.verify_checksum());
     }
 }

@@ -169,6 +169,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
         put32(self.buffer.as_mut(), field::VER_TC_FLOW, word);
     }
 
+    /// Sets the traffic class, keeping version and flow label.
+    pub fn set_traffic_class(&mut self, traffic_class: u8) {
+        let word = be32(self.buffer.as_ref(), field::VER_TC_FLOW);
+        let word = (word & 0xf00f_ffff) | (u32::from(traffic_class) << 20);
+        put32(self.buffer.as_mut(), field::VER_TC_FLOW, word);
+    }
+
     pub fn set_payload_len(&mut self, len: u16) {
         put16(self.buffer.as_mut(), field::PAYLOAD_LEN, len);
     }
@@ -198,6 +205,15 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traffic_class_changes_alone() {
+        let mut b = header(59, &[]);
+        let mut ip = Ipv6Packet::new_checked(&mut b[..]).unwrap();
+        ip.set_traffic_class(0x13);
+        assert_eq!((ip.traffic_class(), ip.flow_label()), (0x13, 0xabcde));
+        assert_eq!(b[0] >> 4, 6);
+    }
 
     fn header(next: u8, payload: &[u8]) -> Vec<u8> {
         let mut b = vec![0u8; 40];

@@ -1,0 +1,172 @@
+//! Packets from the host interface: what the node's kernel routed into the overlay — the
+//! node's own traffic to pods (kubelet probes, hostNetwork pods), Services after kube-proxy's
+//! DNAT, NodePorts, replies a pod's masqueraded connection to the outside gets back — is
+//! delivered to a local pod or encapsulated to the node that owns the destination.
+//!
+//! The kernel already forwarded these packets (and took their TTL down by one when it did),
+//! so the dataplane does not decrement again: to IP, the host interface is the overlay's
+//! link, as `flannel.1` was. Policy: traffic from the node itself always passes (Kubernetes:
+//! a pod and its node always reach each other); a packet whose source is a local pod — one
+//! the kernel sent back after DNAT — is judged by that pod's egress policy, on its real
+//! destination; a packet for a local pod, unless from the node, by that pod's ingress policy.
+//! ICMP redirects the kernel sends (a packet that leaves the host interface it came in on)
+//! never reach a pod.
+
+use std::net::IpAddr;
+
+use crate::table::{L4, RouteTarget, Snapshot};
+use crate::wire::icmp::{icmpv4_type, icmpv6_type};
+use crate::wire::{EtherType, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet};
+
+use super::encap::{self, Inner};
+use super::flow::{self, Flow};
+use super::pod::key;
+use super::{DropReason, Frame, Pipeline, RouteHint, Verdict};
+
+const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
+
+/// What routing and policy need of a packet from the host.
+struct Packet {
+    src: IpAddr,
+    dst: IpAddr,
+    tos: u8,
+    ip_len: usize,
+    flow: Flow,
+}
+
+pub(super) fn process(
+    pipeline: &mut Pipeline,
+    snapshot: &Snapshot,
+    frame: &mut Frame<'_>,
+    hint: RouteHint,
+) -> Verdict {
+    let packet = {
+        let data = frame.data();
+        let Ok(eth) = EthernetFrame::new_checked(data) else {
+            return Verdict::Drop(DropReason::Truncated);
+        };
+        let parsed = match eth.ethertype() {
+            EtherType::Ipv4 => ipv4(&data[ETH..]),
+            EtherType::Ipv6 => ipv6(&data[ETH..]),
+            _ => Err(DropReason::UnsupportedEtherType),
+        };
+        match parsed {
+            Ok(packet) => packet,
+            Err(reason) => return Verdict::Drop(reason),
+        }
+    };
+    forward(pipeline, snapshot, frame, packet, hint)
+}
+
+fn ipv4(bytes: &[u8]) -> Result<Packet, DropReason> {
+    let ip = Ipv4Packet::new_checked(bytes).map_err(|_| DropReason::MalformedIpv4)?;
+    if !ip.verify_checksum() {
+        return Err(DropReason::Ipv4Checksum);
+    }
+    let dst = ip.dst_addr();
+    if dst.is_multicast() || dst.is_broadcast() {
+        return Err(DropReason::MulticastDestination);
+    }
+    if ip.protocol() == IpProtocol::Icmp
+        && ip.frag_offset() == 0
+        && ip.payload().first() == Some(&icmpv4_type::REDIRECT)
+    {
+        return Err(DropReason::HostRedirect);
+    }
+    let flow = flow::ipv4(&ip, DropReason::MalformedL4)?;
+    Ok(Packet {
+        src: IpAddr::V4(ip.src_addr()),
+        dst: IpAddr::V4(dst),
+        tos: ip.dscp_ecn(),
+        ip_len: usize::from(ip.total_len()),
+        flow,
+    })
+}
+
+fn ipv6(bytes: &[u8]) -> Result<Packet, DropReason> {
+    let ip = Ipv6Packet::new_checked(bytes).map_err(|_| DropReason::MalformedIpv6)?;
+    let dst = ip.dst_addr();
+    if dst.is_multicast() {
+        return Err(DropReason::MulticastDestination);
+    }
+    if let Ok(location) = ip.find_l4()
+        && location.protocol == IpProtocol::Icmpv6
+        && !location.later_fragment
+    {
+        match ip.as_bytes().get(location.offset) {
+            Some(&icmpv6_type::REDIRECT) => return Err(DropReason::HostRedirect),
+            // Router and neighbour discovery belong to a link, not to the overlay.
+            Some(&(icmpv6_type::ROUTER_SOLICIT..=icmpv6_type::NEIGHBOR_ADVERT)) => {
+                return Err(DropReason::NeighbourDiscoveryIgnored);
+            }
+            _ => {}
+        }
+    }
+    let flow = flow::ipv6(&ip, DropReason::MalformedIpv6, DropReason::MalformedL4)?;
+    Ok(Packet {
+        src: IpAddr::V6(ip.src_addr()),
+        dst: IpAddr::V6(dst),
+        tos: ip.traffic_class(),
+        ip_len: ip.total_len(),
+        flow,
+    })
+}
+
+fn forward(
+    pipeline: &mut Pipeline,
+    snapshot: &Snapshot,
+    frame: &mut Frame<'_>,
+    packet: Packet,
+    hint: RouteHint,
+) -> Verdict {
+    let from_node = snapshot.is_local_address(packet.src);
+    // A local pod's packet, back from the kernel after DNAT: the pod's egress policy judges
+    // where it really goes.
+    let egress_allowed = |dst: IpAddr, l4: L4| match snapshot.route(packet.src) {
+        Some(RouteTarget::Endpoint(id)) if snapshot.endpoint(id).owns(packet.src) => {
+            match snapshot.endpoint(id).egress_policy {
+                Some(p) => snapshot.policy(p).allows(dst, l4),
+                None => true,
+            }
+        }
+        _ => true,
+    };
+    match hint.route(snapshot, packet.dst) {
+        Some(RouteTarget::Endpoint(id)) => {
+            let destination = snapshot.endpoint(id);
+            if !from_node {
+                if !egress_allowed(packet.dst, packet.flow.l4) {
+                    return Verdict::Drop(DropReason::PolicyDeniedEgress);
+                }
+                if let Some(p) = destination.ingress_policy
+                    && !snapshot.policy(p).allows(packet.src, packet.flow.l4)
+                {
+                    return Verdict::Drop(DropReason::PolicyDeniedIngress);
+                }
+            }
+            frame.set_len(ETH + packet.ip_len);
+            let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
+            eth.set_destination(destination.mac);
+            eth.set_source(pipeline.config.gateway_mac);
+            Verdict::Local(id)
+        }
+        Some(RouteTarget::Node(node)) if node != snapshot.local_node_id() => {
+            if !egress_allowed(packet.dst, packet.flow.l4) {
+                return Verdict::Drop(DropReason::PolicyDeniedEgress);
+            }
+            let hash = encap::flow_hash(
+                key(packet.src),
+                key(packet.dst),
+                packet.flow.protocol,
+                packet.flow.src_port,
+                packet.flow.dst_port,
+            );
+            let inner = Inner { ip_len: packet.ip_len, tos: packet.tos, hash };
+            encap::encapsulate(pipeline, snapshot, snapshot.node(node), frame, inner)
+        }
+        // This node's pod CIDR, but no pod there (its own addresses are the kernel's and
+        // never come this way).
+        Some(RouteTarget::Node(_)) => Verdict::Drop(DropReason::NoSuchPod),
+        None => Verdict::Drop(DropReason::HostNoRoute),
+    }
+}
