@@ -184,9 +184,11 @@ fn offender(data: &[u8], ip_len: usize) -> Option<(crate::wire::MacAddr, IpAddr)
             let src = packet.src_addr();
             let is_error = packet.protocol() == IpProtocol::Icmp
                 && matches!(packet.payload().first(), Some(3 | 4 | 5 | 11 | 12));
-            let answerable = packet.frag_offset() == 0
-                && !is_error
-                && !(src.is_unspecified() || src.is_broadcast() || src.is_multicast());
+            let answerable = !(packet.frag_offset() != 0
+                || is_error
+                || src.is_unspecified()
+                || src.is_broadcast()
+                || src.is_multicast());
             answerable.then_some((mac, IpAddr::V4(src)))
         }
         6 => {
@@ -199,7 +201,7 @@ fn offender(data: &[u8], ip_len: usize) -> Option<(crate::wire::MacAddr, IpAddr)
                     && packet.as_bytes().get(l.offset).is_some_and(|t| *t < 128)
             });
             let answerable =
-                !later_fragment && !is_error && !(src.is_unspecified() || src.is_multicast());
+                !(later_fragment || is_error || src.is_unspecified() || src.is_multicast());
             answerable.then_some((mac, IpAddr::V6(src)))
         }
         _ => None,
