@@ -324,7 +324,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
 
     io::install_stop_handlers().map_err(DaemonError::Signals)?;
     let uplink_map = Arc::new(XskMap::new(uplink_queues).map_err(DaemonError::UplinkMap)?);
-    let uplink_program = XdpProgram::uplink(&uplink_map, node_ip, engine.vxlan_port)
+    let uplink_program = XdpProgram::uplink(&uplink_map, node_ip, engine.vxlan_port, engine.vni)
         .map_err(DaemonError::UplinkProgram)?;
 
     let (ready_tx, ready_rx) = mpsc::channel();

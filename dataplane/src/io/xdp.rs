@@ -7,8 +7,8 @@
 //!   bound there.
 //! * [`XdpProgram::uplink`] — on the uplink: redirect only UDP to the VXLAN port addressed to
 //!   this node (IPv4 without options and not fragmented, or IPv6 with UDP as the first next
-//!   header); XDP_PASS for everything else, so SSH, ARP, kubelet and fragments keep going
-//!   through the kernel.
+//!   header) whose VNI is ours; XDP_PASS for everything else, so SSH, ARP, kubelet, fragments
+//!   and another VXLAN user's VNI on the same port keep going through the kernel.
 //!
 //! The veth quirk (DESIGN.md): a veth drops frames its peer transmitted through XDP
 //! (`XDP_TX`, devmap redirects) unless it runs an XDP program or has GRO on. These programs
@@ -105,6 +105,7 @@ mod op {
     pub(super) const K: u8 = 0x00;
     pub(super) const X: u8 = 0x08;
     pub(super) const ADD: u8 = 0x00;
+    pub(super) const AND: u8 = 0x50;
     pub(super) const SUB: u8 = 0x10;
     pub(super) const MOD: u8 = 0x90;
     pub(super) const MOV: u8 = 0xb0;
@@ -227,6 +228,11 @@ impl Asm {
     /// `dst += imm`
     pub fn add_imm(&mut self, dst: Reg, imm: i32) {
         self.insns.push(encode(op::ALU64 | op::ADD | op::K, dst, 0, 0, imm));
+    }
+
+    /// `dst = (u32)(dst & imm)`.
+    pub fn and32_imm(&mut self, dst: Reg, imm: u32) {
+        self.insns.push(encode(op::ALU | op::AND | op::K, dst, 0, 0, imm as i32));
     }
 
     /// `dst = map` (a 64-bit immediate load the kernel rewrites into the map's address).
@@ -427,10 +433,10 @@ impl XdpProgram {
         XdpProgram::load("podlane_pod", &asm.finish())
     }
 
-    /// The uplink program (module doc) for a node with underlay address `node` and VXLAN
-    /// destination port `port`.
-    pub fn uplink(map: &XskMap, node: IpAddr, port: u16) -> Result<XdpProgram, XdpError> {
-        XdpProgram::load("podlane_uplink", &uplink_program(map, node, port))
+    /// The uplink program (module doc) for a node with underlay address `node`, VXLAN
+    /// destination port `port` and VNI `vni`.
+    pub fn uplink(map: &XskMap, node: IpAddr, port: u16, vni: u32) -> Result<XdpProgram, XdpError> {
+        XdpProgram::load("podlane_uplink", &uplink_program(map, node, port, vni))
     }
 
     /// Loads any XDP program given as instructions; a rejection carries the verifier's log.
@@ -502,9 +508,15 @@ fn le16(network: u16) -> i32 {
 }
 
 /// The uplink program's instructions.
-fn uplink_program(map: &XskMap, node: IpAddr, port: u16) -> Vec<u64> {
+fn uplink_program(map: &XskMap, node: IpAddr, port: u16, vni: u32) -> Vec<u64> {
     let mut asm = Asm::new();
     let pass = asm.label();
+    let redirect = asm.label();
+    // Where the VXLAN header starts: after Ethernet, the IP header and UDP.
+    let vxlan: i16 = match node {
+        IpAddr::V4(_) => 42,
+        IpAddr::V6(_) => 62,
+    };
     // r6 = ctx (callee-saved across the helper call); r2 = data; r3 = data_end.
     asm.mov_reg(Reg::R6, Reg::R1);
     asm.ldx(Size::W, Reg::R2, Reg::R6, MD_DATA);
@@ -551,6 +563,16 @@ fn uplink_program(map: &XskMap, node: IpAddr, port: u16) -> Vec<u64> {
             asm.jmp_imm(Cond::Ne, Reg::R5, le16(port), pass);
         }
     }
+    // Another VNI on our port is another VXLAN user's (a kernel vxlan device with that VNI):
+    // the kernel's. A header too short to tell goes to the pipeline, which counts it.
+    asm.mov_reg(Reg::R4, Reg::R2);
+    asm.add_imm(Reg::R4, i32::from(vxlan) + 8);
+    asm.jmp_reg(Cond::Gt, Reg::R4, Reg::R3, redirect);
+    asm.ldx(Size::W, Reg::R5, Reg::R2, vxlan + 4); // VNI (3 bytes, network order), reserved
+    asm.and32_imm(Reg::R5, 0x00ff_ffff);
+    let vni = vni.to_be_bytes();
+    asm.jmp32_imm(Cond::Ne, Reg::R5, u32::from_le_bytes([vni[1], vni[2], vni[3], 0]), pass);
+    asm.bind(redirect);
     redirect_to_queue_socket(&mut asm, Reg::R6, map);
     asm.bind(pass);
     asm.mov_imm(Reg::R0, XDP_PASS);

@@ -11,7 +11,7 @@ use dataplane::io::xdp::{XdpMode, XdpProgram, XskMap};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: podlane-xdp-probe INTERFACE pod|uplink native|generic [NODE-IP PORT]";
+    let usage = "usage: podlane-xdp-probe INTERFACE pod|uplink native|generic [NODE-IP PORT [VNI]]";
     let (Some(interface), Some(program), Some(mode)) = (args.first(), args.get(1), args.get(2))
     else {
         eprintln!("{usage}");
@@ -30,7 +30,8 @@ fn main() -> ExitCode {
         _ => {
             let node: IpAddr = args.get(3).and_then(|a| a.parse().ok()).expect("NODE-IP");
             let port: u16 = args.get(4).and_then(|p| p.parse().ok()).expect("PORT");
-            XdpProgram::uplink(&map, node, port)
+            let vni: u32 = args.get(5).and_then(|v| v.parse().ok()).unwrap_or(1);
+            XdpProgram::uplink(&map, node, port, vni)
         }
     });
     let link = match result.and_then(|p| p.attach(interface, mode)) {
