@@ -370,7 +370,9 @@ impl Running {
         let mut service = match dataplane {
             Dataplane::Kernel => return Ok(Running { service: None }),
             Dataplane::Podlane => {
-                let mut args = vec!["--cores", &core, "--log-level", "info"];
+                // The node's kernel keeps its own routes to the pods (it takes its turns on
+                // the same node): no host interface, pod interfaces left to the kernel.
+                let mut args = vec!["--cores", &core, "--log-level", "info", "--no-host-interface"];
                 if let Some(priority) = &priority {
                     args.extend(["--realtime-priority", priority]);
                 }

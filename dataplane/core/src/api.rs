@@ -150,7 +150,7 @@ pub enum Response {
         workers: Vec<WorkerCounters>,
     },
     Config {
-        config: DaemonInfo,
+        config: Box<DaemonInfo>,
     },
     Version {
         dataplane: String,
@@ -190,7 +190,11 @@ pub struct WorkerCounters {
     pub decap: u64,
     pub local: u64,
     pub reply: u64,
+    /// Frames handed to the host interface.
     pub host: u64,
+    /// Of `reply`, ICMP errors sent to pods (time exceeded, too big).
+    #[serde(default)]
+    pub icmp_errors: u64,
     /// Drops by reason label (only reasons that occurred).
     pub drops: BTreeMap<String, u64>,
     pub no_socket: u64,
@@ -201,6 +205,26 @@ pub struct WorkerCounters {
     pub free_chunks: usize,
     pub invalid_descriptors: u64,
     pub sockets: Vec<SocketCounters>,
+    /// The worker's queue of the host interface, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_interface: Option<HostCounters>,
+}
+
+/// Counters of one worker's queue of the host interface.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HostCounters {
+    pub interface: String,
+    pub queue: u32,
+    /// Packets the node's kernel routed into the overlay, read from the queue.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Packets longer than a UMEM chunk holds (cut short by the read): dropped.
+    pub rx_too_long: u64,
+    /// Packets handed to the node's kernel.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Packets the kernel did not take (its queue full, or an error): dropped.
+    pub tx_dropped: u64,
 }
 
 /// Counters of one AF_XDP socket.
@@ -237,6 +261,26 @@ pub struct DaemonInfo {
     pub xdp_mode: String,
     pub poll_mode: String,
     pub control_socket: String,
+    /// The MTU pods must use (the uplink's less the encapsulation), also the host
+    /// interface's.
+    #[serde(default)]
+    pub overlay_mtu: u32,
+    /// What pods route through, and what answers them (docs/wiring-a-pod.md).
+    #[serde(default)]
+    pub gateway_v4: String,
+    #[serde(default)]
+    pub gateway_v6: String,
+    #[serde(default)]
+    pub gateway_mac: String,
+    /// The host interface, empty when the daemon runs without one.
+    #[serde(default)]
+    pub host_interface: String,
+    /// Its addresses (this node's tunnel addresses) and the routes through it (every node's
+    /// pod CIDRs), as installed.
+    #[serde(default)]
+    pub host_addresses: Vec<String>,
+    #[serde(default)]
+    pub host_routes: Vec<String>,
 }
 
 /// Why a frame could not be read.
@@ -334,7 +378,7 @@ mod tests {
         }));
         round_trip(Response::Tables { generation: 4, in_sync: true, tables });
         round_trip(Response::Counters { workers: vec![WorkerCounters::default()] });
-        round_trip(Response::Config { config: DaemonInfo::default() });
+        round_trip(Response::Config { config: Box::default() });
         round_trip(Response::Version { dataplane: "0.1.0".into(), protocol: 1 });
     }
 

@@ -86,7 +86,7 @@ struct Cli {
     #[arg(long, value_name = "GID")]
     control_gid: Option<u32>,
     /// The node's underlay interface (VXLAN is sent and received here).
-    #[arg(long, value_name = "IFACE", required_unless_present = "check")]
+    #[arg(long, value_name = "IFACE", required_unless_present_any = ["check", "remove_host_interface"])]
     uplink: Option<String>,
     /// The node's underlay address; must match the local node in the tables (the default).
     #[arg(long, value_name = "IP")]
@@ -131,6 +131,18 @@ struct Cli {
     /// Seconds between counter logs at debug level.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     stats_interval: u64,
+    /// The host interface: a TUN device the daemon creates (or adopts) through which the
+    /// node's kernel reaches pods and pods reach the node and the outside (docs/host-path.md).
+    #[arg(long, value_name = "NAME", default_value = "podlane0")]
+    host_interface: String,
+    /// Run without a host interface: frames for the node or leaving the cluster are dropped
+    /// (for a node whose kernel keeps its own routes to pods, as podlane-bench's does).
+    #[arg(long, conflicts_with = "remove_host_interface")]
+    no_host_interface: bool,
+    /// Delete the host interface (--host-interface NAME) and with it its addresses and
+    /// routes, then exit: the host interface outlives the daemon on purpose (fail closed).
+    #[arg(long)]
+    remove_host_interface: bool,
 }
 
 fn main() -> ExitCode {
@@ -150,6 +162,22 @@ fn main() -> ExitCode {
         .with_ansi(ansi)
         .init();
 
+    if cli.remove_host_interface {
+        return match daemon::remove_host_interface(&cli.host_interface) {
+            Ok(true) => {
+                println!("removed {}", cli.host_interface);
+                ExitCode::SUCCESS
+            }
+            Ok(false) => {
+                println!("no interface named {}: nothing to remove", cli.host_interface);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("podlane-dataplane: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.check {
         let Some(tables) = &cli.tables else {
             eprintln!("podlane-dataplane: --check needs --tables FILE");
@@ -204,6 +232,7 @@ fn main() -> ExitCode {
         umem_chunks: cli.umem_chunks,
         tables: cli.tables,
         stats_interval: Duration::from_secs(cli.stats_interval.max(1)),
+        host_interface: (!cli.no_host_interface).then_some(cli.host_interface),
     };
     match daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -50,7 +50,13 @@ impl Backend for Shared {
     }
 
     fn info(&self) -> DaemonInfo {
-        self.info.clone()
+        let mut info = self.info.clone();
+        if let Ok(host) = self.host_state.lock() {
+            info.host_interface = host.name.clone();
+            info.host_addresses = host.addresses.clone();
+            info.host_routes = host.routes.clone();
+        }
+        info
     }
 }
 
@@ -260,7 +266,9 @@ pub(crate) fn handle(request: Request, backend: &impl Backend) -> Response {
         Request::Query { what: Query::Counters } => {
             Response::Counters { workers: backend.counters() }
         }
-        Request::Query { what: Query::Config } => Response::Config { config: backend.info() },
+        Request::Query { what: Query::Config } => {
+            Response::Config { config: Box::new(backend.info()) }
+        }
         Request::Query { what: Query::Version } => Response::Version {
             dataplane: env!("CARGO_PKG_VERSION").to_owned(),
             protocol: PROTOCOL_VERSION,

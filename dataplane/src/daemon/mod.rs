@@ -10,11 +10,13 @@
 //! the process.
 
 mod control;
+mod host;
 mod neighbours;
 mod tables;
 mod worker;
 
 pub use control::{Access, ControlError};
+pub use host::{HostError, remove as remove_host_interface};
 pub use worker::WorkerError;
 
 use std::net::IpAddr;
@@ -76,6 +78,9 @@ pub struct DaemonConfig {
     pub access: Access,
     /// How often counters are logged at debug level.
     pub stats_interval: Duration,
+    /// The host interface's name (`podlane0`); `None`: no host path (frames for the node or
+    /// leaving the cluster are dropped as `no_host_interface`).
+    pub host_interface: Option<String>,
 }
 
 /// Why the daemon could not start; each is one clear line that says what to do.
@@ -110,6 +115,8 @@ pub enum DaemonError {
     Worker { index: usize, source: WorkerError },
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Host(#[from] HostError),
 }
 
 /// Why the tables the daemon starts with are not usable.
@@ -203,6 +210,8 @@ pub(crate) struct Shared {
     poll_mode: PollMode,
     tables: Tables,
     info: DaemonInfo,
+    /// The host interface's addresses and routes as last installed.
+    host_state: Mutex<host::HostState>,
     stop: AtomicBool,
     /// Each worker's counters, published by the worker about once a second.
     stats: Vec<Mutex<WorkerCounters>>,
@@ -279,6 +288,19 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             "more cores than uplink queues: running {workers} worker(s), one per queue at most"
         );
     }
+    // The host interface carries the overlay's packets: its MTU is the pods'.
+    let overlay_mtu = u32::from(engine.uplink_mtu).saturating_sub(match node_ip {
+        IpAddr::V4(_) => crate::engine::ENCAP_OVERHEAD_V4,
+        IpAddr::V6(_) => crate::engine::ENCAP_OVERHEAD_V6,
+    } as u32);
+    engine.host_interface = config.host_interface.is_some();
+    let (mut host, host_queues) = match &config.host_interface {
+        Some(name) => {
+            let (host, queues) = host::HostInterface::open(name, workers, overlay_mtu)?;
+            (Some(host), queues.into_iter().map(Some).collect())
+        }
+        None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
+    };
     let umem = UmemConfig { chunks: config.umem_chunks, ..UmemConfig::default() };
     let mut inboxes = Vec::new();
     let mut wakees = Vec::new();
@@ -315,7 +337,13 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
+            overlay_mtu,
+            gateway_v4: engine.gateway_v4.to_string(),
+            gateway_v6: engine.gateway_v6.to_string(),
+            gateway_mac: engine.gateway_mac.to_string(),
+            ..DaemonInfo::default()
         },
+        host_state: Mutex::new(host::HostState::default()),
         tables,
         stop: AtomicBool::new(false),
         stats: (0..workers).map(|_| Mutex::new(WorkerCounters::default())).collect(),
@@ -330,20 +358,21 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::new();
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-    for (index, wakee) in wakees.into_iter().enumerate() {
+    for (index, (wakee, host_queue)) in wakees.into_iter().zip(host_queues).enumerate() {
         let core = config.cores.get(index).map(|&id| {
             core_ids.iter().copied().find(|c| c.id == id).unwrap_or(core_affinity::CoreId { id })
         });
-        let handle = worker::spawn(
+        let setup = worker::WorkerSetup {
             index,
             core,
-            config.realtime_priority,
-            shared.clone(),
-            uplink_map.clone(),
+            realtime_priority: config.realtime_priority,
+            shared: shared.clone(),
+            uplink_map: uplink_map.clone(),
             wakee,
-            ready_tx.clone(),
-        )
-        .map_err(|source| DaemonError::WorkerThread { index, source })?;
+            host_queue,
+        };
+        let handle = worker::spawn(setup, ready_tx.clone())
+            .map_err(|source| DaemonError::WorkerThread { index, source })?;
         handles.push(handle);
     }
     drop(ready_tx);
@@ -408,6 +437,12 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let mut last_stats = Instant::now();
     while !io::stop_requested() {
         resolver.tick(&shared.tables);
+        if let Some(host) = host.as_mut() {
+            host.follow(&shared.tables.load_full());
+            if let Ok(mut state) = shared.host_state.lock() {
+                *state = host.state();
+            }
+        }
         if last_stats.elapsed() >= config.stats_interval {
             last_stats = Instant::now();
             for stats in &shared.stats {

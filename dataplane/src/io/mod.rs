@@ -9,7 +9,9 @@
 //!   attached it, even after SIGKILL.
 //! * [`xsk`] — AF_XDP sockets sharing one UMEM per worker: rings with the kernel's memory
 //!   ordering, chunk ownership as tokens, zero-copy bind with a fallback to copy mode.
-//! * [`netlink`] — routes and neighbours from the kernel, for underlay next-hop MACs.
+//! * [`netlink`] — routes and neighbours from the kernel, for underlay next-hop MACs; the
+//!   host interface's link, addresses and routes.
+//! * [`tun`] — the host interface: a multi-queue TUN device, one queue per worker.
 //! * Here: interface facts (index, MAC, MTU, queue count), `poll(2)` over sockets, and the
 //!   stop signals.
 
@@ -17,6 +19,7 @@ pub mod netlink;
 // The only `unsafe` in podlane (DESIGN.md): system calls, each block with its SAFETY comment.
 #[allow(unsafe_code)]
 mod sys;
+pub mod tun;
 pub mod xdp;
 pub mod xsk;
 

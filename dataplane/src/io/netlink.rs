@@ -8,6 +8,9 @@
 //! sent by the kernel itself) — the same mechanism Cilium uses for its managed neighbours.
 //! Since podlane's own traffic bypasses the kernel, nothing else would keep those entries
 //! fresh; the daemon repeats the `NTF_USE` periodically.
+//!
+//! For the host interface it also sets a link up with its MTU, and lists, adds and removes
+//! the addresses and routes of that one interface (`RTM_*LINK`, `RTM_*ADDR`, `RTM_*ROUTE`).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -19,16 +22,36 @@ use crate::wire::MacAddr;
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
 const RTM_NEWNEIGH: u16 = 28;
 const RTM_GETNEIGH: u16 = 30;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
+/// NLM_F_ROOT | NLM_F_MATCH: every entry.
+const NLM_F_DUMP: u16 = 0x300;
+const IFLA_MTU: u16 = 4;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+/// No duplicate address detection: an IPv6 address usable at once (it is the node's own
+/// address on a point-to-point link nothing else shares).
+const IFA_F_NODAD: u8 = 0x02;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const RTA_TABLE: u16 = 15;
+const RT_TABLE_MAIN: u8 = 254;
+const RTPROT_STATIC: u8 = 4;
+const RT_SCOPE_LINK: u8 = 253;
+const RTN_UNICAST: u8 = 1;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
 const NTF_USE: u8 = 0x01;
@@ -153,7 +176,9 @@ impl Rtnetlink {
                         NLMSG_DONE => return Ok(out),
                         k if k == reply => {
                             out.push(payload.to_vec());
-                            if flags & NLM_F_ACK == 0 {
+                            // A plain request gets one reply; a dump or an acknowledged
+                            // request ends with NLMSG_DONE or the acknowledgement.
+                            if flags & (NLM_F_ACK | NLM_F_DUMP) == 0 {
                                 return Ok(out);
                             }
                         }
@@ -210,6 +235,143 @@ impl Rtnetlink {
         let body = ndmsg(addr, interface, 0, NTF_USE);
         self.request(RTM_NEWNEIGH, NLM_F_ACK | NLM_F_CREATE, &body, RTM_NEWNEIGH).map(drop)
     }
+}
+
+/// An address with its prefix length.
+pub type Prefix = (IpAddr, u8);
+
+impl Rtnetlink {
+    /// Sets the link up, with `mtu` (RTM_NEWLINK on an existing link).
+    pub fn set_link_up(&mut self, interface: u32, mtu: u32) -> io::Result<()> {
+        // struct ifinfomsg: family, pad, type, index, flags, change.
+        let mut body = vec![0u8, 0, 0, 0];
+        body.extend_from_slice(&(interface as i32).to_ne_bytes());
+        body.extend_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
+        body.extend_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
+        push_attr(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
+        self.request(RTM_NEWLINK, NLM_F_ACK, &body, RTM_NEWLINK).map(drop)
+    }
+
+    /// Deletes the link (and with it its addresses and routes).
+    pub fn delete_link(&mut self, interface: u32) -> io::Result<()> {
+        let mut body = vec![0u8, 0, 0, 0];
+        body.extend_from_slice(&(interface as i32).to_ne_bytes());
+        body.extend_from_slice(&[0u8; 8]);
+        self.request(RTM_DELLINK, NLM_F_ACK, &body, RTM_DELLINK).map(drop)
+    }
+
+    /// The addresses of `interface`, both families, with their prefix lengths.
+    pub fn addresses(&mut self, interface: u32) -> io::Result<Vec<Prefix>> {
+        let body = ifaddrmsg(libc::AF_UNSPEC as u8, 0, 0);
+        let replies = self.request(RTM_GETADDR, NLM_F_DUMP, &body, RTM_NEWADDR)?;
+        Ok(replies
+            .iter()
+            .filter(|r| r.len() >= 8 && u32::from_ne_bytes([r[4], r[5], r[6], r[7]]) == interface)
+            .filter_map(|r| {
+                let mut address = None;
+                for (kind, value) in attrs(&r[8..]) {
+                    // IFA_LOCAL is the interface's own address where a peer is set.
+                    match kind {
+                        IFA_LOCAL => address = addr_from(value),
+                        IFA_ADDRESS if address.is_none() => address = addr_from(value),
+                        _ => {}
+                    }
+                }
+                Some((address?, r[1]))
+            })
+            .collect())
+    }
+
+    /// Adds `address/prefix` to `interface` (an IPv6 one without duplicate address detection).
+    pub fn add_address(&mut self, interface: u32, (address, prefix): Prefix) -> io::Result<()> {
+        let mut body = ifaddrmsg(family(address), prefix, interface);
+        body[2] = IFA_F_NODAD;
+        push_attr(&mut body, IFA_LOCAL, &octets(address));
+        push_attr(&mut body, IFA_ADDRESS, &octets(address));
+        self.request(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &body, RTM_NEWADDR)
+            .map(drop)
+    }
+
+    pub fn delete_address(&mut self, interface: u32, (address, prefix): Prefix) -> io::Result<()> {
+        let mut body = ifaddrmsg(family(address), prefix, interface);
+        push_attr(&mut body, IFA_LOCAL, &octets(address));
+        push_attr(&mut body, IFA_ADDRESS, &octets(address));
+        self.request(RTM_DELADDR, NLM_F_ACK, &body, RTM_DELADDR).map(drop)
+    }
+
+    /// The destinations of the main table's static routes through `interface` (the kind
+    /// [`Rtnetlink::add_route`] installs; not the kernel's own, such as fe80::/64), both
+    /// families.
+    pub fn routes(&mut self, interface: u32) -> io::Result<Vec<Prefix>> {
+        let mut out = Vec::new();
+        for af in [libc::AF_INET, libc::AF_INET6] {
+            let body = rtmsg(af as u8, 0, 0, 0, 0);
+            for reply in self.request(RTM_GETROUTE, NLM_F_DUMP, &body, RTM_NEWROUTE)? {
+                if reply.len() < 12 {
+                    continue;
+                }
+                let (mut dst, mut oif, mut table) = (None, None, u32::from(reply[4]));
+                for (kind, value) in attrs(&reply[12..]) {
+                    match kind {
+                        RTA_DST => dst = addr_from(value),
+                        RTA_OIF if value.len() == 4 => {
+                            oif = Some(u32::from_ne_bytes(value.try_into().unwrap_or_default()))
+                        }
+                        RTA_TABLE if value.len() == 4 => {
+                            table = u32::from_ne_bytes(value.try_into().unwrap_or_default())
+                        }
+                        _ => {}
+                    }
+                }
+                let protocol = reply[5];
+                if oif == Some(interface)
+                    && table == u32::from(RT_TABLE_MAIN)
+                    && protocol == RTPROT_STATIC
+                {
+                    // A route without RTA_DST is a default route.
+                    let dst = dst.unwrap_or(if af == libc::AF_INET {
+                        IpAddr::from([0u8; 4])
+                    } else {
+                        IpAddr::from([0u8; 16])
+                    });
+                    out.push((dst, reply[1]));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Routes `destination` through `interface` (main table, link scope). A route to the
+    /// same destination that exists already, through any interface, is left alone: EEXIST.
+    pub fn add_route(&mut self, interface: u32, destination: Prefix) -> io::Result<()> {
+        let body = route_body(interface, destination);
+        self.request(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &body, RTM_NEWROUTE)
+            .map(drop)
+    }
+
+    pub fn delete_route(&mut self, interface: u32, destination: Prefix) -> io::Result<()> {
+        let body = route_body(interface, destination);
+        self.request(RTM_DELROUTE, NLM_F_ACK, &body, RTM_DELROUTE).map(drop)
+    }
+}
+
+/// `struct ifaddrmsg`: family, prefix length, flags, scope, index.
+fn ifaddrmsg(family: u8, prefix: u8, interface: u32) -> Vec<u8> {
+    let mut body = vec![family, prefix, 0, 0];
+    body.extend_from_slice(&interface.to_ne_bytes());
+    body
+}
+
+/// `struct rtmsg`: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+fn rtmsg(family: u8, dst_len: u8, protocol: u8, scope: u8, kind: u8) -> Vec<u8> {
+    vec![family, dst_len, 0, 0, RT_TABLE_MAIN, protocol, scope, kind, 0, 0, 0, 0]
+}
+
+fn route_body(interface: u32, (destination, len): Prefix) -> Vec<u8> {
+    let mut body = rtmsg(family(destination), len, RTPROT_STATIC, RT_SCOPE_LINK, RTN_UNICAST);
+    push_attr(&mut body, RTA_DST, &octets(destination));
+    push_attr(&mut body, RTA_OIF, &interface.to_ne_bytes());
+    body
 }
 
 /// `struct ndmsg` (family, pad, pad, ifindex, state, flags, type) plus NDA_DST.

@@ -674,6 +674,28 @@ pub(super) fn interface_channels(name: &str) -> io::Result<EthtoolChannels> {
     Ok(channels)
 }
 
+/// Makes `tun` (an open `/dev/net/tun`) a queue of the multi-queue TUN device `name`:
+/// IFF_TUN (IP packets, no Ethernet), IFF_NO_PI (no packet-information prefix),
+/// IFF_MULTI_QUEUE (one descriptor per worker). The device is created if it does not exist.
+pub(super) fn tun_attach(tun: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as i16;
+    // SAFETY: `tun` is an open /dev/net/tun descriptor the caller keeps alive for the call;
+    // TUNSETIFF reads the name and flags from `req`, a live, exclusively borrowed `ifreq`,
+    // and writes the device's name back into it.
+    let ret =
+        unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut libc::ifreq) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// TUNSETPERSIST: whether the device outlives the last descriptor attached to it.
+pub(super) fn tun_set_persist(tun: BorrowedFd<'_>, persist: bool) -> io::Result<()> {
+    // SAFETY: `tun` is an attached TUN queue; TUNSETPERSIST takes its argument by value.
+    let ret =
+        unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, libc::c_ulong::from(persist)) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// A NETLINK_ROUTE socket; reads and writes go through `std::fs::File`.
 pub(super) fn netlink_route_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain system call with constant arguments.

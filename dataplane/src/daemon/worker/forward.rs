@@ -17,6 +17,8 @@ use super::port::PortKind;
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Target {
     Port(PortId),
+    /// The host interface.
+    Host,
     /// A pod another worker owns.
     Worker {
         worker: usize,
@@ -63,6 +65,7 @@ impl Worker {
             PortKind::Uplink => (p.socket, Ingress::Uplink),
             PortKind::Pod(endpoint) => (p.socket, Ingress::Pod(endpoint)),
         };
+        self.rx.clear();
         let n = self.umem.receive(socket, super::BURST as u32, &mut self.rx);
         if n == 0 {
             return 0;
@@ -71,12 +74,25 @@ impl Worker {
         if let Some(p) = self.ports.get_mut(port) {
             p.received(n, bytes);
         }
+        self.process_received(ingress, Target::Port(port), snapshot);
+        n as usize
+    }
+
+    /// Runs the frames in `self.rx` through the pipeline as one batch from `ingress`, and
+    /// sends each where its verdict says (`reply_to` for replies).
+    pub(super) fn process_received(
+        &mut self,
+        ingress: Ingress,
+        reply_to: Target,
+        snapshot: &Snapshot,
+    ) {
+        let n = self.rx.len();
         {
             let mut frames = recycle(std::mem::take(&mut self.frames));
             self.umem.lend(&mut self.rx, &mut self.scratch, |buffer, span| {
                 frames.push(Frame::new(buffer, span));
             });
-            let verdicts = &mut self.verdicts[..n as usize];
+            let verdicts = &mut self.verdicts[..n];
             self.pipeline.process_batch(snapshot, ingress, &mut frames, verdicts);
             self.frames = park(frames);
         }
@@ -85,10 +101,9 @@ impl Worker {
             let target = match self.verdicts[i] {
                 Verdict::Encap => self.uplink.map_or(Target::Nowhere, Target::Port),
                 Verdict::Decap(id) | Verdict::Local(id) => self.target(id),
-                Verdict::Reply => Target::Port(port),
-                // Host: the exception path (a TAP to the host stack) is later work; until
-                // then such frames are counted by the pipeline and dropped here.
-                Verdict::Host | Verdict::Drop(_) => {
+                Verdict::Reply => reply_to,
+                Verdict::Host => Target::Host,
+                Verdict::Drop(_) => {
                     self.umem.release(packet.chunk);
                     continue;
                 }
@@ -96,7 +111,6 @@ impl Worker {
             self.send(target, packet);
         }
         self.rx = rx;
-        n as usize
     }
 
     /// Queues a frame on its target, or releases it.
@@ -113,6 +127,7 @@ impl Worker {
                     self.umem.release(packet.chunk);
                 }
             },
+            Target::Host => self.send_host(packet),
             Target::Worker { worker, endpoint, instance } => {
                 self.hand_off(worker, endpoint, instance, &mut packet);
                 self.umem.release(packet.chunk);

@@ -13,10 +13,12 @@
 //! * [`pods`] — the local endpoints slot by slot: attached, waiting, or another worker's.
 //! * [`forward`] — receive, route verdicts, transmit.
 //! * [`inbox`] — frames for pods another worker owns.
+//! * [`host`] — the worker's queue of the host interface.
 //! * [`stats`] — the counters a worker publishes.
 
 mod assign;
 mod forward;
+mod host;
 mod inbox;
 mod pods;
 mod port;
@@ -32,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use super::{PollMode, Shared};
 use crate::engine::{Frame, Pipeline, Verdict};
+use crate::io::tun::TunQueue;
 use crate::io::xdp::{XdpError, XskMap};
 use crate::io::xsk::{Packet, RingSizes, Umem, XskError};
 use crate::io::{self, Poller};
@@ -93,6 +96,10 @@ pub(super) struct Worker {
     /// The generation of the snapshot `endpoints` follows.
     generation: u64,
     wakee: UnixDatagram,
+    /// This worker's queue of the host interface.
+    host: Option<host::HostQueue>,
+    /// The origin of the clock the pipeline is given (its ICMP error budget refills by it).
+    epoch: Instant,
     // Reused per batch, so the loop does not allocate.
     rx: Vec<Packet>,
     verdicts: Vec<Verdict>,
@@ -108,6 +115,7 @@ impl Worker {
         shared: Arc<Shared>,
         uplink_map: &XskMap,
         wakee: UnixDatagram,
+        host_queue: Option<TunQueue>,
     ) -> Result<Worker, WorkerError> {
         let umem = Umem::new(shared.umem).map_err(WorkerError::Umem)?;
         let pipeline = Pipeline::for_worker(shared.engine.clone(), index as u16);
@@ -121,6 +129,8 @@ impl Worker {
             pipeline,
             generation: u64::MAX,
             wakee,
+            host: host_queue.map(|tun| host::HostQueue::new(tun, index as u32)),
+            epoch: Instant::now(),
             rx: Vec::with_capacity(BURST),
             verdicts: vec![Verdict::Host; BURST],
             scratch: Vec::with_capacity(BURST),
@@ -166,9 +176,11 @@ impl Worker {
                 self.sync(&snapshot);
             }
             let mut work = 0;
+            self.pipeline.set_clock(self.epoch.elapsed().as_nanos() as u64);
             for port in self.ports.handles() {
                 work += self.receive(port, &snapshot);
             }
+            work += self.receive_host(&snapshot);
             work += self.drain_inbox();
             self.flush();
             if last_housekeeping.elapsed() >= HOUSEKEEPING {
@@ -204,6 +216,7 @@ impl Worker {
         let backlog = self.ports.iter().any(|p| !p.pending.is_empty());
         let timeout = if backlog { 1 } else { POLL_TIMEOUT_MS };
         let mut fds: Vec<BorrowedFd<'_>> = vec![self.wakee.as_fd()];
+        fds.extend(self.host.as_ref().map(|h| h.tun.as_fd()));
         fds.extend(self.ports.iter().filter_map(|p| self.umem.socket(p.socket)).map(AsFd::as_fd));
         if poller.wait(&fds, timeout, readiness).is_ok()
             && readiness.first().is_some_and(|r| r.readable)
@@ -244,17 +257,29 @@ impl Worker {
     }
 }
 
-/// Spawns worker `index` pinned to `core` (under SCHED_FIFO at `realtime_priority` if
-/// given); reports its startup's success or failure on `ready`.
+/// What one worker is started with.
+pub(crate) struct WorkerSetup {
+    pub(crate) index: usize,
+    /// The core to pin to; `None`: unpinned.
+    pub(crate) core: Option<core_affinity::CoreId>,
+    /// SCHED_FIFO priority, if any.
+    pub(crate) realtime_priority: Option<u8>,
+    pub(crate) shared: Arc<Shared>,
+    /// The uplink's XSKMAP, where the worker registers its uplink queues' sockets.
+    pub(crate) uplink_map: Arc<XskMap>,
+    /// Where other workers wake this one (the other end is its inbox's).
+    pub(crate) wakee: UnixDatagram,
+    /// Its queue of the host interface.
+    pub(crate) host_queue: Option<TunQueue>,
+}
+
+/// Spawns a worker; it reports its startup's success or failure on `ready`.
 pub(crate) fn spawn(
-    index: usize,
-    core: Option<core_affinity::CoreId>,
-    realtime_priority: Option<u8>,
-    shared: Arc<Shared>,
-    uplink_map: Arc<XskMap>,
-    wakee: UnixDatagram,
+    setup: WorkerSetup,
     ready: mpsc::Sender<(usize, Result<(), WorkerError>)>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let WorkerSetup { index, core, realtime_priority, shared, uplink_map, wakee, host_queue } =
+        setup;
     std::thread::Builder::new().name(format!("podlane-worker-{index}")).spawn(move || {
         if let Some(core) = core
             && !core_affinity::set_for_current(core)
@@ -269,7 +294,7 @@ pub(crate) fn spawn(
                 return;
             }
         }
-        match Worker::start(index, shared, &uplink_map, wakee) {
+        match Worker::start(index, shared, &uplink_map, wakee, host_queue) {
             Ok(worker) => {
                 let _ = ready.send((index, Ok(())));
                 drop(uplink_map);

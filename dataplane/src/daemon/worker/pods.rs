@@ -3,6 +3,14 @@
 //! queue of the pod's interface) or waiting for their interface; pods other workers own are
 //! reached through their inboxes. On a new generation only slots whose endpoint changed
 //! (a different instance) are touched; the other pods keep their sockets.
+//!
+//! Failing closed: before its program is attached, a pod's host-side interface is told to
+//! refuse what the kernel would otherwise do with the pod's frames once no program takes them
+//! (the daemon stopped or restarting): not to forward what arrives on it, not to answer ARP on
+//! it, no IPv6 on it. Pods address the gateway MAC, which the interface does not have, so
+//! their frames die there; and a pod cannot learn the interface's own MAC. The settings live
+//! and die with the interface; with `--no-host-interface` (a node whose kernel keeps its own
+//! routes to pods) they are left alone.
 
 use std::time::{Duration, Instant};
 
@@ -145,6 +153,9 @@ impl Worker {
         let ifindex = io::interface_index(name)
             .ok_or_else(|| PodAttachError::NoInterface(name.to_owned()))?;
         let queues = io::interface_queues(name);
+        if self.shared.engine.host_interface {
+            guard_pod_interface(name);
+        }
         let map = XskMap::new(queues).map_err(PodAttachError::Map)?;
         let program = XdpProgram::pod(&map).map_err(|e| PodAttachError::Program(e.into()))?;
         let rings = RingSizes { rx: POD_RING, tx: POD_RING, fill: POD_RING, completion: POD_RING };
@@ -231,6 +242,21 @@ impl Worker {
     pub(super) fn release_all(&mut self) {
         for slot in 0..self.endpoints.len() {
             self.release(EndpointId(slot as u32), "the dataplane is stopping");
+        }
+    }
+}
+
+/// The fail-closed settings of a pod's host-side interface (module doc). A setting that
+/// cannot be written is reported; the pod is attached all the same.
+fn guard_pod_interface(name: &str) {
+    for (file, value) in [
+        (format!("/proc/sys/net/ipv4/conf/{name}/forwarding"), "0"),
+        // 8: reply to no ARP request at all on this interface.
+        (format!("/proc/sys/net/ipv4/conf/{name}/arp_ignore"), "8"),
+        (format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1"),
+    ] {
+        if let Err(e) = std::fs::write(&file, value) {
+            tracing::warn!(interface = name, "{file}: {e}: the interface does not fail closed");
         }
     }
 }

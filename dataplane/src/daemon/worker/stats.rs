@@ -55,6 +55,7 @@ impl Worker {
             local: c.local,
             reply: c.reply,
             host: c.host,
+            icmp_errors: c.icmp_errors,
             drops: DropReason::ALL
                 .iter()
                 .filter(|r| c.dropped(**r) > 0)
@@ -67,6 +68,7 @@ impl Worker {
             free_chunks: self.umem.free_chunks(),
             invalid_descriptors: self.umem.invalid_descriptors(),
             sockets,
+            host_interface: self.host.as_ref().map(|h| h.counters.clone()),
         };
         if let Ok(mut slot) = self.shared.stats[self.index].lock() {
             *slot = stats;
