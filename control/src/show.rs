@@ -158,6 +158,27 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
             let drops: Vec<String> = w.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(out, "  drops: {}", drops.join(", "));
         }
+        let _ = writeln!(
+            out,
+            "  icmp errors sent {}; flows through the kernel {} (refused {}), replies returned \
+             through it {}",
+            w.icmp_errors, w.host_flows, w.host_flows_refused, w.returned_via_host
+        );
+        if let Some(h) = &w.host_interface {
+            let _ = writeln!(
+                out,
+                "  host interface {} q{}: rx {} pkts / {} bytes (too long {}), tx {} pkts / {} \
+                 bytes, tx dropped {}",
+                h.interface,
+                h.queue,
+                h.rx_packets,
+                h.rx_bytes,
+                h.rx_too_long,
+                h.tx_packets,
+                h.tx_bytes,
+                h.tx_dropped
+            );
+        }
         let mut rows = vec![
             [
                 "SOCKET",
@@ -205,6 +226,11 @@ pub fn config(info: &DaemonInfo) -> String {
         for (k, v) in map {
             let text = match v {
                 serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 other => other.to_string(),
             };
             rows.push(vec![k.clone(), text]);

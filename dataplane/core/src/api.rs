@@ -195,6 +195,16 @@ pub struct WorkerCounters {
     /// Of `reply`, ICMP errors sent to pods (time exceeded, too big).
     #[serde(default)]
     pub icmp_errors: u64,
+    /// Of `decap` and `local`, replies of flows through the node's kernel (Services) sent to
+    /// the host interface for the kernel to translate back.
+    #[serde(default)]
+    pub returned_via_host: u64,
+    /// Flows through the node's kernel remembered now, and those not remembered for lack of
+    /// room.
+    #[serde(default)]
+    pub host_flows: usize,
+    #[serde(default)]
+    pub host_flows_refused: u64,
     /// Drops by reason label (only reasons that occurred).
     pub drops: BTreeMap<String, u64>,
     pub no_socket: u64,

@@ -172,9 +172,23 @@ fn log_line(w: &WorkerCounters) -> String {
     }
     let _ = write!(
         line,
-        "; no_socket {} handoff in {} dropped {}",
-        w.no_socket, w.handoff_in, w.handoff_dropped
+        "; no_socket {} handoff in {} dropped {}; icmp errors {}; returned via host {}",
+        w.no_socket, w.handoff_in, w.handoff_dropped, w.icmp_errors, w.returned_via_host
     );
+    if let Some(h) = &w.host_interface {
+        let _ = write!(
+            line,
+            "\n  {} q{} (host): rx {} pkts {} B, tx {} pkts {} B, tx_dropped {}, rx_too_long {}",
+            h.interface,
+            h.queue,
+            h.rx_packets,
+            h.rx_bytes,
+            h.tx_packets,
+            h.tx_bytes,
+            h.tx_dropped,
+            h.rx_too_long
+        );
+    }
     for s in &w.sockets {
         let _ = write!(
             line,

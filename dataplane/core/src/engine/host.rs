@@ -10,7 +10,8 @@
 //! the kernel sent back after DNAT — is judged by that pod's egress policy, on its real
 //! destination; a packet for a local pod, unless from the node, by that pod's ingress policy.
 //! ICMP redirects the kernel sends (a packet that leaves the host interface it came in on)
-//! never reach a pod.
+//! never reach a pod. A local pod's packet is remembered as a flow through the kernel, whose
+//! replies go back that way ([`super::host_flows`]).
 
 use std::net::IpAddr;
 
@@ -20,6 +21,7 @@ use crate::wire::{EtherType, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet};
 
 use super::encap::{self, Inner};
 use super::flow::{self, Flow};
+use super::host_flows::FlowKey;
 use super::pod::key;
 use super::{DropReason, Frame, Pipeline, RouteHint, Verdict};
 
@@ -120,16 +122,29 @@ fn forward(
     hint: RouteHint,
 ) -> Verdict {
     let from_node = snapshot.is_local_address(packet.src);
+    let source = match snapshot.route(packet.src) {
+        Some(RouteTarget::Endpoint(id)) if snapshot.endpoint(id).owns(packet.src) => Some(id),
+        _ => None,
+    };
     // A local pod's packet, back from the kernel after DNAT: the pod's egress policy judges
     // where it really goes.
-    let egress_allowed = |dst: IpAddr, l4: L4| match snapshot.route(packet.src) {
-        Some(RouteTarget::Endpoint(id)) if snapshot.endpoint(id).owns(packet.src) => {
-            match snapshot.endpoint(id).egress_policy {
-                Some(p) => snapshot.policy(p).allows(dst, l4),
-                None => true,
-            }
+    let egress_allowed = |dst: IpAddr, l4: L4| match source {
+        Some(id) => match snapshot.endpoint(id).egress_policy {
+            Some(p) => snapshot.policy(p).allows(dst, l4),
+            None => true,
+        },
+        None => true,
+    };
+    let remember = |pipeline: &mut Pipeline| {
+        if let Some(endpoint) = source {
+            let key = FlowKey {
+                endpoint,
+                protocol: packet.flow.protocol,
+                local: (packet.src, packet.flow.src_port),
+                remote: (packet.dst, packet.flow.dst_port),
+            };
+            pipeline.host_flows.remember(key, pipeline.now_ns);
         }
-        _ => true,
     };
     match hint.route(snapshot, packet.dst) {
         Some(RouteTarget::Endpoint(id)) => {
@@ -144,6 +159,7 @@ fn forward(
                     return Verdict::Drop(DropReason::PolicyDeniedIngress);
                 }
             }
+            remember(pipeline);
             frame.set_len(ETH + packet.ip_len);
             let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
             eth.set_destination(destination.mac);
@@ -162,11 +178,35 @@ fn forward(
                 packet.flow.dst_port,
             );
             let inner = Inner { ip_len: packet.ip_len, tos: packet.tos, hash };
-            encap::encapsulate(pipeline, snapshot, snapshot.node(node), frame, inner)
+            let verdict = encap::encapsulate(pipeline, snapshot, snapshot.node(node), frame, inner);
+            if verdict == Verdict::Encap {
+                remember(pipeline);
+            }
+            verdict
         }
         // This node's pod CIDR, but no pod there (its own addresses are the kernel's and
         // never come this way).
         Some(RouteTarget::Node(_)) => Verdict::Drop(DropReason::NoSuchPod),
         None => Verdict::Drop(DropReason::HostNoRoute),
+    }
+}
+
+/// The addresses and flow of the IP packet in an Ethernet frame, for the flows through the
+/// kernel; `None` when it is not a well-formed IPv4 or IPv6 packet.
+pub(super) fn addresses_and_flow(frame: &[u8]) -> Option<(IpAddr, IpAddr, Flow)> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let ip = &frame[ETH..];
+    match eth.ethertype() {
+        EtherType::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(ip).ok()?;
+            let flow = flow::ipv4(&ip, DropReason::MalformedL4).ok()?;
+            Some((IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()), flow))
+        }
+        EtherType::Ipv6 => {
+            let ip = Ipv6Packet::new_checked(ip).ok()?;
+            let flow = flow::ipv6(&ip, DropReason::MalformedIpv6, DropReason::MalformedL4).ok()?;
+            Some((IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()), flow))
+        }
+        _ => None,
     }
 }

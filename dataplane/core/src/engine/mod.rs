@@ -27,6 +27,7 @@
 mod encap;
 mod flow;
 mod host;
+mod host_flows;
 mod icmp_error;
 mod offload;
 mod pod;
@@ -381,6 +382,9 @@ pub struct Counters {
     pub drops: [u64; DropReason::COUNT],
     /// Of `reply`, the ICMP errors (time exceeded, fragmentation needed, packet too big).
     pub icmp_errors: u64,
+    /// Of `decap` and `local`, replies of flows that came through the node's kernel, sent
+    /// back to the host interface instead ([`Pipeline::returns_via_host`]).
+    pub returned_via_host: u64,
 }
 
 impl Default for Counters {
@@ -395,6 +399,7 @@ impl Default for Counters {
             host: 0,
             drops: [0; DropReason::COUNT],
             icmp_errors: 0,
+            returned_via_host: 0,
         }
     }
 }
@@ -434,6 +439,7 @@ impl Counters {
             *a += b;
         }
         self.icmp_errors += other.icmp_errors;
+        self.returned_via_host += other.returned_via_host;
     }
 }
 
@@ -445,6 +451,9 @@ pub struct Pipeline {
     counters: Counters,
     next_ip_id: u16,
     icmp_budget: icmp_error::Budget,
+    host_flows: host_flows::HostFlows,
+    /// The time [`Pipeline::set_clock`] last gave, in nanoseconds.
+    now_ns: u64,
 }
 
 impl Pipeline {
@@ -461,6 +470,8 @@ impl Pipeline {
             counters: Counters::default(),
             next_ip_id: index.wrapping_mul(4096),
             icmp_budget: icmp_error::Budget::default(),
+            host_flows: host_flows::HostFlows::default(),
+            now_ns: 0,
         }
     }
 
@@ -468,7 +479,35 @@ impl Pipeline {
     /// ICMP error budget refills with it. Without it the budget never refills beyond its
     /// initial burst.
     pub fn set_clock(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
         self.icmp_budget.refill(now_ns);
+    }
+
+    /// For a frame about to be delivered to local endpoint `endpoint` (a `Local` or `Decap`
+    /// verdict, rewritten): whether it is the reply of a flow that came from that endpoint
+    /// through the node's kernel (a Service's DNAT), and must go to the host interface
+    /// instead, where the kernel translates it back. Cheap when no such flow exists. The
+    /// worker that owns the endpoint asks, since the flows are remembered there.
+    pub fn returns_via_host(&mut self, endpoint: EndpointId, frame: &[u8]) -> bool {
+        if self.host_flows.is_empty() {
+            return false;
+        }
+        let Some((src, dst, flow)) = host::addresses_and_flow(frame) else { return false };
+        let key = host_flows::FlowKey {
+            endpoint,
+            protocol: flow.protocol,
+            local: (dst, flow.dst_port),
+            remote: (src, flow.src_port),
+        };
+        let back = self.host_flows.contains(&key, self.now_ns);
+        self.counters.returned_via_host += u64::from(back);
+        back
+    }
+
+    /// How many flows through the node's kernel this worker remembers, and how many it could
+    /// not for lack of room.
+    pub fn host_flows(&self) -> (usize, u64) {
+        (self.host_flows.len(), self.host_flows.refused)
     }
 
     pub fn config(&self) -> &EngineConfig {

@@ -1223,3 +1223,54 @@ fn decap_carries_congestion_marks_and_serves_the_tunnel_address() {
         Verdict::Drop(DropReason::NoSuchPod)
     );
 }
+
+/// A pod's connection to a Service: DNATed by the node's kernel, it comes back from the host
+/// interface as pod → backend; the backend's replies, remote or local, must go back to the
+/// host (for the kernel to translate them), not to the pod.
+#[test]
+fn replies_of_flows_through_the_kernel_go_back_through_it() {
+    let snap = snapshot(&spec_for("node-a", false));
+    let mut p = Pipeline::new(config_for("node-a"));
+    let a1 = snap.endpoint_by_interface("veth-a1").unwrap();
+    let a2 = snap.endpoint_by_interface("veth-a2").unwrap();
+    // a1 → (ClusterIP, DNAT) → b1, a remote backend.
+    let to_remote = ipv4_packet("10.244.1.2", "10.244.2.5", 63, 80);
+    assert_eq!(run(&mut p, &snap, Ingress::Host, &from_host(&to_remote, 0x0800)).0, Verdict::Encap);
+    let b = PacketBuilder::ethernet2(VTEP_B.0, VTEP_A.0)
+        .ipv4([10, 244, 2, 5], [10, 244, 1, 2], 64)
+        .tcp(80, 40000, 1, 100);
+    let mut reply = Vec::new();
+    b.write(&mut reply, b"").unwrap();
+    let (v, delivered) = run(
+        &mut p,
+        &snap,
+        Ingress::Uplink,
+        &vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &reply),
+    );
+    assert_eq!(v, Verdict::Decap(a1));
+    assert!(p.returns_via_host(a1, &delivered), "the backend's reply goes to the kernel");
+    // a1 → (ClusterIP, DNAT) → a2, a backend on this node; a2's reply.
+    let to_local = ipv4_packet("10.244.1.2", "10.244.1.3", 63, 8080);
+    assert_eq!(
+        run(&mut p, &snap, Ingress::Host, &from_host(&to_local, 0x0800)).0,
+        Verdict::Local(a2)
+    );
+    let b = PacketBuilder::ethernet2(POD_A2_MAC.0, EngineConfig::default().gateway_mac.0)
+        .ipv4([10, 244, 1, 3], [10, 244, 1, 2], 64)
+        .tcp(8080, 40000, 1, 100);
+    let mut reply = Vec::new();
+    b.write(&mut reply, b"").unwrap();
+    let (v, delivered) = run(&mut p, &snap, Ingress::Pod(a2), &reply);
+    assert_eq!(v, Verdict::Local(a1));
+    assert!(p.returns_via_host(a1, &delivered));
+    // Another flow between the same pods (a2's own connection to a1) is delivered directly.
+    let b = PacketBuilder::ethernet2(POD_A2_MAC.0, EngineConfig::default().gateway_mac.0)
+        .ipv4([10, 244, 1, 3], [10, 244, 1, 2], 64)
+        .tcp(5555, 40000, 1, 100);
+    let mut other = Vec::new();
+    b.write(&mut other, b"").unwrap();
+    let (_, delivered) = run(&mut p, &snap, Ingress::Pod(a2), &other);
+    assert!(!p.returns_via_host(a1, &delivered));
+    assert_eq!(p.counters().returned_via_host, 2);
+    assert_eq!(p.host_flows(), (2, 0));
+}

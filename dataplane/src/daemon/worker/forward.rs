@@ -5,6 +5,7 @@
 //! ring.
 
 use super::Worker;
+use super::inbox::Destination;
 use super::pods::Slot;
 use super::port::PortId;
 use crate::engine::{Frame, Ingress, Verdict};
@@ -113,8 +114,17 @@ impl Worker {
         self.rx = rx;
     }
 
-    /// Queues a frame on its target, or releases it.
+    /// Queues a frame on its target, or releases it. A frame for one of this worker's pods
+    /// that replies to a flow through the node's kernel goes to the host interface instead
+    /// (`Pipeline::returns_via_host`).
     pub(super) fn send(&mut self, target: Target, mut packet: Packet) {
+        if let Target::Port(port) = target
+            && let Some(PortKind::Pod(endpoint)) = self.ports.get(port).map(|p| p.kind)
+            && self.returns_via_host(endpoint, &mut packet)
+        {
+            self.send_host(packet);
+            return;
+        }
         match target {
             Target::Port(port) => match self.ports.get_mut(port) {
                 Some(p) => {
@@ -129,7 +139,8 @@ impl Worker {
             },
             Target::Host => self.send_host(packet),
             Target::Worker { worker, endpoint, instance } => {
-                self.hand_off(worker, endpoint, instance, &mut packet);
+                let destination = Destination::Pod { endpoint, instance };
+                self.hand_off(worker, destination, &mut packet);
                 self.umem.release(packet.chunk);
             }
             Target::Nowhere => {
@@ -137,6 +148,19 @@ impl Worker {
                 self.umem.release(packet.chunk);
             }
         }
+    }
+
+    fn returns_via_host(&mut self, endpoint: EndpointId, packet: &mut Packet) -> bool {
+        if self.pipeline.host_flows().0 == 0 {
+            return false;
+        }
+        let mut back = false;
+        let pipeline = &mut self.pipeline;
+        self.umem.lend(std::slice::from_mut(packet), &mut self.scratch, |buffer, span| {
+            let frame = buffer.get(span.head as usize..span.end()).unwrap_or_default();
+            back = pipeline.returns_via_host(endpoint, frame);
+        });
+        back
     }
 
     /// Transmits what is pending on every port, reaps completions, refills.

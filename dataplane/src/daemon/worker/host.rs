@@ -3,13 +3,16 @@
 //! does not look at, and go through the pipeline like any batch; what the pipeline hands to
 //! the host is written to the queue (the kernel copies it) and its chunk released.
 
+use std::net::IpAddr;
+
 use super::Worker;
 use super::forward::Target;
+use super::inbox::Destination;
 use crate::api::HostCounters;
 use crate::engine::{Ingress, Span};
 use crate::io::tun::TunQueue;
 use crate::io::xsk::Packet;
-use crate::table::Snapshot;
+use crate::table::{RouteTarget, Snapshot};
 use crate::wire::EthernetFrame;
 
 const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
@@ -83,10 +86,44 @@ impl Worker {
             }
         }
         let n = self.rx.len();
-        if n > 0 {
+        if self.shared.workers > 1 {
+            self.hand_over_foreign_sources(snapshot);
+        }
+        if !self.rx.is_empty() {
             self.process_received(Ingress::Host, Target::Host, snapshot);
         }
         n
+    }
+
+    /// Hands the packets of `self.rx` whose source is a pod another worker owns to that
+    /// worker, unprocessed: the flows a pod has through the node's kernel are that worker's to
+    /// remember (inbox module doc).
+    fn hand_over_foreign_sources(&mut self, snapshot: &Snapshot) {
+        let mut rx = std::mem::take(&mut self.rx);
+        for mut packet in rx.drain(..) {
+            let mut source = None;
+            self.umem.lend(std::slice::from_mut(&mut packet), &mut self.scratch, |buffer, span| {
+                source = buffer.get(span.head as usize + ETH..span.end()).and_then(source_of);
+            });
+            let owner = match source.and_then(|ip| snapshot.route(ip)) {
+                Some(RouteTarget::Endpoint(id)) => match self.target(id) {
+                    Target::Worker { worker, .. } => Some(worker),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match owner {
+                Some(worker) => {
+                    self.hand_off(worker, Destination::HostIngress, &mut packet);
+                    self.umem.release(packet.chunk);
+                }
+                None => self.rx.push(packet),
+            }
+        }
+        // Keep the vector's allocation for the next burst.
+        if self.rx.is_empty() {
+            self.rx = rx;
+        }
     }
 
     /// Hands a frame's IP packet to the host interface and releases its chunk.
@@ -107,5 +144,14 @@ impl Worker {
             host.counters.tx_dropped += 1;
         }
         self.umem.release(packet.chunk);
+    }
+}
+
+/// The source address of an IP packet (version from the first nibble).
+fn source_of(ip: &[u8]) -> Option<IpAddr> {
+    match ip.first()? >> 4 {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(ip.get(12..16)?).ok()?)),
+        6 => Some(IpAddr::from(<[u8; 16]>::try_from(ip.get(8..24)?).ok()?)),
+        _ => None,
     }
 }

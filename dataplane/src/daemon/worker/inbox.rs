@@ -7,6 +7,11 @@
 //! the owner resolves it against its own pods when it drains the inbox, so a pod attached (or
 //! re-attached) after the sender last looked is reached at once, and a frame for an endpoint
 //! that has since been replaced in its slot is dropped rather than delivered to the newcomer.
+//!
+//! A packet the host interface hands over whose source is a pod another worker owns travels
+//! the same way, unprocessed, to be run through the pipeline by that worker: what a pod's
+//! flows through the node's kernel leave behind is kept by the pod's own worker, which is also
+//! the one that delivers the replies.
 
 use std::os::unix::net::UnixDatagram;
 
@@ -14,16 +19,26 @@ use crossbeam_queue::ArrayQueue;
 
 use super::Worker;
 use super::forward::Target;
+use crate::engine::{Ingress, Span};
 use crate::io::xsk::Packet;
-use crate::table::EndpointId;
+use crate::table::{EndpointId, Snapshot};
 
 /// Frames an inbox holds before further hand-overs are dropped (and counted).
 const INBOX_FRAMES: usize = 4096;
 
-/// A frame on its way to the worker that owns its destination pod.
+/// What a handed-over frame is.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Destination {
+    /// Processed already: deliver it to this pod.
+    Pod { endpoint: EndpointId, instance: u64 },
+    /// From the host interface, its source a pod the receiving worker owns: run it through
+    /// the pipeline.
+    HostIngress,
+}
+
+/// A frame on its way to another worker.
 struct Handoff {
-    endpoint: EndpointId,
-    instance: u64,
+    destination: Destination,
     len: usize,
     /// A chunk's worth of bytes; the frame is the first `len`.
     bytes: Box<[u8]>,
@@ -61,8 +76,7 @@ impl Worker {
     pub(super) fn hand_off(
         &mut self,
         worker: usize,
-        endpoint: EndpointId,
-        instance: u64,
+        destination: Destination,
         packet: &mut Packet,
     ) {
         let shared = self.shared.clone();
@@ -81,35 +95,38 @@ impl Worker {
                 copied = true;
             }
         });
-        if !copied || inbox.queue.push(Handoff { endpoint, instance, len, bytes }).is_err() {
+        if !copied || inbox.queue.push(Handoff { destination, len, bytes }).is_err() {
             self.io_counters.handoff_dropped += 1;
             return;
         }
         let _ = inbox.waker.send(&[1]);
     }
 
-    /// Frames other workers handed to this one's pods: each into a fresh chunk, queued on the
-    /// pod's port. Returns how many were taken.
-    pub(super) fn drain_inbox(&mut self) -> usize {
+    /// Frames other workers handed to this one, each into a fresh chunk: a pod's frame queued
+    /// on the pod's port, a host packet run through the pipeline. Returns how many were taken.
+    pub(super) fn drain_inbox(&mut self, snapshot: &Snapshot) -> usize {
         let shared = self.shared.clone();
         let inbox = &shared.inboxes[self.index];
         let headroom = self.umem.frame_headroom() as usize;
         let mut n = 0;
+        let mut host_batch = Vec::new();
         while let Some(handoff) = inbox.queue.pop() {
             n += 1;
             self.io_counters.handoff_in += 1;
-            let port = match self.target(handoff.endpoint) {
-                Target::Port(port) if self.instance(handoff.endpoint) == Some(handoff.instance) => {
-                    Some(port)
-                }
-                _ => None,
+            let target = match handoff.destination {
+                Destination::Pod { endpoint, instance } => match self.target(endpoint) {
+                    Target::Port(port) if self.instance(endpoint) == Some(instance) => {
+                        Some(Target::Port(port))
+                    }
+                    _ => None,
+                },
+                Destination::HostIngress => Some(Target::Host),
             };
             let fits = headroom + handoff.len <= self.umem.config().chunk_size as usize;
-            match (port, fits) {
-                (Some(port), true) => match self.umem.allocate() {
+            match (target, fits) {
+                (Some(target), true) => match self.umem.allocate() {
                     Some(chunk) => {
-                        let span = crate::engine::Span::new(headroom, handoff.len);
-                        let mut packet = Packet { chunk, span };
+                        let mut packet = Packet { chunk, span: Span::new(headroom, handoff.len) };
                         self.umem.lend(
                             std::slice::from_mut(&mut packet),
                             &mut self.scratch,
@@ -118,7 +135,11 @@ impl Worker {
                                     .copy_from_slice(&handoff.bytes[..handoff.len]);
                             },
                         );
-                        self.send(Target::Port(port), packet);
+                        match target {
+                            // Run through the pipeline below, as one batch.
+                            Target::Host => host_batch.push(packet),
+                            _ => self.send(target, packet),
+                        }
                     }
                     None => {
                         self.io_counters.chunk_exhausted += 1;
@@ -128,6 +149,12 @@ impl Worker {
                 _ => self.io_counters.handoff_dropped += 1,
             }
             let _ = inbox.spare.push(handoff.bytes);
+        }
+        while !host_batch.is_empty() {
+            let burst = host_batch.len().min(super::BURST);
+            self.rx.clear();
+            self.rx.extend(host_batch.drain(..burst));
+            self.process_received(Ingress::Host, Target::Host, snapshot);
         }
         n
     }

@@ -181,7 +181,7 @@ impl Worker {
                 work += self.receive(port, &snapshot);
             }
             work += self.receive_host(&snapshot);
-            work += self.drain_inbox();
+            work += self.drain_inbox(&snapshot);
             self.flush();
             if last_housekeeping.elapsed() >= HOUSEKEEPING {
                 last_housekeeping = Instant::now();

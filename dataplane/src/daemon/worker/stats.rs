@@ -56,6 +56,9 @@ impl Worker {
             reply: c.reply,
             host: c.host,
             icmp_errors: c.icmp_errors,
+            returned_via_host: c.returned_via_host,
+            host_flows: self.pipeline.host_flows().0,
+            host_flows_refused: self.pipeline.host_flows().1,
             drops: DropReason::ALL
                 .iter()
                 .filter(|r| c.dropped(**r) > 0)
