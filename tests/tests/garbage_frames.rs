@@ -57,6 +57,7 @@ fn garbage_frames_are_counted_drops() -> anyhow::Result<()> {
         ns: Netns::borrowed(node.name()),
         name: "garbage".into(),
         ip: "10.244.1.9".into(),
+        ip6: None,
         mac: "0a:58:0a:f4:01:09".into(),
         host_if: tap_name.clone(),
     };

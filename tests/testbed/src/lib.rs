@@ -17,6 +17,8 @@
 //!   workspace's binaries.
 //! * [`capture`] — tshark captures on an interface of a namespace.
 //! * [`probe`] — the traffic program (`podlane-netprobe`) that runs inside namespaces.
+//! * [`services`] — Services as kube-proxy's iptables mode programs a node, and a CNI's
+//!   masquerade of traffic leaving the cluster.
 //! * [`tables`] — tables for a node, written with the dataplane's own spec types.
 //! * [`cluster`] — small ready-made clusters several tests share.
 //!
@@ -33,6 +35,7 @@ pub mod pod;
 pub mod podlane;
 pub mod probe;
 pub mod process;
+pub mod services;
 pub mod tables;
 
 pub use netns::{Netns, is_root, run};

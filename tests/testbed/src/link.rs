@@ -72,6 +72,16 @@ pub fn underlay(
     veth_pair(End::with_address(a.0, a.1, &a_addr), End::with_address(b.0, b.1, &b_addr), queues)
 }
 
+/// Adds `address` (with its prefix length) to `interface`; an IPv6 one without duplicate
+/// address detection, so that it is usable at once.
+pub fn add_address(ns: &Netns, interface: &str, address: &str) -> anyhow::Result<()> {
+    if address.contains(':') {
+        ns.ip(&["-6", "addr", "add", address, "dev", interface, "nodad"])
+    } else {
+        ns.ip(&["addr", "add", address, "dev", interface])
+    }
+}
+
 /// Sets an interface's MTU.
 pub fn set_mtu(ns: &Netns, interface: &str, mtu: u32) -> anyhow::Result<()> {
     ns.ip(&["link", "set", interface, "mtu", &mtu.to_string()])
@@ -102,10 +112,23 @@ impl Switch {
 
     /// Plugs `interface` of `node` (with `address`, a /24 is added) into the switch.
     pub fn plug(&mut self, node: &Netns, interface: &str, address: &str) -> anyhow::Result<()> {
+        self.plug_with(node, interface, &[&format!("{address}/24")])
+    }
+
+    /// Plugs `interface` of `node` into the switch with `addresses` (each with its prefix
+    /// length; IPv6 ones usable at once, without duplicate address detection).
+    pub fn plug_with(
+        &mut self,
+        node: &Netns,
+        interface: &str,
+        addresses: &[&str],
+    ) -> anyhow::Result<()> {
         let port = format!("port{}", self.ports);
         self.ports += 1;
-        let address = format!("{address}/24");
-        veth_pair(End::with_address(node, interface, &address), End::new(&self.ns, &port), 1)?;
+        veth_pair(End::new(node, interface), End::new(&self.ns, &port), 1)?;
+        for address in addresses {
+            add_address(node, interface, address)?;
+        }
         self.ns.ip(&["link", "set", &port, "master", "br0"])
     }
 }

@@ -20,6 +20,8 @@ pub const POD_MTU: u32 = 1450;
 
 /// The gateway pods route through (Calico's).
 pub const GATEWAY_V4: &str = "169.254.1.1";
+/// The IPv6 gateway: Calico's, the link-local address derived from ee:ee:ee:ee:ee:ee.
+pub const GATEWAY_V6: &str = "fe80::ecee:eeff:feee:eeee";
 
 /// A traffic endpoint: a pod, or any namespace with an address.
 #[derive(Debug)]
@@ -27,6 +29,8 @@ pub struct Pod {
     pub ns: Netns,
     pub name: String,
     pub ip: String,
+    /// Its IPv6 address, when it has one (dual stack).
+    pub ip6: Option<String>,
     /// The pod's MAC (empty for a wrapped namespace).
     pub mac: String,
     /// The host side of its veth in the node (empty for a wrapped namespace).
@@ -93,9 +97,31 @@ impl Pod {
             ns,
             name: name.to_owned(),
             ip: ip.to_owned(),
+            ip6: None,
             mac: mac.to_owned(),
             host_if: host_if.to_owned(),
         })
+    }
+
+    /// A dual-stack pod: [`Pod::wire`] with the pod MTU `mtu`, plus `ip6`/128 and a default
+    /// IPv6 route via [`GATEWAY_V6`], as Calico wires IPv6.
+    pub fn wire_dual(
+        node: &Netns,
+        name: &str,
+        host_if: &str,
+        (ip, ip6): (&str, &str),
+        mac: &str,
+        mtu: u32,
+    ) -> anyhow::Result<Pod> {
+        let mut pod = Pod::wire(node, name, host_if, ip, mac)?;
+        pod.ns.ip(&["link", "set", "eth0", "mtu", &mtu.to_string()])?;
+        node.ip(&["link", "set", host_if, "mtu", &mtu.to_string()])?;
+        // No duplicate address detection: the address is the pod's alone, and a tentative
+        // address could not be used for a second or two.
+        pod.ns.ip(&["-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
+        pod.ns.ip(&["-6", "route", "add", "default", "via", GATEWAY_V6, "dev", "eth0"])?;
+        pod.ip6 = Some(ip6.to_owned());
+        Ok(pod)
     }
 
     /// Treats a namespace (a node, a plain host on the underlay) as a traffic endpoint at
@@ -105,6 +131,7 @@ impl Pod {
             ns,
             name: name.to_owned(),
             ip: ip.to_owned(),
+            ip6: None,
             mac: String::new(),
             host_if: String::new(),
         }
@@ -121,7 +148,10 @@ impl Pod {
             namespace: "default".into(),
             name: self.name.clone(),
             labels: Default::default(),
-            ips: vec![self.ip.parse::<IpAddr>()?],
+            ips: std::iter::once(&self.ip)
+                .chain(&self.ip6)
+                .map(|ip| ip.parse::<IpAddr>())
+                .collect::<Result<_, _>>()?,
             mac: self.mac.parse().map_err(|e| anyhow::anyhow!("pod {}: {e}", self.name))?,
             interface: self.host_if.clone(),
             ingress_policy: None,
@@ -193,15 +223,28 @@ impl Pod {
 
     /// Sends `bytes` over TCP to `receiver` (a sink started there on `port`).
     pub fn tcp_to(&self, receiver: &Pod, port: u16, bytes: u64) -> anyhow::Result<Transfer> {
-        let port = port.to_string();
-        let (mut sink, mut sink_out) = receiver.serve(&["tcp-sink", &port])?;
+        self.tcp_via(receiver, &receiver.ip, port, port, bytes)
+    }
+
+    /// Sends `bytes` over TCP to `address:port` — a Service's address, a NodePort — that
+    /// leads to a sink started in `receiver` on `sink_port`.
+    pub fn tcp_via(
+        &self,
+        receiver: &Pod,
+        address: &str,
+        port: u16,
+        sink_port: u16,
+        bytes: u64,
+    ) -> anyhow::Result<Transfer> {
+        let (mut sink, mut sink_out) = receiver.serve(&["tcp-sink", &sink_port.to_string()])?;
         let started = Instant::now();
-        let out = self.probe(&["tcp-send", &receiver.ip, &port, &bytes.to_string()]).output()?;
+        let out =
+            self.probe(&["tcp-send", address, &port.to_string(), &bytes.to_string()]).output()?;
         let elapsed = started.elapsed();
         let sent = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         anyhow::ensure!(
             out.status.success(),
-            "tcp-send {} → {} failed: {}",
+            "tcp-send {} → {} ({address} port {port}) failed: {}",
             self.name,
             receiver.name,
             String::from_utf8_lossy(&out.stderr)
@@ -215,9 +258,22 @@ impl Pod {
     /// Sends `count` UDP datagrams to an echo server started in `receiver`; the sender's
     /// report (`sent=N echoed=M intact=K`).
     pub fn udp_to(&self, receiver: &Pod, port: u16, count: u32) -> anyhow::Result<String> {
-        let port = port.to_string();
-        let _echo = receiver.serve(&["udp-echo", &port])?;
-        let out = self.probe(&["udp-send", &receiver.ip, &port, &count.to_string()]).output()?;
+        self.udp_via(receiver, &receiver.ip, port, port, count)
+    }
+
+    /// Sends `count` UDP datagrams to `address:port`, which leads to an echo server started
+    /// in `receiver` on `echo_port`; the sender's report.
+    pub fn udp_via(
+        &self,
+        receiver: &Pod,
+        address: &str,
+        port: u16,
+        echo_port: u16,
+        count: u32,
+    ) -> anyhow::Result<String> {
+        let _echo = receiver.serve(&["udp-echo", &echo_port.to_string()])?;
+        let out =
+            self.probe(&["udp-send", address, &port.to_string(), &count.to_string()]).output()?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 }

@@ -24,6 +24,21 @@ pub fn node(
     })
 }
 
+/// A node entry with several pod CIDRs (dual stack: one per family).
+pub fn node_with_cidrs(
+    name: &str,
+    underlay: &str,
+    vtep_mac: &str,
+    pod_cidrs: &[&str],
+) -> anyhow::Result<NodeSpec> {
+    let mut node = node(name, underlay, vtep_mac, pod_cidrs.first().copied().unwrap_or_default())?;
+    node.pod_cidrs = pod_cidrs
+        .iter()
+        .map(|c| c.parse().map_err(|e| anyhow::anyhow!("node {name}: {e}")))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(node)
+}
+
 /// The tables of node `local`: every node, and `pods` as its endpoints.
 pub fn for_node(local: &str, nodes: &[NodeSpec], pods: &[&Pod]) -> anyhow::Result<TableSpec> {
     Ok(TableSpec {
