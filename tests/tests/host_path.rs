@@ -426,3 +426,88 @@ fn a_restart_fails_closed() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A pod whose MTU is the underlay's (too big for the overlay) learns the path MTU from
+/// podlane's ICMP errors — ping with DF, and TCP whose MSS is too large, both families —
+/// and a packet whose TTL runs out gets "time exceeded" from the gateway.
+#[test]
+fn icmp_errors_reach_pods() -> anyhow::Result<()> {
+    if !require_root("icmp_errors_reach_pods") {
+        return Ok(());
+    }
+    let c = cluster("hpi", false)?;
+    for (ns, dev) in [(&c.a1.ns, "eth0"), (&c.node_a, "veth-a1")] {
+        link::set_mtu(ns, dev, 1500)?;
+    }
+    let ping = |args: &[&str]| -> anyhow::Result<String> {
+        let out =
+            c.a1.ns
+                .command("ping")
+                .args(["-n", "-c", "2", "-i", "0.2", "-W", "1"])
+                .args(args)
+                .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr))
+    };
+    let b1_v6 = c.b1.ip6.clone().unwrap_or_default();
+    let out = ping(&["-M", "do", "-s", "1472", &c.b1.ip])?;
+    anyhow::ensure!(
+        out.contains("mtu = 1450") || out.contains("mtu=1450"),
+        "ping -M do: {out}\n{}",
+        c.logs()
+    );
+    let out = ping(&["-6", "-M", "do", "-s", "1452", &b1_v6])?;
+    anyhow::ensure!(out.contains("mtu=1450") || out.contains("mtu = 1450"), "ping -6 -M do: {out}");
+    let out = ping(&["-t", "1", &c.b1.ip])?;
+    anyhow::ensure!(
+        out.contains("From 169.254.1.1") && out.contains("Time to live exceeded"),
+        "ping -t 1: {out}"
+    );
+    let out = ping(&["-6", "-t", "1", &b1_v6])?;
+    anyhow::ensure!(out.to_lowercase().contains("time exceeded"), "ping -6 -t 1: {out}");
+    // TCP with an MSS for 1,500-byte packets: the first full segments are too big, the ICMP
+    // error brings the MSS down, the stream arrives whole. (Fresh destinations: the pings above
+    // already taught the pod the path MTU to b1's addresses.)
+    let b2 = Pod::wire_dual(
+        &c.node_b,
+        "b2",
+        "veth-b2",
+        ("10.244.2.3", "fd00:10:244:2::3"),
+        "0a:58:0a:f4:02:03",
+        1450,
+    )?;
+    let mut spec = tables::for_node("node-b", &[], &[&c.b1, &b2])?;
+    spec.nodes =
+        podlane_core::table::TableSpec::from_json_file(&c.dir.path().join("b.json"))?.nodes;
+    let mut client = Client::connect(c.daemon_b.socket(), "host_path")?;
+    anyhow::ensure!(matches!(
+        client.request(&Request::FullSync { tables: spec })?,
+        Response::Ack { .. }
+    ));
+    let mut daemon_b_attached = false;
+    for _ in 0..100 {
+        if c.daemon_b.log().matches("pod interface attached").count() >= 2 {
+            daemon_b_attached = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::ensure!(daemon_b_attached, "b2 attached\n{}", c.logs());
+    for address in [b2.ip.clone(), b2.ip6.clone().unwrap_or_default()] {
+        let transfer = c.a1.tcp_via(&b2, &address, 9100, 9100, 2_000_000)?;
+        anyhow::ensure!(
+            transfer.intact(),
+            "TCP to {address} with a too-large MSS: {transfer:?}\n{}",
+            c.logs()
+        );
+    }
+    let mut client = Client::connect(c.daemon_a.socket(), "host_path")?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let Response::Counters { workers } =
+        client.request(&Request::Query { what: Query::Counters })?
+    else {
+        anyhow::bail!("no counters");
+    };
+    anyhow::ensure!(workers[0].icmp_errors >= 4, "ICMP errors counted: {:?}", workers[0]);
+    Ok(())
+}
