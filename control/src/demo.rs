@@ -4,10 +4,13 @@
 //! Node A runs podlane (`podlane-dataplane` driven by `podlane agent` from a cluster file);
 //! node B runs the Linux vxlan device configured exactly as Flannel's vxlan backend does.
 //! That is podlane's reason to exist: one node swapped onto podlane while the others keep
-//! the kernel device, talking to each other on the wire. Two pods per node. The demo pings
-//! every pod from a pod on node A (across nodes and on the same node), sends 10 MB over TCP
-//! from node A's pod to node B's and back, prints the tables and counters the dataplane
-//! holds, and removes everything it made — on success, on failure and on Ctrl-C (each piece
+//! the kernel device, talking to each other on the wire. Two pods per node, and a host outside
+//! the cluster on the same switch; node A's kernel has a Service as kube-proxy programs one
+//! and masquerades what its pods send out of the cluster. The demo pings every pod from a pod
+//! on node A (across nodes and on the same node), sends 10 MB over TCP from node A's pod to
+//! node B's and back, connects node A to its pod (as a kubelet probe does), its pod to the
+//! Service and to the outside host — through the host interface — prints the tables,
+//! counters and configuration the dataplane holds, and removes everything it made — on success, on failure and on Ctrl-C (each piece
 //! is owned by a guard that deletes it; the daemon and agent get SIGTERM). Namespaces left by
 //! a demo that was killed outright are removed by the next run.
 
@@ -16,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use podlane_core::api::{Query, Request, Response};
 use testbed::kernel::{self, RemoteNode};
-use testbed::{Netns, Pod, ScratchDir, link, podlane};
+use testbed::link::Switch;
+use testbed::{Netns, Pod, ScratchDir, podlane, services};
 
 use crate::client::Client;
 use crate::show;
@@ -26,6 +30,12 @@ const NODE_A: &str = "192.168.99.1";
 const NODE_B: &str = "192.168.99.2";
 const VTEP_A: &str = "0a:aa:00:00:00:01";
 const VTEP_B: &str = "0a:bb:00:00:00:01";
+/// The host outside the cluster: on the switch, and at a "public" address (a documentation
+/// range; it exists only in its namespace).
+const OUTSIDE: &str = "192.168.99.100";
+const PUBLIC: &str = "198.51.100.1";
+/// A ClusterIP on node A whose backend is b1, on the kernel node.
+const SERVICE: &str = "10.96.0.10";
 
 fn step(text: &str) {
     println!("==> {text}");
@@ -51,6 +61,25 @@ fn tcp(from: &Pod, to: &Pod, port: u16) -> anyhow::Result<String> {
     Ok(format!("10 MB in {:.2} s, intact ({})", transfer.elapsed.as_secs_f64(), transfer.sent))
 }
 
+/// 1 MB over TCP from `from` to `address:port`, received in `to` on `sink_port`; intact.
+fn transfer(
+    from: &Pod,
+    to: &Pod,
+    address: &str,
+    port: u16,
+    sink_port: u16,
+) -> anyhow::Result<String> {
+    let t = from.tcp_via(to, address, port, sink_port, 1_000_000)?;
+    anyhow::ensure!(
+        t.intact(),
+        "TCP {} → {address}: sent {}, received {}",
+        from.name,
+        t.sent,
+        t.received
+    );
+    Ok(format!("1 MB over TCP, intact ({:.0} ms)", t.elapsed.as_secs_f64() * 1000.0))
+}
+
 /// Runs the demo; `dataplane_bin` is the `podlane-dataplane` binary, `podlane_bin` this one.
 pub fn run(podlane_bin: &Path, dataplane_bin: &Path, stop: &StopFlag) -> anyhow::Result<()> {
     if !testbed::is_root() {
@@ -58,12 +87,12 @@ pub fn run(podlane_bin: &Path, dataplane_bin: &Path, stop: &StopFlag) -> anyhow:
             "podlane demo needs root: it creates network namespaces and attaches XDP programs (run it with sudo)"
         );
     }
-    for tool in ["ip", "bridge", "ping", "sysctl"] {
+    for tool in ["ip", "bridge", "ping", "sysctl", "iptables"] {
         let found = std::env::var_os("PATH")
             .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).exists()));
         anyhow::ensure!(
             found,
-            "podlane demo needs `{tool}` (Debian: apt-get install iproute2 iputils-ping procps)"
+            "podlane demo needs `{tool}` (Debian: apt-get install iproute2 iputils-ping procps iptables)"
         );
     }
     let probe = testbed::binary("podlane-netprobe");
@@ -86,9 +115,21 @@ pub fn run(podlane_bin: &Path, dataplane_bin: &Path, stop: &StopFlag) -> anyhow:
         "creating the cluster: node A on podlane, node B on the Linux vxlan device as Flannel programs it",
     );
     let scratch = ScratchDir::new("demo")?;
+    let mut switch = Switch::new("demo-switch")?;
     let node_a = Netns::create("demo-nodea")?;
     let node_b = Netns::create("demo-nodeb")?;
-    link::underlay((&node_a, "uplink", NODE_A), (&node_b, "eth0", NODE_B), 1)?;
+    let outside = Netns::create("demo-outside")?;
+    switch.plug(&node_a, "uplink", NODE_A)?;
+    switch.plug(&node_b, "eth0", NODE_B)?;
+    switch.plug(&outside, "eth0", OUTSIDE)?;
+    outside.ip(&["addr", "add", &format!("{PUBLIC}/32"), "dev", "lo"])?;
+    // Node A's kernel: a node's forwarding and default route, kube-proxy's Service, the
+    // CNI's masquerade for what leaves the cluster.
+    node_a.sysctl(&["net.ipv4.ip_forward=1"])?;
+    node_a.ip(&["route", "add", "default", "via", OUTSIDE])?;
+    services::install(&node_a)?;
+    services::cluster_ip(&node_a, "tcp", (SERVICE, 80), ("10.244.2.2", 8080), "10.244.0.0/16")?;
+    services::masquerade_outbound(&node_a, "10.244.0.0/16")?;
     let a1 = Pod::wire(&node_a, "a1", "veth-a1", "10.244.1.2", "0a:58:0a:f4:01:02")?;
     let a2 = Pod::wire(&node_a, "a2", "veth-a2", "10.244.1.3", "0a:58:0a:f4:01:03")?;
     let remote = RemoteNode {
@@ -122,7 +163,8 @@ pub fn run(podlane_bin: &Path, dataplane_bin: &Path, stop: &StopFlag) -> anyhow:
         &cluster,
         &scratch.path().join("agent.log"),
     )?;
-    let result = exercise(daemon.socket(), [&a1, &a2, &b1, &b2], &interrupted);
+    let outside = Pod::wrap(outside, "outside", PUBLIC);
+    let result = exercise(daemon.socket(), [&a1, &a2, &b1, &b2], (&node_a, &outside), &interrupted);
     if result.is_err() {
         for service in [&*daemon, &agent] {
             eprintln!("--- {} ---\n{}", service.name(), service.log().trim_end());
@@ -131,7 +173,7 @@ pub fn run(podlane_bin: &Path, dataplane_bin: &Path, stop: &StopFlag) -> anyhow:
     step("cleaning up: stopping the daemon and the agent, deleting the namespaces");
     drop(agent);
     drop(daemon);
-    drop((a1, a2, b1, b2, node_a, node_b));
+    drop((a1, a2, b1, b2, outside, node_a, node_b, switch));
     drop(scratch);
     result?;
     println!("done: nothing of the demo is left on this machine");
@@ -160,6 +202,7 @@ fn wait_synced(
 fn exercise(
     socket: &Path,
     pods: [&Pod; 4],
+    (node_a, outside): (&Netns, &Pod),
     interrupted: &dyn Fn() -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let [a1, a2, b1, b2] = pods;
@@ -175,6 +218,15 @@ fn exercise(
     println!("    a1 → b1: {}", tcp(a1, b1, 5001)?);
     interrupted()?;
     println!("    b1 → a1: {}", tcp(b1, a1, 5002)?);
+    step("the host path: the node's kernel and the overlay, through podlane0");
+    interrupted()?;
+    let node = Pod::in_namespace(node_a, NODE_A);
+    let probe = transfer(&node, a1, &a1.ip, 8080, 8080)?;
+    println!("    node A → a1 (as a kubelet probe): {probe}");
+    let service = transfer(a1, b1, SERVICE, 80, 8080)?;
+    println!("    a1 → Service {SERVICE}:80 (kube-proxy's DNAT to b1:8080 on node B): {service}");
+    let out = transfer(a1, outside, PUBLIC, 8090, 8090)?;
+    println!("    a1 → {PUBLIC}, outside the cluster (masqueraded by node A): {out}");
     let Response::Tables { generation, tables, .. } =
         client.request(&Request::Query { what: Query::Tables })?
     else {
@@ -189,6 +241,10 @@ fn exercise(
     ] {
         println!("--- {title}");
         print!("{text}");
+    }
+    if let Response::Config { config } = client.request(&Request::Query { what: Query::Config })? {
+        println!("--- config");
+        print!("{}", show::config(&config));
     }
     // Workers publish their counters once a second.
     std::thread::sleep(Duration::from_millis(1100));

@@ -7,6 +7,10 @@
 //!
 //! Node B's pod is wired as Calico wires pods (veth, /32 route, proxy ARP) in both cases: the
 //! pod side of a node does not show on the wire, the vxlan device's configuration does.
+//!
+//! With a host path: the kernel node's pod reaches the podlane node at its tunnel address
+//! (Flannel's first address of the subnet, Calico's tunnel address), and a Service of the
+//! kernel node whose backend is the podlane node's pod.
 
 use std::path::Path;
 
@@ -14,12 +18,13 @@ use podlane_tests::{require_root, require_tool};
 use testbed::capture::Capture;
 use testbed::kernel::{self, KernelProfile, RemoteNode};
 use testbed::podlane::Dataplane;
-use testbed::{Netns, Pod, ScratchDir, link, tables};
+use testbed::{Netns, Pod, ScratchDir, link, services, tables};
 
 const NODE_A: &str = "192.168.82.1";
 const NODE_B: &str = "192.168.82.2";
 const VTEP_A: &str = "0a:aa:00:00:00:01";
 const VTEP_B: &str = "0a:bb:00:00:00:01";
+const SERVICE: &str = "10.96.0.20";
 
 /// A kernel CNI profile and the addresses of this two-node cluster under it.
 struct Profile {
@@ -68,10 +73,14 @@ fn interop(profile: &Profile, tshark: &Path) -> anyhow::Result<()> {
     link::underlay((&node_a, "uplink", NODE_A), (&node_b, "eth0", NODE_B), 1)?;
     let pod_a = Pod::wire(&node_a, "a1", "veth-a1", "10.244.1.2", "0a:58:0a:f4:01:02")?;
     let pod_b = kernel_node(profile, &node_b)?;
-    let nodes = [
-        tables::node("node-a", NODE_A, VTEP_A, profile.cidr_a)?,
-        tables::node("node-b", NODE_B, VTEP_B, profile.cidr_b)?,
-    ];
+    // Node A's tunnel address is where the kernel node routes node A's pods through (its
+    // onlink gateway): Flannel's first address of the subnet, Calico's tunnel address.
+    let mut node_a_entry = tables::node("node-a", NODE_A, VTEP_A, profile.cidr_a)?;
+    node_a_entry.tunnel_ips = vec![profile.gateway_a.parse()?];
+    let nodes = [node_a_entry, tables::node("node-b", NODE_B, VTEP_B, profile.cidr_b)?];
+    // Node B's kube-proxy: a Service whose backend is podlane's pod.
+    services::install(&node_b)?;
+    services::cluster_ip(&node_b, "tcp", (SERVICE, 80), (&pod_a.ip, 5003), "10.244.0.0/16")?;
     let tables_file = dir.path().join("tables.json");
     tables::write(&tables_file, &tables::for_node("node-a", &nodes, &[&pod_a])?)?;
     let mut daemon = Dataplane::with_tables(
@@ -100,6 +109,14 @@ fn interop(profile: &Profile, tshark: &Path) -> anyhow::Result<()> {
     assert_eq!(transfer.sent, transfer.received, "{}", context("TCP podlane → kernel"));
     let transfer = pod_b.tcp_to(&pod_a, 5002, 10_000_000)?;
     assert_eq!(transfer.sent, transfer.received, "{}", context("TCP kernel → podlane"));
+    // The kernel node's pod reaches the podlane node itself, at its tunnel address, and a
+    // Service (node B's kube-proxy) backed by podlane's pod.
+    assert_eq!(pod_b.ping(profile.gateway_a, 3), 3, "{}", context("kernel pod → podlane node"));
+    let node_a_host = Pod::in_namespace(&node_a, profile.gateway_a);
+    let transfer = pod_b.tcp_to(&node_a_host, 5004, 1_000_000)?;
+    assert!(transfer.intact(), "{}", context("TCP kernel pod → podlane node's tunnel address"));
+    let transfer = pod_b.tcp_via(&pod_a, SERVICE, 80, 5003, 1_000_000)?;
+    assert!(transfer.intact(), "{}", context("TCP kernel pod → Service → podlane pod"));
     capture.stop();
     assert!(daemon.stop()?.success(), "{}", daemon.log());
 
@@ -110,7 +127,14 @@ fn interop(profile: &Profile, tshark: &Path) -> anyhow::Result<()> {
     let lines = podlane_tests::tshark_fields(
         tshark,
         &pcap,
-        &[&decode_as, "tcp.port==5001,data", "tcp.port==5002,data"],
+        &[
+            &decode_as,
+            "tcp.port==5001,data",
+            "tcp.port==5002,data",
+            "tcp.port==5003,data",
+            "tcp.port==5004,data",
+            "tcp.port==80,data",
+        ],
         &[
             "ip.src",
             "vxlan.flags",
