@@ -3,7 +3,8 @@
 //! `podlane-bench sync`, and the packet-rate harness `podlane-bench pps` (docs/bench.md):
 //! `topology` builds the node and its endpoints, `traffic` the frames and XDP programs,
 //! `endpoint` the generator/sink processes, `forward` the bare AF_XDP baseline, `cpu` the
-//! /proc/stat accounting, `pps` the trials and searches, `report` the table, JSON and SVG.
+//! /proc/stat accounting, `pps` the trials and searches, `report` the table, JSON and SVG;
+//! `tcp` the TCP throughput runs of `podlane-bench tcp`.
 
 pub mod cpu;
 pub mod endpoint;
@@ -13,5 +14,6 @@ pub mod memory;
 pub mod pps;
 pub mod report;
 pub mod sync;
+pub mod tcp;
 pub mod topology;
 pub mod traffic;

@@ -12,6 +12,7 @@ use podlane_bench::fixture::ClusterParams;
 use podlane_bench::memory;
 use podlane_bench::pps::{self, Progress};
 use podlane_bench::report::{self, Machine};
+use podlane_bench::tcp;
 use podlane_bench::topology::{Dataplane, Direction, Placement, Topology};
 
 #[derive(Parser, Debug)]
@@ -84,11 +85,34 @@ struct PpsArgs {
     remote_interface: Option<String>,
 }
 
+#[derive(clap::Args, Debug)]
+struct TcpArgs {
+    /// A smoke run: every dataplane and path, one stream, one-second runs.
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, value_delimiter = ',', value_enum)]
+    dataplanes: Vec<tcp::TcpDataplane>,
+    #[arg(long, value_delimiter = ',', value_enum)]
+    paths: Vec<tcp::TcpPath>,
+    /// Parallel streams per run [default: 1,4; --quick: 1].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=128))]
+    streams: Vec<u32>,
+    /// Length of each run [default: 6; --quick: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=600))]
+    seconds: Option<u32>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "tcp.json")]
+    json: PathBuf,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Packets per second, CPU per packet and latency of podlane, the kernel's VXLAN and a bare
     /// AF_XDP forward, side by side, on a node built in network namespaces (needs root).
     Pps(Box<PpsArgs>),
+    /// TCP throughput over a node's paths (node → pod, node → remote pod, pod → remote pod,
+    /// pod → pod), podlane and the kernel's VXLAN side by side, with iperf3 (needs root).
+    Tcp(TcpArgs),
     /// Prints the table of a JSON file written by `pps` and, with --svg, draws its chart again
     /// (for results copied back from VMs, or a chart lost).
     Report {
@@ -289,10 +313,55 @@ fn pps_command(args: PpsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn tcp_command(args: TcpArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        testbed::is_root(),
+        "podlane-bench tcp builds network namespaces and attaches XDP programs: run it as root"
+    );
+    let quick = args.quick;
+    let config = tcp::Config {
+        dataplanes: or(
+            args.dataplanes,
+            vec![tcp::TcpDataplane::Kernel, tcp::TcpDataplane::Podlane],
+        ),
+        paths: or(
+            args.paths,
+            vec![
+                tcp::TcpPath::HostPod,
+                tcp::TcpPath::HostRemotePod,
+                tcp::TcpPath::PodRemotePod,
+                tcp::TcpPath::PodPod,
+            ],
+        ),
+        streams: or(args.streams, if quick { vec![1] } else { vec![1, 4] }),
+        seconds: args.seconds.unwrap_or(if quick { 1 } else { 6 }),
+    };
+    testbed::netns::remove_stale("bench");
+    let machine = Machine::this();
+    println!(
+        "podlane-bench tcp on {} CPUs ({}), Linux {}: iperf3, {} s per run",
+        machine.cpus, machine.cpu_model, machine.kernel, config.seconds
+    );
+    let rows = tcp::run(&config, &mut |step| eprintln!("  {step}"))?;
+    print!("{}", tcp::table(&rows));
+    let doc = serde_json::json!({
+        "schema": 1,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "machine": machine,
+        "config": config,
+        "rows": rows,
+    });
+    std::fs::write(&args.json, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    println!("results: {}", args.json.display());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Pps(args) => pps_command(*args)?,
+        Command::Tcp(args) => tcp_command(args)?,
         Command::Report { json, svg } => {
             let saved = report::Saved::read(&json)?;
             let mut text = format!("{}\n{}", saved.command, report::table(&saved.rows));
