@@ -58,6 +58,28 @@ pub enum TcpPath {
     PodPod,
 }
 
+impl TcpDataplane {
+    /// The name on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::Podlane => "podlane",
+        }
+    }
+}
+
+impl TcpPath {
+    /// The name on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HostPod => "host-pod",
+            Self::HostRemotePod => "host-remote-pod",
+            Self::PodRemotePod => "pod-remote-pod",
+            Self::PodPod => "pod-pod",
+        }
+    }
+}
+
 /// What to measure.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -258,16 +280,17 @@ fn iperf(
 pub fn run(config: &Config, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &dataplane in &config.dataplanes {
-        progress(&format!("building the {dataplane:?} cluster"));
+        progress(&format!("building the {} cluster", dataplane.name()));
         let cluster = Cluster::build(dataplane)?;
         // Neighbour entries and, for podlane, the pods' fill rings warm up.
         std::thread::sleep(Duration::from_millis(300));
         for &path in &config.paths {
             for &streams in &config.streams {
-                progress(&format!("{dataplane:?} {path:?} {streams} stream(s)"));
+                let cell = format!("{} {} {streams} stream(s)", dataplane.name(), path.name());
+                progress(&cell);
                 let (from, to) = cluster.ends(path);
-                let (report, cores) = iperf(&from, to, streams, config.seconds)
-                    .with_context(|| format!("{dataplane:?}, {path:?}, {streams} stream(s)"))?;
+                let (report, cores) =
+                    iperf(&from, to, streams, config.seconds).with_context(|| cell.clone())?;
                 let received = &report.end.sum_received;
                 let gigabits = received.bits_per_second * received.seconds / 1e9;
                 let busy_s: f64 = cores.iter().map(|c| c.busy_ns as f64 / 1e9).sum();
@@ -294,14 +317,11 @@ pub fn table(rows: &[Row]) -> String {
         "underlay", "path", "dataplane", "streams", "Gbit/s", "retransmits", "CPU s / Gbit"
     );
     for r in rows {
-        let path = serde_json::to_value(r.path).ok().and_then(|v| v.as_str().map(str::to_owned));
-        let dataplane =
-            serde_json::to_value(r.dataplane).ok().and_then(|v| v.as_str().map(str::to_owned));
         out += &format!(
             "{:<9} {:<16} {:<9} {:>7} {:>8.2} {:>13} {:>14.3}\n",
             r.underlay,
-            path.unwrap_or_default(),
-            dataplane.unwrap_or_default(),
+            r.path.name(),
+            r.dataplane.name(),
             r.streams,
             r.gbps,
             r.retransmits,
@@ -309,4 +329,25 @@ pub fn table(rows: &[Row]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    /// The names printed in tables are the ones the command line and the JSON use.
+    #[test]
+    fn names_match_the_command_line_and_the_json() {
+        for dataplane in TcpDataplane::value_variants() {
+            let cli = dataplane.to_possible_value().unwrap();
+            assert_eq!(cli.get_name(), dataplane.name());
+            assert_eq!(serde_json::to_value(dataplane).unwrap(), dataplane.name());
+        }
+        for path in TcpPath::value_variants() {
+            let cli = path.to_possible_value().unwrap();
+            assert_eq!(cli.get_name(), path.name());
+            assert_eq!(serde_json::to_value(path).unwrap(), path.name());
+        }
+    }
 }
