@@ -22,6 +22,7 @@ use crate::wire::{
     EtherType, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket, VxlanPacket,
 };
 
+use super::flow::Flow;
 use super::{DropReason, ENCAP_OVERHEAD_V4, ENCAP_OVERHEAD_V6, Frame, Pipeline, Verdict};
 
 /// Hash of an inner flow's 5-tuple (addresses as integers, IPv4 in the low 32 bits). Stable
@@ -83,6 +84,22 @@ pub(super) struct Inner {
     pub tos: u8,
     /// Flow hash for the source port.
     pub hash: u32,
+}
+
+/// An address as the flow hash takes it.
+fn key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+impl Inner {
+    /// The inner packet of a flow, its hash taken from its addresses and `flow`'s ports.
+    pub(super) fn of_flow(src: IpAddr, dst: IpAddr, flow: &Flow, tos: u8, ip_len: usize) -> Self {
+        let hash = flow_hash(key(src), key(dst), flow.protocol, flow.src_port, flow.dst_port);
+        Inner { ip_len, tos, hash }
+    }
 }
 
 /// Encapsulates the inner frame in `frame` towards `node`. The inner IP header is already

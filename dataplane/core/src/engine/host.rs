@@ -22,7 +22,6 @@ use crate::wire::{EtherType, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet};
 use super::encap::{self, Inner};
 use super::flow::{self, Flow};
 use super::host_flows::FlowKey;
-use super::pod::key;
 use super::{DropReason, Frame, Pipeline, RouteHint, Verdict};
 
 const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
@@ -170,14 +169,8 @@ fn forward(
             if !egress_allowed(packet.dst, packet.flow.l4) {
                 return Verdict::Drop(DropReason::PolicyDeniedEgress);
             }
-            let hash = encap::flow_hash(
-                key(packet.src),
-                key(packet.dst),
-                packet.flow.protocol,
-                packet.flow.src_port,
-                packet.flow.dst_port,
-            );
-            let inner = Inner { ip_len: packet.ip_len, tos: packet.tos, hash };
+            let inner =
+                Inner::of_flow(packet.src, packet.dst, &packet.flow, packet.tos, packet.ip_len);
             let verdict = encap::encapsulate(pipeline, snapshot, snapshot.node(node), frame, inner);
             if verdict == Verdict::Encap {
                 remember(pipeline);

@@ -202,14 +202,7 @@ fn forward(
                 }
             }
             if packet.ttl <= 1 {
-                let error = IcmpError::TimeExceeded;
-                return icmp_error::to_pod(
-                    pipeline,
-                    frame,
-                    packet.ip_len,
-                    error,
-                    DropReason::TtlExpired,
-                );
+                return time_exceeded(pipeline, frame, &packet);
             }
             frame.set_len(ETH + packet.ip_len);
             offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
@@ -233,14 +226,7 @@ fn forward(
                 return Verdict::Drop(DropReason::PolicyDeniedEgress);
             }
             if packet.ttl <= 1 {
-                let error = IcmpError::TimeExceeded;
-                return icmp_error::to_pod(
-                    pipeline,
-                    frame,
-                    packet.ip_len,
-                    error,
-                    DropReason::TtlExpired,
-                );
+                return time_exceeded(pipeline, frame, &packet);
             }
             let fits = encap::max_inner_ip_len(pipeline, snapshot);
             if packet.ip_len > fits {
@@ -249,14 +235,8 @@ fn forward(
             frame.set_len(ETH + packet.ip_len);
             offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
             decrement_ttl(frame, packet.dst);
-            let hash = encap::flow_hash(
-                key(packet.src),
-                key(packet.dst),
-                packet.flow.protocol,
-                packet.flow.src_port,
-                packet.flow.dst_port,
-            );
-            let inner = Inner { ip_len: packet.ip_len, tos: packet.tos, hash };
+            let inner =
+                Inner::of_flow(packet.src, packet.dst, &packet.flow, packet.tos, packet.ip_len);
             encap::encapsulate(pipeline, snapshot, snapshot.node(node), frame, inner)
         }
         // The node itself (its underlay address, the gateway the pod routes through) is
@@ -287,6 +267,12 @@ fn to_host(pipeline: &Pipeline, frame: &mut Frame<'_>, ip_len: usize) -> Verdict
     Verdict::Host
 }
 
+/// A pod's packet whose TTL runs out here: the pod hears so from the gateway.
+fn time_exceeded(pipeline: &mut Pipeline, frame: &mut Frame<'_>, packet: &Packet) -> Verdict {
+    let error = IcmpError::TimeExceeded;
+    icmp_error::to_pod(pipeline, frame, packet.ip_len, error, DropReason::TtlExpired)
+}
+
 /// A pod's packet too big for the overlay (`fits` bytes of IP at most). With DF (and always
 /// over IPv6) the pod learns the path MTU from an ICMP error; an IPv4 packet without DF goes
 /// to the host interface, whose MTU is the overlay's, so that the kernel fragments it and the
@@ -308,13 +294,6 @@ fn too_big(
         IcmpError::TooBig { mtu },
         DropReason::MtuExceeded,
     )
-}
-
-pub(super) fn key(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a),
-    }
 }
 
 /// Decrements TTL (with an incremental checksum update) or hop limit of the IP packet after
