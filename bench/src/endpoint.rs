@@ -434,7 +434,6 @@ fn record(
             }
         };
         let mut packets: Vec<Packet> = Vec::with_capacity(256);
-        let mut scratch = Vec::new();
         while !stop_flag.load(Ordering::Relaxed) {
             let mut got = 0;
             for &id in &ids {
@@ -447,7 +446,7 @@ fn record(
             }
             if recording_flag.load(Ordering::Relaxed) {
                 let mut histogram = shared.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?;
-                umem.lend(&mut packets, &mut scratch, |chunk, span| {
+                umem.lend(&mut packets, |chunk, span| {
                     let frame = &chunk[span.head as usize..span.end()];
                     if let Some((sent, arrived)) = traffic::stamps(frame, &layout) {
                         if arrived > sent {

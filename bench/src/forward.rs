@@ -8,7 +8,6 @@
 //! attached and stops on SIGINT/SIGTERM or when its standard input closes.
 
 use std::io::Write;
-use std::os::fd::AsFd;
 
 use anyhow::Context;
 use dataplane::io::xdp::{XdpMode, XdpProgram, XskMap};
@@ -59,7 +58,7 @@ pub fn run(
         umem.refill(rx, FILL);
         let got = umem.receive(rx, BURST, &mut packets);
         if got == 0 {
-            let fd = umem.socket(rx).context("rx socket")?.as_fd();
+            let fd = umem.socket(rx).and_then(|s| s.fd()).context("rx socket")?;
             let _ = poller.wait(&[fd], 100, &mut ready);
             continue;
         }

@@ -1,8 +1,8 @@
 //! podlane's dataplane: the I/O and the daemon around [`podlane_core`]'s pipeline, replacing
 //! the kernel VXLAN device on a Kubernetes node.
 //!
-//! * [`io`] — AF_XDP sockets, XDP programs, rtnetlink: the one module allowed `unsafe`, all of
-//!   it in `io::sys`.
+//! * [`io`] — AF_XDP sockets, XDP programs, rtnetlink: the one module allowed `unsafe`, in
+//!   `io::sys` (system calls) and `io::xsk` (memory shared with the kernel).
 //! * [`daemon`] — `podlane-dataplane`: start-up, the pinned workers that move frames between
 //!   sockets through the pipeline, the control socket, next-hop resolution, shutdown.
 //!

@@ -1,14 +1,16 @@
 //! The dataplane's I/O: AF_XDP sockets and the XDP programs that steer frames to them. This is
-//! the AF_XDP module of DESIGN.md, the one place in podlane where `unsafe` is allowed: every
-//! system call and raw memory access lives in [`sys`], each `unsafe` block with a `SAFETY:`
-//! comment, behind safe types that own their file descriptors and mappings.
+//! the AF_XDP module of DESIGN.md, the one place in podlane where `unsafe` is allowed, in two
+//! submodules: [`sys`] (system calls) and [`xsk`] (memory shared with the kernel). Each
+//! `unsafe` block has a `SAFETY:` comment, each `unsafe fn` a `# Safety` section, and both sit
+//! behind safe types that own their file descriptors and mappings.
 //!
 //! * [`xdp`] — XDP programs without a C toolchain: a small eBPF assembler, the two programs
 //!   podlane attaches (pod interfaces, uplink), loading with bpf(2) (the verifier's log in the
 //!   error) and attachment through BPF links, so a program goes away with the process that
 //!   attached it, even after SIGKILL.
-//! * [`xsk`] — AF_XDP sockets sharing one UMEM per worker: rings with the kernel's memory
-//!   ordering, chunk ownership as tokens, zero-copy bind with a fallback to copy mode.
+//! * [`xsk`] — AF_XDP sockets sharing a UMEM: rings with the kernel's memory ordering and
+//!   total index arithmetic, checked chunk ownership with tokens tied to their UMEM, binding
+//!   on any thread, zero-copy with a fallback to copy mode; an in-memory kernel for tests.
 //! * [`netlink`] — routes and neighbours from the kernel, for underlay next-hop MACs; the
 //!   host interface's link, addresses and routes.
 //! * [`tun`] — the host interface: a multi-queue TUN device, one queue per worker.
@@ -21,6 +23,8 @@ pub mod netlink;
 mod sys;
 pub mod tun;
 pub mod xdp;
+// Memory shared with the kernel: the ring protocol and chunk ownership, sound by construction.
+#[allow(unsafe_code)]
 pub mod xsk;
 
 use std::io;

@@ -1,5 +1,5 @@
-//! Raw system calls and raw memory: the only `unsafe` code in podlane. Everything above this
-//! module is safe Rust over the small, checked primitives here:
+//! Raw system calls: with [`super::xsk`] (memory shared with the kernel), the only `unsafe`
+//! code in podlane. Everything above is safe Rust over the small, checked primitives here:
 //!
 //! * bpf(2): map creation, lookup and update, program load, link creation, and running a
 //!   program on live frames (BPF_PROG_RUN, the packet generator of `podlane-bench`). Each call takes a
@@ -9,15 +9,13 @@
 //!   of the union.
 //! * AF_XDP sockets: socket, setsockopt/getsockopt of the `SOL_XDP` options, bind, the
 //!   wake-up calls (sendto, recvfrom, poll).
-//! * [`Mmap`]: the UMEM area and the four rings, mapped memory shared with the kernel, with
-//!   bounds-checked accessors for ring indices (atomics), descriptors and frame chunks.
 //! * Interface queries (if_nametoindex, SIOCGIFHWADDR, SIOCGIFMTU, ETHTOOL_GCHANNELS), a
 //!   NETLINK_ROUTE socket, signal handlers that set a flag, and the process's capabilities.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -282,189 +280,6 @@ pub(super) fn ifindex(name: &str) -> Option<u32> {
 
 // ---------------------------------------------------------------------------------------------
 // Mapped memory shared with the kernel: the UMEM area and the rings.
-
-/// A memory mapping, unmapped on drop. Its accessors check bounds and alignment, so the safe
-/// code above cannot reach outside it.
-#[derive(Debug)]
-pub(super) struct Mmap {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is owned by this handle alone (nothing else holds its address except the
-// kernel, which synchronises through the ring indices), so moving it to another thread is as
-// safe as moving a `Vec<u8>`.
-unsafe impl Send for Mmap {}
-// SAFETY: shared access only hands out atomics (`atomic_u32`) and copies of plain data
-// (`read_*`/`write_*` on ring slots, whose exclusive ownership the ring protocol arbitrates);
-// the byte slices of frame chunks need `&mut self` (`Umem` area lending).
-unsafe impl Sync for Mmap {}
-
-impl Mmap {
-    fn map(len: usize, prot: i32, flags: i32, fd: i32, offset: u64) -> io::Result<Mmap> {
-        // SAFETY: a fresh mapping at an address the kernel chooses (NULL hint) cannot alias
-        // any Rust object; on failure nothing is mapped.
-        let ptr =
-            unsafe { libc::mmap64(std::ptr::null_mut(), len, prot, flags, fd, offset as i64) };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| io::Error::other("mmap returned NULL"))?;
-        Ok(Mmap { ptr, len })
-    }
-
-    /// Zeroed anonymous memory (the UMEM area), populated up front so that the first frames
-    /// do not take page faults in the kernel's copy path.
-    pub(super) fn anonymous(len: usize) -> io::Result<Mmap> {
-        Mmap::map(
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-            -1,
-            0,
-        )
-    }
-
-    /// One of an AF_XDP socket's rings, at the page offset the kernel assigns it.
-    pub(super) fn ring(fd: BorrowedFd<'_>, page_offset: u64, len: usize) -> io::Result<Mmap> {
-        Mmap::map(
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            fd.as_raw_fd(),
-            page_offset,
-        )
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.len
-    }
-
-    pub(super) fn address(&self) -> u64 {
-        self.ptr.as_ptr() as u64
-    }
-
-    fn check(&self, offset: usize, size: usize, align: usize) {
-        assert!(
-            offset.checked_add(size).is_some_and(|end| end <= self.len) && offset % align == 0,
-            "access at {offset}+{size} outside a {}-byte mapping or misaligned",
-            self.len
-        );
-    }
-
-    /// The ring index (producer, consumer or flags word) at `offset`, as an atomic: the
-    /// kernel reads and writes these words concurrently with us.
-    pub(super) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
-        self.check(offset, 4, 4);
-        // SAFETY: in bounds and 4-aligned (checked above); the mapping lives as long as the
-        // returned reference (tied to `&self`), and every access to the word, ours and the
-        // kernel's, is atomic.
-        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() }
-    }
-
-    /// Reads a ring slot of fill/completion rings (a UMEM address).
-    pub(super) fn read_u64(&self, offset: usize) -> u64 {
-        self.check(offset, 8, 8);
-        // SAFETY: in bounds and aligned (checked). The ring protocol gives us this slot: the
-        // producer published it with a release store we observed with an acquire load, and
-        // will not touch it again until we release it, so the read does not race.
-        unsafe { self.ptr.as_ptr().add(offset).cast::<u64>().read_volatile() }
-    }
-
-    /// Writes a ring slot of fill/completion rings.
-    pub(super) fn write_u64(&self, offset: usize, value: u64) {
-        self.check(offset, 8, 8);
-        // SAFETY: in bounds and aligned (checked). The slot lies between the consumer's
-        // released index and our unpublished producer index, so the kernel does not read it
-        // until our release store of the producer index.
-        unsafe { self.ptr.as_ptr().add(offset).cast::<u64>().write_volatile(value) }
-    }
-
-    /// Reads an RX/TX ring descriptor (`struct xdp_desc`: addr, len, options).
-    pub(super) fn read_desc(&self, offset: usize) -> libc::xdp_desc {
-        self.check(offset, size_of::<libc::xdp_desc>(), 8);
-        // SAFETY: as for `read_u64`.
-        unsafe { self.ptr.as_ptr().add(offset).cast::<libc::xdp_desc>().read_volatile() }
-    }
-
-    /// Writes an RX/TX ring descriptor.
-    pub(super) fn write_desc(&self, offset: usize, desc: libc::xdp_desc) {
-        self.check(offset, size_of::<libc::xdp_desc>(), 8);
-        // SAFETY: as for `write_u64`.
-        unsafe { self.ptr.as_ptr().add(offset).cast::<libc::xdp_desc>().write_volatile(desc) }
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the region mapped in `Mmap::map`; no reference into it
-        // outlives `self` (every accessor borrows `self`).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
-/// The UMEM area divided into equal chunks, lent out as byte slices only for chunks that
-/// userspace owns, and never the same chunk twice at once.
-#[derive(Debug)]
-pub(super) struct ChunkArea {
-    map: Mmap,
-    chunk_size: usize,
-    /// `stamps[i] == epoch`: chunk `i` is lent in the current `lend` call.
-    stamps: Vec<u32>,
-    epoch: u32,
-}
-
-impl ChunkArea {
-    pub(super) fn new(chunks: u32, chunk_size: u32) -> io::Result<ChunkArea> {
-        let len = chunks as usize * chunk_size as usize;
-        Ok(ChunkArea {
-            map: Mmap::anonymous(len)?,
-            chunk_size: chunk_size as usize,
-            stamps: vec![0; chunks as usize],
-            epoch: 0,
-        })
-    }
-
-    pub(super) fn map(&self) -> &Mmap {
-        &self.map
-    }
-
-    /// Calls `each` with the bytes of every chunk in `chunks`, in order. The slices live as
-    /// long as the exclusive borrow of the area, so no two calls' slices coexist.
-    ///
-    /// The caller must pass only chunks that userspace owns — taken from the RX or
-    /// completion ring, or never given to the kernel — which is what makes it sound for the
-    /// kernel to be writing into other chunks meanwhile; `io::xsk` tracks that ownership.
-    ///
-    /// # Panics
-    /// If a chunk index is out of range or repeats within the call (the slices would alias).
-    pub(super) fn lend<'a>(&'a mut self, chunks: &[u32], mut each: impl FnMut(&'a mut [u8])) {
-        self.epoch = self.epoch.wrapping_add(1);
-        if self.epoch == 0 {
-            self.stamps.fill(0);
-            self.epoch = 1;
-        }
-        let base = self.map.ptr.as_ptr();
-        for &chunk in chunks {
-            let stamp = &mut self.stamps[chunk as usize]; // bounds check: chunk < chunks
-            assert!(*stamp != self.epoch, "chunk {chunk} lent twice in one batch");
-            *stamp = self.epoch;
-            // SAFETY: `chunk` is in range (the index above), so the slice lies inside the
-            // mapping; it is distinct from every other slice of this call (the stamp check),
-            // and no slice outlives `'a`, the exclusive borrow of `self`. The kernel does not
-            // access the chunk while userspace owns it (caller contract, upheld by io::xsk's
-            // ownership tracking).
-            let slice = unsafe {
-                std::slice::from_raw_parts_mut(
-                    base.add(chunk as usize * self.chunk_size),
-                    self.chunk_size,
-                )
-            };
-            each(slice);
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // AF_XDP sockets.

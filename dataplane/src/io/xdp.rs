@@ -344,8 +344,12 @@ impl XskMap {
     /// Points the map's slot for receive queue `queue` at `socket`; frames the program
     /// redirects there go to that socket from now on.
     pub fn insert(&self, queue: u32, socket: &super::xsk::XskSocket) -> Result<(), XdpError> {
-        use std::os::fd::AsFd;
-        sys::map_update_u32(&self.fd, queue, socket.as_fd().as_raw_fd() as u32)
+        let Some(fd) = socket.fd() else {
+            let source =
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a kernel socket");
+            return Err(XdpError::MapUpdate { queue, source });
+        };
+        sys::map_update_u32(&self.fd, queue, fd.as_raw_fd() as u32)
             .map_err(|source| XdpError::MapUpdate { queue, source })
     }
 }

@@ -90,7 +90,7 @@ impl Worker {
         let n = self.rx.len();
         {
             let mut frames = recycle(std::mem::take(&mut self.frames));
-            self.umem.lend(&mut self.rx, &mut self.scratch, |buffer, span| {
+            self.umem.lend(&mut self.rx, |buffer, span| {
                 frames.push(Frame::new(buffer, span));
             });
             let verdicts = &mut self.verdicts[..n];
@@ -156,7 +156,7 @@ impl Worker {
         }
         let mut back = false;
         let pipeline = &mut self.pipeline;
-        self.umem.lend(std::slice::from_mut(packet), &mut self.scratch, |buffer, span| {
+        self.umem.lend(std::slice::from_mut(packet), |buffer, span| {
             let frame = buffer.get(span.head as usize..span.end()).unwrap_or_default();
             back = pipeline.returns_via_host(endpoint, frame);
         });

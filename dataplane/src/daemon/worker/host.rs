@@ -46,7 +46,7 @@ impl Worker {
             };
             let mut packet = Packet { chunk, span: Span::new(headroom, 0) };
             let mut read = Ok(None);
-            self.umem.lend(std::slice::from_mut(&mut packet), &mut self.scratch, |buffer, span| {
+            self.umem.lend(std::slice::from_mut(&mut packet), |buffer, span| {
                 let room = buffer.len() - headroom - ETH;
                 read = host.tun.receive(&mut buffer[headroom + ETH..]).map(|n| {
                     n.map(|n| {
@@ -102,7 +102,7 @@ impl Worker {
         let mut rx = std::mem::take(&mut self.rx);
         for mut packet in rx.drain(..) {
             let mut source = None;
-            self.umem.lend(std::slice::from_mut(&mut packet), &mut self.scratch, |buffer, span| {
+            self.umem.lend(std::slice::from_mut(&mut packet), |buffer, span| {
                 source = buffer.get(span.head as usize + ETH..span.end()).and_then(source_of);
             });
             let owner = match source.and_then(|ip| snapshot.route(ip)) {
@@ -133,7 +133,7 @@ impl Worker {
             return;
         };
         let mut sent = false;
-        self.umem.lend(std::slice::from_mut(&mut packet), &mut self.scratch, |buffer, span| {
+        self.umem.lend(std::slice::from_mut(&mut packet), |buffer, span| {
             let ip = buffer.get(span.head as usize + ETH..span.end()).unwrap_or_default();
             sent = !ip.is_empty() && matches!(host.tun.send(ip), Ok(true));
         });

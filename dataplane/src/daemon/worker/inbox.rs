@@ -89,7 +89,7 @@ impl Worker {
         let mut bytes =
             inbox.spare.pop().unwrap_or_else(|| vec![0u8; inbox.capacity].into_boxed_slice());
         let mut copied = false;
-        self.umem.lend(std::slice::from_mut(packet), &mut self.scratch, |chunk, span| {
+        self.umem.lend(std::slice::from_mut(packet), |chunk, span| {
             if let Some(src) = chunk.get(span.head as usize..span.end()) {
                 bytes[..len].copy_from_slice(src);
                 copied = true;
@@ -127,14 +127,10 @@ impl Worker {
                 (Some(target), true) => match self.umem.allocate() {
                     Some(chunk) => {
                         let mut packet = Packet { chunk, span: Span::new(headroom, handoff.len) };
-                        self.umem.lend(
-                            std::slice::from_mut(&mut packet),
-                            &mut self.scratch,
-                            |dst, span| {
-                                dst[span.head as usize..span.end()]
-                                    .copy_from_slice(&handoff.bytes[..handoff.len]);
-                            },
-                        );
+                        self.umem.lend(std::slice::from_mut(&mut packet), |dst, span| {
+                            dst[span.head as usize..span.end()]
+                                .copy_from_slice(&handoff.bytes[..handoff.len]);
+                        });
                         match target {
                             // Run through the pipeline below, as one batch.
                             Target::Host => host_batch.push(packet),

@@ -103,7 +103,6 @@ pub(super) struct Worker {
     // Reused per batch, so the loop does not allocate.
     rx: Vec<Packet>,
     verdicts: Vec<Verdict>,
-    scratch: Vec<u32>,
     frames: Vec<Frame<'static>>,
     io_counters: stats::IoCounters,
 }
@@ -133,7 +132,6 @@ impl Worker {
             epoch: Instant::now(),
             rx: Vec::with_capacity(BURST),
             verdicts: vec![Verdict::Host; BURST],
-            scratch: Vec::with_capacity(BURST),
             frames: Vec::with_capacity(BURST),
             io_counters: stats::IoCounters::default(),
         };
@@ -217,7 +215,7 @@ impl Worker {
         let timeout = if backlog { 1 } else { POLL_TIMEOUT_MS };
         let mut fds: Vec<BorrowedFd<'_>> = vec![self.wakee.as_fd()];
         fds.extend(self.host.as_ref().map(|h| h.tun.as_fd()));
-        fds.extend(self.ports.iter().filter_map(|p| self.umem.socket(p.socket)).map(AsFd::as_fd));
+        fds.extend(self.ports.iter().filter_map(|p| self.umem.socket(p.socket)?.fd()));
         if poller.wait(&fds, timeout, readiness).is_ok()
             && readiness.first().is_some_and(|r| r.readable)
         {

@@ -1,54 +1,64 @@
-//! AF_XDP sockets over one shared UMEM, in safe Rust over [`super::sys`]: `ring` (the four
-//! mapped rings), `socket` (one socket and what it reports), `umem` (the area, chunk
-//! ownership, and every move of a chunk between userspace and the rings).
+//! AF_XDP sockets over a shared UMEM, sound by construction: the only module besides
+//! [`super::sys`] allowed `unsafe`, because it is where memory shared with the kernel is
+//! touched. Everything it exports is safe to use however it is called.
 //!
-//! A [`Umem`] is one memory area divided into equal chunks, plus every socket that uses it.
+//! * [`mem`] — the mappings (UMEM area, rings); its raw accessors are `unsafe fn`s.
+//! * [`ring`] — the ring protocol: reservations that publish on drop, batches that release on
+//!   drop, total index arithmetic, the kernel's memory ordering.
+//! * [`umem`] — who owns each chunk, and every move of a chunk between userspace and the
+//!   rings: fill, receive, lend, transmit, complete, and taking chunks back from a released
+//!   socket.
+//! * [`socket`] — creating and binding a socket against a [`UmemHandle`] (on any thread:
+//!   binding is slow), what can be asked of it.
+//! * `memory` (tests) — an in-memory kernel: the kernel's side of a socket's rings, so the
+//!   rings, the UMEM and the worker above them run without root.
+//!
+//! A [`Umem`] is one memory area divided into equal chunks, plus the sockets that use it.
 //! The first socket registers the area with the kernel; every later one binds with
-//! `XDP_SHARED_UMEM` and gets its own fill and completion rings (the kernel requires that
-//! when sockets share a UMEM across devices or queues). So a frame received on a pod's veth
-//! can be put on the uplink's TX ring as it is, without a userspace copy: the RX descriptor's
-//! address is valid for every socket of the UMEM.
+//! `XDP_SHARED_UMEM` and gets its own fill and completion rings. So a frame received on a
+//! pod's veth can be put on the uplink's TX ring as it is, without a userspace copy.
 //!
-//! Ownership of chunks is explicit. A [`Chunk`] is a token that cannot be copied: whoever
-//! holds it owns that chunk's memory. Filling a socket's fill ring or transmitting consumes
-//! the token; receiving or reaping a completion produces one. The kernel's descriptors are
-//! checked against a per-chunk state (an address outside the UMEM, or a chunk the kernel does
-//! not own, is counted as invalid and ignored), so neither a bug here nor a misbehaving
-//! kernel can make two frames alias. Rings are written through short-lived reservations
-//! that publish what was written when they end: there is no index to get wrong.
-//!
-//! Memory ordering follows the kernel's own contract (net/xdp/xsk_queue.h). For each ring
-//! the producer does `(A)` load the consumer index, write slots, `(B)` store-release the
-//! producer index; the consumer does `(C)` load-acquire the producer index, read slots,
-//! `(D)` store-release the consumer index. (A) pairs with (D): the producer does not
-//! overwrite a slot before the consumer has finished reading it. (B) pairs with (C): the
-//! consumer does not read a slot before the producer has written it. The comments at each
-//! atomic access say which side of which pair it is.
+//! Ownership of chunks is explicit and checked. Each chunk is in one state: free (on the
+//! UMEM's free list), user (exactly one [`Chunk`] token exists for it), on socket S's fill
+//! ring, or on socket S's TX ring. A token cannot be copied or made outside this module, and
+//! carries its UMEM's id: receiving or reaping a completion produces one, filling or
+//! transmitting consumes one. Only a token lends a chunk's bytes. A descriptor from the
+//! kernel that names a chunk not in the state it must be in (an RX descriptor for a chunk not
+//! on that socket's fill ring, a completion for a chunk not on its TX ring, an address outside
+//! the UMEM) is counted and ignored, so neither a bug here nor a misbehaving kernel can make
+//! two frames alias.
 //!
 //! Frames start `XDP_PACKET_HEADROOM` (256) bytes into their chunk in both copy and
 //! zero-copy mode, plus the UMEM headroom we register ([`UmemConfig::headroom`]); that is the
 //! room the engine prepends the outer headers into (50 bytes, 70 over IPv6).
 
+mod mem;
+#[cfg(test)]
+pub(crate) mod memory;
 mod ring;
 mod socket;
 mod umem;
 
 use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::engine::Span;
 
 pub use socket::XskSocket;
-pub use umem::Umem;
+pub use umem::{Released, Umem};
 
 /// The kernel's headroom in front of every received frame (include/uapi/linux/bpf.h).
 pub const XDP_PACKET_HEADROOM: u32 = 256;
 
 /// Sizes of the UMEM.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UmemConfig {
     /// Number of chunks.
     pub chunks: u32,
-    /// Bytes per chunk: a power of two, at least 2048. A frame fits when
+    /// Bytes per chunk: a power of two from 2048 to 4096 (the page size, the kernel's limit
+    /// for a UMEM not in huge pages). A frame fits when
     /// `headroom + 256 + frame length <= chunk_size`.
     pub chunk_size: u32,
     /// Extra headroom in front of received frames, on top of the kernel's 256 bytes.
@@ -63,8 +73,15 @@ impl Default for UmemConfig {
     }
 }
 
+impl UmemConfig {
+    /// The longest frame a chunk holds.
+    pub fn max_frame(&self) -> u32 {
+        self.chunk_size.saturating_sub(XDP_PACKET_HEADROOM + self.headroom)
+    }
+}
+
 /// Ring sizes of one socket (powers of two).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingSizes {
     pub rx: u32,
     pub tx: u32,
@@ -72,9 +89,16 @@ pub struct RingSizes {
     pub completion: u32,
 }
 
+impl RingSizes {
+    /// All four rings of `size` slots.
+    pub fn all(size: u32) -> RingSizes {
+        RingSizes { rx: size, tx: size, fill: size, completion: size }
+    }
+}
+
 impl Default for RingSizes {
     fn default() -> Self {
-        RingSizes { rx: 2048, tx: 2048, fill: 2048, completion: 2048 }
+        RingSizes::all(2048)
     }
 }
 
@@ -133,14 +157,67 @@ pub enum XskError {
     Config(&'static str),
 }
 
-/// Ownership of one UMEM chunk: only one `Chunk` per chunk exists (not `Clone`), and it is
-/// consumed by whatever hands the chunk to the kernel.
+/// Identity of a UMEM within the process (never reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UmemId(u32);
+
+impl UmemId {
+    fn next() -> UmemId {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        UmemId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// What is needed to bind sockets to a UMEM from another thread: its area and sizes, and a
+/// descriptor of each socket bound to it (the kernel wants a bound socket of the UMEM to
+/// share it). Shared by the [`Umem`] and whoever binds its sockets.
+#[derive(Debug)]
+pub struct UmemHandle {
+    id: UmemId,
+    config: UmemConfig,
+    area: std::sync::Arc<mem::SharedMemory>,
+    /// (serial, a duplicate of its descriptor) of every live kernel socket of this UMEM.
+    anchors: Mutex<Vec<(u32, OwnedFd)>>,
+    serials: AtomicU32,
+}
+
+impl UmemHandle {
+    pub fn id(&self) -> UmemId {
+        self.id
+    }
+
+    pub fn config(&self) -> &UmemConfig {
+        &self.config
+    }
+
+    /// A serial for a new socket, never 0 and below 2^30 (chunk states keep it in 30 bits;
+    /// a UMEM would need a billion sockets before one came back).
+    fn next_serial(&self) -> u32 {
+        loop {
+            let serial = self.serials.fetch_add(1, Ordering::Relaxed) & umem::SERIAL_MASK;
+            if serial != 0 {
+                return serial;
+            }
+        }
+    }
+}
+
+/// Ownership of one UMEM chunk: only one `Chunk` per chunk exists (not `Clone`, made only
+/// here), tied to its UMEM, and consumed by whatever hands the chunk to the kernel or back
+/// to the free list.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Chunk(u32);
+pub struct Chunk {
+    umem: UmemId,
+    index: u32,
+}
 
 impl Chunk {
     pub fn index(&self) -> u32 {
-        self.0
+        self.index
+    }
+
+    pub fn umem(&self) -> UmemId {
+        self.umem
     }
 }
 
@@ -152,9 +229,13 @@ pub struct Packet {
     pub span: Span,
 }
 
-/// Handle of a socket within its [`Umem`].
+/// Handle of a socket within its [`Umem`]: its slot there and its serial, so a handle kept
+/// after its socket went names nothing rather than a newcomer in the same slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SocketId(usize);
+pub struct SocketId {
+    slot: u32,
+    serial: u32,
+}
 
 /// The kernel's drop counters for one socket (XDP_STATISTICS).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

@@ -1,42 +1,79 @@
-//! The UMEM: one area of equal chunks shared by a worker's sockets, who owns each chunk
-//! (userspace or the kernel), and every operation that moves chunks between userspace and the
-//! rings: open, fill, receive, lend, transmit, complete, close.
+//! The UMEM: one area of equal chunks shared by a worker's sockets, the state of every chunk,
+//! and every operation that moves a chunk between userspace and the rings. Its invariant,
+//! which every method keeps and the soundness of [`Umem::lend`] rests on: a chunk in state
+//! `USER` has exactly one [`Chunk`] token and is on no ring; a chunk in any other state has
+//! no token.
 
-use std::io;
-use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
-use super::ring::{Consumer, Desc, Producer, RingMap};
+use super::mem::SharedMemory;
+use super::ring::Desc;
 use super::socket::XskSocket;
 use super::{
     BindMode, BindPreference, Chunk, Packet, RingSizes, SocketId, TxOutcome, UmemConfig,
-    XDP_PACKET_HEADROOM, XskError,
+    UmemHandle, UmemId, XDP_PACKET_HEADROOM, XskError,
 };
 use crate::engine::Span;
-use crate::io::sys::{self, ChunkArea};
 
-/// Chunk states (one byte per chunk).
-const USER: u8 = 0;
-const KERNEL: u8 = 1;
+/// On the free list.
+const FREE: u32 = 0;
+/// Held by userspace through its one token.
+const USER: u32 = 1;
+/// On the fill ring of the socket whose serial is in the upper 30 bits.
+const FILL: u32 = 2;
+/// On the TX ring of the socket whose serial is in the upper 30 bits.
+const TX: u32 = 3;
+pub(super) const SERIAL_MASK: u32 = (1 << 30) - 1;
 
-/// The UMEM and the sockets that share it; one per worker.
+fn on_ring(kind: u32, serial: u32) -> u32 {
+    (serial << 2) | kind
+}
+
+/// Proof that a socket of a UMEM was released (its descriptor closed and its rings
+/// unmapped), so the kernel no longer uses the chunks it held; [`Umem::reclaim`] takes them
+/// back.
+#[derive(Debug)]
+#[must_use = "the socket's chunks come back only through Umem::reclaim"]
+pub struct Released {
+    umem: UmemId,
+    serial: u32,
+    mode: BindMode,
+}
+
+impl XskSocket {
+    /// Releases the socket: the kernel unbinds it (waiting for an RCU grace period, which is
+    /// why this can be done away from the worker).
+    pub fn release(self) -> Released {
+        let released = Released { umem: self.umem, serial: self.serial, mode: self.mode };
+        drop(self);
+        released
+    }
+}
+
+/// The UMEM and the sockets that share it; one per worker (two when a zero-copy uplink
+/// cannot share with copy-mode pods).
 #[derive(Debug)]
 pub struct Umem {
-    // Sockets close before the area is unmapped (field order).
+    // Sockets close before the area is unmapped (field order; the handle keeps the area too).
     sockets: Vec<Option<XskSocket>>,
-    area: ChunkArea,
-    config: UmemConfig,
-    /// USER or KERNEL per chunk.
-    state: Vec<u8>,
-    free: Vec<Chunk>,
-    /// Descriptors from the kernel that named no chunk it owned (ignored, counted).
+    handle: Arc<UmemHandle>,
+    /// FREE, USER, or on_ring(FILL | TX, serial), per chunk.
+    state: Vec<u32>,
+    /// Chunks in state FREE.
+    free: Vec<u32>,
+    /// Descriptors from the kernel that named no chunk in the state they must be in.
     invalid_descriptors: u64,
+    /// Chunks a released zero-copy socket held: a driver may still write into them until
+    /// the kernel's deferred release, so they are never reused.
+    lost: u64,
 }
 
 impl Umem {
-    /// Allocates the area; no socket exists until [`Umem::open`].
+    /// Allocates the area; no socket exists until [`Umem::open`] or [`Umem::adopt`].
     pub fn new(config: UmemConfig) -> Result<Umem, XskError> {
-        if !config.chunk_size.is_power_of_two() || config.chunk_size < 2048 {
-            return Err(XskError::Config("chunk size must be a power of two of at least 2048"));
+        if !config.chunk_size.is_power_of_two() || !(2048..=4096).contains(&config.chunk_size) {
+            return Err(XskError::Config("chunk size must be 2048 or 4096"));
         }
         if config.headroom + XDP_PACKET_HEADROOM + 1514 > config.chunk_size {
             return Err(XskError::Config("headroom leaves no room for a 1514-byte frame"));
@@ -44,21 +81,37 @@ impl Umem {
         if config.chunks == 0 || u64::from(config.chunks) * u64::from(config.chunk_size) > 1 << 40 {
             return Err(XskError::Config("chunk count must be between 1 and 2^40 bytes' worth"));
         }
-        let area = ChunkArea::new(config.chunks, config.chunk_size).map_err(|source| {
-            XskError::Memory { bytes: config.chunks as usize * config.chunk_size as usize, source }
-        })?;
+        let bytes = config.chunks as usize * config.chunk_size as usize;
+        let area =
+            SharedMemory::anonymous(bytes).map_err(|source| XskError::Memory { bytes, source })?;
+        let handle = Arc::new(UmemHandle {
+            id: UmemId::next(),
+            config,
+            area: Arc::new(area),
+            anchors: std::sync::Mutex::new(Vec::new()),
+            serials: AtomicU32::new(1),
+        });
         Ok(Umem {
             sockets: Vec::new(),
-            area,
-            config,
-            state: vec![USER; config.chunks as usize],
-            free: (0..config.chunks).rev().map(Chunk).collect(),
+            handle,
+            state: vec![FREE; config.chunks as usize],
+            free: (0..config.chunks).rev().collect(),
             invalid_descriptors: 0,
+            lost: 0,
         })
     }
 
+    pub fn id(&self) -> UmemId {
+        self.handle.id
+    }
+
+    /// For binding this UMEM's sockets elsewhere ([`XskSocket::bind`]).
+    pub fn handle(&self) -> &Arc<UmemHandle> {
+        &self.handle
+    }
+
     pub fn config(&self) -> &UmemConfig {
-        &self.config
+        &self.handle.config
     }
 
     /// Chunks userspace holds idle.
@@ -70,16 +123,41 @@ impl Umem {
         self.invalid_descriptors
     }
 
+    /// Chunks given up with released zero-copy sockets.
+    pub fn lost_chunks(&self) -> u64 {
+        self.lost
+    }
+
+    /// Index values from the kernel's side of the rings that were out of range.
+    pub fn ring_anomalies(&self) -> u64 {
+        self.sockets
+            .iter()
+            .flatten()
+            .map(|s| {
+                s.rx.ring().anomalies()
+                    + s.tx.ring().anomalies()
+                    + s.fill.ring().anomalies()
+                    + s.completion.ring().anomalies()
+            })
+            .sum()
+    }
+
     pub fn socket(&self, id: SocketId) -> Option<&XskSocket> {
-        self.sockets.get(id.0).and_then(Option::as_ref)
+        self.sockets.get(id.slot as usize)?.as_ref().filter(|s| s.serial == id.serial)
+    }
+
+    fn socket_mut(&mut self, id: SocketId) -> Option<&mut XskSocket> {
+        self.sockets.get_mut(id.slot as usize)?.as_mut().filter(|s| s.serial == id.serial)
     }
 
     pub fn sockets(&self) -> impl Iterator<Item = (SocketId, &XskSocket)> {
-        self.sockets.iter().enumerate().filter_map(|(i, s)| Some((SocketId(i), s.as_ref()?)))
+        self.sockets.iter().enumerate().filter_map(|(slot, s)| {
+            let s = s.as_ref()?;
+            Some((SocketId { slot: slot as u32, serial: s.serial }, s))
+        })
     }
 
-    /// Creates a socket bound to `queue` of `interface`. The first socket registers the UMEM;
-    /// later ones share it (`XDP_SHARED_UMEM`) and inherit its copy or zero-copy mode.
+    /// Binds a socket to `queue` of `interface` on this thread and adopts it.
     pub fn open(
         &mut self,
         interface: &str,
@@ -87,283 +165,219 @@ impl Umem {
         rings: RingSizes,
         preference: BindPreference,
     ) -> Result<SocketId, XskError> {
-        let ifindex = sys::ifindex(interface)
-            .ok_or_else(|| XskError::NoSuchInterface(interface.to_owned()))?;
-        let ring_err = |ring: &'static str| {
-            let interface = interface.to_owned();
-            move |source| XskError::Ring { ring, interface, queue, source }
-        };
-        let fd = sys::xsk_socket().map_err(|e| match e.raw_os_error() {
-            Some(libc::EAFNOSUPPORT) => XskError::Unsupported(e),
-            _ => XskError::Socket(e),
-        })?;
-        let shared = self.sockets.iter().flatten().next().map(|s| s.fd.as_fd());
-        if shared.is_none() {
-            let reg = libc::xdp_umem_reg {
-                addr: self.area.map().address(),
-                len: self.area.map().len() as u64,
-                chunk_size: self.config.chunk_size,
-                headroom: self.config.headroom,
-                flags: 0,
-                tx_metadata_len: 0,
-            };
-            sys::setsockopt(fd.as_fd(), libc::SOL_XDP, libc::XDP_UMEM_REG, &reg)
-                .map_err(XskError::Register)?;
-        }
-        for (name, size) in [
-            (libc::XDP_UMEM_FILL_RING, rings.fill),
-            (libc::XDP_UMEM_COMPLETION_RING, rings.completion),
-            (libc::XDP_RX_RING, rings.rx),
-            (libc::XDP_TX_RING, rings.tx),
-        ] {
-            if !size.is_power_of_two() {
-                return Err(XskError::Config("ring sizes must be powers of two"));
-            }
-            sys::setsockopt(fd.as_fd(), libc::SOL_XDP, name, &size).map_err(ring_err("setup"))?;
-        }
-        let (off, _) = sys::getsockopt::<libc::xdp_mmap_offsets>(
-            fd.as_fd(),
-            libc::SOL_XDP,
-            libc::XDP_MMAP_OFFSETS,
-        )
-        .map_err(ring_err("offsets"))?;
-        let rx = RingMap::new(fd.as_fd(), &off.rx, libc::XDP_PGOFF_RX_RING as u64, rings.rx)
-            .map_err(ring_err("RX"))?;
-        let tx = RingMap::new(fd.as_fd(), &off.tx, libc::XDP_PGOFF_TX_RING as u64, rings.tx)
-            .map_err(ring_err("TX"))?;
-        let fill = RingMap::new(fd.as_fd(), &off.fr, libc::XDP_UMEM_PGOFF_FILL_RING, rings.fill)
-            .map_err(ring_err("fill"))?;
-        let completion = RingMap::new(
-            fd.as_fd(),
-            &off.cr,
-            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
-            rings.completion,
-        )
-        .map_err(ring_err("completion"))?;
+        let socket = XskSocket::bind(&self.handle, interface, queue, rings, preference)?;
+        Ok(self.adopt(socket))
+    }
 
-        let bind_err = |mode: &'static str, source: io::Error| {
-            let hint = match source.raw_os_error() {
-                Some(libc::EBUSY) => " (another AF_XDP socket is bound to that queue)",
-                Some(libc::EINVAL) if mode == "shared" => {
-                    " (sharing a UMEM across devices needs the same copy or zero-copy mode \
-                     on all of them: try copy mode)"
-                }
-                Some(libc::EOPNOTSUPP) => " (the driver has no AF_XDP zero-copy support)",
-                _ => "",
-            };
-            XskError::Bind { interface: interface.to_owned(), queue, mode, source, hint }
-        };
-        let wakeup = libc::XDP_USE_NEED_WAKEUP;
-        let bind = |flags, owner| {
-            bind_when_free(|| sys::xsk_bind(fd.as_fd(), ifindex, queue, flags, owner))
-        };
-        if let Some(owner) = shared {
-            // The kernel refuses mode flags with XDP_SHARED_UMEM: the mode is the UMEM's.
-            bind(libc::XDP_SHARED_UMEM, Some(owner)).map_err(|e| bind_err("shared", e))?;
-        } else {
-            let zero_copy = || bind(libc::XDP_ZEROCOPY | wakeup, None);
-            let copy = || bind(libc::XDP_COPY | wakeup, None);
-            match preference {
-                BindPreference::ZeroCopy => zero_copy().map_err(|e| bind_err("zero-copy", e))?,
-                BindPreference::Copy => copy().map_err(|e| bind_err("copy", e))?,
-                BindPreference::Auto => match zero_copy() {
-                    Ok(()) => {}
-                    // EOPNOTSUPP: no zero-copy in this driver (veth); EINVAL or EPROTONOSUPPORT
-                    // on drivers that reject the flag differently.
-                    Err(e)
-                        if matches!(
-                            e.raw_os_error(),
-                            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::EPROTONOSUPPORT)
-                        ) =>
-                    {
-                        copy().map_err(|e| bind_err("copy", e))?
-                    }
-                    Err(e) => return Err(bind_err("zero-copy", e)),
-                },
-            }
-        }
-        let (options, _) =
-            sys::getsockopt::<libc::xdp_options>(fd.as_fd(), libc::SOL_XDP, libc::XDP_OPTIONS)
-                .map_err(ring_err("options"))?;
-        let mode = if options.flags & libc::XDP_OPTIONS_ZEROCOPY != 0 {
-            BindMode::ZeroCopy
-        } else {
-            BindMode::Copy
-        };
-        if mode == BindMode::Copy {
-            // Lets one sendto() hand up to 256 frames to the driver in copy mode instead of
-            // 32 (kernel 6.17+; DESIGN.md measured it). Older kernels lack the option: fine.
-            let budget = rings.tx.min(256);
-            let _ = sys::setsockopt(
-                fd.as_fd(),
-                libc::SOL_XDP,
-                9, /* XDP_MAX_TX_SKB_BUDGET */
-                &budget,
-            );
-        }
-        let socket = XskSocket {
-            rx: Consumer::new(rx),
-            tx: Producer::new(tx),
-            fill: Producer::new(fill),
-            completion: Consumer::new(completion),
-            fd,
-            interface: interface.to_owned(),
-            ifindex,
-            queue,
-            mode,
-            tx_in_flight: 0,
-        };
+    /// Takes a socket bound to this UMEM into use.
+    ///
+    /// # Panics
+    /// If the socket was bound to another UMEM: its chunk addresses would name this one's.
+    pub fn adopt(&mut self, socket: XskSocket) -> SocketId {
+        assert_eq!(socket.umem, self.handle.id, "a socket of another UMEM");
+        let id = SocketId { slot: 0, serial: socket.serial };
         let slot = self.sockets.iter().position(Option::is_none).unwrap_or(self.sockets.len());
         if slot == self.sockets.len() {
             self.sockets.push(None);
         }
         self.sockets[slot] = Some(socket);
-        Ok(SocketId(slot))
+        SocketId { slot: slot as u32, ..id }
     }
 
-    /// Closes a socket and takes back the chunks still on its rings. Returns how many chunks
-    /// could not be taken back (in the kernel's hands when it closed, e.g. frames on their
-    /// way out of a zero-copy driver).
-    pub fn close(&mut self, id: SocketId) -> u32 {
-        let Some(socket) = self.sockets.get_mut(id.0).and_then(Option::take) else {
-            return 0;
-        };
-        let XskSocket { mut rx, tx, mut fill, mut completion, fd, tx_in_flight, .. } = socket;
-        let fill_outstanding = fill.outstanding();
-        // Closing first: the kernel no longer touches the rings, which stay mapped.
-        drop(fd);
-        let mut chunks = Vec::new();
-        rx.drain(u32::MAX, |d: Desc| chunks.push(d.addr));
-        completion.drain(u32::MAX, |a| chunks.push(a));
-        tx.unconsumed(|d| d.addr, &mut chunks);
-        fill.unconsumed(|a| a, &mut chunks);
-        let before = self.free.len();
-        for addr in chunks {
-            if let Some(chunk) =
-                take(&mut self.state, &mut self.invalid_descriptors, self.config.chunk_size, addr)
-            {
-                self.free.push(chunk);
+    /// Takes a socket out of use, to be released (here or on another thread); the chunks on
+    /// its rings stay the kernel's until [`Umem::reclaim`] is given the [`Released`] proof.
+    pub fn retire(&mut self, id: SocketId) -> Option<XskSocket> {
+        let slot = self.sockets.get_mut(id.slot as usize)?;
+        if slot.as_ref().is_some_and(|s| s.serial == id.serial) { slot.take() } else { None }
+    }
+
+    /// Takes back what a released socket held. After a copy-mode socket is released the
+    /// kernel holds none of its chunks (it copied frames in and out within its system calls);
+    /// a zero-copy socket's chunks may still be written by the driver until the kernel's
+    /// deferred release, so they are counted lost and never reused.
+    ///
+    /// # Panics
+    /// If the socket was another UMEM's.
+    pub fn reclaim(&mut self, released: Released) -> u32 {
+        assert_eq!(released.umem, self.handle.id, "a socket of another UMEM");
+        let fill = on_ring(FILL, released.serial);
+        let tx = on_ring(TX, released.serial);
+        let mut reclaimed = 0;
+        for (index, state) in self.state.iter_mut().enumerate() {
+            if *state == fill || *state == tx {
+                match released.mode {
+                    BindMode::Copy => {
+                        *state = FREE;
+                        self.free.push(index as u32);
+                        reclaimed += 1;
+                    }
+                    // Left in its state: no socket has that serial any more, so nothing
+                    // can move it again.
+                    BindMode::ZeroCopy => self.lost += 1,
+                }
             }
         }
-        let reclaimed = (self.free.len() - before) as u32;
-        (fill_outstanding + tx_in_flight).saturating_sub(reclaimed)
+        reclaimed
+    }
+
+    /// Closes a socket here and takes back its chunks. Returns how many chunks could not be
+    /// taken back (a zero-copy socket's: see [`Umem::reclaim`]).
+    pub fn close(&mut self, id: SocketId) -> u64 {
+        let Some(socket) = self.retire(id) else { return 0 };
+        let before = self.lost;
+        let _ = self.reclaim(socket.release());
+        self.lost - before
     }
 
     /// Returns a chunk to the free list.
+    ///
+    /// # Panics
+    /// If the chunk is another UMEM's.
     #[inline]
     pub fn release(&mut self, chunk: Chunk) {
-        self.free.push(chunk);
+        assert_eq!(chunk.umem, self.handle.id, "a chunk of another UMEM");
+        self.state[chunk.index as usize] = FREE;
+        self.free.push(chunk.index);
     }
 
     /// Takes a free chunk (to build a frame from scratch).
     pub fn allocate(&mut self) -> Option<Chunk> {
-        self.free.pop()
+        let index = self.free.pop()?;
+        self.state[index as usize] = USER;
+        Some(Chunk { umem: self.handle.id, index })
     }
 
-    /// Tops the socket's fill ring up to `target` chunks owned by the kernel. Returns how
-    /// many were added.
+    /// Where a received frame starts in its chunk: the kernel's headroom plus ours. A frame
+    /// built from scratch starts there too, so that it has the same room in front.
+    pub fn frame_headroom(&self) -> u32 {
+        XDP_PACKET_HEADROOM + self.handle.config.headroom
+    }
+
+    /// Chunks the socket's fill ring holds (the kernel's, not yet used for a frame).
+    pub fn fill_level(&mut self, id: SocketId) -> u32 {
+        self.socket_mut(id).map_or(0, |s| s.fill.outstanding())
+    }
+
+    /// Tops the socket's fill ring up to `target` chunks, as far as free chunks go. Returns
+    /// how many were added.
     pub fn refill(&mut self, id: SocketId, target: u32) -> u32 {
-        let Some(socket) = self.sockets.get_mut(id.0).and_then(Option::as_mut) else {
+        let chunk_size = u64::from(self.handle.config.chunk_size);
+        let Some(socket) = self.sockets.get_mut(id.slot as usize).and_then(Option::as_mut) else {
             return 0;
         };
+        if socket.serial != id.serial {
+            return 0;
+        }
         let outstanding = socket.fill.outstanding();
         let wanted = target.saturating_sub(outstanding).min(self.free.len() as u32);
         if wanted == 0 {
             return 0;
         }
-        let chunk_size = u64::from(self.config.chunk_size);
+        let state = on_ring(FILL, socket.serial);
         let mut reservation = socket.fill.reserve(wanted);
         let mut added = 0;
         while reservation.remaining() > 0 {
-            let Some(chunk) = self.free.pop() else { break };
-            self.state[chunk.0 as usize] = KERNEL;
-            let _ = reservation.push(u64::from(chunk.0) * chunk_size);
+            let Some(index) = self.free.pop() else { break };
+            self.state[index as usize] = state;
+            let _ = reservation.push(u64::from(index) * chunk_size);
             added += 1;
         }
         drop(reservation);
-        if added > 0 && socket.fill.ring.needs_wakeup() {
+        if added > 0 && socket.fill.ring().needs_wakeup() {
             // Zero-copy drivers wait for this to look at the fill ring again.
-            let _ = sys::xsk_kick_rx(socket.fd.as_fd());
+            socket.kick_rx();
         }
         added
     }
 
     /// Takes up to `max` received frames off the socket's RX ring into `out`.
     pub fn receive(&mut self, id: SocketId, max: u32, out: &mut Vec<Packet>) -> u32 {
-        let Some(socket) = self.sockets.get_mut(id.0).and_then(Option::as_mut) else {
+        let umem = self.handle.id;
+        let chunk_size = u64::from(self.handle.config.chunk_size);
+        let Some(socket) = self.sockets.get_mut(id.slot as usize).and_then(Option::as_mut) else {
             return 0;
         };
-        let chunk_size = u64::from(self.config.chunk_size);
-        let state = &mut self.state;
-        let invalid = &mut self.invalid_descriptors;
+        if socket.serial != id.serial {
+            return 0;
+        }
+        let expected = on_ring(FILL, socket.serial);
         let before = out.len();
-        socket.rx.drain(max, |d: Desc| {
-            let index = d.addr / chunk_size;
-            let head = d.addr % chunk_size;
-            let valid = usize::try_from(index)
-                .ok()
-                .and_then(|i| state.get_mut(i))
-                .filter(|s| **s == KERNEL && head + u64::from(d.len) <= chunk_size);
-            match valid {
-                Some(s) => {
+        for d in socket.rx.batch(max) {
+            let (index, head) = (d.addr / chunk_size, d.addr % chunk_size);
+            let state = usize::try_from(index).ok().and_then(|i| self.state.get_mut(i));
+            match state {
+                Some(s) if *s == expected && head + u64::from(d.len) <= chunk_size => {
                     *s = USER;
                     let span = Span { head: head as u32, len: d.len };
-                    out.push(Packet { chunk: Chunk(index as u32), span });
+                    out.push(Packet { chunk: Chunk { umem, index: index as u32 }, span });
                 }
-                None => *invalid += 1,
+                _ => self.invalid_descriptors += 1,
             }
-        });
+        }
         (out.len() - before) as u32
     }
 
     /// Lends the bytes of each packet's chunk with the packet's span, in order, for the
     /// engine to rewrite the frame in place (it moves the span as it does).
+    ///
+    /// # Panics
+    /// If a packet's chunk is another UMEM's.
     pub fn lend<'a>(
         &'a mut self,
         packets: &'a mut [Packet],
-        scratch: &mut Vec<u32>,
         mut each: impl FnMut(&'a mut [u8], &'a mut Span),
     ) {
-        scratch.clear();
-        scratch.extend(packets.iter().map(|p| p.chunk.0));
-        let mut spans = packets.iter_mut().map(|p| &mut p.span);
-        self.area.lend(scratch, |buffer| {
-            if let Some(span) = spans.next() {
-                each(buffer, span);
-            }
-        });
-    }
-
-    /// Where a received frame starts in its chunk: the kernel's headroom plus ours. A frame
-    /// built from scratch starts there too, so that it has the same room in front.
-    pub fn frame_headroom(&self) -> u32 {
-        XDP_PACKET_HEADROOM + self.config.headroom
+        let chunk_size = self.handle.config.chunk_size as usize;
+        let area: &'a SharedMemory = &self.handle.area;
+        for packet in packets.iter_mut() {
+            let chunk = &packet.chunk;
+            assert_eq!(chunk.umem, self.handle.id, "a chunk of another UMEM");
+            debug_assert_eq!(self.state[chunk.index as usize], USER);
+            // SAFETY: `chunk` is a token of this UMEM (asserted), so its chunk is in state
+            // USER: on no ring and in no driver's hands (the module invariant), and the kernel
+            // does not touch it. Tokens are unique per chunk, so the packets of this call name
+            // distinct chunks and their slices do not overlap; the slices live for `'a`, for
+            // which `self` (every other way to lend or give away a chunk) and the packets
+            // (the tokens) are borrowed exclusively. The index is below the chunk count (only
+            // this UMEM makes its tokens), so the range lies inside the area.
+            let bytes = unsafe { area.bytes_mut(chunk.index as usize * chunk_size, chunk_size) };
+            each(bytes, &mut packet.span);
+        }
     }
 
     /// Puts packets from `pending` on the socket's TX ring, as many as fit, and wakes the
     /// kernel when it asks for it (always, in copy mode: the transmit happens in that call).
     /// The packets that did not fit stay in `pending`.
+    ///
+    /// # Panics
+    /// If a packet's chunk is another UMEM's.
     pub fn transmit(&mut self, id: SocketId, pending: &mut Vec<Packet>) -> TxOutcome {
         let mut outcome = TxOutcome::default();
-        let Some(socket) = self.sockets.get_mut(id.0).and_then(Option::as_mut) else {
+        let umem = self.handle.id;
+        let chunk_size = u64::from(self.handle.config.chunk_size);
+        let Some(socket) = self.sockets.get_mut(id.slot as usize).and_then(Option::as_mut) else {
             return outcome;
         };
+        if socket.serial != id.serial {
+            return outcome;
+        }
         if !pending.is_empty() {
-            let chunk_size = u64::from(self.config.chunk_size);
+            let state = on_ring(TX, socket.serial);
             let mut reservation = socket.tx.reserve(pending.len() as u32);
             let n = reservation.remaining() as usize;
             for packet in pending.drain(..n) {
+                assert_eq!(packet.chunk.umem, umem, "a chunk of another UMEM");
                 outcome.bytes += u64::from(packet.span.len);
-                self.state[packet.chunk.0 as usize] = KERNEL;
-                let addr = u64::from(packet.chunk.0) * chunk_size + u64::from(packet.span.head);
-                let _ = reservation.push(Desc { addr, len: packet.span.len });
+                self.state[packet.chunk.index as usize] = state;
+                let addr = u64::from(packet.chunk.index) * chunk_size + u64::from(packet.span.head);
+                let _ = reservation.push(Desc { addr, len: packet.span.len, options: 0 });
             }
             drop(reservation);
             socket.tx_in_flight += n as u32;
             outcome.queued = n as u32;
         }
-        if socket.tx_in_flight > 0 && socket.tx.ring.needs_wakeup() {
-            if let Err(e) = sys::xsk_kick_tx(socket.fd.as_fd()) {
+        if socket.tx_in_flight > 0 && socket.tx.ring().needs_wakeup() {
+            if let Err(e) = socket.kick_tx() {
                 // EAGAIN / EBUSY / ENOBUFS: the kernel will take the rest on the next call.
                 outcome.interface_down =
                     matches!(e.raw_os_error(), Some(libc::ENETDOWN | libc::ENXIO));
@@ -374,67 +388,165 @@ impl Umem {
 
     /// Reaps the socket's completion ring into the free list; returns how many.
     pub fn complete(&mut self, id: SocketId) -> u32 {
-        let Some(socket) = self.sockets.get_mut(id.0).and_then(Option::as_mut) else {
+        let chunk_size = u64::from(self.handle.config.chunk_size);
+        let Some(socket) = self.sockets.get_mut(id.slot as usize).and_then(Option::as_mut) else {
             return 0;
         };
-        let mut addrs = [0u64; 256];
+        if socket.serial != id.serial {
+            return 0;
+        }
+        let expected = on_ring(TX, socket.serial);
         let mut total = 0;
-        loop {
-            let mut n = 0;
-            socket.completion.drain(addrs.len() as u32, |a| {
-                addrs[n] = a;
-                n += 1;
-            });
-            socket.tx_in_flight = socket.tx_in_flight.saturating_sub(n as u32);
-            total += n as u32;
-            for &addr in &addrs[..n] {
-                let chunk_size = self.config.chunk_size;
-                if let Some(chunk) =
-                    take(&mut self.state, &mut self.invalid_descriptors, chunk_size, addr)
-                {
-                    self.free.push(chunk);
+        for addr in socket.completion.batch(u32::MAX) {
+            total += 1;
+            let index = addr / chunk_size;
+            match usize::try_from(index).ok().and_then(|i| self.state.get_mut(i)) {
+                Some(s) if *s == expected => {
+                    *s = FREE;
+                    self.free.push(index as u32);
                 }
-            }
-            if n < addrs.len() {
-                return total;
+                _ => self.invalid_descriptors += 1,
             }
         }
+        socket.tx_in_flight = socket.tx_in_flight.saturating_sub(total);
+        total
+    }
+
+    /// The socket's mode, or `None` for a handle that names no socket.
+    pub fn mode(&self, id: SocketId) -> Option<BindMode> {
+        self.socket(id).map(XskSocket::mode)
     }
 }
 
-/// Binds, waiting up to a second while the queue is busy. A socket's hold on a queue outlives
-/// the socket: the kernel releases its buffer pool, and with it the queue, from a work queue
-/// after the last reference goes (net/xdp/xsk_buff_pool.c, `xp_release_deferred`), so a
-/// dataplane restarted at once, or another program taking over the queue, would find it busy
-/// for a few milliseconds. A queue that stays busy belongs to a live socket: that is the error.
-fn bind_when_free(bind: impl Fn() -> io::Result<()>) -> io::Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    loop {
-        match bind() {
-            Err(e)
-                if e.raw_os_error() == Some(libc::EBUSY)
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            other => return other,
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::xsk::memory::KernelEnd;
 
-/// The chunk a kernel-provided address names, if the kernel owned it; otherwise the address
-/// is counted as invalid.
-#[inline]
-fn take(state: &mut [u8], invalid: &mut u64, chunk_size: u32, addr: u64) -> Option<Chunk> {
-    let index = addr / u64::from(chunk_size);
-    match usize::try_from(index).ok().and_then(|i| state.get_mut(i)) {
-        Some(s) if *s == KERNEL => {
-            *s = USER;
-            Some(Chunk(index as u32))
+    fn umem(chunks: u32) -> Umem {
+        Umem::new(UmemConfig { chunks, ..UmemConfig::default() }).unwrap()
+    }
+
+    fn socket(umem: &mut Umem, mode: BindMode) -> (SocketId, KernelEnd) {
+        let (socket, end) =
+            XskSocket::in_memory(umem.handle(), "mem0", 0, RingSizes::all(64), mode);
+        (umem.adopt(socket), end)
+    }
+
+    fn bytes_of(umem: &mut Umem, packet: &mut Packet) -> Vec<u8> {
+        let mut out = Vec::new();
+        umem.lend(std::slice::from_mut(packet), |chunk, span| {
+            out = chunk[span.head as usize..span.end()].to_vec();
+        });
+        out
+    }
+
+    #[test]
+    fn frames_go_round_and_every_chunk_comes_back() {
+        let mut umem = umem(256);
+        let (id, mut kernel) = socket(&mut umem, BindMode::Copy);
+        assert_eq!(umem.refill(id, 32), 32);
+        assert_eq!(kernel.fill_level(), 32);
+        for i in 0..5u8 {
+            assert!(kernel.deliver(&[i; 60]));
         }
-        _ => {
-            *invalid += 1;
-            None
+        let mut rx = Vec::new();
+        assert_eq!(umem.receive(id, 64, &mut rx), 5);
+        for (i, packet) in rx.iter_mut().enumerate() {
+            assert_eq!(packet.span.head, umem.frame_headroom());
+            assert_eq!(bytes_of(&mut umem, packet), [i as u8; 60]);
         }
+        // Rewritten in place, then sent back out.
+        umem.lend(&mut rx, |chunk, span| chunk[span.head as usize] = 0xee);
+        let outcome = umem.transmit(id, &mut rx);
+        assert_eq!((outcome.queued, outcome.bytes), (5, 300));
+        let sent = kernel.transmitted();
+        assert_eq!(sent.len(), 5);
+        assert!(sent.iter().all(|f| f[0] == 0xee && f.len() == 60));
+        assert_eq!(umem.complete(id), 5);
+        assert_eq!(umem.free_chunks(), 256 - 27, "27 still on the fill ring");
+        assert_eq!(umem.invalid_descriptors(), 0);
+        let released = umem.retire(id).unwrap().release();
+        assert_eq!(umem.reclaim(released), 27);
+        assert_eq!(umem.free_chunks(), 256);
+    }
+
+    #[test]
+    fn descriptors_for_chunks_the_kernel_does_not_hold_are_refused() {
+        let mut umem = umem(64);
+        let (a, mut kernel_a) = socket(&mut umem, BindMode::Copy);
+        let (b, mut kernel_b) = socket(&mut umem, BindMode::Copy);
+        umem.refill(a, 8);
+        let chunk_size = u64::from(umem.config().chunk_size);
+        let serial_a = umem.socket(a).unwrap().serial;
+        let on_fill_a = |umem: &Umem| {
+            (0..64u64).find(|i| umem.state[*i as usize] == on_ring(FILL, serial_a)).unwrap()
+        };
+        let mut rx = Vec::new();
+        assert!(kernel_a.deliver(&[1; 60]));
+        assert_eq!(umem.receive(a, 1, &mut rx), 1);
+        let filled = on_fill_a(&umem);
+        let free = (0..64u64).find(|i| umem.state[*i as usize] == FREE).unwrap();
+        // A chunk on the free list; one on A's fill ring, reported by B; one beyond the area;
+        // one running past its chunk's end.
+        kernel_b.inject_rx(Desc { addr: free * chunk_size + 256, len: 60, options: 0 });
+        kernel_b.inject_rx(Desc { addr: filled * chunk_size + 256, len: 60, options: 0 });
+        kernel_b.inject_rx(Desc { addr: 64 * chunk_size + 256, len: 60, options: 0 });
+        kernel_a.inject_rx(Desc { addr: filled * chunk_size + 2000, len: 100, options: 0 });
+        assert_eq!(umem.receive(b, 64, &mut rx), 0);
+        assert_eq!(umem.receive(a, 64, &mut rx), 0);
+        assert_eq!(umem.invalid_descriptors(), 4);
+        // A completion for a chunk on a fill ring, and for the chunk userspace holds.
+        kernel_a.inject_completion(filled * chunk_size);
+        kernel_a.inject_completion(u64::from(rx[0].chunk.index()) * chunk_size);
+        assert_eq!(umem.complete(a), 2);
+        assert_eq!(umem.invalid_descriptors(), 6);
+        assert_eq!(umem.state[filled as usize], on_ring(FILL, serial_a), "left where it was");
+    }
+
+    #[test]
+    fn a_released_zero_copy_socket_keeps_its_chunks() {
+        let mut umem = umem(64);
+        let (id, _kernel) = socket(&mut umem, BindMode::ZeroCopy);
+        umem.refill(id, 16);
+        assert_eq!(umem.close(id), 16);
+        assert_eq!(umem.lost_chunks(), 16);
+        assert_eq!(umem.free_chunks(), 48);
+    }
+
+    #[test]
+    fn a_stale_socket_handle_names_nothing() {
+        let mut umem = umem(64);
+        let (old, _kernel) = socket(&mut umem, BindMode::Copy);
+        umem.close(old);
+        let (new, _kernel) = socket(&mut umem, BindMode::Copy);
+        assert_ne!(old, new);
+        assert!(umem.socket(old).is_none());
+        assert_eq!(umem.refill(old, 8), 0);
+        assert!(umem.socket(new).is_some());
+    }
+
+    #[test]
+    fn a_full_tx_ring_leaves_the_rest_pending() {
+        let mut umem = umem(256);
+        let (id, mut kernel) = socket(&mut umem, BindMode::Copy);
+        let headroom = umem.frame_headroom() as usize;
+        let mut pending: Vec<Packet> = (0..100)
+            .map(|_| Packet { chunk: umem.allocate().unwrap(), span: Span::new(headroom, 64) })
+            .collect();
+        assert_eq!(umem.transmit(id, &mut pending).queued, 64);
+        assert_eq!(pending.len(), 36);
+        assert_eq!(kernel.transmitted().len(), 64);
+        umem.complete(id);
+        assert_eq!(umem.transmit(id, &mut pending).queued, 36);
+    }
+
+    #[test]
+    #[should_panic(expected = "a chunk of another UMEM")]
+    fn a_token_of_another_umem_is_refused() {
+        let mut a = umem(8);
+        let mut b = umem(8);
+        let chunk = a.allocate().unwrap();
+        b.release(chunk);
     }
 }
