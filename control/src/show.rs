@@ -140,7 +140,8 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
         let _ = writeln!(
             out,
             "worker {}: rx {} frames / {} bytes; encap {}, decap {}, local {}, reply {}, host {}; \
-             no socket {}; handoff in {}, dropped {}; free chunks {}",
+             no socket {}; handoff in {}, dropped {}; free chunks {} in {} UMEM(s), none free {} \
+             times; longest round {} µs",
             w.worker,
             w.rx_frames,
             w.rx_bytes,
@@ -152,7 +153,10 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
             w.no_socket,
             w.handoff_in,
             w.handoff_dropped,
-            w.free_chunks
+            w.free_chunks,
+            w.umems,
+            w.chunk_exhausted,
+            w.longest_round_us
         );
         if !w.drops.is_empty() {
             let drops: Vec<String> = w.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -188,6 +192,7 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
                 "TX PKTS",
                 "TX BYTES",
                 "TX DROP",
+                "FILL",
                 "RX RING FULL",
                 "FILL EMPTY",
                 "KERNEL DROP",
@@ -206,6 +211,7 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
                 s.tx_packets.to_string(),
                 s.tx_bytes.to_string(),
                 s.tx_dropped.to_string(),
+                s.fill_level.to_string(),
                 s.rx_ring_full.to_string(),
                 s.rx_fill_ring_empty.to_string(),
                 s.rx_dropped.to_string(),

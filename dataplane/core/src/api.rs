@@ -210,10 +210,19 @@ pub struct WorkerCounters {
     pub no_socket: u64,
     pub handoff_in: u64,
     pub handoff_dropped: u64,
-    /// Handed-over frames dropped because the UMEM had no free chunk.
+    /// Frames dropped because a UMEM had no free chunk for them (a hand-over, a copy between
+    /// UMEMs, a read from the host interface).
     pub chunk_exhausted: u64,
+    /// Idle chunks, over the worker's UMEMs.
     pub free_chunks: usize,
+    /// The worker's UMEMs: 1, or 2 when pods have one of their own beside a zero-copy uplink.
+    #[serde(default)]
+    pub umems: usize,
     pub invalid_descriptors: u64,
+    /// The longest round of the worker's loop since the last publication (about a second),
+    /// in microseconds: a forwarding stall shows here.
+    #[serde(default)]
+    pub longest_round_us: u64,
     pub sockets: Vec<SocketCounters>,
     /// The worker's queue of the host interface, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -253,6 +262,9 @@ pub struct SocketCounters {
     pub rx_invalid_descs: u64,
     pub tx_invalid_descs: u64,
     pub rx_dropped: u64,
+    /// Chunks the worker keeps on the socket's fill ring (its fill budget).
+    #[serde(default)]
+    pub fill_level: u32,
 }
 
 /// The daemon's configuration as `podlane show config` prints it.

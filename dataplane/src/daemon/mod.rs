@@ -9,6 +9,7 @@
 //! link. A crash or SIGKILL leaves nothing either: every attachment is a BPF link owned by
 //! the process.
 
+mod attacher;
 mod control;
 mod host;
 mod neighbours;
@@ -172,8 +173,16 @@ fn log_line(w: &WorkerCounters) -> String {
     }
     let _ = write!(
         line,
-        "; no_socket {} handoff in {} dropped {}; icmp errors {}; returned via host {}",
-        w.no_socket, w.handoff_in, w.handoff_dropped, w.icmp_errors, w.returned_via_host
+        "; no_socket {} handoff in {} dropped {}; icmp errors {}; returned via host {}; free \
+         chunks {}, none free {} times; longest round {} µs",
+        w.no_socket,
+        w.handoff_in,
+        w.handoff_dropped,
+        w.icmp_errors,
+        w.returned_via_host,
+        w.free_chunks,
+        w.chunk_exhausted,
+        w.longest_round_us
     );
     if let Some(h) = &w.host_interface {
         let _ = write!(
@@ -220,7 +229,6 @@ pub(crate) struct Shared {
     engine: EngineConfig,
     umem: UmemConfig,
     bind: BindPreference,
-    xdp_mode: XdpModeChoice,
     poll_mode: PollMode,
     tables: Tables,
     info: DaemonInfo,
@@ -230,6 +238,38 @@ pub(crate) struct Shared {
     /// Each worker's counters, published by the worker about once a second.
     stats: Vec<Mutex<WorkerCounters>>,
     inboxes: Vec<worker::Inbox>,
+}
+
+#[cfg(test)]
+impl Shared {
+    /// State for `workers` workers over in-memory sockets, and each worker's wake-up socket.
+    pub(crate) fn for_tests(
+        tables: Tables,
+        workers: usize,
+        uplink_queues: u32,
+        engine: EngineConfig,
+        umem: UmemConfig,
+    ) -> (Arc<Shared>, Vec<std::os::unix::net::UnixDatagram>) {
+        let (inboxes, wakees) = (0..workers)
+            .map(|_| worker::Inbox::new(umem.chunk_size as usize).expect("socket pair"))
+            .unzip();
+        let shared = Shared {
+            uplink: "up0".into(),
+            uplink_queues,
+            workers,
+            engine,
+            umem,
+            bind: BindPreference::Copy,
+            poll_mode: PollMode::Event,
+            tables,
+            info: DaemonInfo::default(),
+            host_state: Mutex::new(host::HostState::default()),
+            stop: AtomicBool::new(false),
+            stats: (0..workers).map(|_| Mutex::new(WorkerCounters::default())).collect(),
+            inboxes,
+        };
+        (Arc::new(shared), wakees)
+    }
 }
 
 /// Attaches `program` in the chosen mode; `Auto` tries native, then generic.
@@ -331,7 +371,6 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         engine: engine.clone(),
         umem,
         bind: config.bind,
-        xdp_mode: config.xdp_mode,
         poll_mode: config.poll_mode,
         info: DaemonInfo {
             node: tables.node().to_owned(),
@@ -365,6 +404,18 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     });
 
     io::install_stop_handlers().map_err(DaemonError::Signals)?;
+    let wakers = shared
+        .inboxes
+        .iter()
+        .map(worker::Inbox::waker)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(DaemonError::Inbox)?;
+    let pods = attacher::XdpPods {
+        bind: config.bind,
+        xdp_mode: config.xdp_mode,
+        guard: config.host_interface.is_some(),
+    };
+    let (attacher, links) = attacher::Attacher::new(Box::new(pods), wakers);
     let uplink_map = Arc::new(XskMap::new(uplink_queues).map_err(DaemonError::UplinkMap)?);
     let uplink_program = XdpProgram::uplink(&uplink_map, node_ip, engine.vxlan_port, engine.vni)
         .map_err(DaemonError::UplinkProgram)?;
@@ -372,7 +423,17 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::new();
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-    for (index, (wakee, host_queue)) in wakees.into_iter().zip(host_queues).enumerate() {
+    let attacher_thread = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("podlane-attacher".into())
+            .spawn(move || attacher.run(&shared.stop))
+            .map_err(|source| DaemonError::WorkerThread { index: workers, source })?
+    };
+    // Joined with the workers: it ends when the stop flag is set.
+    handles.push(attacher_thread);
+    let per_worker = wakees.into_iter().zip(host_queues).zip(links);
+    for (index, ((wakee, host_queue), attacher)) in per_worker.enumerate() {
         let core = config.cores.get(index).map(|&id| {
             core_ids.iter().copied().find(|c| c.id == id).unwrap_or(core_affinity::CoreId { id })
         });
@@ -384,6 +445,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             uplink_map: uplink_map.clone(),
             wakee,
             host_queue,
+            attacher,
         };
         let handle = worker::spawn(setup, ready_tx.clone())
             .map_err(|source| DaemonError::WorkerThread { index, source })?;

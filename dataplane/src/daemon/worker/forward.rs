@@ -1,18 +1,16 @@
 //! The forwarding path of a worker: a burst received on a port goes through the pipeline as
 //! one batch, and each frame's chunk — rewritten in place — is queued on the port its verdict
-//! names (the same UMEM, so nothing is copied), handed to the worker that owns its pod, or
-//! released. Then every port transmits what waits, reaps completions and tops up its fill
-//! ring.
+//! names (the same UMEM, so nothing is copied, except between a zero-copy uplink's UMEM and
+//! the pods'), handed to the worker that owns its pod, or released. Then every port transmits
+//! what waits, reaps completions and tops up its fill ring.
 
 use super::Worker;
 use super::inbox::Destination;
 use super::pods::Slot;
-use super::port::PortId;
+use super::port::{PortId, PortKind};
 use crate::engine::{Frame, Ingress, Verdict};
 use crate::io::xsk::Packet;
 use crate::table::{EndpointId, Snapshot};
-
-use super::port::PortKind;
 
 /// Where a frame goes from this worker.
 #[derive(Debug, Clone, Copy)]
@@ -62,25 +60,29 @@ impl Worker {
     /// frames received.
     pub(super) fn receive(&mut self, port: PortId, snapshot: &Snapshot) -> usize {
         let Some(p) = self.ports.get(port) else { return 0 };
-        let (socket, ingress) = match p.kind {
-            PortKind::Uplink => (p.socket, Ingress::Uplink),
-            PortKind::Pod(endpoint) => (p.socket, Ingress::Pod(endpoint)),
+        let (socket, umem) = (p.socket, p.umem);
+        let ingress = match p.kind {
+            PortKind::Uplink => Ingress::Uplink,
+            PortKind::Pod(endpoint) => Ingress::Pod(endpoint),
         };
         self.rx.clear();
-        let n = self.umem.receive(socket, super::BURST as u32, &mut self.rx);
+        let n = self.umems.get(umem).receive(socket, super::BURST as u32, &mut self.rx);
         if n == 0 {
             return 0;
         }
         let bytes: u64 = self.rx.iter().map(|pkt| u64::from(pkt.span.len)).sum();
         if let Some(p) = self.ports.get_mut(port) {
             p.received(n, bytes);
+            if matches!(p.kind, PortKind::Pod(_)) {
+                p.fill_target = self.budget.after_pod_burst(p.fill_target, n);
+            }
         }
         self.process_received(ingress, Target::Port(port), snapshot);
         n as usize
     }
 
-    /// Runs the frames in `self.rx` through the pipeline as one batch from `ingress`, and
-    /// sends each where its verdict says (`reply_to` for replies).
+    /// Runs the frames in `self.rx` (all of one UMEM) through the pipeline as one batch from
+    /// `ingress`, and sends each where its verdict says (`reply_to` for replies).
     pub(super) fn process_received(
         &mut self,
         ingress: Ingress,
@@ -88,9 +90,11 @@ impl Worker {
         snapshot: &Snapshot,
     ) {
         let n = self.rx.len();
+        let Some(first) = self.rx.first() else { return };
+        let umem = self.umems.of(&first.chunk);
         {
             let mut frames = recycle(std::mem::take(&mut self.frames));
-            self.umem.lend(&mut self.rx, |buffer, span| {
+            self.umems.get(umem).lend(&mut self.rx, |buffer, span| {
                 frames.push(Frame::new(buffer, span));
             });
             let verdicts = &mut self.verdicts[..n];
@@ -105,7 +109,7 @@ impl Worker {
                 Verdict::Reply => reply_to,
                 Verdict::Host => Target::Host,
                 Verdict::Drop(_) => {
-                    self.umem.release(packet.chunk);
+                    self.umems.release(packet);
                     continue;
                 }
             };
@@ -126,27 +130,34 @@ impl Worker {
             return;
         }
         match target {
-            Target::Port(port) => match self.ports.get_mut(port) {
-                Some(p) => {
-                    if let Err(packet) = p.queue(packet) {
-                        self.umem.release(packet.chunk);
-                    }
-                }
-                None => {
-                    self.io_counters.no_socket += 1;
-                    self.umem.release(packet.chunk);
-                }
-            },
+            Target::Port(port) => self.queue(port, packet),
             Target::Host => self.send_host(packet),
             Target::Worker { worker, endpoint, instance } => {
                 let destination = Destination::Pod { endpoint, instance };
                 self.hand_off(worker, destination, &mut packet);
-                self.umem.release(packet.chunk);
+                self.umems.release(packet);
             }
             Target::Nowhere => {
                 self.io_counters.no_socket += 1;
-                self.umem.release(packet.chunk);
+                self.umems.release(packet);
             }
+        }
+    }
+
+    /// Queues a frame on a port, in a chunk of the port's UMEM (copied there if it is in the
+    /// other one).
+    fn queue(&mut self, port: PortId, packet: Packet) {
+        let Some(umem) = self.ports.get(port).map(|p| p.umem) else {
+            self.io_counters.no_socket += 1;
+            self.umems.release(packet);
+            return;
+        };
+        let Some(packet) = self.umems.move_into(packet, umem) else {
+            self.io_counters.chunk_exhausted += 1;
+            return;
+        };
+        if let Err(packet) = self.ports.queue(port, packet, self.budget.pending_limit) {
+            self.umems.release(packet);
         }
     }
 
@@ -156,7 +167,7 @@ impl Worker {
         }
         let mut back = false;
         let pipeline = &mut self.pipeline;
-        self.umem.lend(std::slice::from_mut(packet), |buffer, span| {
+        self.umems.lend_one(packet, |buffer, span| {
             let frame = buffer.get(span.head as usize..span.end()).unwrap_or_default();
             back = pipeline.returns_via_host(endpoint, frame);
         });
@@ -165,22 +176,15 @@ impl Worker {
 
     /// Transmits what is pending on every port, reaps completions, refills.
     pub(super) fn flush(&mut self) {
-        let mut down = Vec::new();
-        for (_, p) in self.ports.iter_mut() {
+        let umems = &mut self.umems;
+        self.ports.transmit_all(|_, p| {
+            let umem = umems.get(p.umem);
             // Also with nothing pending: frames still in flight may need another kick.
-            let outcome = self.umem.transmit(p.socket, &mut p.pending);
+            let outcome = umem.transmit(p.socket, &mut p.pending);
             p.stats.tx_packets += u64::from(outcome.queued);
             p.stats.tx_bytes += outcome.bytes;
-            if outcome.interface_down
-                && let PortKind::Pod(endpoint) = p.kind
-            {
-                down.push(endpoint);
-            }
-            self.umem.complete(p.socket);
-            self.umem.refill(p.socket, p.fill_target);
-        }
-        for endpoint in down {
-            self.interface_gone(endpoint);
-        }
+            umem.complete(p.socket);
+            umem.refill(p.socket, p.fill_target);
+        });
     }
 }

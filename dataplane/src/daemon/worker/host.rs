@@ -37,16 +37,17 @@ impl Worker {
     /// number of packets read.
     pub(super) fn receive_host(&mut self, snapshot: &Snapshot) -> usize {
         let Some(host) = self.host.as_mut() else { return 0 };
-        let headroom = self.umem.frame_headroom() as usize;
+        let pods = self.umems.pods();
+        let headroom = self.umems.get(pods).frame_headroom() as usize;
         self.rx.clear();
         while self.rx.len() < super::BURST {
-            let Some(chunk) = self.umem.allocate() else {
+            let Some(chunk) = self.umems.get(pods).allocate() else {
                 self.io_counters.chunk_exhausted += 1;
                 break;
             };
             let mut packet = Packet { chunk, span: Span::new(headroom, 0) };
             let mut read = Ok(None);
-            self.umem.lend(std::slice::from_mut(&mut packet), |buffer, span| {
+            self.umems.lend_one(&mut packet, |buffer, span| {
                 let room = buffer.len() - headroom - ETH;
                 read = host.tun.receive(&mut buffer[headroom + ETH..]).map(|n| {
                     n.map(|n| {
@@ -72,15 +73,15 @@ impl Worker {
                 // Filled the chunk to its end: the packet may be longer, and cut.
                 Ok(Some((_, true))) => {
                     host.counters.rx_too_long += 1;
-                    self.umem.release(packet.chunk);
+                    self.umems.release(packet);
                 }
                 Ok(None) => {
-                    self.umem.release(packet.chunk);
+                    self.umems.release(packet);
                     break;
                 }
                 Err(e) => {
                     tracing::warn!(worker = self.index, "reading the host interface: {e}");
-                    self.umem.release(packet.chunk);
+                    self.umems.release(packet);
                     break;
                 }
             }
@@ -102,7 +103,7 @@ impl Worker {
         let mut rx = std::mem::take(&mut self.rx);
         for mut packet in rx.drain(..) {
             let mut source = None;
-            self.umem.lend(std::slice::from_mut(&mut packet), |buffer, span| {
+            self.umems.lend_one(&mut packet, |buffer, span| {
                 source = buffer.get(span.head as usize + ETH..span.end()).and_then(source_of);
             });
             let owner = match source.and_then(|ip| snapshot.route(ip)) {
@@ -115,7 +116,7 @@ impl Worker {
             match owner {
                 Some(worker) => {
                     self.hand_off(worker, Destination::HostIngress, &mut packet);
-                    self.umem.release(packet.chunk);
+                    self.umems.release(packet);
                 }
                 None => self.rx.push(packet),
             }
@@ -129,11 +130,11 @@ impl Worker {
     /// Hands a frame's IP packet to the host interface and releases its chunk.
     pub(super) fn send_host(&mut self, mut packet: Packet) {
         let Some(host) = self.host.as_mut() else {
-            self.umem.release(packet.chunk);
+            self.umems.release(packet);
             return;
         };
         let mut sent = false;
-        self.umem.lend(std::slice::from_mut(&mut packet), |buffer, span| {
+        self.umems.lend_one(&mut packet, |buffer, span| {
             let ip = buffer.get(span.head as usize + ETH..span.end()).unwrap_or_default();
             sent = !ip.is_empty() && matches!(host.tun.send(ip), Ok(true));
         });
@@ -143,7 +144,7 @@ impl Worker {
         } else {
             host.counters.tx_dropped += 1;
         }
-        self.umem.release(packet.chunk);
+        self.umems.release(packet);
     }
 }
 

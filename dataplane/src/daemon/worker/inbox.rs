@@ -68,6 +68,11 @@ impl Inbox {
         };
         Ok((inbox, wakee))
     }
+
+    /// Another handle to wake the inbox's owner with.
+    pub(crate) fn waker(&self) -> std::io::Result<UnixDatagram> {
+        self.waker.try_clone()
+    }
 }
 
 impl Worker {
@@ -89,7 +94,7 @@ impl Worker {
         let mut bytes =
             inbox.spare.pop().unwrap_or_else(|| vec![0u8; inbox.capacity].into_boxed_slice());
         let mut copied = false;
-        self.umem.lend(std::slice::from_mut(packet), |chunk, span| {
+        self.umems.lend_one(packet, |chunk, span| {
             if let Some(src) = chunk.get(span.head as usize..span.end()) {
                 bytes[..len].copy_from_slice(src);
                 copied = true;
@@ -107,7 +112,9 @@ impl Worker {
     pub(super) fn drain_inbox(&mut self, snapshot: &Snapshot) -> usize {
         let shared = self.shared.clone();
         let inbox = &shared.inboxes[self.index];
-        let headroom = self.umem.frame_headroom() as usize;
+        let pods = self.umems.pods();
+        let headroom = self.umems.get(pods).frame_headroom() as usize;
+        let chunk_size = self.umems.get(pods).config().chunk_size as usize;
         let mut n = 0;
         let mut host_batch = Vec::new();
         while let Some(handoff) = inbox.queue.pop() {
@@ -122,12 +129,12 @@ impl Worker {
                 },
                 Destination::HostIngress => Some(Target::Host),
             };
-            let fits = headroom + handoff.len <= self.umem.config().chunk_size as usize;
+            let fits = headroom + handoff.len <= chunk_size;
             match (target, fits) {
-                (Some(target), true) => match self.umem.allocate() {
+                (Some(target), true) => match self.umems.get(pods).allocate() {
                     Some(chunk) => {
                         let mut packet = Packet { chunk, span: Span::new(headroom, handoff.len) };
-                        self.umem.lend(std::slice::from_mut(&mut packet), |dst, span| {
+                        self.umems.lend_one(&mut packet, |dst, span| {
                             dst[span.head as usize..span.end()]
                                 .copy_from_slice(&handoff.bytes[..handoff.len]);
                         });

@@ -1,28 +1,38 @@
-//! One forwarding worker: a thread pinned to a core that owns a UMEM, the AF_XDP sockets on
-//! it (its uplink queues and its pods' interfaces), a pipeline and its counters.
+//! One forwarding worker: a thread pinned to a core that owns its UMEMs, the AF_XDP sockets
+//! on them (its uplink queues and its pods' interfaces), a pipeline and its counters.
 //!
-//! The loop: follow a new snapshot if there is one ([`pods`]), then for each port take a
-//! burst of up to [`BURST`] received frames through the pipeline and onto the ports their
-//! verdicts name ([`forward`]), take what other workers handed over ([`inbox`]), transmit,
-//! reap completions, top up fill rings. With nothing received, the worker sleeps in poll(2)
-//! (event mode, the default) or spins (spin mode). Once a second it looks after its pods,
-//! busy polling and counters ([`stats`]).
+//! The loop ([`Worker::turn`]): take the attacher's answers, follow a new snapshot if there
+//! is one ([`pods`]), then for each port take a burst of up to [`BURST`] received frames
+//! through the pipeline and onto the ports their verdicts name ([`forward`]), read the host
+//! interface ([`host`]), take what other workers handed over ([`inbox`]), transmit, reap
+//! completions, top up fill rings. With nothing received, the worker sleeps in poll(2) (event
+//! mode, the default) or spins (spin mode). Once a second it looks after its pods' fill
+//! levels and retries, busy polling and counters ([`stats`]). Nothing in the loop waits on
+//! the kernel beyond the socket calls of the data path: attaching and detaching pods is the
+//! attacher's.
 //!
 //! * [`assign`] — which worker owns which uplink queue and which pod.
+//! * [`umems`] — one UMEM, or two beside a zero-copy uplink, and copies between them.
+//! * [`budget`] — how the chunks are shared among fill rings and waiting frames.
 //! * [`port`] — a socket as a port: pending transmissions, fill level, counters.
-//! * [`pods`] — the local endpoints slot by slot: attached, waiting, or another worker's.
+//! * [`pods`] — the local endpoints slot by slot: being attached, attached, waiting, or
+//!   another worker's.
 //! * [`forward`] — receive, route verdicts, transmit.
 //! * [`inbox`] — frames for pods another worker owns.
 //! * [`host`] — the worker's queue of the host interface.
 //! * [`stats`] — the counters a worker publishes.
 
 mod assign;
+mod budget;
 mod forward;
 mod host;
 mod inbox;
 mod pods;
 mod port;
 mod stats;
+#[cfg(test)]
+mod tests;
+mod umems;
 
 pub(crate) use inbox::Inbox;
 
@@ -32,19 +42,25 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use super::attacher::WorkerLink;
 use super::{PollMode, Shared};
 use crate::engine::{Frame, Pipeline, Verdict};
 use crate::io::tun::TunQueue;
 use crate::io::xdp::{XdpError, XskMap};
-use crate::io::xsk::{Packet, RingSizes, Umem, XskError};
+use crate::io::xsk::{Packet, RingSizes, Umem, XskError, XskSocket};
 use crate::io::{self, Poller};
-use port::{Port, PortId, PortKind, Ports, UPLINK_FILL};
+use assign::uplink_queues;
+use budget::Budget;
+use port::{Port, PortId, PortKind, Ports};
+use umems::Umems;
 
 /// Frames per RX burst (DESIGN.md: bursts of 256 with the poll()-driven loop).
 pub(crate) const BURST: usize = 256;
+/// Ring sizes of uplink sockets.
+const UPLINK_RING: u32 = 2048;
 /// Sleep bound in poll(), so the worker notices table changes and the stop flag.
 const POLL_TIMEOUT_MS: i32 = 50;
-/// How often pods, busy polling and counters are looked after.
+/// How often fill levels, retries, busy polling and counters are looked after.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Why a worker could not start.
@@ -86,7 +102,7 @@ impl WorkerError {
 pub(super) struct Worker {
     index: usize,
     shared: Arc<Shared>,
-    umem: Umem,
+    umems: Umems,
     ports: Ports,
     /// The port frames to the uplink leave on (this worker's first uplink queue).
     uplink: Option<PortId>,
@@ -98,6 +114,8 @@ pub(super) struct Worker {
     wakee: UnixDatagram,
     /// This worker's queue of the host interface.
     host: Option<host::HostQueue>,
+    attacher: WorkerLink,
+    budget: Budget,
     /// The origin of the clock the pipeline is given (its ICMP error budget refills by it).
     epoch: Instant,
     // Reused per batch, so the loop does not allocate.
@@ -105,61 +123,127 @@ pub(super) struct Worker {
     verdicts: Vec<Verdict>,
     frames: Vec<Frame<'static>>,
     io_counters: stats::IoCounters,
+    /// The longest round of the loop since counters were last published.
+    longest_round: Duration,
+}
+
+/// What a worker is made of besides its sockets.
+pub(super) struct Parts {
+    pub(super) index: usize,
+    pub(super) shared: Arc<Shared>,
+    pub(super) wakee: UnixDatagram,
+    pub(super) host_queue: Option<TunQueue>,
+    pub(super) attacher: WorkerLink,
 }
 
 impl Worker {
-    /// Creates the UMEM and binds this worker's uplink queues. Runs on the worker's thread.
-    fn start(
-        index: usize,
-        shared: Arc<Shared>,
-        uplink_map: &XskMap,
-        wakee: UnixDatagram,
-        host_queue: Option<TunQueue>,
-    ) -> Result<Worker, WorkerError> {
-        let umem = Umem::new(shared.umem).map_err(WorkerError::Umem)?;
+    /// A worker whose uplink queues are `uplink` (bound to `uplink_umem`, the first one's
+    /// mode deciding whether pods share it: [`umems`]).
+    fn new(parts: Parts, uplink_umem: Umem, uplink: Vec<XskSocket>) -> Result<Worker, XskError> {
+        let Parts { index, shared, wakee, host_queue, attacher } = parts;
+        let mode = uplink.first().map_or(crate::io::xsk::BindMode::Copy, XskSocket::mode);
+        let mut umems = Umems::new(uplink_umem, mode)?;
+        let chunks = umems.get(umems::UPLINK).config().chunks;
+        let budget = Budget::new(chunks, uplink.len() as u32, umems.split(), UPLINK_RING);
         let pipeline = Pipeline::for_worker(shared.engine.clone(), index as u16);
-        let mut worker = Worker {
+        let mut ports = Ports::default();
+        let mut first = None;
+        for socket in uplink {
+            let (interface, queue) = (socket.interface().to_owned(), socket.queue());
+            let id = umems.get(umems::UPLINK).adopt(socket);
+            let port = Port::new(
+                id,
+                umems::UPLINK,
+                PortKind::Uplink,
+                &interface,
+                queue,
+                budget.uplink_fill,
+            );
+            umems.get(umems::UPLINK).refill(id, budget.uplink_fill);
+            first.get_or_insert(ports.add(port));
+        }
+        Ok(Worker {
             index,
-            shared: shared.clone(),
-            umem,
-            ports: Ports::default(),
-            uplink: None,
+            shared,
+            umems,
+            ports,
+            uplink: first,
             endpoints: Vec::new(),
             pipeline,
             generation: u64::MAX,
             wakee,
             host: host_queue.map(|tun| host::HostQueue::new(tun, index as u32)),
+            attacher,
+            budget,
             epoch: Instant::now(),
             rx: Vec::with_capacity(BURST),
             verdicts: vec![Verdict::Host; BURST],
             frames: Vec::with_capacity(BURST),
             io_counters: stats::IoCounters::default(),
-        };
+            longest_round: Duration::ZERO,
+        })
+    }
+
+    /// Creates the uplink's UMEM and binds this worker's uplink queues into the uplink's
+    /// XSKMAP. Runs on the worker's thread, before it forwards anything.
+    fn start(parts: Parts, uplink_map: &XskMap) -> Result<Worker, WorkerError> {
+        let shared = parts.shared.clone();
+        let umem = Umem::new(shared.umem).map_err(WorkerError::Umem)?;
         if io::interface_index(&shared.uplink).is_none() {
             return Err(WorkerError::NoUplink(shared.uplink.clone()));
         }
-        for queue in assign::uplink_queues(index, shared.workers, shared.uplink_queues) {
-            let socket = worker
-                .umem
-                .open(&shared.uplink, queue, RingSizes::default(), shared.bind)
+        let mut sockets = Vec::new();
+        for queue in uplink_queues(parts.index, shared.workers, shared.uplink_queues) {
+            let rings = RingSizes::all(UPLINK_RING);
+            let socket = XskSocket::bind(umem.handle(), &shared.uplink, queue, rings, shared.bind)
                 .map_err(|source| WorkerError::UplinkSocket { queue, source })?;
-            if let Some(sock) = worker.umem.socket(socket) {
-                uplink_map
-                    .insert(queue, sock)
-                    .map_err(|source| WorkerError::UplinkMap { queue, source })?;
-                tracing::info!(
-                    worker = index,
-                    interface = %shared.uplink,
-                    queue,
-                    mode = %sock.mode(),
-                    "uplink socket bound"
-                );
-            }
-            let port = worker.ports.add(Port::new(socket, PortKind::Uplink, &shared.uplink, queue));
-            worker.uplink.get_or_insert(port);
-            worker.umem.refill(socket, UPLINK_FILL);
+            uplink_map
+                .insert(queue, &socket)
+                .map_err(|source| WorkerError::UplinkMap { queue, source })?;
+            tracing::info!(
+                worker = parts.index,
+                interface = %shared.uplink,
+                queue,
+                mode = %socket.mode(),
+                "uplink socket bound"
+            );
+            sockets.push(socket);
+        }
+        let index = parts.index;
+        let worker = Worker::new(parts, umem, sockets).map_err(WorkerError::Umem)?;
+        if worker.umems.split() {
+            tracing::info!(
+                worker = index,
+                "the uplink is zero-copy: pods get a UMEM of their own (one copy between them)"
+            );
         }
         Ok(worker)
+    }
+
+    /// One round of the loop, without sleeping. Returns the number of frames taken in.
+    fn turn(&mut self) -> usize {
+        self.take_replies();
+        let snapshot = self.shared.tables.load_full();
+        if snapshot.generation() != self.generation {
+            self.sync(&snapshot);
+        }
+        let mut work = 0;
+        self.pipeline.set_clock(self.epoch.elapsed().as_nanos() as u64);
+        for port in self.ports.handles() {
+            work += self.receive(port, &snapshot);
+        }
+        work += self.receive_host(&snapshot);
+        work += self.drain_inbox(&snapshot);
+        self.flush();
+        work
+    }
+
+    /// Once a second: fill levels, pods to retry, busy polling, counters.
+    fn housekeeping(&mut self) {
+        self.decay_fill_levels();
+        self.retry_pods();
+        self.busy_poll();
+        self.publish_stats();
     }
 
     /// The worker's loop, until the daemon stops.
@@ -169,24 +253,13 @@ impl Worker {
         let mut last_housekeeping = Instant::now();
         let mut idle_rounds = 0u32;
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let snapshot = self.shared.tables.load_full();
-            if snapshot.generation() != self.generation {
-                self.sync(&snapshot);
-            }
-            let mut work = 0;
-            self.pipeline.set_clock(self.epoch.elapsed().as_nanos() as u64);
-            for port in self.ports.handles() {
-                work += self.receive(port, &snapshot);
-            }
-            work += self.receive_host(&snapshot);
-            work += self.drain_inbox(&snapshot);
-            self.flush();
+            let started = Instant::now();
+            let work = self.turn();
             if last_housekeeping.elapsed() >= HOUSEKEEPING {
                 last_housekeeping = Instant::now();
-                self.check_pods();
-                self.busy_poll();
-                self.publish_stats();
+                self.housekeeping();
             }
+            self.longest_round = self.longest_round.max(started.elapsed());
             if work > 0 {
                 idle_rounds = 0;
                 continue;
@@ -200,22 +273,30 @@ impl Worker {
             }
         }
         self.publish_stats();
-        // The uplink first: the kernel lets go of a queue only some time after its socket
-        // closes (see io::xsk), and the uplink's is the one a restarted dataplane wants back.
-        for port in self.ports.handles() {
-            self.ports.close(port, &mut self.umem, self.index);
-        }
-        self.release_all();
+        self.shutdown();
     }
 
-    /// Sleeps in poll(2) until a socket has frames, another worker hands some over, or the
-    /// timeout passes (1 ms while frames wait for TX ring room).
+    /// Detaches the pods and closes the uplink's sockets, here: at shutdown the time it takes
+    /// no longer matters.
+    fn shutdown(&mut self) {
+        self.release_all();
+        // The kernel lets go of a queue only some time after its socket closes (see io::xsk),
+        // and the uplink's is the one a restarted dataplane wants back first.
+        for port in self.ports.handles() {
+            if let Some(socket) = self.ports.remove(port, &mut self.umems) {
+                self.umems.reclaim(socket.release());
+            }
+        }
+    }
+
+    /// Sleeps in poll(2) until a socket has frames, another worker or the attacher wakes
+    /// this one, or the timeout passes (1 ms while frames wait for TX ring room).
     fn sleep(&mut self, poller: &mut Poller, readiness: &mut Vec<io::Readiness>) {
-        let backlog = self.ports.iter().any(|p| !p.pending.is_empty());
-        let timeout = if backlog { 1 } else { POLL_TIMEOUT_MS };
+        let timeout = if self.ports.pending() > 0 { 1 } else { POLL_TIMEOUT_MS };
         let mut fds: Vec<BorrowedFd<'_>> = vec![self.wakee.as_fd()];
         fds.extend(self.host.as_ref().map(|h| h.tun.as_fd()));
-        fds.extend(self.ports.iter().filter_map(|p| self.umem.socket(p.socket)?.fd()));
+        let umems = self.umems.all();
+        fds.extend(self.ports.iter().filter_map(|p| umems[p.umem].socket(p.socket)?.fd()));
         if poller.wait(&fds, timeout, readiness).is_ok()
             && readiness.first().is_some_and(|r| r.readable)
         {
@@ -224,12 +305,23 @@ impl Worker {
         }
     }
 
+    /// Pod fill levels come down where bursts no longer use them ([`budget`]).
+    fn decay_fill_levels(&mut self) {
+        for (_, port) in self.ports.iter_mut() {
+            if matches!(port.kind, PortKind::Pod(_)) {
+                port.fill_target = self.budget.decay_pod(port.fill_target, port.largest_burst);
+            }
+            port.largest_burst = 0;
+        }
+    }
+
     /// SO_BUSY_POLL only where the driver reports a NAPI id for the socket (real NICs); on
     /// veth the socket never gets one (DESIGN.md) and busy polling would change nothing. The
     /// id shows up once frames arrived, so sockets are looked at until they had traffic.
     fn busy_poll(&mut self) {
+        let umems = self.umems.all();
         for (_, port) in self.ports.iter_mut().filter(|(_, p)| !p.busy_poll_checked) {
-            let Some(socket) = self.umem.socket(port.socket) else { continue };
+            let Some(socket) = umems[port.umem].socket(port.socket) else { continue };
             if port.stats.rx_packets == 0 {
                 continue;
             }
@@ -265,10 +357,12 @@ pub(crate) struct WorkerSetup {
     pub(crate) shared: Arc<Shared>,
     /// The uplink's XSKMAP, where the worker registers its uplink queues' sockets.
     pub(crate) uplink_map: Arc<XskMap>,
-    /// Where other workers wake this one (the other end is its inbox's).
+    /// Where other workers and the attacher wake this one (the other end is its inbox's).
     pub(crate) wakee: UnixDatagram,
     /// Its queue of the host interface.
     pub(crate) host_queue: Option<TunQueue>,
+    /// Its link to the attacher.
+    pub(crate) attacher: WorkerLink,
 }
 
 /// Spawns a worker; it reports its startup's success or failure on `ready`.
@@ -276,8 +370,16 @@ pub(crate) fn spawn(
     setup: WorkerSetup,
     ready: mpsc::Sender<(usize, Result<(), WorkerError>)>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let WorkerSetup { index, core, realtime_priority, shared, uplink_map, wakee, host_queue } =
-        setup;
+    let WorkerSetup {
+        index,
+        core,
+        realtime_priority,
+        shared,
+        uplink_map,
+        wakee,
+        host_queue,
+        attacher,
+    } = setup;
     std::thread::Builder::new().name(format!("podlane-worker-{index}")).spawn(move || {
         if let Some(core) = core
             && !core_affinity::set_for_current(core)
@@ -292,7 +394,8 @@ pub(crate) fn spawn(
                 return;
             }
         }
-        match Worker::start(index, shared, &uplink_map, wakee, host_queue) {
+        let parts = Parts { index, shared, wakee, host_queue, attacher };
+        match Worker::start(parts, &uplink_map) {
             Ok(worker) => {
                 let _ = ready.send((index, Ok(())));
                 drop(uplink_map);

@@ -1,29 +1,23 @@
 //! The local endpoints as a worker sees them, slot by slot ([`EndpointId`] is stable across
-//! generations): pods it owns are attached (the pod program, an XSKMAP and one socket per
-//! queue of the pod's interface) or waiting for their interface; pods other workers own are
-//! reached through their inboxes. On a new generation only slots whose endpoint changed
-//! (a different instance) are touched; the other pods keep their sockets.
+//! generations): pods it owns are being attached (asked of the attacher), attached (one
+//! socket per queue of the pod's interface, adopted into the pods' UMEM) or waiting for their
+//! interface; pods other workers own are reached through their inboxes. On a new generation
+//! only slots whose endpoint changed (a different instance) are touched; the other pods keep
+//! their sockets.
 //!
-//! Failing closed: before its program is attached, a pod's host-side interface is told to
-//! refuse what the kernel would otherwise do with the pod's frames once no program takes them
-//! (the daemon stopped or restarting): not to forward what arrives on it, not to answer ARP on
-//! it, no IPv6 on it. Pods address the gateway MAC, which the interface does not have, so
-//! their frames die there; and a pod cannot learn the interface's own MAC. The settings live
-//! and die with the interface; with `--no-host-interface` (a node whose kernel keeps its own
-//! routes to pods) they are left alone.
+//! Nothing slow happens here: the attacher ([`crate::daemon::attacher`]) binds and releases
+//! sockets and attaches programs on its own thread, and this worker adopts the sockets it is
+//! given and hands back those it no longer uses.
 
 use std::time::{Duration, Instant};
 
 use super::Worker;
 use super::assign::pod_owner;
-use super::port::{POD_FILL, POD_RING, Port, PortId, PortKind};
-use crate::daemon::{AttachError, attach};
-use crate::io::xdp::{XdpError, XdpLink, XdpProgram, XskMap};
-use crate::io::xsk::{RingSizes, XskError};
-use crate::io::{self};
+use super::port::{Port, PortId, PortKind};
+use crate::daemon::attacher::{self, Attachment, PodAttachError, Reply, Request};
 use crate::table::{EndpointId, Snapshot};
 
-/// How often a pod whose interface is missing is tried again.
+/// How often a pod whose interface could not be attached is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
 /// What a worker holds for one endpoint slot.
@@ -34,10 +28,16 @@ pub(super) enum Slot {
         worker: usize,
         instance: u64,
     },
+    /// This worker's pod, asked of the attacher; `first`: not tried before.
+    Attaching {
+        instance: u64,
+        interface: String,
+        first: bool,
+    },
     /// This worker's pod, attached.
     Attached {
         instance: u64,
-        pod: PodAttachment,
+        pod: PodPorts,
     },
     /// This worker's pod, whose interface could not be attached yet.
     Waiting {
@@ -52,33 +52,20 @@ impl Slot {
         match self {
             Slot::Vacant => None,
             Slot::Elsewhere { instance, .. }
+            | Slot::Attaching { instance, .. }
             | Slot::Attached { instance, .. }
             | Slot::Waiting { instance, .. } => Some(*instance),
         }
     }
 }
 
-/// A pod interface this worker has attached: the program and the map stay as long as this.
-pub(super) struct PodAttachment {
+/// A pod interface this worker uses: its ports, and what keeps its program attached.
+pub(super) struct PodPorts {
     interface: String,
     ifindex: u32,
     /// One per queue of the interface; frames to the pod leave on the first.
     pub(super) ports: Vec<PortId>,
-    _link: XdpLink,
-    _map: XskMap,
-}
-
-/// Why a pod interface could not be attached.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum PodAttachError {
-    #[error("no interface named {0:?}")]
-    NoInterface(String),
-    #[error(transparent)]
-    Map(XdpError),
-    #[error(transparent)]
-    Socket(XskError),
-    #[error(transparent)]
-    Program(AttachError),
+    hold: Box<dyn std::fmt::Debug + Send>,
 }
 
 impl Worker {
@@ -88,7 +75,7 @@ impl Worker {
     }
 
     /// Follows a new snapshot: every slot whose endpoint changed is set up again (its old pod
-    /// detached, the new one attached here or noted as another worker's).
+    /// detached, the new one asked for here or noted as another worker's).
     pub(super) fn sync(&mut self, snapshot: &Snapshot) {
         self.generation = snapshot.generation();
         let slots = snapshot.endpoint_slots().max(self.endpoints.len());
@@ -99,11 +86,13 @@ impl Worker {
             if wanted.map(|e| e.instance) == self.endpoints[slot].instance() {
                 continue;
             }
-            self.release(id, "its endpoint was removed or replaced");
+            self.detach(id, "its endpoint was removed or replaced");
             self.endpoints[slot] = match wanted {
                 None => Slot::Vacant,
                 Some(e) => match pod_owner(&e.interface, self.shared.workers) {
-                    owner if owner == self.index => self.attach(id, e.instance, &e.interface),
+                    owner if owner == self.index => {
+                        self.ask_attach(id, e.instance, &e.interface, true)
+                    }
                     worker => Slot::Elsewhere { worker, instance: e.instance },
                 },
             };
@@ -113,30 +102,75 @@ impl Worker {
         }
     }
 
-    /// Attaches the pod in slot `id` on `interface`, or notes it as waiting (saying why on the
-    /// first attempt only: a retry that fails again changes nothing worth a line).
-    fn attach(&mut self, id: EndpointId, instance: u64, interface: &str) -> Slot {
-        self.attach_attempt(id, instance, interface, true)
+    fn ask_attach(&mut self, id: EndpointId, instance: u64, interface: &str, first: bool) -> Slot {
+        let umem = self.umems.get(self.umems.pods()).handle().clone();
+        let request = Request::Attach { slot: id, instance, interface: interface.to_owned(), umem };
+        if self.attacher.requests.send((self.index, request)).is_err() {
+            // The attacher is gone: the daemon is stopping.
+            return Slot::Waiting {
+                instance,
+                interface: interface.to_owned(),
+                since: Instant::now(),
+            };
+        }
+        Slot::Attaching { instance, interface: interface.to_owned(), first }
     }
 
-    fn attach_attempt(
+    /// Takes what the attacher answered since the last look.
+    pub(super) fn take_replies(&mut self) {
+        while let Ok(reply) = self.attacher.replies.try_recv() {
+            match reply {
+                Reply::Attached { slot, instance, result } => self.attached(slot, instance, result),
+                Reply::Released(released) => {
+                    for r in released {
+                        self.umems.reclaim(r);
+                    }
+                }
+                Reply::Gone { slot, instance } => {
+                    if self.instance(slot) == Some(instance)
+                        && matches!(self.endpoints[slot.0 as usize], Slot::Attached { .. })
+                    {
+                        let interface = self.detach(slot, "the interface disappeared");
+                        if let Some(interface) = interface {
+                            // Retried at the next look after RETRY.
+                            self.endpoints[slot.0 as usize] =
+                                Slot::Waiting { instance, interface, since: Instant::now() };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The attacher's answer for slot `id`: adopted if the slot still wants it, else handed
+    /// back at once.
+    fn attached(
         &mut self,
         id: EndpointId,
         instance: u64,
-        interface: &str,
-        first: bool,
-    ) -> Slot {
-        match self.try_attach(id, interface) {
-            Ok(pod) => {
+        result: Result<Attachment, PodAttachError>,
+    ) {
+        let (wanted, first) = match self.endpoints.get(id.0 as usize) {
+            Some(Slot::Attaching { instance: i, first, .. }) if *i == instance => (true, *first),
+            _ => (false, false),
+        };
+        match (wanted, result) {
+            (true, Ok(attachment)) => {
+                let pod = self.adopt(id, attachment);
                 tracing::info!(
                     worker = self.index,
-                    interface,
+                    interface = pod.interface,
                     queues = pod.ports.len(),
                     "pod interface attached"
                 );
-                Slot::Attached { instance, pod }
+                self.endpoints[id.0 as usize] = Slot::Attached { instance, pod };
             }
-            Err(e) => {
+            (true, Err(e)) => {
+                let Some(Slot::Attaching { interface, .. }) = self.endpoints.get(id.0 as usize)
+                else {
+                    return;
+                };
+                let interface = interface.clone();
                 if first {
                     tracing::warn!(
                         worker = self.index,
@@ -144,119 +178,90 @@ impl Worker {
                         "pod interface not attached, retrying every second: {e}"
                     );
                 }
-                Slot::Waiting { instance, interface: interface.to_owned(), since: Instant::now() }
+                self.endpoints[id.0 as usize] =
+                    Slot::Waiting { instance, interface, since: Instant::now() };
             }
+            (false, Ok(attachment)) => {
+                let _ = self.attacher.requests.send((self.index, Request::Detach(attachment)));
+            }
+            (false, Err(_)) => {}
         }
     }
 
-    fn try_attach(&mut self, id: EndpointId, name: &str) -> Result<PodAttachment, PodAttachError> {
-        let ifindex = io::interface_index(name)
-            .ok_or_else(|| PodAttachError::NoInterface(name.to_owned()))?;
-        let queues = io::interface_queues(name);
-        if self.shared.engine.host_interface {
-            guard_pod_interface(name);
-        }
-        let map = XskMap::new(queues).map_err(PodAttachError::Map)?;
-        let program = XdpProgram::pod(&map).map_err(|e| PodAttachError::Program(e.into()))?;
-        let rings = RingSizes { rx: POD_RING, tx: POD_RING, fill: POD_RING, completion: POD_RING };
+    /// Adopts an attachment's sockets into the pods' UMEM as ports of slot `id`.
+    fn adopt(&mut self, id: EndpointId, attachment: Attachment) -> PodPorts {
+        let Attachment { interface, ifindex, sockets, hold } = attachment;
+        let umem = self.umems.pods();
         let mut ports = Vec::new();
-        let result = (|| {
-            for queue in 0..queues {
-                let socket = self
-                    .umem
-                    .open(name, queue, rings, self.shared.bind)
-                    .map_err(PodAttachError::Socket)?;
-                ports.push(self.ports.add(Port::new(socket, PortKind::Pod(id), name, queue)));
-                let inserted = match self.umem.socket(socket) {
-                    Some(s) => map.insert(queue, s).map_err(PodAttachError::Map),
-                    None => Err(PodAttachError::NoInterface(name.to_owned())),
-                };
-                inserted?;
-                self.umem.refill(socket, POD_FILL);
-            }
-            attach(&program, name, self.shared.xdp_mode).map_err(PodAttachError::Program)
-        })();
-        match result {
-            Ok(link) => Ok(PodAttachment {
-                interface: name.to_owned(),
-                ifindex,
-                ports,
-                _link: link,
-                _map: map,
-            }),
-            Err(e) => {
-                for port in ports {
-                    self.ports.close(port, &mut self.umem, self.index);
-                }
-                Err(e)
-            }
+        for socket in sockets {
+            let queue = socket.queue();
+            let socket = self.umems.get(umem).adopt(socket);
+            let fill = self.budget.admit_pod();
+            let port = Port::new(socket, umem, PortKind::Pod(id), &interface, queue, fill);
+            self.umems.get(umem).refill(socket, fill);
+            ports.push(self.ports.add(port));
         }
+        PodPorts { interface, ifindex, ports, hold }
     }
 
-    /// Gives up what slot `id` holds: an attached pod is detached (its sockets closed).
-    fn release(&mut self, id: EndpointId, why: &str) {
-        let Some(slot) = self.endpoints.get_mut(id.0 as usize) else { return };
-        if let Slot::Attached { pod, .. } = std::mem::replace(slot, Slot::Vacant) {
-            for port in &pod.ports {
-                self.ports.close(*port, &mut self.umem, self.index);
-            }
-            tracing::info!(
-                worker = self.index,
-                interface = pod.interface,
-                "pod interface detached: {why}"
-            );
-        }
-    }
-
-    /// A pod whose interface disappeared (a failed transmit said so, or housekeeping saw it):
-    /// detached, and waiting for the interface to come back.
-    pub(super) fn interface_gone(&mut self, id: EndpointId) {
-        let Some(Slot::Attached { instance, pod }) = self.endpoints.get(id.0 as usize) else {
-            return;
+    /// Gives up what slot `id` holds: an attached pod's ports are removed and their sockets
+    /// handed to the attacher to release. Returns the interface of a pod that was attached.
+    fn detach(&mut self, id: EndpointId, why: &str) -> Option<String> {
+        let slot = self.endpoints.get_mut(id.0 as usize)?;
+        let Slot::Attached { pod, .. } = std::mem::replace(slot, Slot::Vacant) else {
+            return None;
         };
-        if io::interface_index(&pod.interface) == Some(pod.ifindex) {
-            return;
+        let PodPorts { interface, ifindex, ports, hold } = pod;
+        let mut sockets = Vec::new();
+        for port in ports {
+            if let Some(level) = self.ports.get(port).map(|p| p.fill_target) {
+                self.budget.remove_pod(level);
+            }
+            sockets.extend(self.ports.remove(port, &mut self.umems));
         }
-        let (instance, interface) = (*instance, pod.interface.clone());
-        self.release(id, "the interface disappeared");
-        self.endpoints[id.0 as usize] =
-            Slot::Waiting { instance, interface, since: Instant::now() };
+        tracing::info!(worker = self.index, interface, "pod interface detached: {why}");
+        let attachment = Attachment { interface: interface.clone(), ifindex, sockets, hold };
+        if let Err(unsent) = self.attacher.requests.send((self.index, Request::Detach(attachment)))
+        {
+            // No attacher (stopping): released here, and the chunks taken back.
+            let Request::Detach(attachment) = unsent.0.1 else { return Some(interface) };
+            self.release_here(attachment);
+        }
+        Some(interface)
     }
 
-    /// Once a second: notice pod interfaces that disappeared, retry pods that wait.
-    pub(super) fn check_pods(&mut self) {
+    /// Releases an attachment on this thread (at shutdown, when stalling no longer matters).
+    fn release_here(&mut self, attachment: Attachment) {
+        for released in attacher::release(attachment) {
+            self.umems.reclaim(released);
+        }
+    }
+
+    /// Once a second: pods that wait are asked for again.
+    pub(super) fn retry_pods(&mut self) {
         for slot in 0..self.endpoints.len() {
-            let id = EndpointId(slot as u32);
-            match &self.endpoints[slot] {
-                Slot::Attached { .. } => self.interface_gone(id),
-                Slot::Waiting { instance, interface, since } if since.elapsed() >= RETRY => {
-                    let (instance, interface) = (*instance, interface.clone());
-                    self.endpoints[slot] = self.attach_attempt(id, instance, &interface, false);
-                }
-                _ => {}
+            if let Slot::Waiting { instance, interface, since } = &self.endpoints[slot]
+                && since.elapsed() >= RETRY
+            {
+                let (instance, interface) = (*instance, interface.clone());
+                let id = EndpointId(slot as u32);
+                self.endpoints[slot] = self.ask_attach(id, instance, &interface, false);
             }
         }
     }
 
-    /// Detaches every pod (at shutdown).
+    /// Detaches every pod, here (at shutdown).
     pub(super) fn release_all(&mut self) {
         for slot in 0..self.endpoints.len() {
-            self.release(EndpointId(slot as u32), "the dataplane is stopping");
-        }
-    }
-}
-
-/// The fail-closed settings of a pod's host-side interface (module doc). A setting that
-/// cannot be written is reported; the pod is attached all the same.
-fn guard_pod_interface(name: &str) {
-    for (file, value) in [
-        (format!("/proc/sys/net/ipv4/conf/{name}/forwarding"), "0"),
-        // 8: reply to no ARP request at all on this interface.
-        (format!("/proc/sys/net/ipv4/conf/{name}/arp_ignore"), "8"),
-        (format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1"),
-    ] {
-        if let Err(e) = std::fs::write(&file, value) {
-            tracing::warn!(interface = name, "{file}: {e}: the interface does not fail closed");
+            let Slot::Attached { pod, .. } =
+                std::mem::replace(&mut self.endpoints[slot], Slot::Vacant)
+            else {
+                continue;
+            };
+            let PodPorts { interface, ifindex, ports, hold } = pod;
+            let sockets =
+                ports.into_iter().filter_map(|p| self.ports.remove(p, &mut self.umems)).collect();
+            self.release_here(Attachment { interface, ifindex, sockets, hold });
         }
     }
 }

@@ -1,18 +1,10 @@
 //! A worker's sockets as ports: one AF_XDP socket on one queue of one interface (the uplink's,
-//! or a pod's), what waits to be transmitted on it, its fill level and its counters.
+//! or a pod's), the UMEM it belongs to, what waits to be transmitted on it, its fill level and
+//! its counters.
 
-use crate::io::xsk::{Packet, SocketId, Umem};
+use super::umems::Umems;
+use crate::io::xsk::{Packet, SocketId, XskSocket};
 use crate::table::EndpointId;
-
-/// Fill-ring level kept on each uplink queue, and the level a pod queue starts at. A pod's
-/// level doubles (up to its ring size) whenever one burst takes half of it: idle pods hold few
-/// chunks, busy ones get enough that the kernel never finds the fill ring empty.
-pub(super) const UPLINK_FILL: u32 = 2048;
-pub(super) const POD_FILL: u32 = 128;
-/// Ring sizes of pod sockets.
-pub(super) const POD_RING: u32 = 2048;
-/// Frames waiting for TX ring room beyond this are dropped (and counted).
-const MAX_PENDING: usize = 4096;
 
 /// Handle of a port among a worker's ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +31,8 @@ pub(super) struct PortCounters {
 #[derive(Debug)]
 pub(super) struct Port {
     pub(super) socket: SocketId,
+    /// Which of the worker's UMEMs the socket is bound to.
+    pub(super) umem: usize,
     pub(super) kind: PortKind,
     pub(super) interface: String,
     pub(super) queue: u32,
@@ -46,18 +40,24 @@ pub(super) struct Port {
     pub(super) stats: PortCounters,
     /// Busy polling was looked at: enabled where the socket has a NAPI id.
     pub(super) busy_poll_checked: bool,
-    /// Chunks kept on the fill ring.
+    /// Chunks kept on the fill ring (set by the worker's fill budget).
     pub(super) fill_target: u32,
+    /// The largest burst received since the budget last looked.
+    pub(super) largest_burst: u32,
 }
 
 impl Port {
-    pub(super) fn new(socket: SocketId, kind: PortKind, interface: &str, queue: u32) -> Port {
-        let fill_target = match kind {
-            PortKind::Uplink => UPLINK_FILL,
-            PortKind::Pod(_) => POD_FILL,
-        };
+    pub(super) fn new(
+        socket: SocketId,
+        umem: usize,
+        kind: PortKind,
+        interface: &str,
+        queue: u32,
+        fill_target: u32,
+    ) -> Port {
         Port {
             socket,
+            umem,
             kind,
             interface: interface.to_owned(),
             queue,
@@ -65,35 +65,24 @@ impl Port {
             stats: PortCounters::default(),
             busy_poll_checked: false,
             fill_target,
+            largest_burst: 0,
         }
     }
 
-    /// Notes a received burst of `frames` frames and `bytes` bytes; a pod port whose burst
-    /// took half its fill level gets twice the level.
+    /// Notes a received burst of `frames` frames and `bytes` bytes.
     pub(super) fn received(&mut self, frames: u32, bytes: u64) {
         self.stats.rx_packets += u64::from(frames);
         self.stats.rx_bytes += bytes;
-        if frames * 2 >= self.fill_target && self.fill_target < POD_RING {
-            self.fill_target *= 2;
-        }
-    }
-
-    /// Queues a frame for transmission; gives it back when too many already wait.
-    pub(super) fn queue(&mut self, packet: Packet) -> Result<(), Packet> {
-        if self.pending.len() < MAX_PENDING {
-            self.pending.push(packet);
-            Ok(())
-        } else {
-            self.stats.tx_dropped += 1;
-            Err(packet)
-        }
+        self.largest_burst = self.largest_burst.max(frames);
     }
 }
 
-/// A worker's ports, by handle. A handle stays valid until its port is closed.
+/// A worker's ports, by handle, and how many frames wait in all of them together. A handle
+/// stays valid until its port is removed.
 #[derive(Debug, Default)]
 pub(super) struct Ports {
     slots: Vec<Option<Port>>,
+    pending: usize,
 }
 
 impl Ports {
@@ -114,16 +103,46 @@ impl Ports {
         self.slots.get_mut(id.0)?.as_mut()
     }
 
-    /// Closes the port's socket and takes back its chunks (what waited to be sent, what sat
-    /// on its rings).
-    pub(super) fn close(&mut self, id: PortId, umem: &mut Umem, worker: usize) {
-        let Some(mut port) = self.slots.get_mut(id.0).and_then(Option::take) else { return };
-        for packet in port.pending.drain(..) {
-            umem.release(packet.chunk);
+    /// Frames waiting on all ports.
+    pub(super) fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Queues a frame on a port for transmission, unless `limit` frames already wait on all
+    /// ports together; gives it back then (counted as the port's `tx_dropped`).
+    pub(super) fn queue(&mut self, id: PortId, packet: Packet, limit: usize) -> Result<(), Packet> {
+        let total = self.pending;
+        let Some(port) = self.get_mut(id) else { return Err(packet) };
+        if total < limit {
+            port.pending.push(packet);
+            self.pending += 1;
+            Ok(())
+        } else {
+            port.stats.tx_dropped += 1;
+            Err(packet)
         }
-        let lost = umem.close(port.socket);
-        if lost > 0 {
-            tracing::warn!(worker, lost, "chunks still in the kernel at close");
+    }
+
+    /// Takes a port out: what waited on it is released and its socket retired from its UMEM
+    /// (returned, to be released where that may take its time).
+    pub(super) fn remove(&mut self, id: PortId, umems: &mut Umems) -> Option<XskSocket> {
+        let mut port = self.slots.get_mut(id.0).and_then(Option::take)?;
+        self.pending -= port.pending.len();
+        for packet in port.pending.drain(..) {
+            umems.release(packet);
+        }
+        umems.get(port.umem).retire(port.socket)
+    }
+
+    /// Transmits what waits on each port (`each` takes what it can from `pending`), keeping
+    /// the count of waiting frames.
+    pub(super) fn transmit_all(&mut self, mut each: impl FnMut(PortId, &mut Port)) {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(port) = slot.as_mut() {
+                let before = port.pending.len();
+                each(PortId(i), port);
+                self.pending -= before - port.pending.len();
+            }
         }
     }
 
@@ -135,8 +154,8 @@ impl Ports {
         (self.slots.iter_mut().enumerate()).filter_map(|(i, p)| Some((PortId(i), p.as_mut()?)))
     }
 
-    /// Every handle that may name a port (open or closed), for a pass over them during which
-    /// ports may be closed: `get` of a closed one is `None`.
+    /// Every handle that may name a port (open or removed), for a pass over them during which
+    /// ports may be removed: `get` of a removed one is `None`.
     pub(super) fn handles(&self) -> impl Iterator<Item = PortId> + use<> {
         (0..self.slots.len()).map(PortId)
     }

@@ -15,17 +15,18 @@ pub(super) struct IoCounters {
     pub(super) handoff_in: u64,
     /// Frames that could not be handed over or delivered after a hand-over.
     pub(super) handoff_dropped: u64,
-    /// Handed-over frames dropped because the UMEM had no free chunk.
+    /// Frames dropped because a UMEM had no free chunk for them (a hand-over, a copy between
+    /// UMEMs, a read from the host interface).
     pub(super) chunk_exhausted: u64,
 }
 
 impl Worker {
-    pub(super) fn publish_stats(&self) {
+    pub(super) fn publish_stats(&mut self) {
         let sockets = self
             .ports
             .iter()
             .map(|p| {
-                let socket = self.umem.socket(p.socket);
+                let socket = self.umems.all()[p.umem].socket(p.socket);
                 let xdp = socket.and_then(|s| s.statistics().ok()).unwrap_or_default();
                 SocketCounters {
                     interface: p.interface.clone(),
@@ -41,6 +42,7 @@ impl Worker {
                     rx_invalid_descs: xdp.rx_invalid_descs,
                     tx_invalid_descs: xdp.tx_invalid_descs,
                     rx_dropped: xdp.rx_dropped,
+                    fill_level: p.fill_target,
                 }
             })
             .collect();
@@ -68,13 +70,16 @@ impl Worker {
             handoff_in: io.handoff_in,
             handoff_dropped: io.handoff_dropped,
             chunk_exhausted: io.chunk_exhausted,
-            free_chunks: self.umem.free_chunks(),
-            invalid_descriptors: self.umem.invalid_descriptors(),
+            free_chunks: self.umems.all().iter().map(|u| u.free_chunks()).sum(),
+            umems: self.umems.all().len(),
+            longest_round_us: self.longest_round.as_micros() as u64,
+            invalid_descriptors: self.umems.all().iter().map(|u| u.invalid_descriptors()).sum(),
             sockets,
             host_interface: self.host.as_ref().map(|h| h.counters.clone()),
         };
         if let Ok(mut slot) = self.shared.stats[self.index].lock() {
             *slot = stats;
         }
+        self.longest_round = std::time::Duration::ZERO;
     }
 }

@@ -41,6 +41,13 @@ pub struct Released {
     mode: BindMode,
 }
 
+impl Released {
+    /// The UMEM whose chunks the socket held.
+    pub fn umem(&self) -> UmemId {
+        self.umem
+    }
+}
+
 impl XskSocket {
     /// Releases the socket: the kernel unbinds it (waiting for an RCU grace period, which is
     /// why this can be done away from the worker).
