@@ -4,8 +4,10 @@
 //! `topology` builds the node and its endpoints, `traffic` the frames and XDP programs,
 //! `endpoint` the generator/sink processes, `forward` the bare AF_XDP baseline, `cpu` the
 //! /proc/stat accounting, `pps` the trials and searches, `report` the table, JSON and SVG;
-//! `tcp` the TCP throughput runs of `podlane-bench tcp`.
+//! `tcp` the TCP throughput runs of `podlane-bench tcp`; `control` the attach, detach and
+//! next-hop timings of `podlane-bench control`.
 
+pub mod control;
 pub mod cpu;
 pub mod endpoint;
 pub mod fixture;

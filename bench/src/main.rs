@@ -105,6 +105,25 @@ struct TcpArgs {
     json: PathBuf,
 }
 
+#[derive(clap::Args, Debug)]
+struct ControlArgs {
+    /// A smoke run: 10 pods, 100 nodes.
+    #[arg(long)]
+    quick: bool,
+    /// Pod interfaces attached at once [default: 100; --quick: 10].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=2000))]
+    pods: Option<u32>,
+    /// Remote nodes pushed at once [default: 5000; --quick: 100].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    nodes: Option<u32>,
+    /// Datagrams a second of the stream between two pods.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=200_000))]
+    rate: u32,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "control.json")]
+    json: PathBuf,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Packets per second, CPU per packet and latency of podlane, the kernel's VXLAN and a bare
@@ -113,6 +132,10 @@ enum Command {
     /// TCP throughput over a node's paths (node → pod, node → remote pod, pod → remote pod,
     /// pod → pod), podlane and the kernel's VXLAN side by side, with iperf3 (needs root).
     Tcp(TcpArgs),
+    /// What control work costs the data path: pods attached and detached under a UDP stream
+    /// (the worker's longest loop round, the stream's loss), and next hops at many nodes
+    /// (needs root).
+    Control(ControlArgs),
     /// Prints the table of a JSON file written by `pps` and, with --svg, draws its chart again
     /// (for results copied back from VMs, or a chart lost).
     Report {
@@ -313,6 +336,38 @@ fn pps_command(args: PpsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn control_command(args: ControlArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        testbed::is_root(),
+        "podlane-bench control builds network namespaces and attaches XDP programs: run it as root"
+    );
+    let config = podlane_bench::control::Config {
+        pods: args.pods.unwrap_or(if args.quick { 10 } else { 100 }),
+        nodes: args.nodes.unwrap_or(if args.quick { 100 } else { 5000 }),
+        rate: args.rate,
+        stream_seconds: if args.quick { 6 } else { 12 },
+    };
+    testbed::netns::remove_stale("bench");
+    let machine = Machine::this();
+    println!(
+        "podlane-bench control on {} CPUs ({}), Linux {}",
+        machine.cpus, machine.cpu_model, machine.kernel
+    );
+    let report = podlane_bench::control::run(&config, &mut |step| eprintln!("  {step}"))?;
+    print!("{}", podlane_bench::control::table(&report));
+    let doc = serde_json::json!({
+        "schema": 1,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "machine": machine,
+        "config": config,
+        "report": report,
+    });
+    std::fs::write(&args.json, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    println!("results: {}", args.json.display());
+    Ok(())
+}
+
 fn tcp_command(args: TcpArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         testbed::is_root(),
@@ -362,6 +417,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Pps(args) => pps_command(*args)?,
         Command::Tcp(args) => tcp_command(args)?,
+        Command::Control(args) => control_command(args)?,
         Command::Report { json, svg } => {
             let saved = report::Saved::read(&json)?;
             let mut text = format!("{}\n{}", saved.command, report::table(&saved.rows));

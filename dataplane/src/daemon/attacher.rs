@@ -146,8 +146,12 @@ impl Attacher {
         (attacher, links)
     }
 
-    /// Serves requests until `stop` is set or every worker is gone.
+    /// Serves requests until `stop` is set or every worker is gone, at the lowest scheduling
+    /// priority: attaching a pod may wait, forwarding may not.
     pub(crate) fn run(mut self, stop: &AtomicBool) {
+        if let Err(e) = io::yield_to_forwarding() {
+            tracing::warn!("the attacher runs at normal priority: {e}");
+        }
         while !stop.load(Ordering::Relaxed) {
             match self.requests.recv_timeout(Duration::from_millis(100)) {
                 Ok((worker, request)) => self.serve(worker, request),

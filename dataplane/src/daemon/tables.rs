@@ -137,10 +137,10 @@ impl Tables {
             .collect()
     }
 
-    /// Records a resolved next hop and republishes; the base stays as it is.
-    pub(crate) fn set_next_hop(&self, node: &str, mac: MacAddr) -> Result<u64, ApiError> {
+    /// Records resolved next hops and republishes once; the base stays as it is.
+    pub(crate) fn set_next_hops(&self, resolved: &[(String, MacAddr)]) -> Result<u64, ApiError> {
         let mut state = self.lock();
-        state.next_hops.insert(node.to_owned(), mac);
+        state.next_hops.extend(resolved.iter().cloned());
         let base = state.base.clone();
         self.publish(&mut state, base)
     }

@@ -83,6 +83,16 @@ pub fn request_stop() {
 /// A poll-mode thread that sleeps when idle gives the core back; one that spins would starve
 /// it. Needs CAP_SYS_NICE.
 pub fn set_realtime_priority(priority: u8) -> io::Result<()> {
+    set_realtime_priority_inner(priority)
+}
+
+/// Lets the calling thread run only when nothing else wants its core (SCHED_IDLE): for work
+/// that must never take a core from forwarding, however long it waits.
+pub fn yield_to_forwarding() -> io::Result<()> {
+    sys::set_idle_policy()
+}
+
+fn set_realtime_priority_inner(priority: u8) -> io::Result<()> {
     if !(1..=99).contains(&priority) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

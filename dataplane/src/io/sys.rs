@@ -588,3 +588,11 @@ pub(super) fn set_fifo_priority(priority: i32) -> io::Result<()> {
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
+
+/// Puts the calling thread under SCHED_IDLE: it runs only when nothing else wants its core.
+pub(super) fn set_idle_policy() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as for `set_fifo_priority`: a valid sched_param, and pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}

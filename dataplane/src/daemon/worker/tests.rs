@@ -330,8 +330,10 @@ fn a_missing_interface_waits_and_a_vanished_one_is_detached() {
     assert!(node.free_chunks() > idle_after_attach, "its fill ring's chunks came back");
 }
 
+/// A zero-copy uplink (here a socket that reports zero-copy) gives pods a UMEM of their own;
+/// frames cross between the two both ways, pod to pod stays in the pods' one, nothing leaks.
 #[test]
-fn a_zero_copy_uplink_gives_pods_a_umem_of_their_own() {
+fn mixed_xsk_modes() {
     let mut node = Node::new(vec![pod("a1", 2), pod("a2", 3)], 1, 1, BindMode::ZeroCopy, 4096);
     assert!(node.workers[0].umems.split());
     node.plug("veth-a1", 1);
