@@ -133,6 +133,15 @@ impl Netns {
         Ok(present)
     }
 
+    /// Packets the interface has received, as the kernel counts them.
+    pub fn rx_packets(&self, interface: &str) -> anyhow::Result<u64> {
+        // `ip netns exec` mounts the namespace's own sysfs.
+        let path = format!("/sys/class/net/{interface}/statistics/rx_packets");
+        let out = self.command("cat").arg(&path).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim().parse().map_err(|e| anyhow::anyhow!("{path} in {}: {e} ({text:?})", self.name))
+    }
+
     /// Interfaces with an XDP program attached (from `ip -d link`).
     pub fn xdp_attached(&self) -> anyhow::Result<Vec<String>> {
         let text = self.ip_output(&["-d", "-o", "link", "show"])?;

@@ -12,6 +12,9 @@
 //!   each echo (retrying a lost one up to 5 times); prints `sent=N echoed=M intact=K`.
 //! * `udp-stream ADDR PORT COUNT RATE` — sends COUNT numbered datagrams at RATE a second,
 //!   never retrying, to an echo server; prints `sent=N echoed=M lost=K`: loss measured.
+//! * `udp-spray ADDR PORT FLOWS COUNT RATE` — sends COUNT datagrams at RATE a second from
+//!   FLOWS sockets (each its own source port: FLOWS flows, which hashing spreads over queues)
+//!   to ADDR:PORT, expecting nothing back; prints `sent=N`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -196,6 +199,28 @@ fn udp_stream(addr: SocketAddr, count: u32, rate: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+fn udp_spray(addr: SocketAddr, flows: u32, count: u32, rate: u32) -> std::io::Result<()> {
+    let sockets =
+        (0..flows.max(1)).map(|_| udp_client(addr)).collect::<std::io::Result<Vec<_>>>()?;
+    let start = Instant::now();
+    let interval = Duration::from_secs(1) / rate.max(1);
+    let mut sent = 0u32;
+    for seq in 0..count {
+        let due = start + interval * seq;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let mut datagram = [0u8; 64];
+        datagram[..4].copy_from_slice(&seq.to_be_bytes());
+        // A refused datagram (an ICMP error from an earlier one) is not a reason to stop.
+        if sockets[seq as usize % sockets.len()].send_to(&datagram, addr).is_ok() {
+            sent += 1;
+        }
+    }
+    println!("sent={sent}");
+    Ok(())
+}
+
 /// Runs one probe command (`args` without the program name).
 pub fn run(args: &[String]) -> ExitCode {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
@@ -217,11 +242,17 @@ pub fn run(args: &[String]) -> ExitCode {
             let rate = arg(4).parse().map_err(|e| format!("bad rate: {e}"))?;
             udp_stream(a, count, rate).map_err(|e| e.to_string())
         }),
+        "udp-spray" => addr().and_then(|a| {
+            let flows = arg(3).parse().map_err(|e| format!("bad flow count: {e}"))?;
+            let count = arg(4).parse().map_err(|e| format!("bad count: {e}"))?;
+            let rate = arg(5).parse().map_err(|e| format!("bad rate: {e}"))?;
+            udp_spray(a, flows, count, rate).map_err(|e| e.to_string())
+        }),
         "udp-send" => addr().and_then(|a| {
             let count = arg(3).parse().map_err(|e| format!("bad count: {e}"))?;
             udp_send(a, count).map_err(|e| e.to_string())
         }),
-        _ => Err("usage: podlane-netprobe tcp-sink PORT | tcp-send ADDR PORT BYTES | udp-echo PORT | udp-send ADDR PORT COUNT | udp-stream ADDR PORT COUNT RATE".into()),
+        _ => Err("usage: podlane-netprobe tcp-sink PORT | tcp-send ADDR PORT BYTES | udp-echo PORT | udp-send ADDR PORT COUNT | udp-stream ADDR PORT COUNT RATE | udp-spray ADDR PORT FLOWS COUNT RATE".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
