@@ -42,7 +42,7 @@ pub fn run(
     let tx = umem.open(to, 0, RingSizes::default(), BindPreference::Auto)?;
     let map = XskMap::new(1)?;
     map.insert(0, umem.socket(rx).context("rx socket")?)?;
-    let program = XdpProgram::pod(&map)?;
+    let program = XdpProgram::pod(&map, false)?;
     let _link = program
         .attach(from, XdpMode::Native)
         .or_else(|_| program.attach(from, XdpMode::Generic))?;

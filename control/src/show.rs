@@ -165,8 +165,13 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
         let _ = writeln!(
             out,
             "  icmp errors sent {}; flows through the kernel {} (refused {}), replies returned \
-             through it {}",
-            w.icmp_errors, w.host_flows, w.host_flows_refused, w.returned_via_host
+             through it {}; jumbo frames {} (too long {})",
+            w.icmp_errors,
+            w.host_flows,
+            w.host_flows_refused,
+            w.returned_via_host,
+            w.jumbo_frames,
+            w.jumbo_too_long
         );
         if let Some(h) = &w.host_interface {
             let _ = writeln!(

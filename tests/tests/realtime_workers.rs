@@ -1,5 +1,6 @@
 //! `--realtime-priority`: the workers, and only they, run under SCHED_FIFO at the priority
-//! asked for and still forward; the combination with spinning workers is refused.
+//! asked for and still forward (the attacher runs under SCHED_IDLE, the other threads with
+//! ordinary scheduling); the combination with spinning workers is refused.
 
 use podlane_tests::require_root;
 use testbed::binary;
@@ -38,6 +39,9 @@ fn workers_run_under_sched_fifo_and_forward() -> anyhow::Result<()> {
         if comm.starts_with("podlane-worker") {
             workers += 1;
             assert_eq!((policy, priority), (1, 7), "{comm}: SCHED_FIFO (1) at priority 7");
+        } else if comm.starts_with("podlane-attache") {
+            // comm is cut to 15 characters.
+            assert_eq!((policy, priority), (5, 0), "{comm}: SCHED_IDLE (5)");
         } else {
             assert_eq!((policy, priority), (0, 0), "{comm}: not a worker, ordinary scheduling");
         }

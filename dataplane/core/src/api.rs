@@ -219,6 +219,12 @@ pub struct WorkerCounters {
     #[serde(default)]
     pub umems: usize,
     pub invalid_descriptors: u64,
+    /// Frames longer than a chunk (a jumbo underlay's), put through the pipeline whole from
+    /// the worker's linear buffer, and those longer than the uplink's MTU allows (dropped).
+    #[serde(default)]
+    pub jumbo_frames: u64,
+    #[serde(default)]
+    pub jumbo_too_long: u64,
     /// The longest round of the worker's loop since the last publication (about a second),
     /// in microseconds: a forwarding stall shows here.
     #[serde(default)]

@@ -232,6 +232,8 @@ pub(crate) struct XdpPods {
     pub(crate) xdp_mode: XdpModeChoice,
     /// Set the fail-closed settings on each interface (with a host interface).
     pub(crate) guard: bool,
+    /// Frames may span several buffers (a jumbo underlay): the program says it copes.
+    pub(crate) frags: bool,
 }
 
 impl PodInterfaces for XdpPods {
@@ -243,7 +245,8 @@ impl PodInterfaces for XdpPods {
             guard_pod_interface(name);
         }
         let map = XskMap::new(queues).map_err(PodAttachError::Map)?;
-        let program = XdpProgram::pod(&map).map_err(|e| PodAttachError::Program(e.into()))?;
+        let program =
+            XdpProgram::pod(&map, self.frags).map_err(|e| PodAttachError::Program(e.into()))?;
         let mut sockets = Vec::new();
         for queue in 0..queues {
             let socket = XskSocket::bind(umem, name, queue, RingSizes::all(POD_RING), self.bind)

@@ -240,6 +240,13 @@ pub(crate) struct Shared {
     inboxes: Vec<worker::Inbox>,
 }
 
+impl Shared {
+    /// The longest frame the uplink carries: its MTU and the Ethernet header.
+    pub(crate) fn max_frame(&self) -> usize {
+        usize::from(self.engine.uplink_mtu) + crate::wire::EthernetFrame::<&[u8]>::HEADER_LEN
+    }
+}
+
 #[cfg(test)]
 impl Shared {
     /// State for `workers` workers over in-memory sockets, and each worker's wake-up socket.
@@ -250,9 +257,9 @@ impl Shared {
         engine: EngineConfig,
         umem: UmemConfig,
     ) -> (Arc<Shared>, Vec<std::os::unix::net::UnixDatagram>) {
-        let (inboxes, wakees) = (0..workers)
-            .map(|_| worker::Inbox::new(umem.chunk_size as usize).expect("socket pair"))
-            .unzip();
+        let capacity = (umem.chunk_size as usize).max(usize::from(engine.uplink_mtu) + 14);
+        let (inboxes, wakees) =
+            (0..workers).map(|_| worker::Inbox::new(capacity).expect("socket pair")).unzip();
         let shared = Shared {
             uplink: "up0".into(),
             uplink_queues,
@@ -355,12 +362,17 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         }
         None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
     };
-    let umem = UmemConfig { chunks: config.umem_chunks, ..UmemConfig::default() };
+    // Chunks for the largest frame the uplink carries (jumbo underlays: 4 KiB chunks and
+    // frames in several of them).
+    let max_frame =
+        u32::from(engine.uplink_mtu) + crate::wire::EthernetFrame::<&[u8]>::HEADER_LEN as u32;
+    let umem = UmemConfig::for_frames(max_frame, config.umem_chunks);
     let mut inboxes = Vec::new();
     let mut wakees = Vec::new();
     for _ in 0..workers {
-        let (inbox, wakee) =
-            worker::Inbox::new(umem.chunk_size as usize).map_err(DaemonError::Inbox)?;
+        // Frames of any length the uplink carries can be handed over.
+        let capacity = (umem.chunk_size as usize).max(max_frame as usize);
+        let (inbox, wakee) = worker::Inbox::new(capacity).map_err(DaemonError::Inbox)?;
         inboxes.push(inbox);
         wakees.push(wakee);
     }
@@ -414,11 +426,13 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         bind: config.bind,
         xdp_mode: config.xdp_mode,
         guard: config.host_interface.is_some(),
+        frags: umem.multi_buffer,
     };
     let (attacher, links) = attacher::Attacher::new(Box::new(pods), wakers);
     let uplink_map = Arc::new(XskMap::new(uplink_queues).map_err(DaemonError::UplinkMap)?);
-    let uplink_program = XdpProgram::uplink(&uplink_map, node_ip, engine.vxlan_port, engine.vni)
-        .map_err(DaemonError::UplinkProgram)?;
+    let uplink_program =
+        XdpProgram::uplink(&uplink_map, node_ip, engine.vxlan_port, engine.vni, umem.multi_buffer)
+            .map_err(DaemonError::UplinkProgram)?;
 
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::new();

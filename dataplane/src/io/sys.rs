@@ -228,25 +228,32 @@ pub(super) fn prog_run_live(
 pub(super) fn prog_load(
     prog_type: u32,
     expected_attach_type: u32,
+    prog_flags: u32,
     insns: &[u64],
     license: &str,
     name: &str,
 ) -> Result<OwnedFd, (io::Error, String)> {
     let license = CString::new(license).map_err(|e| (io::Error::other(e), String::new()))?;
-    let mut log = vec![0u8; 1 << 20];
     let mut attr = ProgLoadAttr {
         prog_type,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        prog_flags,
         prog_name: name16(name),
         expected_attach_type,
         ..Default::default()
     };
-    // `insns`, `license` and `log` outlive the call (bpf_fd's SAFETY contract).
+    // Without a log first, as libbpf does: a program that loads costs no 1 MiB buffer. Only
+    // a rejected one is loaded again, with the verifier's log. `insns`, `license` and `log`
+    // outlive each call (bpf_fd's SAFETY contract).
+    if let Ok(fd) = bpf_fd(BPF_PROG_LOAD, &mut attr) {
+        return Ok(fd);
+    }
+    let mut log = vec![0u8; 1 << 20];
+    attr.log_level = 1;
+    attr.log_size = log.len() as u32;
+    attr.log_buf = log.as_mut_ptr() as u64;
     bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
         let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
         (e, String::from_utf8_lossy(&log[..end]).into_owned())

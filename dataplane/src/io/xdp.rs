@@ -430,24 +430,44 @@ fn redirect_to_queue_socket(asm: &mut Asm, ctx: Reg, map: &XskMap) {
 }
 
 impl XdpProgram {
-    /// The pod-interface program (module doc).
-    pub fn pod(map: &XskMap) -> Result<XdpProgram, XdpError> {
+    /// The pod-interface program (module doc). `frags`: it handles frames in several
+    /// buffers (an interface whose MTU is beyond a page; see [`XdpProgram::load_with`]).
+    pub fn pod(map: &XskMap, frags: bool) -> Result<XdpProgram, XdpError> {
         let mut asm = Asm::new();
         redirect_to_queue_socket(&mut asm, Reg::R1, map);
-        XdpProgram::load("podlane_pod", &asm.finish())
+        XdpProgram::load_with("podlane_pod", &asm.finish(), frags)
     }
 
     /// The uplink program (module doc) for a node with underlay address `node`, VXLAN
-    /// destination port `port` and VNI `vni`.
-    pub fn uplink(map: &XskMap, node: IpAddr, port: u16, vni: u32) -> Result<XdpProgram, XdpError> {
-        XdpProgram::load("podlane_uplink", &uplink_program(map, node, port, vni))
+    /// destination port `port` and VNI `vni`; `frags` as for [`XdpProgram::pod`].
+    pub fn uplink(
+        map: &XskMap,
+        node: IpAddr,
+        port: u16,
+        vni: u32,
+        frags: bool,
+    ) -> Result<XdpProgram, XdpError> {
+        XdpProgram::load_with("podlane_uplink", &uplink_program(map, node, port, vni), frags)
     }
 
     /// Loads any XDP program given as instructions; a rejection carries the verifier's log.
     pub fn load(name: &'static str, insns: &[u64]) -> Result<XdpProgram, XdpError> {
+        XdpProgram::load_with(name, insns, false)
+    }
+
+    /// Loads an XDP program; with `frags` (BPF_F_XDP_HAS_FRAGS) it may be attached where a
+    /// frame spans several buffers (jumbo frames on veth and most drivers). Both programs
+    /// look only at headers in the first buffer, so they are the same either way.
+    pub fn load_with(
+        name: &'static str,
+        insns: &[u64],
+        frags: bool,
+    ) -> Result<XdpProgram, XdpError> {
         const BPF_PROG_TYPE_XDP: u32 = 6;
         const BPF_XDP: u32 = 37;
-        let fd = sys::prog_load(BPF_PROG_TYPE_XDP, BPF_XDP, insns, "Dual MIT/GPL", name)
+        const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
+        let flags = if frags { BPF_F_XDP_HAS_FRAGS } else { 0 };
+        let fd = sys::prog_load(BPF_PROG_TYPE_XDP, BPF_XDP, flags, insns, "Dual MIT/GPL", name)
             .map_err(|(source, log)| XdpError::Load { program: name, source, log })?;
         Ok(XdpProgram { fd, name })
     }

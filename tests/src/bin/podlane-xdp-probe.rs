@@ -26,12 +26,12 @@ fn main() -> ExitCode {
         }
     };
     let result = XskMap::new(1).and_then(|map| match program.as_str() {
-        "pod" => XdpProgram::pod(&map),
+        "pod" => XdpProgram::pod(&map, false),
         _ => {
             let node: IpAddr = args.get(3).and_then(|a| a.parse().ok()).expect("NODE-IP");
             let port: u16 = args.get(4).and_then(|p| p.parse().ok()).expect("PORT");
             let vni: u32 = args.get(5).and_then(|v| v.parse().ok()).unwrap_or(1);
-            XdpProgram::uplink(&map, node, port, vni)
+            XdpProgram::uplink(&map, node, port, vni, false)
         }
     });
     let link = match result.and_then(|p| p.attach(interface, mode)) {

@@ -77,6 +77,9 @@ impl Worker {
                 p.fill_target = self.budget.after_pod_burst(p.fill_target, n);
             }
         }
+        if self.linear.is_some() {
+            self.take_chains(port, ingress, snapshot);
+        }
         self.process_received(ingress, Target::Port(port), snapshot);
         n as usize
     }

@@ -40,12 +40,15 @@ impl Worker {
         let pods = self.umems.pods();
         let headroom = self.umems.get(pods).frame_headroom() as usize;
         self.rx.clear();
+        if self.linear.is_some() {
+            return self.receive_host_jumbo(snapshot);
+        }
         while self.rx.len() < super::BURST {
             let Some(chunk) = self.umems.get(pods).allocate() else {
                 self.io_counters.chunk_exhausted += 1;
                 break;
             };
-            let mut packet = Packet { chunk, span: Span::new(headroom, 0) };
+            let mut packet = Packet::new(chunk, Span::new(headroom, 0));
             let mut read = Ok(None);
             self.umems.lend_one(&mut packet, |buffer, span| {
                 let room = buffer.len() - headroom - ETH;
@@ -96,6 +99,80 @@ impl Worker {
         n
     }
 
+    /// [`Worker::receive_host`] on a jumbo underlay, where the host interface's MTU is beyond
+    /// a chunk: each packet is read into the linear buffer, then copied into a chunk when it
+    /// fits one (to go through the pipeline in a batch) or put through the pipeline from there.
+    fn receive_host_jumbo(&mut self, snapshot: &Snapshot) -> usize {
+        let Some(mut linear) = self.linear.take() else { return 0 };
+        let pods = self.umems.pods();
+        let headroom = self.umems.get(pods).frame_headroom() as usize;
+        let room = self.umems.get(pods).config().max_frame() as usize;
+        let mut read = 0;
+        while read < super::BURST {
+            let Some(host) = self.host.as_mut() else { break };
+            let start = linear.headroom;
+            let buffer = &mut linear.bytes;
+            let n = match host.tun.receive(&mut buffer[start + ETH..]) {
+                Ok(Some(n)) if start + ETH + n < buffer.len() => n,
+                Ok(Some(_)) => {
+                    host.counters.rx_too_long += 1;
+                    continue;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(worker = self.index, "reading the host interface: {e}");
+                    break;
+                }
+            };
+            read += 1;
+            host.counters.rx_packets += 1;
+            host.counters.rx_bytes += n as u64;
+            let ethertype: u16 = match buffer[start + ETH] >> 4 {
+                4 => 0x0800,
+                6 => 0x86dd,
+                _ => 0,
+            };
+            buffer[start..start + 12].fill(0);
+            buffer[start + 12..start + ETH].copy_from_slice(&ethertype.to_be_bytes());
+            let frame = &buffer[start..start + ETH + n];
+            if frame.len() <= room {
+                let Some(chunk) = self.umems.get(pods).allocate() else {
+                    self.io_counters.chunk_exhausted += 1;
+                    continue;
+                };
+                let mut packet = Packet::new(chunk, Span::new(headroom, frame.len()));
+                self.umems.lend_one(&mut packet, |bytes, span| {
+                    bytes[span.head as usize..span.end()].copy_from_slice(frame);
+                });
+                self.rx.push(packet);
+                continue;
+            }
+            let owner = match frame.get(ETH..).and_then(source_of).and_then(|ip| snapshot.route(ip))
+            {
+                Some(RouteTarget::Endpoint(id)) => match self.target(id) {
+                    Target::Worker { worker, .. } => Some(worker),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match owner {
+                Some(worker) => self.hand_off_bytes(worker, Destination::HostIngress, frame),
+                None => {
+                    let span = Span::new(start, ETH + n);
+                    self.process_linear(&mut linear, span, Ingress::Host, Target::Host, snapshot);
+                }
+            }
+        }
+        self.linear = Some(linear);
+        if self.shared.workers > 1 {
+            self.hand_over_foreign_sources(snapshot);
+        }
+        if !self.rx.is_empty() {
+            self.process_received(Ingress::Host, Target::Host, snapshot);
+        }
+        read
+    }
+
     /// Hands the packets of `self.rx` whose source is a pod another worker owns to that
     /// worker, unprocessed: the flows a pod has through the node's kernel are that worker's to
     /// remember (inbox module doc).
@@ -129,22 +206,33 @@ impl Worker {
 
     /// Hands a frame's IP packet to the host interface and releases its chunk.
     pub(super) fn send_host(&mut self, mut packet: Packet) {
-        let Some(host) = self.host.as_mut() else {
-            self.umems.release(packet);
-            return;
-        };
-        let mut sent = false;
+        let host = &mut self.host;
+        let counters = &mut self.io_counters;
         self.umems.lend_one(&mut packet, |buffer, span| {
-            let ip = buffer.get(span.head as usize + ETH..span.end()).unwrap_or_default();
-            sent = !ip.is_empty() && matches!(host.tun.send(ip), Ok(true));
+            let frame = buffer.get(span.head as usize..span.end()).unwrap_or_default();
+            write(host, counters, frame);
         });
-        if sent {
-            host.counters.tx_packets += 1;
-            host.counters.tx_bytes += u64::from(packet.span.len).saturating_sub(ETH as u64);
-        } else {
-            host.counters.tx_dropped += 1;
-        }
         self.umems.release(packet);
+    }
+
+    /// Hands a frame's IP packet (from a buffer) to the host interface.
+    pub(super) fn write_host(&mut self, frame: &[u8]) {
+        write(&mut self.host, &mut self.io_counters, frame);
+    }
+}
+
+/// Writes the IP packet of `frame` (after its Ethernet header) to the host queue, counted.
+fn write(host: &mut Option<HostQueue>, io: &mut super::stats::IoCounters, frame: &[u8]) {
+    let Some(host) = host.as_mut() else {
+        io.no_socket += 1;
+        return;
+    };
+    let ip = frame.get(ETH..).unwrap_or_default();
+    if !ip.is_empty() && matches!(host.tun.send(ip), Ok(true)) {
+        host.counters.tx_packets += 1;
+        host.counters.tx_bytes += ip.len() as u64;
+    } else {
+        host.counters.tx_dropped += 1;
     }
 }
 

@@ -87,12 +87,7 @@ impl Worker {
         let shared = self.shared.clone();
         let inbox = &shared.inboxes[worker];
         let len = packet.span.len as usize;
-        if len > inbox.capacity {
-            self.io_counters.handoff_dropped += 1;
-            return;
-        }
-        let mut bytes =
-            inbox.spare.pop().unwrap_or_else(|| vec![0u8; inbox.capacity].into_boxed_slice());
+        let Some(mut bytes) = self.handoff_buffer(inbox, len) else { return };
         let mut copied = false;
         self.umems.lend_one(packet, |chunk, span| {
             if let Some(src) = chunk.get(span.head as usize..span.end()) {
@@ -100,11 +95,40 @@ impl Worker {
                 copied = true;
             }
         });
-        if !copied || inbox.queue.push(Handoff { destination, len, bytes }).is_err() {
+        if copied {
+            self.push_handoff(inbox, Handoff { destination, len, bytes });
+        } else {
             self.io_counters.handoff_dropped += 1;
-            return;
         }
-        let _ = inbox.waker.send(&[1]);
+    }
+
+    /// Copies a frame from a buffer into the owning worker's inbox and wakes it.
+    pub(super) fn hand_off_bytes(&mut self, worker: usize, destination: Destination, frame: &[u8]) {
+        let shared = self.shared.clone();
+        let inbox = &shared.inboxes[worker];
+        let len = frame.len();
+        let Some(mut bytes) = self.handoff_buffer(inbox, len) else { return };
+        bytes[..len].copy_from_slice(frame);
+        self.push_handoff(inbox, Handoff { destination, len, bytes });
+    }
+
+    /// A buffer of the inbox for a frame of `len` bytes; `None` (counted) when it is longer
+    /// than the inbox takes.
+    fn handoff_buffer(&mut self, inbox: &Inbox, len: usize) -> Option<Box<[u8]>> {
+        if len == 0 || len > inbox.capacity {
+            self.io_counters.handoff_dropped += 1;
+            return None;
+        }
+        Some(inbox.spare.pop().unwrap_or_else(|| vec![0u8; inbox.capacity].into_boxed_slice()))
+    }
+
+    fn push_handoff(&mut self, inbox: &Inbox, handoff: Handoff) {
+        match inbox.queue.push(handoff) {
+            Ok(()) => {
+                let _ = inbox.waker.send(&[1]);
+            }
+            Err(_) => self.io_counters.handoff_dropped += 1,
+        }
     }
 
     /// Frames other workers handed to this one, each into a fresh chunk: a pod's frame queued
@@ -130,10 +154,16 @@ impl Worker {
                 Destination::HostIngress => Some(Target::Host),
             };
             let fits = headroom + handoff.len <= chunk_size;
+            if let (Some(target), false) = (target, fits) {
+                // A jumbo frame: through the linear buffer.
+                self.take_long_handoff(target, &handoff.bytes[..handoff.len], snapshot);
+                let _ = inbox.spare.push(handoff.bytes);
+                continue;
+            }
             match (target, fits) {
                 (Some(target), true) => match self.umems.get(pods).allocate() {
                     Some(chunk) => {
-                        let mut packet = Packet { chunk, span: Span::new(headroom, handoff.len) };
+                        let mut packet = Packet::new(chunk, Span::new(headroom, handoff.len));
                         self.umems.lend_one(&mut packet, |dst, span| {
                             dst[span.head as usize..span.end()]
                                 .copy_from_slice(&handoff.bytes[..handoff.len]);
@@ -160,5 +190,28 @@ impl Worker {
             self.process_received(Ingress::Host, Target::Host, snapshot);
         }
         n
+    }
+
+    /// A handed-over frame longer than a chunk: delivered as a chain, or (from the host
+    /// interface) put through the pipeline from the linear buffer.
+    fn take_long_handoff(&mut self, target: Target, frame: &[u8], snapshot: &Snapshot) {
+        match target {
+            Target::Host => {
+                let Some(mut linear) = self.linear.take() else {
+                    self.io_counters.handoff_dropped += 1;
+                    return;
+                };
+                let start = linear.headroom;
+                if start + frame.len() > linear.bytes.len() {
+                    self.io_counters.handoff_dropped += 1;
+                } else {
+                    linear.bytes[start..start + frame.len()].copy_from_slice(frame);
+                    let span = Span::new(start, frame.len());
+                    self.process_linear(&mut linear, span, Ingress::Host, Target::Host, snapshot);
+                }
+                self.linear = Some(linear);
+            }
+            other => self.send_linear(other, frame),
+        }
     }
 }

@@ -27,6 +27,7 @@ mod budget;
 mod forward;
 mod host;
 mod inbox;
+mod jumbo;
 mod pods;
 mod port;
 mod stats;
@@ -125,6 +126,8 @@ pub(super) struct Worker {
     io_counters: stats::IoCounters,
     /// The longest round of the loop since counters were last published.
     longest_round: Duration,
+    /// Where a frame longer than a chunk goes through the pipeline (multi-buffer UMEMs only).
+    linear: Option<jumbo::Linear>,
 }
 
 /// What a worker is made of besides its sockets.
@@ -146,6 +149,11 @@ impl Worker {
         let chunks = umems.get(umems::UPLINK).config().chunks;
         let budget = Budget::new(chunks, uplink.len() as u32, umems.split(), UPLINK_RING);
         let pipeline = Pipeline::for_worker(shared.engine.clone(), index as u16);
+        let config = *umems.get(umems::UPLINK).config();
+        let linear = config.multi_buffer.then(|| {
+            let headroom = umems.get(umems::UPLINK).frame_headroom() as usize;
+            jumbo::Linear::new(headroom, shared.max_frame())
+        });
         let mut ports = Ports::default();
         let mut first = None;
         for socket in uplink {
@@ -181,6 +189,7 @@ impl Worker {
             frames: Vec::with_capacity(BURST),
             io_counters: stats::IoCounters::default(),
             longest_round: Duration::ZERO,
+            linear,
         })
     }
 

@@ -37,6 +37,8 @@ pub(super) struct Port {
     pub(super) interface: String,
     pub(super) queue: u32,
     pub(super) pending: Vec<Packet>,
+    /// The start of a frame in several chunks whose end has not been received yet.
+    pub(super) partial: Vec<Packet>,
     pub(super) stats: PortCounters,
     /// Busy polling was looked at: enabled where the socket has a NAPI id.
     pub(super) busy_poll_checked: bool,
@@ -62,6 +64,7 @@ impl Port {
             interface: interface.to_owned(),
             queue,
             pending: Vec::new(),
+            partial: Vec::new(),
             stats: PortCounters::default(),
             busy_poll_checked: false,
             fill_target,
@@ -128,7 +131,7 @@ impl Ports {
     pub(super) fn remove(&mut self, id: PortId, umems: &mut Umems) -> Option<XskSocket> {
         let mut port = self.slots.get_mut(id.0).and_then(Option::take)?;
         self.pending -= port.pending.len();
-        for packet in port.pending.drain(..) {
+        for packet in port.pending.drain(..).chain(port.partial.drain(..)) {
             umems.release(packet);
         }
         umems.get(port.umem).retire(port.socket)

@@ -18,6 +18,10 @@ pub(super) struct IoCounters {
     /// Frames dropped because a UMEM had no free chunk for them (a hand-over, a copy between
     /// UMEMs, a read from the host interface).
     pub(super) chunk_exhausted: u64,
+    /// Frames in several chunks (jumbo), put through the pipeline from the linear buffer.
+    pub(super) jumbo_frames: u64,
+    /// Of those, frames longer than the uplink's MTU allows: dropped.
+    pub(super) jumbo_too_long: u64,
 }
 
 impl Worker {
@@ -72,6 +76,8 @@ impl Worker {
             chunk_exhausted: io.chunk_exhausted,
             free_chunks: self.umems.all().iter().map(|u| u.free_chunks()).sum(),
             umems: self.umems.all().len(),
+            jumbo_frames: io.jumbo_frames,
+            jumbo_too_long: io.jumbo_too_long,
             longest_round_us: self.longest_round.as_micros() as u64,
             invalid_descriptors: self.umems.all().iter().map(|u| u.invalid_descriptors()).sum(),
             sockets,

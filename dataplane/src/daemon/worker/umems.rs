@@ -91,7 +91,7 @@ impl Umems {
             return None;
         };
         let mut from = packet;
-        let mut to = Packet { chunk, span: from.span };
+        let mut to = Packet { chunk, span: from.span, continues: from.continues };
         let (low, high) = self.list.split_at_mut(source.max(target));
         let (source_umem, target_umem) = if source < target {
             (&mut low[source], &mut high[0])

@@ -34,6 +34,8 @@ pub(crate) struct KernelEnd {
     handle: Arc<UmemHandle>,
     /// Chunks taken off the fill ring and not used (the kernel's own free list, in xsk_buff_pool).
     spare: Vec<u64>,
+    /// The start of a frame whose last descriptor has not come yet.
+    tx_partial: Vec<u8>,
     pub(crate) counters: KernelCounters,
 }
 
@@ -78,6 +80,7 @@ impl XskSocket {
             completion: Producer::new(completion_kernel),
             handle: handle.clone(),
             spare: Vec::new(),
+            tx_partial: Vec::new(),
             counters: KernelCounters::default(),
         };
         (socket, end)
@@ -104,43 +107,56 @@ impl KernelEnd {
     }
 
     /// A frame arrives on the socket's queue: copied into a chunk from the fill ring and
-    /// described on the RX ring. False when it is dropped (counted as the kernel would).
+    /// described on the RX ring — into several chunks, each described with `XDP_PKT_CONTD`
+    /// but the last, when it is longer than a chunk and the UMEM is multi-buffer. False when
+    /// it is dropped (counted as the kernel would).
     pub(crate) fn deliver(&mut self, frame: &[u8]) -> bool {
         let config = self.handle.config;
-        if self.rx.reserve(1).remaining() == 0 {
+        let head = u64::from(XDP_PACKET_HEADROOM + config.headroom);
+        let room = (u64::from(config.chunk_size) - head) as usize;
+        let parts = frame.len().div_ceil(room).max(1);
+        if parts > 1 && !config.multi_buffer {
+            self.counters.rx_dropped += 1;
+            return false;
+        }
+        if (self.rx.reserve(parts as u32).remaining() as usize) < parts {
             self.counters.rx_ring_full += 1;
             return false;
         }
-        let Some(base) = self.take_fill() else {
-            self.counters.rx_fill_ring_empty += 1;
-            return false;
-        };
-        let head = u64::from(XDP_PACKET_HEADROOM + config.headroom);
-        if head + frame.len() as u64 > u64::from(config.chunk_size) {
-            self.counters.rx_dropped += 1;
-            self.spare.push(base);
-            return false;
+        let mut bases = Vec::with_capacity(parts);
+        for _ in 0..parts {
+            match self.take_fill() {
+                Some(base) => bases.push(base),
+                None => {
+                    self.counters.rx_fill_ring_empty += 1;
+                    self.spare.extend(bases);
+                    return false;
+                }
+            }
         }
-        // SAFETY: the chunk came off the fill ring, so userspace gave it to the kernel: it is
-        // in a fill state in its UMEM, with no token, and userspace does not touch it until it
-        // comes back on the RX ring below. The range lies inside the area (checked above).
-        let bytes = unsafe { self.handle.area.bytes_mut((base + head) as usize, frame.len()) };
-        bytes.copy_from_slice(frame);
-        let mut reservation = self.rx.reserve(1);
-        let desc = Desc { addr: base + head, len: frame.len() as u32, options: 0 };
-        let pushed = reservation.push(desc).is_ok();
-        drop(reservation);
-        pushed
+        let mut reservation = self.rx.reserve(parts as u32);
+        for (i, (base, part)) in bases.into_iter().zip(frame.chunks(room)).enumerate() {
+            // SAFETY: the chunk came off the fill ring, so userspace gave it to the kernel:
+            // it is in a fill state in its UMEM, with no token, and userspace does not touch
+            // it until it comes back on the RX ring below. The range lies inside the chunk
+            // (`part` is at most `room` bytes) and so inside the area.
+            let bytes = unsafe { self.handle.area.bytes_mut((base + head) as usize, part.len()) };
+            bytes.copy_from_slice(part);
+            let options = if i + 1 < parts { libc::XDP_PKT_CONTD } else { 0 };
+            let _ = reservation.push(Desc { addr: base + head, len: part.len() as u32, options });
+        }
+        true
     }
 
-    /// Frames userspace put on the TX ring since the last call, copied out; their addresses
-    /// go on the completion ring (as far as it has room: what does not fit stays on the TX
-    /// ring, as the kernel leaves it).
+    /// Frames userspace put on the TX ring since the last call, copied out (a frame in
+    /// several descriptors joined up); their addresses go on the completion ring (as far as
+    /// it has room: what does not fit stays on the TX ring, as the kernel leaves it).
     pub(crate) fn transmitted(&mut self) -> Vec<Vec<u8>> {
         let config = self.handle.config;
         let area = u64::from(config.chunks) * u64::from(config.chunk_size);
         let room = self.completion.reserve(u32::MAX).remaining();
         let mut frames = Vec::new();
+        let mut current = std::mem::take(&mut self.tx_partial);
         let mut done = Vec::new();
         for d in self.tx.batch(room) {
             let offset = d.addr % u64::from(config.chunk_size);
@@ -156,9 +172,13 @@ impl KernelEnd {
             // token, and comes back to userspace only through the completion ring below. The
             // range lies inside the area (checked above).
             let bytes = unsafe { self.handle.area.bytes_mut(d.addr as usize, d.len as usize) };
-            frames.push(bytes.to_vec());
+            current.extend_from_slice(bytes);
+            if d.options & libc::XDP_PKT_CONTD == 0 {
+                frames.push(std::mem::take(&mut current));
+            }
             done.push(d.addr);
         }
+        self.tx_partial.extend(current);
         let mut reservation = self.completion.reserve(done.len() as u32);
         for addr in done {
             let _ = reservation.push(addr);

@@ -63,13 +63,16 @@ pub struct UmemConfig {
     pub chunk_size: u32,
     /// Extra headroom in front of received frames, on top of the kernel's 256 bytes.
     pub headroom: u32,
+    /// Frames longer than a chunk holds (jumbo frames) are received and sent as several
+    /// descriptors (`XDP_USE_SG`); without it the kernel drops them.
+    pub multi_buffer: bool,
 }
 
 impl Default for UmemConfig {
     /// 16,384 chunks of 2 KiB: 32 MiB. After the kernel's 256-byte headroom (where the outer
     /// headers are prepended) a chunk holds a 1,792-byte frame: MTU 1500 plus headers.
     fn default() -> Self {
-        UmemConfig { chunks: 16_384, chunk_size: 2048, headroom: 0 }
+        UmemConfig { chunks: 16_384, chunk_size: 2048, headroom: 0, multi_buffer: false }
     }
 }
 
@@ -77,6 +80,19 @@ impl UmemConfig {
     /// The longest frame a chunk holds.
     pub fn max_frame(&self) -> u32 {
         self.chunk_size.saturating_sub(XDP_PACKET_HEADROOM + self.headroom)
+    }
+
+    /// The configuration for frames of up to `frame` bytes, with `chunks` chunks: 2 KiB chunks
+    /// for an MTU of 1500; beyond, 4 KiB chunks (a page, the largest a UMEM takes) with
+    /// frames in several of them where they need it. Multi-buffer from the first byte over
+    /// 2 KiB, not only over 4 KiB: drivers (veth among them) split a frame into buffers well
+    /// before it reaches a page, and a socket without it would lose those frames.
+    pub fn for_frames(frame: u32, chunks: u32) -> UmemConfig {
+        let small = UmemConfig { chunks, ..UmemConfig::default() };
+        if frame <= small.max_frame() {
+            return small;
+        }
+        UmemConfig { chunk_size: 4096, multi_buffer: true, ..small }
     }
 }
 
@@ -222,11 +238,22 @@ impl Chunk {
 }
 
 /// A frame in a chunk that userspace owns: the bytes `span` names in the chunk (the engine's
-/// own [`Span`], which it moves when it encapsulates or decapsulates).
+/// own [`Span`], which it moves when it encapsulates or decapsulates). A frame longer than a
+/// chunk (jumbo, with [`UmemConfig::multi_buffer`]) is several packets in a row, each but the
+/// last marked `continues`, as the kernel's descriptors are (`XDP_PKT_CONTD`).
 #[derive(Debug)]
 pub struct Packet {
     pub chunk: Chunk,
     pub span: Span,
+    /// The frame goes on in the next packet.
+    pub continues: bool,
+}
+
+impl Packet {
+    /// A whole frame in one chunk.
+    pub fn new(chunk: Chunk, span: Span) -> Packet {
+        Packet { chunk, span, continues: false }
+    }
 }
 
 /// Handle of a socket within its [`Umem`]: its slot there and its serial, so a handle kept

@@ -125,7 +125,11 @@ impl XskSocket {
             };
             XskError::Bind { interface: interface.to_owned(), queue, mode, source, hint }
         };
-        let wakeup = libc::XDP_USE_NEED_WAKEUP;
+        let mut flags = libc::XDP_USE_NEED_WAKEUP;
+        if handle.config.multi_buffer {
+            // The UMEM takes it from its first socket; those that share it inherit it.
+            flags |= libc::XDP_USE_SG;
+        }
         let bind = |flags, owner| {
             bind_when_free(|| sys::xsk_bind(fd.as_fd(), ifindex, queue, flags, owner))
         };
@@ -133,8 +137,8 @@ impl XskSocket {
             // The kernel refuses mode flags with XDP_SHARED_UMEM: the mode is the UMEM's.
             bind(libc::XDP_SHARED_UMEM, Some(owner)).map_err(|e| bind_err("shared", e))?;
         } else {
-            let zero_copy = || bind(libc::XDP_ZEROCOPY | wakeup, None);
-            let copy = || bind(libc::XDP_COPY | wakeup, None);
+            let zero_copy = || bind(libc::XDP_ZEROCOPY | flags, None);
+            let copy = || bind(libc::XDP_COPY | flags, None);
             match preference {
                 BindPreference::ZeroCopy => zero_copy().map_err(|e| bind_err("zero-copy", e))?,
                 BindPreference::Copy => copy().map_err(|e| bind_err("copy", e))?,

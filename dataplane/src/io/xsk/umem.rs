@@ -316,7 +316,9 @@ impl Umem {
                 Some(s) if *s == expected && head + u64::from(d.len) <= chunk_size => {
                     *s = USER;
                     let span = Span { head: head as u32, len: d.len };
-                    out.push(Packet { chunk: Chunk { umem, index: index as u32 }, span });
+                    let chunk = Chunk { umem, index: index as u32 };
+                    let continues = d.options & libc::XDP_PKT_CONTD != 0;
+                    out.push(Packet { chunk, span, continues });
                 }
                 _ => self.invalid_descriptors += 1,
             }
@@ -371,13 +373,18 @@ impl Umem {
         if !pending.is_empty() {
             let state = on_ring(TX, socket.serial);
             let mut reservation = socket.tx.reserve(pending.len() as u32);
-            let n = reservation.remaining() as usize;
+            // Whole frames only: a frame in several chunks is not split across two calls.
+            let mut n = reservation.remaining() as usize;
+            while n > 0 && pending[n - 1].continues {
+                n -= 1;
+            }
             for packet in pending.drain(..n) {
                 assert_eq!(packet.chunk.umem, umem, "a chunk of another UMEM");
                 outcome.bytes += u64::from(packet.span.len);
                 self.state[packet.chunk.index as usize] = state;
                 let addr = u64::from(packet.chunk.index) * chunk_size + u64::from(packet.span.head);
-                let _ = reservation.push(Desc { addr, len: packet.span.len, options: 0 });
+                let options = if packet.continues { libc::XDP_PKT_CONTD } else { 0 };
+                let _ = reservation.push(Desc { addr, len: packet.span.len, options });
             }
             drop(reservation);
             socket.tx_in_flight += n as u32;
@@ -539,7 +546,7 @@ mod tests {
         let (id, mut kernel) = socket(&mut umem, BindMode::Copy);
         let headroom = umem.frame_headroom() as usize;
         let mut pending: Vec<Packet> = (0..100)
-            .map(|_| Packet { chunk: umem.allocate().unwrap(), span: Span::new(headroom, 64) })
+            .map(|_| Packet::new(umem.allocate().unwrap(), Span::new(headroom, 64)))
             .collect();
         assert_eq!(umem.transmit(id, &mut pending).queued, 64);
         assert_eq!(pending.len(), 36);
