@@ -118,9 +118,12 @@ struct Cli {
     /// core. Needs CAP_SYS_NICE. Default: ordinary scheduling.
     #[arg(long, value_name = "PRIORITY", value_parser = clap::value_parser!(u8).range(1..=99))]
     realtime_priority: Option<u8>,
-    /// UMEM chunks (2 KiB each) per worker.
-    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1024..=1 << 20))]
-    umem_chunks: u32,
+    /// Chunks per UMEM (2 KiB each; 4 KiB on an underlay whose MTU is beyond 1,778). A worker
+    /// has one UMEM, two beside a zero-copy uplink. Default: 16,384, or 2,048 per uplink queue
+    /// of a worker where that is more (at most 131,072), so that each queue's fill ring holds
+    /// at least 512.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1024..=1 << 20))]
+    umem_chunks: Option<u32>,
     /// Compute the outer UDP checksum over IPv4 (Linux's vxlan default; off is RFC 7348's
     /// and VPP's default, and every receiver accepts both).
     #[arg(long)]

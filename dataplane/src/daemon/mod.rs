@@ -68,8 +68,8 @@ pub struct DaemonConfig {
     pub poll_mode: PollMode,
     /// SCHED_FIFO priority of the workers (1–99); `None`: ordinary scheduling.
     pub realtime_priority: Option<u8>,
-    /// UMEM chunks per worker.
-    pub umem_chunks: u32,
+    /// Chunks per UMEM; `None`: [`default_umem_chunks`].
+    pub umem_chunks: Option<u32>,
     /// Initial tables; without them the daemon forwards nothing until the control process
     /// pushes a full sync (and then needs `node_name` and `node_ip`).
     pub tables: Option<PathBuf>,
@@ -279,6 +279,13 @@ impl Shared {
     }
 }
 
+/// Chunks per UMEM by default, for a worker with `queues` uplink queues: 16,384, or 2,048 per
+/// queue where that is more (each queue's fill ring then holds at least 512: a quarter of the
+/// UMEM is the uplink's, see the worker's fill budget), at most 131,072.
+pub fn default_umem_chunks(queues: u32) -> u32 {
+    queues.saturating_mul(2048).clamp(16_384, 131_072)
+}
+
 /// Attaches `program` in the chosen mode; `Auto` tries native, then generic.
 pub(crate) fn attach(
     program: &XdpProgram,
@@ -366,7 +373,10 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     // frames in several of them).
     let max_frame =
         u32::from(engine.uplink_mtu) + crate::wire::EthernetFrame::<&[u8]>::HEADER_LEN as u32;
-    let umem = UmemConfig::for_frames(max_frame, config.umem_chunks);
+    let chunks = config
+        .umem_chunks
+        .unwrap_or_else(|| default_umem_chunks(uplink_queues.div_ceil(workers as u32)));
+    let umem = UmemConfig::for_frames(max_frame, chunks);
     let mut inboxes = Vec::new();
     let mut wakees = Vec::new();
     for _ in 0..workers {

@@ -125,6 +125,17 @@ mod tests {
     }
 
     #[test]
+    fn the_default_umem_gives_every_queue_512_or_more_up_to_64() {
+        for queues in 1..=64 {
+            let chunks = crate::daemon::default_umem_chunks(queues);
+            let budget = Budget::new(chunks, queues, false, 2048);
+            assert!(budget.uplink_fill >= 512, "{queues} queues, {chunks} chunks: {budget:?}");
+        }
+        assert_eq!(crate::daemon::default_umem_chunks(1), 16_384);
+        assert_eq!(crate::daemon::default_umem_chunks(64), 131_072);
+    }
+
+    #[test]
     fn pods_grow_within_their_part_and_decay_when_idle() {
         let mut budget = Budget::new(16_384, 1, false, 2048);
         let mut levels: Vec<u32> = (0..32).map(|_| budget.admit_pod()).collect();
