@@ -13,7 +13,7 @@ use podlane_bench::memory;
 use podlane_bench::pps::{self, Progress};
 use podlane_bench::report::{self, Machine};
 use podlane_bench::tcp;
-use podlane_bench::topology::{Dataplane, Direction, Placement, Topology};
+use podlane_bench::topology::{Dataplane, Direction, KernelPlacement, Placement, Topology};
 
 #[derive(Parser, Debug)]
 #[command(name = "podlane-bench", version, about = "podlane measurements")]
@@ -61,6 +61,11 @@ struct PpsArgs {
     /// DAMON's kdamond took the worker's core for 2-4 ms at a time).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=99))]
     dut_priority: u8,
+    /// Where the kernel dataplane's receive work runs: inline (softirq on the core frames
+    /// arrive on: the generator's), rps (RPS to the DUT core) or threaded-napi (the receiving
+    /// interface's NAPI in a kthread pinned to the DUT core).
+    #[arg(long, value_enum, default_value_t = KernelPlacement::Inline)]
+    kernel_placement: KernelPlacement,
     /// Print the log of each dataplane process (podlane-dataplane, the bare forwarder) after
     /// its turn.
     #[arg(long)]
@@ -290,13 +295,24 @@ fn pps_command(args: PpsArgs) -> anyhow::Result<()> {
         gen_core: args.gen_core,
         dut_core,
         dut_priority: (args.dut_priority > 0).then_some(args.dut_priority),
+        kernel_placement: args.kernel_placement,
         show_logs: args.show_logs,
     };
     dataplane::io::install_stop_handlers()?;
     let machine = Machine::this();
     println!(
-        "podlane-bench pps on {} CPUs ({}), Linux {}: generators on core {}, dataplane worker on core {}",
-        machine.cpus, machine.cpu_model, machine.kernel, config.gen_core, config.dut_core
+        "podlane-bench pps on {} CPUs ({}), Linux {}: generators on core {}, dataplane worker on core {}, the kernel's receive work {}",
+        machine.cpus,
+        machine.cpu_model,
+        machine.kernel,
+        config.gen_core,
+        config.dut_core,
+        match config.kernel_placement {
+            KernelPlacement::Inline => "inline (softirq where frames arrive)".to_owned(),
+            KernelPlacement::Rps => format!("moved by RPS to core {}", config.dut_core),
+            KernelPlacement::ThreadedNapi =>
+                format!("in threaded NAPI pinned to core {}", config.dut_core),
+        }
     );
     let placement = Placement {
         uplink: args.uplink,

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cpu::{self, CoreUse};
 use crate::endpoint::{Client, LatencySummary, Reply, Request};
-use crate::topology::{self, Dataplane, Direction, Running, Topology};
+use crate::topology::{self, Dataplane, Direction, KernelPlacement, Running, Topology};
 use crate::traffic::{self, Hop, Layout, SinkMode, VXLAN_OVERHEAD};
 
 /// What to measure and how long.
@@ -45,6 +45,8 @@ pub struct Config {
     pub dut_core: usize,
     /// SCHED_FIFO priority of the dataplane's worker; `None`: ordinary scheduling.
     pub dut_priority: Option<u8>,
+    /// Where the kernel dataplane's receive work runs.
+    pub kernel_placement: KernelPlacement,
     /// Print each dataplane process's log after its turn.
     #[serde(skip)]
     pub show_logs: bool,
@@ -441,6 +443,7 @@ pub fn run(
                         direction,
                         config.dut_core,
                         config.dut_priority,
+                        config.kernel_placement,
                     )?;
                     let row =
                         measure(topology, config, dataplane, direction, size, flows, progress);

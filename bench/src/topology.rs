@@ -339,10 +339,93 @@ fn tables_json(node_ip: Ipv4Addr, remote_ip: Ipv4Addr) -> String {
     )
 }
 
-/// A dataplane process running in the node (none for the kernel).
+/// Where the kernel dataplane's receive work runs (`--kernel-placement`). By itself the
+/// kernel processes a frame in softirq on the core where it arrived: here the generator's,
+/// since a veth's receive work runs in its sender's system call.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelPlacement {
+    /// Where the kernel puts it: in softirq on the core the frame arrived on (the generator's).
+    #[default]
+    Inline,
+    /// RPS on the node's receiving interface: the protocol work moves to the DUT core.
+    Rps,
+    /// The node's receiving interface polled in a threaded NAPI kthread pinned to the DUT core.
+    ThreadedNapi,
+}
+
+/// A dataplane process running in the node (none for the kernel), and the settings its turn
+/// changed, restored when it stops.
 #[derive(Debug)]
 pub struct Running {
     service: Option<Service>,
+    restore: Vec<(Netns, String, String)>,
+}
+
+/// The node's interface a direction's frames arrive on.
+fn ingress(topology: &Topology, direction: Direction) -> String {
+    match direction {
+        Direction::Encap | Direction::Local => "veth-p1".into(),
+        Direction::Decap => topology.uplink.clone(),
+    }
+}
+
+/// Writes `value` to a sysfs file of the node; returns what was there.
+fn write_sys(node: &Netns, path: &str, value: &str) -> anyhow::Result<String> {
+    let old = node.command("cat").arg(path).output()?;
+    let old = String::from_utf8_lossy(&old.stdout).trim().to_owned();
+    let out = node.command("sh").args(["-c", &format!("echo {value} > {path}")]).output()?;
+    anyhow::ensure!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(old)
+}
+
+impl Running {
+    /// The kernel's turn with its receive work placed as asked: nothing to start.
+    fn kernel(
+        topology: &Topology,
+        direction: Direction,
+        core: usize,
+        placement: KernelPlacement,
+    ) -> anyhow::Result<Running> {
+        let dev = ingress(topology, direction);
+        let mut restore = Vec::new();
+        let node = Netns::borrowed(topology.node.name());
+        match placement {
+            KernelPlacement::Inline => {}
+            KernelPlacement::Rps => {
+                let path = format!("/sys/class/net/{dev}/queues/rx-0/rps_cpus");
+                let old = write_sys(&node, &path, &format!("{:x}", 1u64 << core))?;
+                restore.push((Netns::borrowed(node.name()), path, old));
+            }
+            KernelPlacement::ThreadedNapi => {
+                let path = format!("/sys/class/net/{dev}/threaded");
+                let old = write_sys(&node, &path, "1")?;
+                restore.push((Netns::borrowed(node.name()), path, old));
+                // The kthreads are named napi/<dev>-<id>; pin them to the DUT core.
+                let threads =
+                    std::process::Command::new("pgrep").arg(format!("^napi/{dev}-")).output()?;
+                let pids = String::from_utf8_lossy(&threads.stdout).into_owned();
+                anyhow::ensure!(!pids.trim().is_empty(), "no NAPI thread for {dev}");
+                for pid in pids.split_whitespace() {
+                    let out = std::process::Command::new("taskset")
+                        .args(["-pc", &core.to_string(), pid])
+                        .output()?;
+                    anyhow::ensure!(out.status.success(), "taskset {pid}: {:?}", out);
+                }
+            }
+        }
+        Ok(Running { service: None, restore })
+    }
 }
 
 /// The interfaces a bare forward reads from and writes to in `direction`.
@@ -363,12 +446,16 @@ impl Running {
         direction: Direction,
         core: usize,
         priority: Option<u8>,
+        placement: KernelPlacement,
     ) -> anyhow::Result<Running> {
+        if dataplane == Dataplane::Kernel {
+            return Running::kernel(topology, direction, core, placement);
+        }
         let priority = priority.map(|p| p.to_string());
         let log = topology.scratch.join(format!("{dataplane:?}.log"));
         let core = core.to_string();
         let mut service = match dataplane {
-            Dataplane::Kernel => return Ok(Running { service: None }),
+            Dataplane::Kernel => unreachable!("returned above"),
             Dataplane::Podlane => {
                 // The node's kernel keeps its own routes to the pods (it takes its turns on
                 // the same node): no host interface, pod interfaces left to the kernel.
@@ -412,7 +499,7 @@ impl Running {
                 dataplane.label()
             )));
         }
-        Ok(Running { service: Some(service) })
+        Ok(Running { service: Some(service), restore: Vec::new() })
     }
 
     /// Stops the process (SIGTERM, then SIGKILL after 10 s) and returns its log.
@@ -420,5 +507,13 @@ impl Running {
         let Some(mut service) = self.service.take() else { return String::new() };
         let _ = service.stop();
         service.log()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for (node, path, value) in self.restore.drain(..) {
+            let _ = write_sys(&node, &path, &value);
+        }
     }
 }

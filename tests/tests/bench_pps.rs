@@ -50,6 +50,9 @@ fn quick_run_measures_every_dataplane_and_direction() {
     for key in ["cpu_model", "cpus", "kernel"] {
         assert!(!doc["machine"][key].is_null(), "machine.{key} missing");
     }
+    // How the kernel dataplane was given its cores is part of the result.
+    assert_eq!(doc["config"]["kernel_placement"], "inline", "{}", doc["config"]);
+    assert!(doc["config"]["dut_core"].is_number());
     let rows = doc["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 9, "3 dataplanes x 3 directions:\n{stdout}");
     for row in rows {
