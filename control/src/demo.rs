@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use podlane_core::api::{Query, Request, Response};
-use testbed::kernel::{self, RemoteNode};
+use testbed::kernel;
 use testbed::link::Switch;
 use testbed::{Netns, Pod, ScratchDir, podlane, services};
 
@@ -132,13 +132,7 @@ pub fn run(podlane_bin: &Path, dataplane_bin: &Path, stop: &StopFlag) -> anyhow:
     services::masquerade_outbound(&node_a, "10.244.0.0/16")?;
     let a1 = Pod::wire(&node_a, "a1", "veth-a1", "10.244.1.2", "0a:58:0a:f4:01:02")?;
     let a2 = Pod::wire(&node_a, "a2", "veth-a2", "10.244.1.3", "0a:58:0a:f4:01:03")?;
-    let remote = RemoteNode {
-        underlay: NODE_A,
-        vtep_mac: VTEP_A,
-        pod_cidr: "10.244.1.0/24",
-        gateway: "10.244.1.0",
-    };
-    kernel::vxlan_node(&node_b, kernel::FLANNEL, "eth0", NODE_B, VTEP_B, "10.244.2.0", &remote)?;
+    kernel::flannel_node_b(&node_b, "eth0", NODE_B, VTEP_B, NODE_A, VTEP_A)?;
     let b1 = kernel::wire_pod(&node_b, "b1", "veth-b1", "10.244.2.2", "0a:58:0a:f4:02:02")?;
     let b2 = kernel::wire_pod(&node_b, "b2", "veth-b2", "10.244.2.3", "0a:58:0a:f4:02:03")?;
     interrupted()?;

@@ -8,7 +8,7 @@
 use control::client::Client;
 use podlane_core::api::{Query, Request, Response};
 use podlane_tests::require_root;
-use testbed::kernel::{self, RemoteNode};
+use testbed::kernel;
 use testbed::podlane::Dataplane;
 use testbed::{Netns, Pod, ScratchDir, link, tables};
 
@@ -35,14 +35,8 @@ fn jumbo_frames() -> anyhow::Result<()> {
     link::underlay((&node_a, "uplink", NODE_A), (&node_b, "eth0", NODE_B), 1)?;
     link::set_mtu(&node_a, "uplink", UNDERLAY_MTU)?;
     link::set_mtu(&node_b, "eth0", UNDERLAY_MTU)?;
-    let remote = RemoteNode {
-        underlay: NODE_A,
-        vtep_mac: VTEP_A,
-        pod_cidr: "10.244.1.0/24",
-        gateway: "10.244.1.0",
-    };
     // Created after the underlay's MTU: the vxlan device takes it less 50.
-    kernel::vxlan_node(&node_b, kernel::FLANNEL, "eth0", NODE_B, VTEP_B, "10.244.2.0", &remote)?;
+    kernel::flannel_node_b(&node_b, "eth0", NODE_B, VTEP_B, NODE_A, VTEP_A)?;
     let b1 = kernel::wire_pod(&node_b, "b1", "veth-b1", "10.244.2.2", "0a:58:0a:f4:02:02")?;
     set_pod_mtu(&node_b, &b1, POD_MTU)?;
     let a1 = Pod::wire(&node_a, "a1", "veth-a1", "10.244.1.2", "0a:58:0a:f4:01:02")?;

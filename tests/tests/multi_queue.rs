@@ -12,7 +12,7 @@ use std::time::Duration;
 use control::client::Client;
 use podlane_core::api::{Query, Request, Response, WorkerCounters};
 use podlane_tests::require_root;
-use testbed::kernel::{self, RemoteNode};
+use testbed::kernel;
 use testbed::podlane::Dataplane;
 use testbed::{Netns, Pod, ScratchDir, link, tables};
 
@@ -36,13 +36,7 @@ fn cluster(tag: &str, queues: u32, pods: u32) -> anyhow::Result<Cluster> {
     let dir = ScratchDir::new(&format!("multi-queue-{tag}"))?;
     let (node_a, node_b) = (Netns::create("mqa")?, Netns::create("mqb")?);
     link::underlay((&node_a, "uplink", NODE_A), (&node_b, "eth0", NODE_B), queues)?;
-    let remote = RemoteNode {
-        underlay: NODE_A,
-        vtep_mac: VTEP_A,
-        pod_cidr: "10.244.1.0/24",
-        gateway: "10.244.1.0",
-    };
-    kernel::vxlan_node(&node_b, kernel::FLANNEL, "eth0", NODE_B, VTEP_B, "10.244.2.0", &remote)?;
+    kernel::flannel_node_b(&node_b, "eth0", NODE_B, VTEP_B, NODE_A, VTEP_A)?;
     let b1 = kernel::wire_pod(&node_b, "b1", "veth-b1", "10.244.2.2", "0a:58:0a:f4:02:02")?;
     let pods = (0..pods)
         .map(|i| {

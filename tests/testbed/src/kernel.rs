@@ -98,6 +98,26 @@ pub fn vxlan_node(
     )
 }
 
+/// Node B of the testbed's two-node clusters as Flannel programs it: subnet 10.244.2.0/24
+/// (vxlan address 10.244.2.0), facing node A (`peer`, VTEP `peer_vtep`) and its subnet
+/// 10.244.1.0/24 behind A's subnet address. Pods are wired separately ([`wire_pod`]).
+pub fn flannel_node_b(
+    node: &Netns,
+    uplink: &str,
+    local: &str,
+    vtep_mac: &str,
+    peer: &str,
+    peer_vtep: &str,
+) -> anyhow::Result<()> {
+    let remote = RemoteNode {
+        underlay: peer,
+        vtep_mac: peer_vtep,
+        pod_cidr: "10.244.1.0/24",
+        gateway: "10.244.1.0",
+    };
+    vxlan_node(node, FLANNEL, uplink, local, vtep_mac, "10.244.2.0", &remote)
+}
+
 /// Wires a pod into a kernel node (Calico style): the veth, a /32 route to it and proxy ARP
 /// on the host side. Proxy ARP answers for 169.254.1.1 only when the node routes that address
 /// through another interface (on a real node, its default route); a node in a namespace has
