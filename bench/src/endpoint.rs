@@ -37,7 +37,16 @@ pub enum Request {
     Sink { layout: Layout, mode: SinkMode },
     /// Send for `duration_ms` at `rate` frames per second (`None`: as fast as possible).
     /// `fine`: in small bursts (about 25 µs worth), for latency, at a higher CPU cost.
-    Send { rate: Option<f64>, duration_ms: u64, fine: bool },
+    /// `cores`: with two or more, one sending thread pinned to each, sharing the rate (on a
+    /// multi-queue veth a frame lands on the receive queue of the sender's core); otherwise
+    /// the endpoint's own thread sends.
+    Send {
+        rate: Option<f64>,
+        duration_ms: u64,
+        fine: bool,
+        #[serde(default)]
+        cores: Vec<usize>,
+    },
     /// The sink's counters.
     Count,
     /// Start recording latency (the sink must be in [`SinkMode::Latency`]).
@@ -228,12 +237,16 @@ impl Endpoint {
                 self.sink = Some(Sink { _program: program, _link: link, layout });
                 Ok(Reply::Ok { xdp: Some(xdp) })
             }
-            Request::Send { rate, duration_ms, fine } => {
+            Request::Send { rate, duration_ms, fine, cores } => {
                 let generator = self
                     .generator
                     .as_ref()
                     .context("send: not a generator (send a generator request first)")?;
-                send(generator, self.ifindex, rate, Duration::from_millis(duration_ms), fine)
+                let duration = Duration::from_millis(duration_ms);
+                if cores.len() < 2 {
+                    return send(generator, self.ifindex, rate, duration, fine);
+                }
+                send_from_cores(generator, self.ifindex, rate, duration, fine, &cores)
             }
             Request::Count => {
                 Ok(Reply::Count { frames: self.counters.sum(0)?, other: self.counters.sum(1)? })
@@ -355,6 +368,47 @@ fn send(
         elapsed_ns: elapsed.as_nanos() as u64,
         pacing_ns: pacing.as_nanos() as u64,
     })
+}
+
+/// [`send`] from one thread pinned to each of `cores`, each at an equal share of `rate`;
+/// the reply adds up their frames and pacing and takes the longest elapsed time.
+fn send_from_cores(
+    generator: &Generator,
+    ifindex: u32,
+    rate: Option<f64>,
+    duration: Duration,
+    fine: bool,
+    cores: &[usize],
+) -> anyhow::Result<Reply> {
+    let share = rate.map(|r| r / cores.len() as f64);
+    let replies: Vec<anyhow::Result<Reply>> = std::thread::scope(|scope| {
+        let senders: Vec<_> = cores
+            .iter()
+            .map(|&core| {
+                scope.spawn(move || {
+                    anyhow::ensure!(
+                        core_affinity::set_for_current(core_affinity::CoreId { id: core }),
+                        "cannot pin a sending thread to core {core}"
+                    );
+                    send(generator, ifindex, share, duration, fine)
+                })
+            })
+            .collect();
+        senders
+            .into_iter()
+            .map(|s| s.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a sending thread panicked"))))
+            .collect()
+    });
+    let (mut frames, mut elapsed_ns, mut pacing_ns) = (0, 0, 0);
+    for reply in replies {
+        let Reply::Sent { frames: f, elapsed_ns: e, pacing_ns: p } = reply? else {
+            anyhow::bail!("a sending thread replied with something other than sent");
+        };
+        frames += f;
+        elapsed_ns = elapsed_ns.max(e);
+        pacing_ns += p;
+    }
+    Ok(Reply::Sent { frames, elapsed_ns, pacing_ns })
 }
 
 fn thread_cpu() -> anyhow::Result<Duration> {

@@ -52,9 +52,18 @@ struct PpsArgs {
     /// Core of the generators.
     #[arg(long, default_value_t = 0)]
     gen_core: usize,
-    /// Core of the dataplane's worker (podlane, bare forward) [default: the last core].
-    #[arg(long)]
-    dut_core: Option<usize>,
+    /// Cores of the dataplane's workers: podlane runs one worker on each; the bare forward
+    /// and the kernel's moved receive work (--kernel-placement) take one [default: the last
+    /// core].
+    #[arg(long, alias = "dut-core", value_delimiter = ',', value_name = "CORE,...")]
+    dut_cores: Vec<usize>,
+    /// Receive queues of the node's veth uplink, each with a generator thread on its own core
+    /// (cores 0 to N-1; a veth puts a frame on the queue of the core that sent it), for the
+    /// decap direction, where frames arrive on the uplink. The kernel receives on each
+    /// generator's core; compare podlane with one worker (--dut-cores 1) and one per queue
+    /// (--dut-cores 0,1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    queues: u32,
     /// SCHED_FIFO priority of the dataplane's worker (podlane, bare forward), 0 for ordinary
     /// scheduling. The kernel's path runs in softirq, which no thread can preempt; this gives
     /// the userspace workers the same footing against kernel threads on their core (here
@@ -266,22 +275,64 @@ fn or<T>(given: Vec<T>, default: Vec<T>) -> Vec<T> {
 }
 
 fn pps_command(args: PpsArgs) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let dut_cores = or(args.dut_cores, vec![cores - 1]);
+    for (flag, core) in std::iter::once(("--gen-core", args.gen_core))
+        .chain(dut_cores.iter().map(|&c| ("--dut-cores", c)))
+    {
+        anyhow::ensure!(core < cores, "{flag} {core}: this machine has cores 0 to {}", cores - 1);
+    }
+    let queues = args.queues as usize;
+    let gen_cores: Vec<usize> =
+        if queues > 1 { (0..queues).collect() } else { vec![args.gen_core] };
+    if queues > 1 {
+        anyhow::ensure!(
+            args.directions.iter().all(|&d| d == Direction::Decap),
+            "--queues {queues}: only decap arrives on the uplink's queues; use --directions decap"
+        );
+        anyhow::ensure!(
+            queues <= cores,
+            "--queues {queues}: each queue needs a generator on its own core and this machine \
+             has {cores}"
+        );
+        anyhow::ensure!(
+            args.uplink.is_none(),
+            "--queues is for the veth uplink; a real --uplink keeps its own queues and RSS"
+        );
+        anyhow::ensure!(
+            !args.dataplanes.contains(&Dataplane::BareAfXdp),
+            "--queues {queues}: the bare forward reads one queue; leave bare-af-xdp out"
+        );
+        anyhow::ensure!(
+            args.kernel_placement == KernelPlacement::Inline,
+            "--queues {queues}: the kernel receives inline on each generator's core; drop \
+             --kernel-placement"
+        );
+    } else {
+        anyhow::ensure!(
+            dut_cores.len() == 1 || !args.dataplanes.iter().any(|&d| d != Dataplane::Podlane),
+            "--dut-cores with several cores compares podlane's workers; add --dataplanes podlane \
+             (or --queues to give the kernel a queue per core)"
+        );
+    }
+    let default_dataplanes = if queues > 1 {
+        vec![Dataplane::Kernel, Dataplane::Podlane]
+    } else {
+        vec![Dataplane::Kernel, Dataplane::Podlane, Dataplane::BareAfXdp]
+    };
+    let default_directions = if queues > 1 {
+        vec![Direction::Decap]
+    } else {
+        vec![Direction::Encap, Direction::Decap, Direction::Local]
+    };
     anyhow::ensure!(
         testbed::is_root(),
         "podlane-bench pps builds network namespaces and attaches XDP programs: run it as root"
     );
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let dut_core = args.dut_core.unwrap_or(cores - 1);
-    for (flag, core) in [("--gen-core", args.gen_core), ("--dut-core", dut_core)] {
-        anyhow::ensure!(core < cores, "{flag} {core}: this machine has cores 0 to {}", cores - 1);
-    }
     let quick = args.quick;
     let config = pps::Config {
-        dataplanes: or(
-            args.dataplanes,
-            vec![Dataplane::Kernel, Dataplane::Podlane, Dataplane::BareAfXdp],
-        ),
-        directions: or(args.directions, vec![Direction::Encap, Direction::Decap, Direction::Local]),
+        dataplanes: or(args.dataplanes, default_dataplanes),
+        directions: or(args.directions, default_directions),
         frame_sizes: or(
             args.frame_sizes.into_iter().map(usize::from).collect(),
             if quick { vec![64] } else { vec![64, 128, 512, 1518] },
@@ -293,25 +344,29 @@ fn pps_command(args: PpsArgs) -> anyhow::Result<()> {
         cpu_rate_pps: args.cpu_rate as f64,
         latency_fractions: vec![0.1, 0.5, 0.9],
         gen_core: args.gen_core,
-        dut_core,
+        queues: args.queues,
+        gen_cores,
+        dut_cores,
         dut_priority: (args.dut_priority > 0).then_some(args.dut_priority),
         kernel_placement: args.kernel_placement,
         show_logs: args.show_logs,
     };
     dataplane::io::install_stop_handlers()?;
     let machine = Machine::this();
+    let list = |cores: &[usize]| cores.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
     println!(
-        "podlane-bench pps on {} CPUs ({}), Linux {}: generators on core {}, dataplane worker on core {}, the kernel's receive work {}",
+        "podlane-bench pps on {} CPUs ({}), Linux {}: {} uplink queue(s), generators on core(s) {}, dataplane workers on core(s) {}, the kernel's receive work {}",
         machine.cpus,
         machine.cpu_model,
         machine.kernel,
-        config.gen_core,
-        config.dut_core,
+        config.queues,
+        list(&config.gen_cores),
+        list(&config.dut_cores),
         match config.kernel_placement {
             KernelPlacement::Inline => "inline (softirq where frames arrive)".to_owned(),
-            KernelPlacement::Rps => format!("moved by RPS to core {}", config.dut_core),
+            KernelPlacement::Rps => format!("moved by RPS to core {}", config.dut_cores[0]),
             KernelPlacement::ThreadedNapi =>
-                format!("in threaded NAPI pinned to core {}", config.dut_core),
+                format!("in threaded NAPI pinned to core {}", config.dut_cores[0]),
         }
     );
     let placement = Placement {
@@ -319,8 +374,8 @@ fn pps_command(args: PpsArgs) -> anyhow::Result<()> {
         remote: args.remote,
         remote_interface: args.remote_interface,
     };
-    let mut topology =
-        Topology::build(&placement, config.gen_core).context("building the benchmark's network")?;
+    let mut topology = Topology::build(&placement, config.gen_core, config.queues)
+        .context("building the benchmark's network")?;
     let mut bar = Bar {
         done: 0,
         total: config.total_trials(),

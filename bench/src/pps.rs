@@ -41,8 +41,16 @@ pub struct Config {
     pub resolution: f64,
     pub cpu_rate_pps: f64,
     pub latency_fractions: Vec<f64>,
+    /// Core of the endpoints (the generator's thread when it sends from one core).
     pub gen_core: usize,
-    pub dut_core: usize,
+    /// Receive queues of the node's uplink (decap arrives on them).
+    pub queues: u32,
+    /// Cores that send, one per uplink queue when there are several: on a multi-queue veth
+    /// a frame lands on the queue of the core that sent it.
+    pub gen_cores: Vec<usize>,
+    /// Cores of the dataplane's workers (podlane runs one worker on each; the bare forward
+    /// and the kernel's moved receive work use the first).
+    pub dut_cores: Vec<usize>,
     /// SCHED_FIFO priority of the dataplane's worker; `None`: ordinary scheduling.
     pub dut_priority: Option<u8>,
     /// Where the kernel dataplane's receive work runs.
@@ -175,10 +183,12 @@ struct Path<'t> {
     frame: Vec<u8>,
     layout: Layout,
     sink_layout: Layout,
+    gen_cores: Vec<usize>,
 }
 
 fn path<'t>(
     t: &'t mut Topology,
+    config: &Config,
     dataplane: Dataplane,
     direction: Direction,
     size: usize,
@@ -229,7 +239,8 @@ fn path<'t>(
         Direction::Decap => (&mut t.remote, &mut t.pod1),
         Direction::Local => (&mut t.pod1, &mut t.pod2),
     };
-    Path { generator, sink, frame, layout, sink_layout }
+    let gen_cores = config.gen_cores.clone();
+    Path { generator, sink, frame, layout, sink_layout, gen_cores }
 }
 
 /// Runs one trial at `rate` (None: flat out).
@@ -241,7 +252,8 @@ fn trial(p: &mut Path<'_>, rate: Option<f64>, ms: u64) -> anyhow::Result<Trial> 
 fn run_trial(p: &mut Path<'_>, rate: Option<f64>, ms: u64, fine: bool) -> anyhow::Result<Trial> {
     let before = p.sink.count()?;
     let cpu_before = cpu::sample();
-    let reply = p.generator.call(&Request::Send { rate, duration_ms: ms, fine })?;
+    let cores = p.gen_cores.clone();
+    let reply = p.generator.call(&Request::Send { rate, duration_ms: ms, fine, cores })?;
     let cpu_after = cpu::sample();
     // Frames still in rings arrive within a few milliseconds.
     std::thread::sleep(Duration::from_millis(30));
@@ -277,7 +289,7 @@ fn measure(
     flows: u32,
     progress: &mut dyn Progress,
 ) -> anyhow::Result<Row> {
-    let mut p = path(t, dataplane, direction, size);
+    let mut p = path(t, config, dataplane, direction, size);
     p.generator.call(&Request::Generator {
         frame: p.frame.clone(),
         layout: p.layout.clone(),
@@ -288,7 +300,7 @@ fn measure(
     // Attaching XDP to a veth can flush its peer's neighbour entries, permanent ones too:
     // put the node's back before any frame needs them.
     t.pin_neighbours()?;
-    let mut p = path(t, dataplane, direction, size);
+    let mut p = path(t, config, dataplane, direction, size);
     let label = format!("{} {direction:?} {size}B {flows} flow(s)", dataplane.label());
     let ms = config.trial_ms;
     // A short warm-up so that neighbour entries, fill rings and caches are in place.
@@ -441,7 +453,7 @@ pub fn run(
                         topology,
                         dataplane,
                         direction,
-                        config.dut_core,
+                        &config.dut_cores,
                         config.dut_priority,
                         config.kernel_placement,
                     )?;

@@ -175,9 +175,9 @@ fn local_endpoint(ns: &Netns, interface: &str, core: usize) -> anyhow::Result<Cl
 }
 
 impl Topology {
-    /// Builds the network and starts the three endpoints (the generator ones pinned to
-    /// `gen_core`).
-    pub fn build(placement: &Placement, gen_core: usize) -> anyhow::Result<Topology> {
+    /// Builds the network, its uplink with `queues` receive queues, and starts the three
+    /// endpoints (pinned to `gen_core`).
+    pub fn build(placement: &Placement, gen_core: usize, queues: u32) -> anyhow::Result<Topology> {
         testbed::netns::remove_stale("bench");
         let node = namespace("bench-node")?;
         let scratch = std::env::temp_dir().join(format!("{}-files", node.name()));
@@ -190,7 +190,7 @@ impl Topology {
                 link::underlay(
                     (&node, "up0", LOCAL_NODE_IP),
                     (&remote_ns, "up0r", LOCAL_REMOTE_IP),
-                    1,
+                    queues,
                 )?;
                 for (ns, dev) in [(&node, "up0"), (&remote_ns, "up0r")] {
                     link::set_mtu(ns, dev, UNDERLAY_MTU)?;
@@ -444,22 +444,25 @@ impl Running {
         topology: &Topology,
         dataplane: Dataplane,
         direction: Direction,
-        core: usize,
+        cores: &[usize],
         priority: Option<u8>,
         placement: KernelPlacement,
     ) -> anyhow::Result<Running> {
+        let first = *cores.first().context("no core for the dataplane")?;
         if dataplane == Dataplane::Kernel {
-            return Running::kernel(topology, direction, core, placement);
+            return Running::kernel(topology, direction, first, placement);
         }
         let priority = priority.map(|p| p.to_string());
         let log = topology.scratch.join(format!("{dataplane:?}.log"));
-        let core = core.to_string();
+        let core = first.to_string();
+        let worker_cores = cores.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
         let mut service = match dataplane {
             Dataplane::Kernel => unreachable!("returned above"),
             Dataplane::Podlane => {
                 // The node's kernel keeps its own routes to the pods (it takes its turns on
                 // the same node): no host interface, pod interfaces left to the kernel.
-                let mut args = vec!["--cores", &core, "--log-level", "info", "--no-host-interface"];
+                let mut args =
+                    vec!["--cores", &worker_cores, "--log-level", "info", "--no-host-interface"];
                 if let Some(priority) = &priority {
                     args.extend(["--realtime-priority", priority]);
                 }

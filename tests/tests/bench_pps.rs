@@ -9,6 +9,10 @@ use std::process::Command;
 use podlane_tests::{require_root, require_tool};
 use testbed::{ScratchDir, binary};
 
+/// One `pps` run at a time: each removes stale `podlane-bench` namespaces as it starts and
+/// checks that none is left when it ends.
+static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn bench_namespaces() -> Vec<String> {
     let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     String::from_utf8_lossy(&out.stdout)
@@ -24,6 +28,7 @@ fn quick_run_measures_every_dataplane_and_direction() {
     if !require_root("quick_run_measures_every_dataplane_and_direction") {
         return;
     }
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if require_tool("ethtool").is_none() {
         return;
     }
@@ -52,7 +57,8 @@ fn quick_run_measures_every_dataplane_and_direction() {
     }
     // How the kernel dataplane was given its cores is part of the result.
     assert_eq!(doc["config"]["kernel_placement"], "inline", "{}", doc["config"]);
-    assert!(doc["config"]["dut_core"].is_number());
+    assert_eq!(doc["config"]["queues"], 1);
+    assert!(doc["config"]["dut_cores"].as_array().is_some_and(|c| c.len() == 1));
     let rows = doc["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 9, "3 dataplanes x 3 directions:\n{stdout}");
     for row in rows {
@@ -130,6 +136,61 @@ fn quick_run_measures_every_dataplane_and_direction() {
     assert!(bench_namespaces().is_empty(), "namespaces left behind: {:?}", bench_namespaces());
 }
 
+/// `--queues 2`: a two-queue uplink with a generator per core, the kernel receiving on both
+/// cores and podlane with a worker per queue; the configuration is in the JSON.
+#[test]
+fn quick_run_with_two_uplink_queues() {
+    if !require_root("quick_run_with_two_uplink_queues") {
+        return;
+    }
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if require_tool("ethtool").is_none() {
+        return;
+    }
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("SKIPPED quick_run_with_two_uplink_queues: it needs two cores");
+        return;
+    }
+    let dir = ScratchDir::new("bench-pps-queues").expect("scratch directory");
+    let (json, svg) = (dir.path().join("pps.json"), dir.path().join("pps.svg"));
+    let out = Command::new(binary("podlane-bench"))
+        .args(["pps", "--quick", "--queues", "2", "--dut-cores", "0,1", "--json"])
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .expect("run podlane-bench pps");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pps --queues 2 failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
+            .expect("JSON parses");
+    assert_eq!(doc["config"]["queues"], 2);
+    assert_eq!(doc["config"]["gen_cores"], serde_json::json!([0, 1]));
+    assert_eq!(doc["config"]["dut_cores"], serde_json::json!([0, 1]));
+    let rows = doc["rows"].as_array().expect("rows");
+    let cells: Vec<(String, String)> =
+        rows.iter().map(|r| (r["dataplane"].to_string(), r["direction"].to_string())).collect();
+    assert_eq!(
+        cells,
+        [("\"kernel\"", "\"decap\""), ("\"podlane\"", "\"decap\"")]
+            .map(|(a, b)| (a.to_owned(), b.to_owned())),
+        "{stdout}"
+    );
+    for row in rows {
+        assert!(
+            row["max_pps"].as_f64().unwrap() > 0.0,
+            "{}: nothing went through",
+            row["dataplane"]
+        );
+    }
+    assert!(bench_namespaces().is_empty(), "namespaces left behind: {:?}", bench_namespaces());
+}
+
 #[test]
 fn bad_arguments_are_explained() {
     let run =
@@ -140,6 +201,9 @@ fn bad_arguments_are_explained() {
     let out = run(&["pps", "--uplink", "eth9"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--remote"), "{out:?}");
+    let out = run(&["pps", "--queues", "2", "--directions", "encap"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--directions decap"), "{out:?}");
     let out = run(&["pps", "--directions", "sideways"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("encap"), "{out:?}");
