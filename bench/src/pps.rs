@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cpu::{self, CoreUse};
 use crate::endpoint::{Client, LatencySummary, Reply, Request};
-use crate::topology::{self, Dataplane, Direction, KernelPlacement, Running, Topology};
+use crate::topology::{self, Dataplane, Direction, KernelPlacement, LossPlaces, Running, Topology};
 use crate::traffic::{self, Hop, Layout, SinkMode, VXLAN_OVERHEAD};
 
 /// What to measure and how long.
@@ -115,6 +115,10 @@ pub struct Step {
     pub delivered: u64,
     pub lost: u64,
     pub pass: bool,
+    /// Drop and error counters of the path that grew during the step ("where/interface
+    /// counter": count), when any did.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub lost_at: std::collections::BTreeMap<String, u64>,
 }
 
 /// Latency at one offered rate.
@@ -184,6 +188,7 @@ struct Path<'t> {
     layout: Layout,
     sink_layout: Layout,
     gen_cores: Vec<usize>,
+    loss_places: &'t LossPlaces,
 }
 
 fn path<'t>(
@@ -240,7 +245,8 @@ fn path<'t>(
         Direction::Local => (&mut t.pod1, &mut t.pod2),
     };
     let gen_cores = config.gen_cores.clone();
-    Path { generator, sink, frame, layout, sink_layout, gen_cores }
+    let loss_places = &t.loss_places;
+    Path { generator, sink, frame, layout, sink_layout, gen_cores, loss_places }
 }
 
 /// Runs one trial at `rate` (None: flat out).
@@ -324,7 +330,9 @@ fn measure(
     let mut search = Vec::new();
     for _ in 0..config.search_steps {
         progress.trial(&format!("{label}: zero-loss search at {:.3} Mpps", rate / 1e6));
+        let counters_before = p.loss_places.read();
         let step = trial(&mut p, Some(rate), ms)?;
+        let lost_at = LossPlaces::grown(&counters_before, &p.loss_places.read());
         let pass = step.passes();
         best_delivered = best_delivered.max(step.delivered_pps);
         progress.line(&format!(
@@ -337,6 +345,10 @@ fn measure(
             step.lost,
             if pass { "pass" } else { "FAIL" }
         ));
+        if !lost_at.is_empty() {
+            let places: Vec<String> = lost_at.iter().map(|(k, v)| format!("{k} +{v}")).collect();
+            progress.line(&format!("      drop counters: {}", places.join(", ")));
+        }
         search.push(Step {
             rate_pps: rate,
             offered_pps: step.offered_pps,
@@ -344,6 +356,7 @@ fn measure(
             delivered: step.delivered,
             lost: step.lost,
             pass,
+            lost_at,
         });
         if pass {
             low = rate;

@@ -123,6 +123,59 @@ pub struct Placement {
     pub remote_interface: Option<String>,
 }
 
+/// The interfaces frames cross, as (namespace, interface, label), whose drop counters say
+/// where a trial's lost frames went.
+#[derive(Debug, Default)]
+pub struct LossPlaces(Vec<(String, String, &'static str)>);
+
+impl LossPlaces {
+    /// Every drop and error counter of the places, by "label/interface counter": the veths'
+    /// per-queue counters (`ethtool -S`: XDP redirect failures such as a full AF_XDP ring or
+    /// an empty fill ring show as `rx_queue_N_drops`) and the interfaces' own
+    /// `rx_dropped`/`tx_dropped` (a veth's XDP transmit into a full peer ring). Read between
+    /// trials (it starts a few processes), never during one.
+    pub fn read(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut counters = std::collections::BTreeMap::new();
+        for (ns, dev, label) in &self.0 {
+            let ns = Netns::borrowed(ns);
+            let stats = ns.command("ethtool").args(["-S", dev]).output();
+            let text = stats.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            for line in text.unwrap_or_default().lines() {
+                let Some((name, value)) = line.trim().split_once(':') else { continue };
+                // The sinks' own XDP_DROP is how they count, not loss.
+                let counts_loss = ["drop", "err", "full", "empty"].iter().any(|w| name.contains(w))
+                    && !name.contains("xdp_drops");
+                if let (true, Ok(value)) = (counts_loss, value.trim().parse::<u64>()) {
+                    counters.insert(format!("{label}/{dev} {name}"), value);
+                }
+            }
+            for name in ["rx_dropped", "tx_dropped"] {
+                let path = format!("/sys/class/net/{dev}/statistics/{name}");
+                if let Ok(out) = ns.command("cat").arg(&path).output()
+                    && let Ok(value) = String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()
+                {
+                    counters.insert(format!("{label}/{dev} {name}"), value);
+                }
+            }
+        }
+        counters
+    }
+
+    /// The counters that grew from `before` to `after`, and by how much.
+    pub fn grown(
+        before: &std::collections::BTreeMap<String, u64>,
+        after: &std::collections::BTreeMap<String, u64>,
+    ) -> std::collections::BTreeMap<String, u64> {
+        after
+            .iter()
+            .filter_map(|(k, v)| {
+                let grew = v.saturating_sub(before.get(k).copied().unwrap_or(0));
+                (grew > 0).then(|| (k.clone(), grew))
+            })
+            .collect()
+    }
+}
+
 /// The built network, its endpoints and what the dataplanes need to know.
 #[derive(Debug)]
 pub struct Topology {
@@ -142,6 +195,7 @@ pub struct Topology {
     pub tables: PathBuf,
     pub scratch: PathBuf,
     pub gen_core: usize,
+    pub loss_places: LossPlaces,
     /// The node's permanent neighbour entries: (address, MAC, interface).
     neighbours: Vec<(String, String, String)>,
 }
@@ -271,6 +325,16 @@ impl Topology {
         let tables = scratch.join("tables.json");
         std::fs::write(&tables, tables_json(node_ip, remote_ip))?;
 
+        let mut places = vec![
+            (node.name().to_owned(), "veth-p1".to_owned(), "node"),
+            (node.name().to_owned(), "veth-p2".to_owned(), "node"),
+            (node.name().to_owned(), uplink.clone(), "node"),
+            (pod1.ns.name().to_owned(), "eth0".to_owned(), "pod1"),
+            (pod2.ns.name().to_owned(), "eth0".to_owned(), "pod2"),
+        ];
+        if let Some(remote) = &remote_ns {
+            places.push((remote.name().to_owned(), "up0r".to_owned(), "remote"));
+        }
         let pod1_endpoint = local_endpoint(&pod1.ns, "eth0", gen_core)?;
         let pod2_endpoint = local_endpoint(&pod2.ns, "eth0", gen_core)?;
         let topology = Topology {
@@ -289,6 +353,7 @@ impl Topology {
             tables,
             scratch,
             gen_core,
+            loss_places: LossPlaces(places),
             neighbours,
         };
         topology.pin_neighbours()?;

@@ -314,6 +314,21 @@ impl Worker {
         }
     }
 
+    /// After a pod joined, levels above the new minimum come down while the pods' part is
+    /// over-committed, then levels below it rise where there is room ([`budget`]).
+    fn trim_fill_levels(&mut self) {
+        for (_, port) in self.ports.iter_mut() {
+            if matches!(port.kind, PortKind::Pod(_)) {
+                port.fill_target = self.budget.trim_pod(port.fill_target);
+            }
+        }
+        for (_, port) in self.ports.iter_mut() {
+            if matches!(port.kind, PortKind::Pod(_)) {
+                port.fill_target = self.budget.lift_pod(port.fill_target);
+            }
+        }
+    }
+
     /// Pod fill levels come down where bursts no longer use them ([`budget`]).
     fn decay_fill_levels(&mut self) {
         for (_, port) in self.ports.iter_mut() {

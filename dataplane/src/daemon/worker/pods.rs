@@ -201,6 +201,7 @@ impl Worker {
             self.umems.get(umem).refill(socket, fill);
             ports.push(self.ports.add(port));
         }
+        self.trim_fill_levels();
         PodPorts { interface, ifindex, ports, hold }
     }
 
