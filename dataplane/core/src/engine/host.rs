@@ -15,13 +15,14 @@
 
 use std::net::IpAddr;
 
-use crate::table::{L4, RouteTarget, Snapshot};
+use crate::table::{RouteTarget, Snapshot};
 use crate::wire::icmp::{icmpv4_type, icmpv6_type};
 use crate::wire::{EtherType, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet};
 
 use super::encap::{self, Inner};
 use super::flow::{self, Flow};
 use super::host_flows::FlowKey;
+use super::policy;
 use super::{DropReason, Frame, Pipeline, RouteHint, Verdict};
 
 const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
@@ -126,13 +127,16 @@ fn forward(
         _ => None,
     };
     // A local pod's packet, back from the kernel after DNAT: the pod's egress policy judges
-    // where it really goes.
-    let egress_allowed = |dst: IpAddr, l4: L4| match source {
-        Some(id) => match snapshot.endpoint(id).egress_policy {
-            Some(p) => snapshot.policy(p).allows(dst, l4),
-            None => true,
-        },
-        None => true,
+    // where it really goes, through the pod's connection tracking (the worker that owns the
+    // pod processes it: host frames from another worker's pod are handed over first).
+    let egress = |pipeline: &mut Pipeline, frame: &Frame<'_>| match source {
+        Some(id) => {
+            let ip = frame.data().get(ETH..).unwrap_or_default();
+            let judged =
+                policy::Judged { src: packet.src, dst: packet.dst, flow: &packet.flow, ip };
+            policy::judge(pipeline, snapshot, id, true, &judged, true)
+        }
+        None => Ok(()),
     };
     let remember = |pipeline: &mut Pipeline| {
         if let Some(endpoint) = source {
@@ -148,15 +152,10 @@ fn forward(
     match hint.route(snapshot, packet.dst) {
         Some(RouteTarget::Endpoint(id)) => {
             let destination = snapshot.endpoint(id);
-            if !from_node {
-                if !egress_allowed(packet.dst, packet.flow.l4) {
-                    return Verdict::Drop(DropReason::PolicyDeniedEgress);
-                }
-                if let Some(p) = destination.ingress_policy
-                    && !snapshot.policy(p).allows(packet.src, packet.flow.l4)
-                {
-                    return Verdict::Drop(DropReason::PolicyDeniedIngress);
-                }
+            // The destination's ingress side is judged where it is delivered
+            // (`Pipeline::deliver`), which lets the node's own packets through.
+            if !from_node && let Err(reason) = egress(pipeline, frame) {
+                return Verdict::Drop(reason);
             }
             remember(pipeline);
             frame.set_len(ETH + packet.ip_len);
@@ -166,8 +165,8 @@ fn forward(
             Verdict::Local(id)
         }
         Some(RouteTarget::Node(node)) if node != snapshot.local_node_id() => {
-            if !egress_allowed(packet.dst, packet.flow.l4) {
-                return Verdict::Drop(DropReason::PolicyDeniedEgress);
+            if let Err(reason) = egress(pipeline, frame) {
+                return Verdict::Drop(reason);
             }
             let inner =
                 Inner::of_flow(packet.src, packet.dst, &packet.flow, packet.tos, packet.ip_len);
@@ -187,18 +186,24 @@ fn forward(
 /// The addresses and flow of the IP packet in an Ethernet frame, for the flows through the
 /// kernel; `None` when it is not a well-formed IPv4 or IPv6 packet.
 pub(super) fn addresses_and_flow(frame: &[u8]) -> Option<(IpAddr, IpAddr, Flow)> {
+    parsed(frame).map(|(src, dst, flow, _)| (src, dst, flow))
+}
+
+/// The addresses, flow and IP packet of an Ethernet frame; `None` when it is not a
+/// well-formed IPv4 or IPv6 packet.
+pub(super) fn parsed(frame: &[u8]) -> Option<(IpAddr, IpAddr, Flow, &[u8])> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
-    let ip = &frame[ETH..];
+    let bytes = &frame[ETH..];
     match eth.ethertype() {
         EtherType::Ipv4 => {
-            let ip = Ipv4Packet::new_checked(ip).ok()?;
+            let ip = Ipv4Packet::new_checked(bytes).ok()?;
             let flow = flow::ipv4(&ip, DropReason::MalformedL4).ok()?;
-            Some((IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()), flow))
+            Some((IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()), flow, bytes))
         }
         EtherType::Ipv6 => {
-            let ip = Ipv6Packet::new_checked(ip).ok()?;
+            let ip = Ipv6Packet::new_checked(bytes).ok()?;
             let flow = flow::ipv6(&ip, DropReason::MalformedIpv6, DropReason::MalformedL4).ok()?;
-            Some((IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()), flow))
+            Some((IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()), flow, bytes))
         }
         _ => None,
     }

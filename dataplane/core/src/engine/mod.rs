@@ -31,9 +31,12 @@ mod host_flows;
 mod icmp_error;
 mod offload;
 mod pod;
+mod policy;
 mod uplink;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+pub mod conntrack;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::table::{EndpointId, RouteTarget, Snapshot};
 use crate::wire::MacAddr;
@@ -80,6 +83,19 @@ pub struct EngineConfig {
     /// Frames for the node or leaving the cluster go to a host interface (`Verdict::Host`);
     /// without one they are dropped as `no_host_interface`.
     pub host_interface: bool,
+    /// Limits and timeouts of each worker's connection tracking.
+    pub conntrack: conntrack::ConntrackConfig,
+    /// The cluster's Service address ranges (kube-apiserver's `--service-cluster-ip-range`):
+    /// a pod's packet to one is judged by its egress policy after kube-proxy's DNAT, on the
+    /// backend it goes to, not on the Service's address.
+    pub service_cidrs: Vec<crate::table::Cidr>,
+}
+
+impl EngineConfig {
+    /// Is `ip` in one of the Service ranges?
+    pub fn is_service(&self, ip: IpAddr) -> bool {
+        self.service_cidrs.iter().any(|c| c.contains(ip))
+    }
 }
 
 impl Default for EngineConfig {
@@ -98,6 +114,8 @@ impl Default for EngineConfig {
             gateway_v4: Ipv4Addr::new(169, 254, 1, 1),
             gateway_v6: Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee),
             host_interface: true,
+            conntrack: conntrack::ConntrackConfig::default(),
+            service_cidrs: Vec::new(),
         }
     }
 }
@@ -190,6 +208,13 @@ drop_reasons! {
     PolicyDeniedEgress => "policy_denied_egress",
     /// The destination pod's ingress policy denies it.
     PolicyDeniedIngress => "policy_denied_ingress",
+    /// A new flow the policy allows, but the worker's connection tracking table is full of
+    /// live, answered flows.
+    ConntrackFull => "conntrack_full",
+    /// Decapsulated from node N, an inner source that is neither in N's pod CIDRs nor one of
+    /// its tunnel addresses: a node (or someone spoofing its underlay address) claiming to be
+    /// another node's pod.
+    InnerSourceSpoofed => "inner_source_spoofed",
     /// The remote node's underlay next-hop MAC is not resolved yet.
     NextHopUnresolved => "next_hop_unresolved",
     /// Too big to encapsulate within the uplink MTU (a VTEP must not fragment).
@@ -452,8 +477,20 @@ pub struct Pipeline {
     next_ip_id: u16,
     icmp_budget: icmp_error::Budget,
     host_flows: host_flows::HostFlows,
+    conntrack: conntrack::Conntrack,
     /// The time [`Pipeline::set_clock`] last gave, in nanoseconds.
     now_ns: u64,
+}
+
+/// What becomes of a frame about to be delivered to a local pod ([`Pipeline::deliver`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Transmit it to the pod.
+    Deliver,
+    /// The reply of a flow through the node's kernel: to the host interface instead.
+    ViaHost,
+    /// Refused (already counted under the reason).
+    Drop(DropReason),
 }
 
 impl Pipeline {
@@ -466,11 +503,12 @@ impl Pipeline {
     /// IDs in lockstep (DF is clear, so an underlay that fragments reassembles by ID).
     pub fn for_worker(config: EngineConfig, index: u16) -> Pipeline {
         Pipeline {
-            config,
             counters: Counters::default(),
             next_ip_id: index.wrapping_mul(4096),
             icmp_budget: icmp_error::Budget::default(),
             host_flows: host_flows::HostFlows::default(),
+            conntrack: conntrack::Conntrack::new(config.conntrack.clone()),
+            config,
             now_ns: 0,
         }
     }
@@ -481,6 +519,51 @@ impl Pipeline {
     pub fn set_clock(&mut self, now_ns: u64) {
         self.now_ns = now_ns;
         self.icmp_budget.refill(now_ns);
+        self.conntrack.age(now_ns);
+    }
+
+    /// For a frame about to be transmitted to local endpoint `endpoint` (a `Local` or `Decap`
+    /// verdict, rewritten, possibly by another worker): the ingress side of policy, which the
+    /// worker that owns the endpoint decides, since the endpoint's flows are tracked there.
+    /// First, the reply of a flow that went through the node's kernel goes back to the host
+    /// interface ([`Pipeline::returns_via_host`]); then a packet from the node itself passes;
+    /// anything else is judged by the endpoint's connection tracking and ingress policy.
+    pub fn deliver(&mut self, snapshot: &Snapshot, endpoint: EndpointId, frame: &[u8]) -> Delivery {
+        if self.returns_via_host(endpoint, frame) {
+            return Delivery::ViaHost;
+        }
+        let Some(endpoint_ref) = snapshot.get_endpoint(endpoint) else {
+            self.counters.drops[DropReason::NoSuchPod as usize] += 1;
+            return Delivery::Drop(DropReason::NoSuchPod);
+        };
+        if endpoint_ref.ingress_policy.is_none() && endpoint_ref.egress_policy.is_none() {
+            return Delivery::Deliver;
+        }
+        let Some((src, dst, flow, ip)) = host::parsed(frame) else {
+            // Not IP: nothing a pipeline verdict delivers.
+            return Delivery::Deliver;
+        };
+        if snapshot.is_local_address(src) {
+            return Delivery::Deliver;
+        }
+        let judged = policy::Judged { src, dst, flow: &flow, ip };
+        match policy::judge(self, snapshot, endpoint, false, &judged, true) {
+            Ok(()) => Delivery::Deliver,
+            Err(reason) => {
+                self.counters.drops[reason as usize] += 1;
+                Delivery::Drop(reason)
+            }
+        }
+    }
+
+    /// This worker's connection tracking (counts, flows for `show conntrack`).
+    pub fn conntrack(&self) -> &conntrack::Conntrack {
+        &self.conntrack
+    }
+
+    /// The time the pipeline was last told, in nanoseconds.
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
     }
 
     /// For a frame about to be delivered to local endpoint `endpoint` (a `Local` or `Decap`

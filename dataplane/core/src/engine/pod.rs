@@ -19,6 +19,7 @@ use super::encap::{self, Inner};
 use super::flow::{self, Flow};
 use super::icmp_error::{self, IcmpError};
 use super::offload;
+use super::policy;
 use super::{DropReason, Frame, Pipeline, RouteHint, Verdict};
 
 const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
@@ -184,23 +185,21 @@ fn forward(
     if !source.owns(packet.src) {
         return Verdict::Drop(DropReason::PodSourceSpoofed);
     }
-    let egress_allowed = || match source.egress_policy {
-        None => true,
-        Some(p) => snapshot.policy(p).allows(packet.dst, packet.flow.l4),
+    // The egress side of policy, through the pod's connection tracking: a packet of a flow
+    // it tracks passes (a reply, or the pod's own allowed connection), a new flow is judged
+    // by the pod's egress policy. The destination's ingress side is judged where the packet
+    // is delivered (`Pipeline::deliver`), by the worker that owns the destination.
+    let egress = |pipeline: &mut Pipeline, frame: &Frame<'_>, policed: bool| {
+        let ip = frame.data().get(ETH..).unwrap_or_default();
+        let judged = policy::Judged { src: packet.src, dst: packet.dst, flow: &packet.flow, ip };
+        policy::judge(pipeline, snapshot, src_id, true, &judged, policed)
     };
-    // Connection tracking (later issue) goes here: a packet of an established, allowed
-    // connection skips both policy checks, which is what lets replies through.
     match hint.route(snapshot, packet.dst) {
         Some(RouteTarget::Endpoint(dst_id)) => {
-            if !egress_allowed() {
-                return Verdict::Drop(DropReason::PolicyDeniedEgress);
+            if let Err(reason) = egress(pipeline, frame, true) {
+                return Verdict::Drop(reason);
             }
             let destination = snapshot.endpoint(dst_id);
-            if let Some(p) = destination.ingress_policy {
-                if !snapshot.policy(p).allows(packet.src, packet.flow.l4) {
-                    return Verdict::Drop(DropReason::PolicyDeniedIngress);
-                }
-            }
             if packet.ttl <= 1 {
                 return time_exceeded(pipeline, frame, &packet);
             }
@@ -222,8 +221,8 @@ fn forward(
             }
         }
         Some(RouteTarget::Node(node)) => {
-            if !egress_allowed() {
-                return Verdict::Drop(DropReason::PolicyDeniedEgress);
+            if let Err(reason) = egress(pipeline, frame, true) {
+                return Verdict::Drop(reason);
             }
             if packet.ttl <= 1 {
                 return time_exceeded(pipeline, frame, &packet);
@@ -247,9 +246,15 @@ fn forward(
         {
             to_host(pipeline, frame, packet.ip_len)
         }
+        // Outside the cluster, or a Service: the node's kernel takes it on. A Service's
+        // address is not where the packet goes: kube-proxy's DNAT picks a backend, and the
+        // pod's egress policy judges the packet when it comes back from the kernel with the
+        // backend as destination (`host`). Tracked here all the same, so that the replies,
+        // which come back from the Service's address, pass.
         None => {
-            if !egress_allowed() {
-                return Verdict::Drop(DropReason::PolicyDeniedEgress);
+            let policed = !pipeline.config.is_service(packet.dst);
+            if let Err(reason) = egress(pipeline, frame, policed) {
+                return Verdict::Drop(reason);
             }
             to_host(pipeline, frame, packet.ip_len)
         }

@@ -88,8 +88,10 @@ fn config_for(local: &str) -> EngineConfig {
     EngineConfig { uplink_mac, ..EngineConfig::default() }
 }
 
-/// Runs one frame (copied behind `HEADROOM` bytes of headroom) and returns the verdict and
-/// the resulting frame bytes.
+/// Runs one frame (copied behind `HEADROOM` bytes of headroom) as a worker does — the
+/// pipeline, then for a frame to a local pod the delivery's judgement — and returns the
+/// verdict (`Host` for a frame delivery sends to the host interface, the drop where delivery
+/// refused it) and the resulting frame bytes.
 fn run(p: &mut Pipeline, snap: &Snapshot, ingress: Ingress, bytes: &[u8]) -> (Verdict, Vec<u8>) {
     let mut buffer = vec![0u8; HEADROOM + bytes.len() + 128];
     buffer[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
@@ -97,7 +99,15 @@ fn run(p: &mut Pipeline, snap: &Snapshot, ingress: Ingress, bytes: &[u8]) -> (Ve
     let mut frames = [Frame::new(&mut buffer, &mut span)];
     let mut verdicts = [Verdict::Host];
     p.process_batch(snap, ingress, &mut frames, &mut verdicts);
-    (verdicts[0], frames[0].data().to_vec())
+    let verdict = match verdicts[0] {
+        Verdict::Decap(id) | Verdict::Local(id) => match p.deliver(snap, id, frames[0].data()) {
+            Delivery::Deliver => verdicts[0],
+            Delivery::ViaHost => Verdict::Host,
+            Delivery::Drop(reason) => Verdict::Drop(reason),
+        },
+        other => other,
+    };
+    (verdict, frames[0].data().to_vec())
 }
 
 fn from_a1(snap: &Snapshot) -> Ingress {
@@ -1241,14 +1251,14 @@ fn replies_of_flows_through_the_kernel_go_back_through_it() {
         .tcp(80, 40000, 1, 100);
     let mut reply = Vec::new();
     b.write(&mut reply, b"").unwrap();
-    let (v, delivered) = run(
+    let (v, _) = run(
         &mut p,
         &snap,
         Ingress::Uplink,
         &vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &reply),
     );
-    assert_eq!(v, Verdict::Decap(a1));
-    assert!(p.returns_via_host(a1, &delivered), "the backend's reply goes to the kernel");
+    // Decapsulated for a1, and at delivery sent to the kernel instead.
+    assert_eq!(v, Verdict::Host, "the backend's reply goes to the kernel");
     // a1 → (ClusterIP, DNAT) → a2, a backend on this node; a2's reply.
     let to_local = ipv4_packet("10.244.1.2", "10.244.1.3", 63, 8080);
     assert_eq!(
@@ -1260,17 +1270,214 @@ fn replies_of_flows_through_the_kernel_go_back_through_it() {
         .tcp(8080, 40000, 1, 100);
     let mut reply = Vec::new();
     b.write(&mut reply, b"").unwrap();
-    let (v, delivered) = run(&mut p, &snap, Ingress::Pod(a2), &reply);
-    assert_eq!(v, Verdict::Local(a1));
-    assert!(p.returns_via_host(a1, &delivered));
+    let (v, _) = run(&mut p, &snap, Ingress::Pod(a2), &reply);
+    assert_eq!(v, Verdict::Host);
     // Another flow between the same pods (a2's own connection to a1) is delivered directly.
     let b = PacketBuilder::ethernet2(POD_A2_MAC.0, EngineConfig::default().gateway_mac.0)
         .ipv4([10, 244, 1, 3], [10, 244, 1, 2], 64)
         .tcp(5555, 40000, 1, 100);
     let mut other = Vec::new();
     b.write(&mut other, b"").unwrap();
-    let (_, delivered) = run(&mut p, &snap, Ingress::Pod(a2), &other);
-    assert!(!p.returns_via_host(a1, &delivered));
+    let (v, _) = run(&mut p, &snap, Ingress::Pod(a2), &other);
+    assert_eq!(v, Verdict::Local(a1));
     assert_eq!(p.counters().returned_via_host, 2);
     assert_eq!(p.host_flows(), (2, 0));
+}
+
+/// A TCP segment with `flags` (etherparse builder flags set through the closure).
+fn tcp_segment(
+    (src_mac, dst_mac): (MacAddr, MacAddr),
+    (src, dst): ([u8; 4], [u8; 4]),
+    (sport, dport): (u16, u16),
+    flags: fn(
+        etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+    ) -> etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+) -> Vec<u8> {
+    let b = flags(
+        PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, 1, 65535),
+    );
+    let mut out = Vec::new();
+    b.write(&mut out, b"").unwrap();
+    out
+}
+
+fn syn(
+    b: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+) -> etherparse::PacketBuilderStep<etherparse::TcpHeader> {
+    b.syn()
+}
+
+fn syn_ack(
+    b: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+) -> etherparse::PacketBuilderStep<etherparse::TcpHeader> {
+    b.syn().ack(1)
+}
+
+fn ack(
+    b: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+) -> etherparse::PacketBuilderStep<etherparse::TcpHeader> {
+    b.ack(1)
+}
+
+/// Policies by name for the stateful tests: default deny, web (TCP 80 from the cluster).
+fn stateful_spec(a1: (Option<&str>, Option<&str>), a2: (Option<&str>, Option<&str>)) -> TableSpec {
+    let mut spec = spec_for("node-a", false);
+    spec.policies = vec![
+        PolicySpec { name: "deny-all".into(), rules: vec![] },
+        PolicySpec {
+            name: "web".into(),
+            rules: vec![RuleSpec {
+                peers: vec![PeerSpec { cidr: "10.244.0.0/16".parse().unwrap(), except: vec![] }],
+                ports: vec![PortSpec {
+                    protocol: PortProtocol::Tcp,
+                    port: Some(80),
+                    end_port: None,
+                }],
+            }],
+        },
+    ];
+    let name = |n: Option<&str>| n.map(str::to_owned);
+    (spec.endpoints[0].ingress_policy, spec.endpoints[0].egress_policy) = (name(a1.0), name(a1.1));
+    (spec.endpoints[1].ingress_policy, spec.endpoints[1].egress_policy) = (name(a2.0), name(a2.1));
+    spec
+}
+
+const A1: [u8; 4] = [10, 244, 1, 2];
+const A2: [u8; 4] = [10, 244, 1, 3];
+const B1: [u8; 4] = [10, 244, 2, 5];
+
+/// A pod under default-deny ingress opens connections and gets the replies, to a pod on the
+/// same node and across nodes; nobody can open one to it.
+#[test]
+fn replies_reach_a_pod_under_default_deny_ingress() {
+    let snap = snapshot(&stateful_spec((Some("deny-all"), None), (None, None)));
+    let mut p = Pipeline::new(config_for("node-a"));
+    let (a1, a2) = (from_a1(&snap), Ingress::Pod(snap.endpoint_by_interface("veth-a2").unwrap()));
+    let gw = EngineConfig::default().gateway_mac;
+    // a1 → a2 (same node): SYN out, SYN-ACK back, ACK out.
+    let out = tcp_segment((POD_A1_MAC, gw), (A1, A2), (40000, 80), syn);
+    assert!(matches!(run(&mut p, &snap, a1, &out).0, Verdict::Local(_)));
+    let back = tcp_segment((POD_A2_MAC, gw), (A2, A1), (80, 40000), syn_ack);
+    assert!(matches!(run(&mut p, &snap, a2, &back).0, Verdict::Local(_)), "the reply passes");
+    // a2 opening its own connection to a1 does not.
+    let own = tcp_segment((POD_A2_MAC, gw), (A2, A1), (41000, 22), syn);
+    assert_eq!(run(&mut p, &snap, a2, &own).0, Verdict::Drop(DropReason::PolicyDeniedIngress));
+    // a1 → b1 (remote node): the reply comes back decapsulated.
+    let out = tcp_segment((POD_A1_MAC, gw), (A1, B1), (40001, 443), syn);
+    assert_eq!(run(&mut p, &snap, a1, &out).0, Verdict::Encap);
+    let back = tcp_segment((VTEP_B, VTEP_A), (B1, A1), (443, 40001), syn_ack);
+    let frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &back);
+    assert!(matches!(run(&mut p, &snap, Ingress::Uplink, &frame).0, Verdict::Decap(_)));
+    // ... and b1's own connection attempt is refused.
+    let own = tcp_segment((VTEP_B, VTEP_A), (B1, A1), (443, 40002), syn);
+    let frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &own);
+    assert_eq!(
+        run(&mut p, &snap, Ingress::Uplink, &frame).0,
+        Verdict::Drop(DropReason::PolicyDeniedIngress)
+    );
+    assert_eq!(p.conntrack().len(), 2, "one flow per connection at a1; a2 has no policy");
+}
+
+/// A server whose egress policy allows nothing answers the clients its ingress lets in.
+#[test]
+fn a_server_under_egress_deny_all_answers_its_clients() {
+    let snap = snapshot(&stateful_spec((None, None), (Some("web"), Some("deny-all"))));
+    let mut p = Pipeline::new(config_for("node-a"));
+    let (a1, a2) = (from_a1(&snap), Ingress::Pod(snap.endpoint_by_interface("veth-a2").unwrap()));
+    let gw = EngineConfig::default().gateway_mac;
+    let hello = tcp_segment((POD_A1_MAC, gw), (A1, A2), (40000, 80), syn);
+    assert!(matches!(run(&mut p, &snap, a1, &hello).0, Verdict::Local(_)));
+    let answer = tcp_segment((POD_A2_MAC, gw), (A2, A1), (80, 40000), syn_ack);
+    assert!(matches!(run(&mut p, &snap, a2, &answer).0, Verdict::Local(_)));
+    // Its own connection out is refused; so is a client on a port ingress does not allow.
+    let out = tcp_segment((POD_A2_MAC, gw), (A2, B1), (40000, 80), syn);
+    assert_eq!(run(&mut p, &snap, a2, &out).0, Verdict::Drop(DropReason::PolicyDeniedEgress));
+    let other = tcp_segment((POD_A1_MAC, gw), (A1, A2), (40001, 81), syn);
+    assert_eq!(run(&mut p, &snap, a1, &other).0, Verdict::Drop(DropReason::PolicyDeniedIngress));
+    // From the remote node as well.
+    let hello = tcp_segment((VTEP_B, VTEP_A), (B1, A2), (50000, 80), syn);
+    let frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &hello);
+    assert!(matches!(run(&mut p, &snap, Ingress::Uplink, &frame).0, Verdict::Decap(_)));
+    let answer = tcp_segment((POD_A2_MAC, gw), (A2, B1), (80, 50000), syn_ack);
+    assert_eq!(run(&mut p, &snap, a2, &answer).0, Verdict::Encap);
+}
+
+/// Tables that no longer allow a flow cut it at its next packet; tables that still do keep it.
+#[test]
+fn a_policy_change_cuts_the_flows_it_forbids() {
+    let spec = stateful_spec((None, None), (Some("web"), None));
+    let first = snapshot(&spec);
+    let mut p = Pipeline::new(config_for("node-a"));
+    let a1 = from_a1(&first);
+    let gw = EngineConfig::default().gateway_mac;
+    let segment = tcp_segment((POD_A1_MAC, gw), (A1, A2), (40000, 80), ack);
+    assert!(matches!(run(&mut p, &first, a1, &segment).0, Verdict::Local(_)));
+    // A new generation with the same policy: the flow goes on.
+    let same = Snapshot::build_next(&spec, &first).unwrap();
+    assert!(matches!(run(&mut p, &same, a1, &segment).0, Verdict::Local(_)));
+    // a2's ingress becomes deny-all: the next segment is refused, the entry gone.
+    let denied = stateful_spec((None, None), (Some("deny-all"), None));
+    let after = Snapshot::build_next(&denied, &same).unwrap();
+    assert_eq!(run(&mut p, &after, a1, &segment).0, Verdict::Drop(DropReason::PolicyDeniedIngress));
+    assert_eq!(p.conntrack().stats().cut, 1);
+}
+
+/// A node speaks for its own pods only.
+#[test]
+fn decap_drops_inner_sources_outside_the_senders_pod_cidrs() {
+    let snap = snapshot(&spec_for("node-a", false));
+    let mut p = Pipeline::new(config_for("node-a"));
+    // From node B's underlay address, an inner source in node A's own CIDR, and one outside
+    // the cluster.
+    for src in [[10, 244, 1, 9], [8, 8, 8, 8]] {
+        let forged = tcp_segment((VTEP_B, VTEP_A), (src, A1), (1234, 80), syn);
+        let frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &forged);
+        assert_eq!(
+            run(&mut p, &snap, Ingress::Uplink, &frame).0,
+            Verdict::Drop(DropReason::InnerSourceSpoofed)
+        );
+    }
+    // Node B's tunnel address (its CIDR's first address) is its own.
+    let own = tcp_segment((VTEP_B, VTEP_A), ([10, 244, 2, 0], A1), (1234, 80), syn);
+    let frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &own);
+    assert!(matches!(run(&mut p, &snap, Ingress::Uplink, &frame).0, Verdict::Decap(_)));
+}
+
+/// A pod's packet to a Service address is judged by its egress policy on the backend, after
+/// the kernel's DNAT, and the Service's replies pass its ingress.
+#[test]
+fn service_flows_are_judged_on_their_backend() {
+    let spec = stateful_spec((Some("deny-all"), Some("web")), (None, None));
+    let snap = snapshot(&spec);
+    let config = EngineConfig {
+        service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+        ..config_for("node-a")
+    };
+    let mut p = Pipeline::new(config);
+    let a1 = from_a1(&snap);
+    let gw = EngineConfig::default().gateway_mac;
+    // To the Service on port 443: not judged here (web allows only 80) but tracked.
+    let to_vip = tcp_segment((POD_A1_MAC, gw), (A1, [10, 96, 0, 10]), (40000, 443), syn);
+    assert_eq!(run(&mut p, &snap, a1, &to_vip).0, Verdict::Host);
+    // The kernel DNATs it to b1:443: the egress policy judges that, and refuses.
+    let dnat = ipv4_packet("10.244.1.2", "10.244.2.5", 63, 443);
+    assert_eq!(
+        run(&mut p, &snap, Ingress::Host, &from_host(&dnat, 0x0800)).0,
+        Verdict::Drop(DropReason::PolicyDeniedEgress)
+    );
+    // To b1:80 it allows; the reply, translated back by the kernel, comes from the Service
+    // address and passes a1's default-deny ingress.
+    let to_vip = tcp_segment((POD_A1_MAC, gw), (A1, [10, 96, 0, 10]), (40001, 80), syn);
+    assert_eq!(run(&mut p, &snap, a1, &to_vip).0, Verdict::Host);
+    let dnat = ipv4_packet("10.244.1.2", "10.244.2.5", 63, 80);
+    assert_eq!(run(&mut p, &snap, Ingress::Host, &from_host(&dnat, 0x0800)).0, Verdict::Encap);
+    let b = PacketBuilder::ipv4([10, 96, 0, 10], A1, 63).tcp(80, 40001, 1, 100).syn().ack(1);
+    let mut reply = Vec::new();
+    b.write(&mut reply, b"").unwrap();
+    assert!(matches!(
+        run(&mut p, &snap, Ingress::Host, &from_host(&reply, 0x0800)).0,
+        Verdict::Local(_)
+    ));
 }

@@ -192,7 +192,6 @@ struct InnerPacket {
     ttl: u8,
     ecn: u8,
     ip_len: usize,
-    l4: crate::table::L4,
 }
 
 #[inline(always)]
@@ -206,10 +205,10 @@ fn decapsulate(
     let inner_start = outer.vxlan_start + VxlanPacket::<&[u8]>::HEADER_LEN;
     let inner = {
         let data = frame.data();
-        match snapshot.node_by_underlay(outer.source) {
-            Some(node) if node != snapshot.local_node_id() => {}
+        let sender = match snapshot.node_by_underlay(outer.source) {
+            Some(node) if node != snapshot.local_node_id() => node,
             _ => return Verdict::Drop(DropReason::UnknownVtep),
-        }
+        };
         let Ok(vxlan) = VxlanPacket::new_checked(&data[outer.vxlan_start..outer.udp_end]) else {
             return Verdict::Drop(DropReason::VxlanBadFlags);
         };
@@ -237,10 +236,19 @@ fn decapsulate(
             EtherType::Ipv6 => inner_ipv6(&inner_frame[ETH..]),
             _ => Err(DropReason::InnerNotIp),
         };
-        match parsed {
+        let inner = match parsed {
             Ok(inner) => inner,
             Err(reason) => return Verdict::Drop(reason),
+        };
+        // A node speaks for its own pods and its own overlay addresses only; anything else
+        // would let it (or whoever spoofs its underlay address) pass as any pod.
+        let node = snapshot.node(sender);
+        if !node.pod_cidrs.iter().any(|c| c.contains(inner.src))
+            && !node.tunnel_ips.contains(&inner.src)
+        {
+            return Verdict::Drop(DropReason::InnerSourceSpoofed);
         }
+        inner
     };
 
     // RFC 6040 §4.2, as Linux's INET_ECN_decapsulate: congestion the underlay marked stays
@@ -252,13 +260,9 @@ fn decapsulate(
     let target = snapshot.route(inner.dst);
     match target {
         Some(RouteTarget::Endpoint(id)) => {
+            // The ingress side of policy is judged where the frame is delivered, by the worker
+            // that owns the pod (`Pipeline::deliver`).
             let endpoint = snapshot.endpoint(id);
-            // Connection tracking (later issue) goes here, before the ingress policy.
-            if let Some(p) = endpoint.ingress_policy {
-                if !snapshot.policy(p).allows(inner.src, inner.l4) {
-                    return Verdict::Drop(DropReason::PolicyDeniedIngress);
-                }
-            }
             if inner.ttl <= 1 {
                 return Verdict::Drop(DropReason::TtlExpired);
             }
@@ -317,27 +321,27 @@ fn inner_ipv4(bytes: &[u8]) -> Result<InnerPacket, DropReason> {
     if !ip.verify_checksum() {
         return Err(DropReason::Ipv4Checksum);
     }
-    let flow = flow::ipv4(&ip, DropReason::MalformedL4)?;
+    // A transport header too short for its ports is dropped here; policy reads the ports
+    // again where the frame is delivered.
+    flow::ipv4(&ip, DropReason::MalformedL4)?;
     Ok(InnerPacket {
         src: IpAddr::V4(ip.src_addr()),
         dst: IpAddr::V4(ip.dst_addr()),
         ttl: ip.ttl(),
         ecn: ip.dscp_ecn() & ECN_MASK,
         ip_len: usize::from(ip.total_len()),
-        l4: flow.l4,
     })
 }
 
 #[inline(always)]
 fn inner_ipv6(bytes: &[u8]) -> Result<InnerPacket, DropReason> {
     let ip = Ipv6Packet::new_checked(bytes).map_err(|_| DropReason::InnerMalformed)?;
-    let flow = flow::ipv6(&ip, DropReason::InnerMalformed, DropReason::MalformedL4)?;
+    flow::ipv6(&ip, DropReason::InnerMalformed, DropReason::MalformedL4)?;
     Ok(InnerPacket {
         src: IpAddr::V6(ip.src_addr()),
         dst: IpAddr::V6(ip.dst_addr()),
         ttl: ip.hop_limit(),
         ecn: ip.traffic_class() & ECN_MASK,
         ip_len: ip.total_len(),
-        l4: flow.l4,
     })
 }

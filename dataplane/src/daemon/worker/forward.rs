@@ -8,7 +8,7 @@ use super::Worker;
 use super::inbox::Destination;
 use super::pods::Slot;
 use super::port::{PortId, PortKind};
-use crate::engine::{Frame, Ingress, Verdict};
+use crate::engine::{Delivery, Frame, Ingress, Verdict};
 use crate::io::xsk::Packet;
 use crate::table::{EndpointId, Snapshot};
 
@@ -108,7 +108,10 @@ impl Worker {
         for (i, packet) in rx.drain(..).enumerate() {
             let target = match self.verdicts[i] {
                 Verdict::Encap => self.uplink.map_or(Target::Nowhere, Target::Port),
-                Verdict::Decap(id) | Verdict::Local(id) => self.target(id),
+                Verdict::Decap(id) | Verdict::Local(id) => {
+                    self.deliver(self.target(id), packet, snapshot);
+                    continue;
+                }
                 Verdict::Reply => reply_to,
                 Verdict::Host => Target::Host,
                 Verdict::Drop(_) => {
@@ -121,17 +124,24 @@ impl Worker {
         self.rx = rx;
     }
 
-    /// Queues a frame on its target, or releases it. A frame for one of this worker's pods
-    /// that replies to a flow through the node's kernel goes to the host interface instead
-    /// (`Pipeline::returns_via_host`).
-    pub(super) fn send(&mut self, target: Target, mut packet: Packet) {
+    /// A frame for a local pod: to another worker that owns the pod as it is; for one of this
+    /// worker's pods, the ingress side of policy first (`Pipeline::deliver`): queued, sent to
+    /// the host interface (the reply of a flow through the node's kernel), or dropped.
+    pub(super) fn deliver(&mut self, target: Target, mut packet: Packet, snapshot: &Snapshot) {
         if let Target::Port(port) = target
             && let Some(PortKind::Pod(endpoint)) = self.ports.get(port).map(|p| p.kind)
-            && self.returns_via_host(endpoint, &mut packet)
         {
-            self.send_host(packet);
-            return;
+            match self.judge_delivery(endpoint, &mut packet, snapshot) {
+                Delivery::Deliver => {}
+                Delivery::ViaHost => return self.send_host(packet),
+                Delivery::Drop(_) => return self.umems.release(packet),
+            }
         }
+        self.send(target, packet);
+    }
+
+    /// Queues a frame on its target, or releases it.
+    pub(super) fn send(&mut self, target: Target, mut packet: Packet) {
         match target {
             Target::Port(port) => self.queue(port, packet),
             Target::Host => self.send_host(packet),
@@ -164,17 +174,19 @@ impl Worker {
         }
     }
 
-    fn returns_via_host(&mut self, endpoint: EndpointId, packet: &mut Packet) -> bool {
-        if self.pipeline.host_flows().0 == 0 {
-            return false;
-        }
-        let mut back = false;
+    fn judge_delivery(
+        &mut self,
+        endpoint: EndpointId,
+        packet: &mut Packet,
+        snapshot: &Snapshot,
+    ) -> Delivery {
+        let mut delivery = Delivery::Deliver;
         let pipeline = &mut self.pipeline;
         self.umems.lend_one(packet, |buffer, span| {
             let frame = buffer.get(span.head as usize..span.end()).unwrap_or_default();
-            back = pipeline.returns_via_host(endpoint, frame);
+            delivery = pipeline.deliver(snapshot, endpoint, frame);
         });
-        back
+        delivery
     }
 
     /// Transmits what is pending on every port, reaps completions, refills.

@@ -171,7 +171,7 @@ impl Worker {
                         match target {
                             // Run through the pipeline below, as one batch.
                             Target::Host => host_batch.push(packet),
-                            _ => self.send(target, packet),
+                            _ => self.deliver(target, packet, snapshot),
                         }
                     }
                     None => {
@@ -211,7 +211,7 @@ impl Worker {
                 }
                 self.linear = Some(linear);
             }
-            other => self.send_linear(other, frame),
+            other => self.deliver_linear(other, frame, snapshot),
         }
     }
 }

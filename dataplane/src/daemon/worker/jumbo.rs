@@ -10,7 +10,7 @@ use super::Worker;
 use super::forward::Target;
 use super::inbox::Destination;
 use super::port::{PortId, PortKind};
-use crate::engine::{Frame, Ingress, Span, Verdict};
+use crate::engine::{Delivery, Frame, Ingress, Span, Verdict};
 use crate::io::xsk::Packet;
 use crate::table::Snapshot;
 
@@ -118,28 +118,36 @@ impl Worker {
             let mut frames = [Frame::new(&mut linear.bytes, &mut span)];
             self.pipeline.process_batch(snapshot, ingress, &mut frames, &mut verdict);
         }
+        let frame = &linear.bytes[span.head as usize..span.end()];
         let target = match verdict[0] {
             Verdict::Encap => self.uplink.map_or(Target::Nowhere, Target::Port),
-            Verdict::Decap(id) | Verdict::Local(id) => self.target(id),
+            Verdict::Decap(id) | Verdict::Local(id) => {
+                return self.deliver_linear(self.target(id), frame, snapshot);
+            }
             Verdict::Reply => reply_to,
             Verdict::Host => Target::Host,
             Verdict::Drop(_) => return,
         };
-        let frame = &linear.bytes[span.head as usize..span.end()];
+        self.send_linear(target, frame);
+    }
+
+    /// [`Worker::deliver`] for a frame in a buffer.
+    pub(super) fn deliver_linear(&mut self, target: Target, frame: &[u8], snapshot: &Snapshot) {
+        if let Target::Port(port) = target
+            && let Some(PortKind::Pod(endpoint)) = self.ports.get(port).map(|p| p.kind)
+        {
+            match self.pipeline.deliver(snapshot, endpoint, frame) {
+                Delivery::Deliver => {}
+                Delivery::ViaHost => return self.write_host(frame),
+                Delivery::Drop(_) => return,
+            }
+        }
         self.send_linear(target, frame);
     }
 
     /// Sends a frame from a buffer: as a chain of chunks of the port's UMEM, to the host
     /// interface, or to another worker.
     pub(super) fn send_linear(&mut self, target: Target, frame: &[u8]) {
-        if let Target::Port(port) = target
-            && let Some(PortKind::Pod(endpoint)) = self.ports.get(port).map(|p| p.kind)
-            && self.pipeline.host_flows().0 > 0
-            && self.pipeline.returns_via_host(endpoint, frame)
-        {
-            self.write_host(frame);
-            return;
-        }
         match target {
             Target::Port(port) => self.queue_chain(port, frame),
             Target::Host => self.write_host(frame),
