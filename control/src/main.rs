@@ -27,6 +27,7 @@ enum What {
     Routes,
     Policy,
     Counters,
+    Conntrack,
     Config,
 }
 
@@ -59,6 +60,9 @@ enum Command {
         what: What,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
+        /// With conntrack: only this pod's flows (`namespace/name`).
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        pod: Option<String>,
     },
     /// Build a two-node cluster in network namespaces on this machine (node A on podlane,
     /// node B on the kernel's vxlan device as Flannel sets it up), run ping and TCP between
@@ -114,10 +118,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let stop = control::signals::stop_on_signals()?;
             control::demo::run(&exe, &dataplane, &stop)
         }
-        Command::Show { what, output } => {
+        Command::Show { what, output, pod } => {
+            if pod.is_some() && !matches!(what, What::Conntrack) {
+                anyhow::bail!("--pod goes with `podlane show conntrack` only");
+            }
+            if let Some(pod) = &pod
+                && !pod.contains('/')
+            {
+                anyhow::bail!("--pod {pod:?}: give it as namespace/name, e.g. default/{pod}");
+            }
             let mut client = Client::connect(&cli.socket, "podlane-show")?;
             let query = match what {
                 What::Counters => Query::Counters,
+                What::Conntrack => Query::Conntrack { pod },
                 What::Config => Query::Config,
                 _ => Query::Tables,
             };
@@ -132,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (What::Routes, Response::Tables { tables, .. }) => show::routes(&tables),
                 (What::Policy, Response::Tables { tables, .. }) => show::policy(&tables),
                 (What::Counters, Response::Counters { workers }) => show::counters(&workers),
+                (What::Conntrack, Response::Conntrack { flows }) => show::conntrack(&flows),
                 (What::Config, Response::Config { config }) => show::config(&config),
                 (_, Response::Error(e)) => anyhow::bail!("the dataplane answered: {e}"),
                 (_, other) => anyhow::bail!("unexpected reply {other:?}"),

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use podlane_core::api::{DaemonInfo, WorkerCounters};
+use podlane_core::api::{ConntrackFlow, DaemonInfo, WorkerCounters};
 use podlane_core::table::TableSpec;
 
 /// Aligns rows into columns, the first row being the header.
@@ -173,6 +173,13 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
             w.jumbo_frames,
             w.jumbo_too_long
         );
+        let ct = &w.conntrack;
+        let _ = writeln!(
+            out,
+            "  conntrack: {} flows of {}; created {}, expired {}, evicted {}, cut by policy {}, \
+             refused (full) {}, related ICMP errors {}",
+            ct.flows, ct.capacity, ct.created, ct.expired, ct.evicted, ct.cut, ct.full, ct.related
+        );
         if let Some(h) = &w.host_interface {
             let _ = writeln!(
                 out,
@@ -248,4 +255,30 @@ pub fn config(info: &DaemonInfo) -> String {
         }
     }
     columns(&rows)
+}
+
+/// `podlane show conntrack`: one line per tracked flow, from its pod's side.
+pub fn conntrack(flows: &[ConntrackFlow]) -> String {
+    let mut rows = vec![
+        ["WORKER", "POD", "PROTO", "LOCAL", "REMOTE", "OPENED BY", "STATE", "IDLE", "EXPIRES IN"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    let seconds = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
+    for f in flows {
+        rows.push(vec![
+            f.worker.to_string(),
+            f.pod.clone(),
+            f.protocol.clone(),
+            f.local.clone(),
+            f.remote.clone(),
+            f.opened_by.clone(),
+            f.state.clone(),
+            seconds(f.idle_ms),
+            seconds(f.expires_in_ms),
+        ]);
+    }
+    let mut out = columns(&rows);
+    out.push_str(&format!("{} flow(s)\n", flows.len()));
+    out
 }

@@ -115,9 +115,14 @@ impl Update {
 }
 
 /// Read-only queries (the `podlane show` commands).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Query {
+    /// The flows connection tracking holds, of one pod (`namespace/name`) or of all.
+    Conntrack {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pod: Option<String>,
+    },
     /// The tables in force (with resolved next hops) and their generation.
     Tables,
     /// Counters per worker and socket.
@@ -148,6 +153,9 @@ pub enum Response {
     },
     Counters {
         workers: Vec<WorkerCounters>,
+    },
+    Conntrack {
+        flows: Vec<ConntrackFlow>,
     },
     Config {
         config: Box<DaemonInfo>,
@@ -205,6 +213,9 @@ pub struct WorkerCounters {
     pub host_flows: usize,
     #[serde(default)]
     pub host_flows_refused: u64,
+    /// The worker's connection tracking.
+    #[serde(default)]
+    pub conntrack: ConntrackCounters,
     /// Drops by reason label (only reasons that occurred).
     pub drops: BTreeMap<String, u64>,
     pub no_socket: u64,
@@ -233,6 +244,45 @@ pub struct WorkerCounters {
     /// The worker's queue of the host interface, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_interface: Option<HostCounters>,
+}
+
+/// A flow connection tracking holds, from its pod's side.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConntrackFlow {
+    pub worker: usize,
+    /// `namespace/name` of the local pod the flow is tracked for.
+    pub pod: String,
+    /// `tcp`, `udp`, `sctp`, `icmp`, `icmpv6` or the protocol number.
+    pub protocol: String,
+    /// The pod's address and port, `address:port` (`[address]:port` for IPv6); an echo's
+    /// identifier stands for the ports.
+    pub local: String,
+    pub remote: String,
+    /// Who opened it: `pod` (its egress allowed it) or `peer` (its ingress did).
+    pub opened_by: String,
+    /// `syn_sent`, `established`, `closing`, `unreplied` or `replied`.
+    pub state: String,
+    /// Milliseconds since its last packet, and before it expires without another.
+    pub idle_ms: u64,
+    pub expires_in_ms: u64,
+}
+
+/// One worker's connection tracking: flows tracked now (of at most `capacity`) and what
+/// happened to flows since the start.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ConntrackCounters {
+    pub flows: usize,
+    pub capacity: usize,
+    pub created: u64,
+    pub expired: u64,
+    /// Removed early to make room for a new flow (unanswered or closing ones).
+    pub evicted: u64,
+    /// Removed because a policy change no longer allows them.
+    pub cut: u64,
+    /// New flows refused because the table was full (also under drops: conntrack_full).
+    pub full: u64,
+    /// ICMP errors passed as related to a tracked flow.
+    pub related: u64,
 }
 
 /// Counters of one worker's queue of the host interface.

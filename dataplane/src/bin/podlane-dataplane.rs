@@ -11,6 +11,7 @@ use clap::{Parser, ValueEnum};
 use dataplane::daemon::{self, DaemonConfig, PollMode, XdpModeChoice};
 use dataplane::io::xsk::BindPreference;
 use podlane_core::engine::EngineConfig;
+use podlane_core::engine::conntrack::ConntrackConfig;
 use podlane_core::table::{Snapshot, TableSpec};
 
 /// Wire settings of the overlay this node joins.
@@ -128,6 +129,20 @@ struct Cli {
     /// and VPP's default, and every receiver accepts both).
     #[arg(long)]
     udp_checksum: bool,
+    /// The cluster's Service address ranges (kube-apiserver's --service-cluster-ip-range), e.g.
+    /// 10.96.0.0/12,fd00:96::/108: a pod's connection to a Service is judged by its egress
+    /// policy on the backend kube-proxy picks, not on the Service's address.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+    service_cidrs: Vec<podlane_core::table::Cidr>,
+    /// Flows each worker's connection tracking holds at most; a new flow beyond that takes the
+    /// place of an unanswered or closing one, or is dropped (conntrack_full).
+    #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1024..=1 << 24))]
+    conntrack_max: u32,
+    /// Connection tracking timeouts in seconds, any of: tcp-syn (default 60), tcp-established
+    /// (21600), tcp-close (10, after a FIN or RST), udp (60, also SCTP), icmp (30, echo),
+    /// other (60). E.g. tcp-established=86400,udp=120.
+    #[arg(long, value_delimiter = ',', value_name = "NAME=SECONDS,...", value_parser = parse_timeout)]
+    conntrack_timeouts: Vec<(String, u64)>,
     /// Log level (to stderr).
     #[arg(long, value_enum, default_value = "info")]
     log_level: LogLevel,
@@ -203,10 +218,25 @@ fn main() -> ExitCode {
         Profile::Flannel => (1, 8472),
         Profile::Calico => (4096, 4789),
     };
+    let mut conntrack =
+        ConntrackConfig { capacity: cli.conntrack_max as usize, ..ConntrackConfig::default() };
+    for (name, seconds) in &cli.conntrack_timeouts {
+        let value = Duration::from_secs(*seconds);
+        match name.as_str() {
+            "tcp-syn" => conntrack.tcp_syn = value,
+            "tcp-established" => conntrack.tcp_established = value,
+            "tcp-close" => conntrack.tcp_closing = value,
+            "udp" => conntrack.udp = value,
+            "icmp" => conntrack.icmp = value,
+            _ => conntrack.other = value,
+        }
+    }
     let engine = EngineConfig {
         vni: cli.vni.unwrap_or(vni),
         vxlan_port: cli.vxlan_port.unwrap_or(port),
         outer_udp_checksum_v4: cli.udp_checksum,
+        conntrack,
+        service_cidrs: cli.service_cidrs,
         ..EngineConfig::default()
     };
     let config = DaemonConfig {
@@ -243,6 +273,21 @@ fn main() -> ExitCode {
             eprintln!("podlane-dataplane: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One `NAME=SECONDS` of --conntrack-timeouts.
+fn parse_timeout(text: &str) -> Result<(String, u64), String> {
+    const NAMES: [&str; 6] = ["tcp-syn", "tcp-established", "tcp-close", "udp", "icmp", "other"];
+    let (name, seconds) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=SECONDS (e.g. udp=120)"))?;
+    if !NAMES.contains(&name) {
+        return Err(format!("no timeout named {name:?}; the names are {}", NAMES.join(", ")));
+    }
+    match seconds.parse::<u64>() {
+        Ok(s) if s > 0 => Ok((name.to_owned(), s)),
+        _ => Err(format!("{name}: {seconds:?} is not a whole number of seconds above 0")),
     }
 }
 

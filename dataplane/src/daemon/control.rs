@@ -21,10 +21,14 @@ use std::time::Duration;
 use super::Shared;
 use super::tables::Tables;
 use crate::api::{
-    self, ApiError, DaemonInfo, FrameError, PROTOCOL_VERSION, Query, Request, Response,
-    WorkerCounters,
+    self, ApiError, ConntrackFlow, DaemonInfo, FrameError, PROTOCOL_VERSION, Query, Request,
+    Response, WorkerCounters,
 };
 use crate::io;
+
+/// How long `show conntrack` waits for every worker to list its flows (a worker looks at its
+/// flag each round of its loop; an idle one sleeps at most a few milliseconds).
+const CONNTRACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Who may talk to the dataplane besides root and the daemon's own user.
 #[derive(Debug, Clone, Copy, Default)]
@@ -38,6 +42,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn tables(&self) -> &Tables;
     fn counters(&self) -> Vec<WorkerCounters>;
     fn info(&self) -> DaemonInfo;
+    /// Every worker's tracked flows; an error when a worker does not answer in time.
+    fn conntrack(&self) -> Result<Vec<ConntrackFlow>, ApiError>;
 }
 
 impl Backend for Shared {
@@ -47,6 +53,34 @@ impl Backend for Shared {
 
     fn counters(&self) -> Vec<WorkerCounters> {
         self.stats.iter().filter_map(|s| s.lock().ok().map(|s| s.clone())).collect()
+    }
+
+    fn conntrack(&self) -> Result<Vec<ConntrackFlow>, ApiError> {
+        for (i, slot) in self.conntrack_dumps.iter().enumerate() {
+            if let Ok(mut slot) = slot.lock() {
+                *slot = None;
+            }
+            self.conntrack_wanted[i].store(true, Ordering::Relaxed);
+            let _ = self.inboxes[i].waker().map(|w| w.send(&[1]));
+        }
+        let deadline = std::time::Instant::now() + CONNTRACK_WAIT;
+        let mut flows = Vec::new();
+        for (i, slot) in self.conntrack_dumps.iter().enumerate() {
+            loop {
+                if let Some(dump) = slot.lock().ok().and_then(|mut s| s.take()) {
+                    flows.extend(dump);
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(ApiError::new(format!(
+                        "worker {i} did not list its flows within {} s",
+                        CONNTRACK_WAIT.as_secs()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        Ok(flows)
     }
 
     fn info(&self) -> DaemonInfo {
@@ -266,6 +300,15 @@ pub(crate) fn handle(request: Request, backend: &impl Backend) -> Response {
         Request::Query { what: Query::Counters } => {
             Response::Counters { workers: backend.counters() }
         }
+        Request::Query { what: Query::Conntrack { pod } } => match backend.conntrack() {
+            Ok(mut flows) => {
+                if let Some(pod) = pod {
+                    flows.retain(|f| f.pod == pod);
+                }
+                Response::Conntrack { flows }
+            }
+            Err(e) => Response::Error(e),
+        },
         Request::Query { what: Query::Config } => {
             Response::Config { config: Box::new(backend.info()) }
         }
@@ -300,6 +343,9 @@ mod tests {
         }
         fn info(&self) -> DaemonInfo {
             DaemonInfo { node: "node-a".into(), ..DaemonInfo::default() }
+        }
+        fn conntrack(&self) -> Result<Vec<ConntrackFlow>, ApiError> {
+            Ok(Vec::new())
         }
     }
 

@@ -237,6 +237,10 @@ pub(crate) struct Shared {
     stop: AtomicBool,
     /// Each worker's counters, published by the worker about once a second.
     stats: Vec<Mutex<WorkerCounters>>,
+    /// `show conntrack`: the control thread raises a worker's flag and wakes it; the worker
+    /// lists its flows into its slot at its next round.
+    conntrack_wanted: Vec<AtomicBool>,
+    conntrack_dumps: Vec<Mutex<Option<Vec<crate::api::ConntrackFlow>>>>,
     inboxes: Vec<worker::Inbox>,
 }
 
@@ -273,6 +277,8 @@ impl Shared {
             host_state: Mutex::new(host::HostState::default()),
             stop: AtomicBool::new(false),
             stats: (0..workers).map(|_| Mutex::new(WorkerCounters::default())).collect(),
+            conntrack_wanted: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            conntrack_dumps: (0..workers).map(|_| Mutex::new(None)).collect(),
             inboxes,
         };
         (Arc::new(shared), wakees)
@@ -422,6 +428,8 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         tables,
         stop: AtomicBool::new(false),
         stats: (0..workers).map(|_| Mutex::new(WorkerCounters::default())).collect(),
+        conntrack_wanted: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+        conntrack_dumps: (0..workers).map(|_| Mutex::new(None)).collect(),
         inboxes,
     });
 

@@ -244,6 +244,9 @@ impl Worker {
         work += self.receive_host(&snapshot);
         work += self.drain_inbox(&snapshot);
         self.flush();
+        if self.shared.conntrack_wanted[self.index].swap(false, Ordering::Relaxed) {
+            self.dump_conntrack(&snapshot);
+        }
         work
     }
 

@@ -3,8 +3,12 @@
 //! socket (XDP_STATISTICS) and the worker's own (hand-overs, frames with no socket).
 
 use super::Worker;
-use crate::api::{SocketCounters, WorkerCounters};
+use std::net::IpAddr;
+
+use crate::api::{ConntrackCounters, ConntrackFlow, SocketCounters, WorkerCounters};
 use crate::engine::DropReason;
+use crate::engine::conntrack::Origin;
+use crate::table::Snapshot;
 
 /// What the worker counts itself, beside the pipeline and the sockets.
 #[derive(Debug, Default, Clone, Copy)]
@@ -65,6 +69,20 @@ impl Worker {
             returned_via_host: c.returned_via_host,
             host_flows: self.pipeline.host_flows().0,
             host_flows_refused: self.pipeline.host_flows().1,
+            conntrack: {
+                let ct = self.pipeline.conntrack();
+                let stats = ct.stats();
+                ConntrackCounters {
+                    flows: ct.len(),
+                    capacity: ct.config().capacity,
+                    created: stats.created,
+                    expired: stats.expired,
+                    evicted: stats.evicted,
+                    cut: stats.cut,
+                    full: stats.full,
+                    related: stats.related,
+                }
+            },
             drops: DropReason::ALL
                 .iter()
                 .filter(|r| c.dropped(**r) > 0)
@@ -87,5 +105,48 @@ impl Worker {
             *slot = stats;
         }
         self.longest_round = std::time::Duration::ZERO;
+    }
+
+    /// Lists this worker's tracked flows into its slot (`show conntrack`).
+    pub(super) fn dump_conntrack(&mut self, snapshot: &Snapshot) {
+        let now = self.pipeline.now_ns();
+        let end = |(ip, port): (IpAddr, u16)| match ip {
+            IpAddr::V4(a) => format!("{a}:{port}"),
+            IpAddr::V6(a) => format!("[{a}]:{port}"),
+        };
+        let flows = self
+            .pipeline
+            .conntrack()
+            .flows(now)
+            .into_iter()
+            .map(|f| ConntrackFlow {
+                worker: self.index,
+                pod: snapshot.get_endpoint(f.endpoint).map_or_else(
+                    || format!("slot {}", f.endpoint.0),
+                    |e| format!("{}/{}", e.namespace, e.name),
+                ),
+                protocol: match f.protocol {
+                    6 => "tcp".to_owned(),
+                    17 => "udp".to_owned(),
+                    132 => "sctp".to_owned(),
+                    1 => "icmp".to_owned(),
+                    58 => "icmpv6".to_owned(),
+                    n => n.to_string(),
+                },
+                local: end(f.local),
+                remote: end(f.remote),
+                opened_by: match f.origin {
+                    Origin::Local => "pod",
+                    Origin::Remote => "peer",
+                }
+                .to_owned(),
+                state: f.state.label().to_owned(),
+                idle_ms: f.idle_ns / 1_000_000,
+                expires_in_ms: f.expires_in_ns / 1_000_000,
+            })
+            .collect();
+        if let Ok(mut slot) = self.shared.conntrack_dumps[self.index].lock() {
+            *slot = Some(flows);
+        }
     }
 }
