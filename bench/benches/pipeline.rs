@@ -9,13 +9,23 @@
 //! where the kernel has just copied the frame in. The route and policy tables are whatever the
 //! batch's lookups leave in cache.
 //!
+//! Every endpoint has policies, so connection tracking is on: each batch runs as a worker runs
+//! it — the pipeline, then delivery's judgement (`Pipeline::deliver`: the ingress side) for
+//! frames to local pods — in a table already holding 100,000 live flows. The batch's own
+//! flows are known after the first run, so these are the costs of a packet of an existing
+//! flow. `conntrack/new_flow` times flows that are new every time: encap frames whose source
+//! port changes before every batch, into a full table (262,144 flows), where each new flow
+//! evicts an unanswered one — the rate at which a worker sets flows up and tears them down.
+//! Before the runs it prints the memory a tracked flow takes (resident set growth over
+//! 100,000 flows).
+//!
 //! Run: `cargo bench -p podlane-bench --bench pipeline`
 
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use podlane_bench::fixture::{self, ClusterParams};
-use podlane_core::engine::{Frame, Ingress, Pipeline, Span, Verdict};
+use podlane_core::engine::{Delivery, Frame, Ingress, Pipeline, Span, Verdict};
 use podlane_core::table::{EndpointId, Snapshot};
 
 /// (benchmark id, ingress, frames, the verdict every frame must get).
@@ -106,6 +116,8 @@ fn bench_pipeline(c: &mut Criterion) {
     let arp: Vec<Vec<u8>> =
         (0..BATCH).map(|_| fixture::arp_request(&params, &config, pod)).collect();
 
+    let encap_frames = encap.clone();
+    let local_frames = local.clone();
     let cases: [Case; 5] = [
         ("encap", ingress_pod, encap, |v| *v == Verdict::Encap),
         ("decap", Ingress::Uplink, decap, |v| matches!(v, Verdict::Decap(_))),
@@ -114,16 +126,34 @@ fn bench_pipeline(c: &mut Criterion) {
         ("arp", ingress_pod, arp, |v| *v == Verdict::Reply),
     ];
 
+    // What a tracked flow costs in memory.
+    {
+        let mut pipeline = Pipeline::new(config.clone());
+        let before = resident_bytes();
+        populate(&mut pipeline, &snapshot, ingress_pod, &local_frames, LIVE_FLOWS);
+        let grown = resident_bytes().saturating_sub(before);
+        println!(
+            "conntrack: {} flows grew the resident set by {:.1} MiB: {} bytes per flow \
+             (entry and index: {} bytes, the rest is the hash table's control bytes and \
+             spare capacity)",
+            pipeline.conntrack().len(),
+            grown as f64 / (1 << 20) as f64,
+            grown / pipeline.conntrack().len().max(1) as u64,
+            podlane_core::engine::conntrack::Conntrack::bytes_per_flow()
+        );
+    }
+
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(BATCH as u64));
     for (name, ingress, frames, expected) in cases {
         assert_eq!(frames.len(), BATCH, "{name}: fixture produced {} frames", frames.len());
         let template = Batch::new(&frames);
         let mut pipeline = Pipeline::new(config.clone());
+        populate(&mut pipeline, &snapshot, ingress_pod, &local_frames, LIVE_FLOWS);
         let mut verdicts = vec![Verdict::Host; BATCH];
         let mut work = template.clone();
         // Check once, untimed, that the batch takes the path the benchmark is named for.
-        pipeline.process_batch(&snapshot, ingress, &mut work.frames(), &mut verdicts);
+        run_batch(&mut pipeline, &snapshot, ingress, &mut work.frames(), &mut verdicts);
         assert!(verdicts.iter().all(expected), "{name}: unexpected verdicts {verdicts:?}");
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -132,7 +162,7 @@ fn bench_pipeline(c: &mut Criterion) {
                     work.restore_from(&template);
                     let mut frames = work.frames();
                     let started = Instant::now();
-                    pipeline.process_batch(&snapshot, ingress, &mut frames, &mut verdicts);
+                    run_batch(&mut pipeline, &snapshot, ingress, &mut frames, &mut verdicts);
                     timed += started.elapsed();
                 }
                 timed
@@ -140,6 +170,103 @@ fn bench_pipeline(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // New flows, one per frame, into a full table.
+    let mut group = c.benchmark_group("conntrack");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut pipeline = Pipeline::new(config.clone());
+    let capacity = pipeline.conntrack().config().capacity;
+    populate(&mut pipeline, &snapshot, ingress_pod, &encap_frames, capacity);
+    let template = Batch::new(&encap_frames);
+    let mut work = template.clone();
+    let mut verdicts = vec![Verdict::Host; BATCH];
+    let mut port = 0u16;
+    set_source_ports(&mut work, port);
+    run_batch(&mut pipeline, &snapshot, ingress_pod, &mut work.frames(), &mut verdicts);
+    assert!(verdicts.iter().all(|v| *v == Verdict::Encap), "new flows: {verdicts:?}");
+    let evicted = pipeline.conntrack().stats().evicted;
+    assert!(evicted > 0, "a full table evicts: {:?}", pipeline.conntrack().stats());
+    group.bench_function("new_flow", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                work.restore_from(&template);
+                port = port.wrapping_add(1);
+                set_source_ports(&mut work, port);
+                let mut frames = work.frames();
+                let started = Instant::now();
+                run_batch(&mut pipeline, &snapshot, ingress_pod, &mut frames, &mut verdicts);
+                timed += started.elapsed();
+            }
+            timed
+        })
+    });
+    assert_eq!(pipeline.conntrack().stats().full, 0, "nothing refused while it could evict");
+    group.finish();
+}
+
+/// Flows in the table before timing.
+const LIVE_FLOWS: usize = 100_000;
+
+/// As a worker runs a batch: the pipeline, then delivery's judgement for frames to local pods.
+fn run_batch(
+    pipeline: &mut Pipeline,
+    snapshot: &Snapshot,
+    ingress: Ingress,
+    frames: &mut [Frame<'_>],
+    verdicts: &mut [Verdict],
+) {
+    pipeline.process_batch(snapshot, ingress, frames, verdicts);
+    for (frame, verdict) in frames.iter().zip(verdicts.iter_mut()) {
+        if let Verdict::Decap(id) | Verdict::Local(id) = *verdict
+            && let Delivery::Drop(reason) = pipeline.deliver(snapshot, id, frame.data())
+        {
+            *verdict = Verdict::Drop(reason);
+        }
+    }
+}
+
+/// Sets every frame's UDP source port (IPv4 without options, from a pod) to `port`, and its
+/// UDP checksum to zero (none, which IPv4 allows).
+fn set_source_ports(batch: &mut Batch, port: u16) {
+    for buffer in &mut batch.buffers {
+        let udp = HEADROOM + 34;
+        buffer[udp..udp + 2].copy_from_slice(&port.to_be_bytes());
+        buffer[udp + 6..udp + 8].copy_from_slice(&[0, 0]);
+    }
+}
+
+/// Runs pod frames shaped like `frames` with ever new source ports until the pipeline tracks
+/// `flows` flows (or a pass over every port adds none).
+fn populate(
+    pipeline: &mut Pipeline,
+    snapshot: &Snapshot,
+    ingress: Ingress,
+    frames: &[Vec<u8>],
+    flows: usize,
+) {
+    let pod_frames: Vec<Vec<u8>> = frames.iter().filter(|f| f.len() >= 42).cloned().collect();
+    if !matches!(ingress, Ingress::Pod(_)) || pod_frames.is_empty() {
+        return;
+    }
+    let mut batch = Batch::new(&pod_frames);
+    let template = batch.clone();
+    let mut verdicts = vec![Verdict::Host; pod_frames.len()];
+    for port in 1..=u16::MAX {
+        if pipeline.conntrack().len() >= flows {
+            return;
+        }
+        batch.restore_from(&template);
+        set_source_ports(&mut batch, port);
+        run_batch(pipeline, snapshot, ingress, &mut batch.frames(), &mut verdicts);
+    }
+}
+
+/// This process's resident set, in bytes.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
 }
 
 /// Rewrites a fixture frame so that it comes from local pod `pod` (source MAC and IP, with

@@ -12,8 +12,8 @@
 //!   between two local pods has an entry at each, each under its own policy.
 //! * **Key**: the endpoint (slot), the protocol and both ends seen from the endpoint's side
 //!   (its address and port, the peer's). Echo requests and replies use their identifier as
-//!   both ports. The map's hash is keyed at random per table (SipHash): the ports are the
-//!   network's choice, and a predictable hash would let a sender pile every flow into one
+//!   both ports. The map's hash is keyed at random per table ([`FlowHasher`]): the ports are
+//!   the network's choice, and a predictable hash would let a sender pile every flow into one
 //!   bucket.
 //! * **State**: which side opened the flow ([`Origin`]), TCP's progress read from the flags
 //!   (SYN, established, FIN, RST; no sequence or window tracking), whether a reply was seen,
@@ -195,7 +195,7 @@ pub struct FlowView {
     pub expires_in_ns: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key {
     endpoint: u32,
     protocol: u8,
@@ -217,6 +217,81 @@ fn address(bits: u128) -> IpAddr {
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
+    }
+}
+
+impl std::hash::Hash for Key {
+    /// Five words, written as words: the derived impl's field-by-field writes cost the
+    /// hasher more than the lookup.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(
+            u64::from(self.endpoint) << 40
+                | u64::from(self.protocol) << 32
+                | u64::from(self.local_port) << 16
+                | u64::from(self.remote_port),
+        );
+        state.write_u64(self.local as u64);
+        state.write_u64((self.local >> 64) as u64);
+        state.write_u64(self.remote as u64);
+        state.write_u64((self.remote >> 64) as u64);
+    }
+}
+
+/// The flow table's hasher: a folded multiply per word (as foldhash and aHash's fallback do),
+/// keyed with a random seed per table. Not a cryptographic function, but ports and addresses
+/// are the network's choice, and without the seed a sender cannot aim its flows at one bucket;
+/// SipHash (std's default) cost more than the rest of a tracked packet's work.
+#[derive(Debug, Clone, Copy)]
+struct FlowHasher {
+    state: u64,
+    key: u64,
+}
+
+impl std::hash::Hasher for FlowHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, word: u64) {
+        let product = u128::from(self.state ^ word) * u128::from(self.key);
+        self.state = (product as u64) ^ (product >> 64) as u64;
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.state
+    }
+}
+
+/// Builds [`FlowHasher`]s with the table's random seed.
+#[derive(Debug, Clone, Copy)]
+struct FlowHashing {
+    seed: u64,
+    key: u64,
+}
+
+impl FlowHashing {
+    /// Seeds from std's per-process random keys (the same source `RandomState` uses).
+    fn random() -> FlowHashing {
+        use std::hash::{BuildHasher, Hasher};
+        let mut a = RandomState::new().build_hasher();
+        a.write_u64(0x5eed);
+        let mut b = RandomState::new().build_hasher();
+        b.write_u64(0x6b6579);
+        // An odd multiplier keeps the multiply a bijection on the low word.
+        FlowHashing { seed: a.finish(), key: b.finish() | 1 }
+    }
+}
+
+impl std::hash::BuildHasher for FlowHashing {
+    type Hasher = FlowHasher;
+    fn build_hasher(&self) -> FlowHasher {
+        FlowHasher { state: self.seed, key: self.key }
     }
 }
 
@@ -276,7 +351,7 @@ const ROOM_SEARCH: usize = 64;
 pub struct Conntrack {
     config: ConntrackConfig,
     timeouts: [u64; 5],
-    index: HashMap<Key, u32, RandomState>,
+    index: HashMap<Key, u32, FlowHashing>,
     slots: Vec<Option<Entry>>,
     free: Vec<u32>,
     cursor: usize,
@@ -303,7 +378,7 @@ impl Conntrack {
                 ns(config.udp),
                 ns(config.icmp),
             ],
-            index: HashMap::with_hasher(RandomState::new()),
+            index: HashMap::with_hasher(FlowHashing::random()),
             slots: Vec::new(),
             free: Vec::new(),
             cursor: 0,
