@@ -7,8 +7,10 @@
 //! listing that direction in its policyTypes selects it, and then allows what any of those
 //! policies allows. Pods selected by the same set of policies share one compiled policy.
 //! Peers: podSelector (the policy's namespace), namespaceSelector, both (AND), ipBlock with
-//! except. Ports: TCP (default), UDP, SCTP; numbers and endPort ranges. A rule whose peers
-//! select no pod allows nothing (it is left out, not turned into "everyone").
+//! except. Ports: TCP (default), UDP, SCTP; numbers and endPort ranges; named ports resolved
+//! against container ports (an ingress rule's against the selected pod's own, an egress rule's
+//! against each peer pod's). A rule whose peers select no pod, or whose named port resolves to
+//! nothing, allows nothing (it is left out, not turned into "everyone").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -69,6 +71,21 @@ pub struct Pod {
     pub mac: MacAddr,
     pub node: String,
     pub interface: String,
+    /// The pod's containers' ports, for NetworkPolicy's named ports.
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+}
+
+/// A container port, as in a pod's spec: `{name, containerPort, protocol}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub container_port: u16,
+    /// TCP (the default), UDP or SCTP.
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 fn default_namespace() -> String {
@@ -84,6 +101,17 @@ impl Pod {
         let mut ips: Vec<IpAddr> = self.ip.into_iter().chain(self.ips.iter().copied()).collect();
         ips.dedup();
         ips
+    }
+
+    /// The number of this pod's container port named `name` with `protocol`, if it has one.
+    fn named_port(&self, name: &str, protocol: PortProtocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| {
+                p.name.as_deref() == Some(name)
+                    && protocol_of(p.protocol.as_deref()).ok() == Some(protocol)
+            })
+            .map(|p| p.container_port)
     }
 }
 
@@ -328,17 +356,24 @@ impl Cluster {
         if selecting.is_empty() {
             return Ok(None);
         }
-        let name = format!(
+        // An ingress rule's named port is the selected pod's own container port: such a
+        // policy is compiled for the pod alone.
+        let per_pod = matches!(direction, Direction::Ingress)
+            && selecting.iter().any(|(_, np)| direction.rules(&np.spec).iter().any(has_named_port));
+        let mut name = format!(
             "{}:{}",
             direction.label(),
             selecting.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join("+")
         );
+        if per_pod {
+            name = format!("{name}@{}", pod.key());
+        }
         if !policies.contains_key(&name) {
             let mut rules = Vec::new();
             for (key, np) in &selecting {
                 for (peers, ports) in direction.rules(&np.spec) {
                     let rule = self
-                        .rule(np, peers, ports)
+                        .rules(np, peers, ports, direction, pod)
                         .map_err(|e| format!("networkPolicies {key}: {e}"))?;
                     rules.extend(rule);
                 }
@@ -348,22 +383,94 @@ impl Cluster {
         Ok(Some(name))
     }
 
-    /// One rule, selectors resolved; `None` when its peers select nothing.
-    fn rule(
+    /// One rule of a policy selecting `subject`, selectors resolved: the rules of its numbered
+    /// ports, and one per number its named ports resolve to (an ingress rule's names against
+    /// `subject`'s container ports, an egress rule's against each peer pod's). Nothing for
+    /// peers that select no pod, or a name nothing resolves: such a rule allows nothing.
+    fn rules(
         &self,
         np: &NetworkPolicy,
         peers: Option<&Vec<Peer>>,
         ports: Option<&Vec<Port>>,
-    ) -> Result<Option<RuleSpec>, String> {
-        let ports = ports
-            .map(|p| p.iter().map(port_spec).collect::<Result<Vec<_>, _>>())
-            .transpose()?
-            .unwrap_or_default();
-        let Some(peers) = peers.filter(|p| !p.is_empty()) else {
-            return Ok(Some(RuleSpec { peers: Vec::new(), ports }));
+        direction: Direction,
+        subject: &Pod,
+    ) -> Result<Vec<RuleSpec>, String> {
+        let mut numbered = Vec::new();
+        let mut named = Vec::new();
+        for port in ports.into_iter().flatten() {
+            let protocol = protocol_of(port.protocol.as_deref())?;
+            match &port.port {
+                Some(PortValue::Name(name)) => named.push((name.as_str(), protocol)),
+                Some(PortValue::Number(n)) => {
+                    numbered.push(PortSpec { protocol, port: Some(*n), end_port: port.end_port })
+                }
+                None => numbered.push(PortSpec { protocol, port: None, end_port: None }),
+            }
+        }
+        let everyone = peers.is_none_or(|p| p.is_empty());
+        let (blocks, pods) = match peers.filter(|p| !p.is_empty()) {
+            Some(peers) => self.resolve(np, peers)?,
+            None => (Vec::new(), self.pods.iter().collect()),
         };
-        let mut resolved = BTreeSet::new();
+        let host = |pods: &[&Pod]| -> Vec<PeerSpec> {
+            let ips: BTreeSet<IpAddr> = pods.iter().flat_map(|p| p.addresses()).collect();
+            ips.into_iter()
+                .map(|ip| PeerSpec { cidr: Cidr::host(ip), except: Vec::new() })
+                .collect()
+        };
+        let mut rules = Vec::new();
+        // Numbered ports (or none: every port) with every peer.
+        if !numbered.is_empty() || named.is_empty() {
+            let peers = if everyone {
+                Vec::new()
+            } else {
+                blocks.iter().cloned().chain(host(&pods)).collect::<Vec<_>>()
+            };
+            if everyone || !peers.is_empty() {
+                rules.push(RuleSpec { peers, ports: numbered });
+            }
+        }
+        for (name, protocol) in named {
+            match direction {
+                Direction::Ingress => {
+                    let Some(number) = subject.named_port(name, protocol) else { continue };
+                    let peers = if everyone {
+                        Vec::new()
+                    } else {
+                        blocks.iter().cloned().chain(host(&pods)).collect::<Vec<_>>()
+                    };
+                    if everyone || !peers.is_empty() {
+                        let ports = vec![PortSpec { protocol, port: Some(number), end_port: None }];
+                        rules.push(RuleSpec { peers, ports });
+                    }
+                }
+                // The peers that are pods with that named port, grouped by its number (an
+                // ipBlock peer has no container ports).
+                Direction::Egress => {
+                    let mut by_number: BTreeMap<u16, Vec<&Pod>> = BTreeMap::new();
+                    for pod in &pods {
+                        if let Some(number) = pod.named_port(name, protocol) {
+                            by_number.entry(number).or_default().push(pod);
+                        }
+                    }
+                    for (number, pods) in by_number {
+                        let ports = vec![PortSpec { protocol, port: Some(number), end_port: None }];
+                        rules.push(RuleSpec { peers: host(&pods), ports });
+                    }
+                }
+            }
+        }
+        Ok(rules)
+    }
+
+    /// The peers of a rule: its ipBlocks, and the pods its selectors match.
+    fn resolve(
+        &self,
+        np: &NetworkPolicy,
+        peers: &[Peer],
+    ) -> Result<(Vec<PeerSpec>, Vec<&Pod>), String> {
         let mut blocks = Vec::new();
+        let mut pods = Vec::new();
         for peer in peers {
             if let Some(block) = &peer.ip_block {
                 if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
@@ -381,36 +488,28 @@ impl Cluster {
                     Some(sel) => sel.matches(&pod.labels)?,
                     None => peer.namespace_selector.is_some(),
                 };
-                if namespace_ok && pod_ok {
-                    resolved.extend(pod.addresses());
+                if namespace_ok && pod_ok && !pods.iter().any(|p: &&Pod| p.key() == pod.key()) {
+                    pods.push(pod);
                 }
             }
         }
-        blocks.extend(
-            resolved.into_iter().map(|ip| PeerSpec { cidr: Cidr::host(ip), except: Vec::new() }),
-        );
-        if blocks.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(RuleSpec { peers: blocks, ports }))
+        Ok((blocks, pods))
     }
 }
 
-fn port_spec(port: &Port) -> Result<PortSpec, String> {
-    let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
-        "TCP" => PortProtocol::Tcp,
-        "UDP" => PortProtocol::Udp,
-        "SCTP" => PortProtocol::Sctp,
-        other => return Err(format!("unknown protocol {other:?} (TCP, UDP or SCTP)")),
-    };
-    let number = match &port.port {
-        None => None,
-        Some(PortValue::Number(n)) => Some(*n),
-        Some(PortValue::Name(name)) => {
-            return Err(format!("named port {name:?} is not supported: use the port number"));
-        }
-    };
-    Ok(PortSpec { protocol, port: number, end_port: port.end_port })
+/// Whether a rule names a port.
+fn has_named_port(rule: &RuleRef<'_>) -> bool {
+    rule.1.into_iter().flatten().any(|p| matches!(p.port, Some(PortValue::Name(_))))
+}
+
+/// A protocol as a NetworkPolicy or a container port gives it (TCP when absent).
+fn protocol_of(protocol: Option<&str>) -> Result<PortProtocol, String> {
+    match protocol.unwrap_or("TCP") {
+        "TCP" => Ok(PortProtocol::Tcp),
+        "UDP" => Ok(PortProtocol::Udp),
+        "SCTP" => Ok(PortProtocol::Sctp),
+        other => Err(format!("unknown protocol {other:?} (TCP, UDP or SCTP)")),
+    }
 }
 
 /// One ingress or egress rule: its peers (`from` / `to`) and ports.
@@ -430,13 +529,14 @@ impl Direction {
         }
     }
 
-    /// Whether a policy isolates in this direction: listed in policyTypes, or, without
-    /// policyTypes, Ingress always and Egress when the policy has egress rules.
+    /// Whether a policy isolates in this direction: listed in policyTypes, or, as the API
+    /// server defaults it when policyTypes is absent or empty, Ingress always and Egress when
+    /// the policy has at least one egress rule.
     fn listed_in(self, spec: &NetworkPolicySpec) -> bool {
-        match (&spec.policy_types, self) {
+        match (spec.policy_types.as_deref().filter(|t| !t.is_empty()), self) {
             (Some(types), d) => types.iter().any(|t| t.eq_ignore_ascii_case(d.label())),
             (None, Direction::Ingress) => true,
-            (None, Direction::Egress) => spec.egress.is_some(),
+            (None, Direction::Egress) => spec.egress.as_ref().is_some_and(|e| !e.is_empty()),
         }
     }
 

@@ -45,7 +45,9 @@ fn show_without_a_dataplane_says_where_it_looked() {
     let (code, _, stderr) = podlane(&["show", "everything"]);
     assert_eq!(code, 2);
     assert!(
-        stderr.contains("possible values: nodes, endpoints, routes, policy, counters, config"),
+        stderr.contains(
+            "possible values: nodes, endpoints, routes, policy, counters, conntrack, config"
+        ),
         "{stderr}"
     );
 }

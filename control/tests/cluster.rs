@@ -115,12 +115,16 @@ fn bad_files_name_the_line_or_the_entry() {
     let bad_mac = CLUSTER.replace("0a:58:0a:f4:01:02", "0a:58:zz");
     let e = Cluster::from_yaml(&bad_mac).unwrap_err();
     assert!(e.contains("line 10"), "{e}");
+    // A named port that no container port resolves allows nothing for that entry and breaks
+    // nothing: the rule keeps its other port.
     let named = CLUSTER.replace("- {port: 80}", "- {port: http}");
-    let e = Cluster::from_yaml(&named).unwrap().tables_for("node-a").unwrap_err();
-    assert!(
-        e.contains("networkPolicies prod/web-ingress: named port \"http\" is not supported"),
-        "{e}"
-    );
+    let tables = Cluster::from_yaml(&named).unwrap().tables_for("node-a").unwrap();
+    let web = tables.policies.iter().find(|p| p.name == "ingress:prod/web-ingress@prod/web");
+    let ports: Vec<_> = web.unwrap().rules.iter().flat_map(|r| &r.ports).map(|p| p.port).collect();
+    assert_eq!(ports, [Some(5000)]);
+    let protocol = CLUSTER.replace("protocol: UDP", "protocol: ICMP");
+    let e = Cluster::from_yaml(&protocol).unwrap().tables_for("node-a").unwrap_err();
+    assert!(e.contains("networkPolicies prod/web-ingress: unknown protocol \"ICMP\""), "{e}");
     let op = CLUSTER.replace("operator: In", "operator: Within");
     let e = Cluster::from_yaml(&op).unwrap().tables_for("node-a").unwrap_err();
     assert!(e.contains("unknown selector operator \"Within\""), "{e}");
@@ -183,4 +187,87 @@ fn an_edit_produces_the_minimal_update() {
     update.apply_to(&mut applied).unwrap();
     applied.nodes.sort_by(|a, b| a.name.cmp(&b.name));
     assert_eq!(applied.nodes, after.nodes);
+}
+
+const NAMED_PORTS: &str = r#"
+nodes:
+  - {name: node-a, underlay: 192.168.90.1, vtepMAC: "0a:aa:00:00:00:01", podCIDR: 10.244.1.0/24}
+pods:
+  - {name: web1, ip: 10.244.1.2, mac: "0a:58:0a:f4:01:02", node: node-a, interface: veth-w1, labels: {app: web},
+     ports: [{name: http, containerPort: 8080}, {name: metrics, containerPort: 9090, protocol: TCP}]}
+  - {name: web2, ip: 10.244.1.3, mac: "0a:58:0a:f4:01:03", node: node-a, interface: veth-w2, labels: {app: web},
+     ports: [{name: http, containerPort: 80}]}
+  - {name: dns, ip: 10.244.1.4, mac: "0a:58:0a:f4:01:04", node: node-a, interface: veth-dns, labels: {app: dns},
+     ports: [{name: dns, containerPort: 53, protocol: UDP}]}
+  - {name: client, ip: 10.244.1.5, mac: "0a:58:0a:f4:01:05", node: node-a, interface: veth-c, labels: {app: client}}
+networkPolicies:
+  - metadata: {name: web-http}
+    spec:
+      podSelector: {matchLabels: {app: web}}
+      ingress:
+        - ports: [{port: http}, {port: nothing-has-this}]
+  - metadata: {name: client-out}
+    spec:
+      podSelector: {matchLabels: {app: client}}
+      policyTypes: []
+      egress:
+        - ports: [{port: http}]
+        - to: [{podSelector: {matchLabels: {app: dns}}}]
+          ports: [{protocol: UDP, port: dns}, {protocol: TCP, port: dns}]
+"#;
+
+/// Named ports resolve against container ports: an ingress rule's against each selected pod's
+/// own (so pods whose `http` differs get policies of their own), an egress rule's against the
+/// peers'; a name nothing has allows nothing and breaks nothing. `policyTypes: []` defaults as
+/// the API server does it: Ingress, and Egress because there are egress rules.
+#[test]
+fn named_ports_resolve_against_container_ports() {
+    let cluster = Cluster::from_yaml(NAMED_PORTS).unwrap();
+    let tables = cluster.tables_for("node-a").unwrap();
+    Snapshot::build(&tables, 1).expect("the computed tables validate");
+    let policy = |name: &str| tables.policies.iter().find(|p| p.name == name).unwrap();
+    let ports = |name: &str| -> Vec<(PortProtocol, Option<u16>, usize)> {
+        policy(name)
+            .rules
+            .iter()
+            .flat_map(|r| r.ports.iter().map(|p| (p.protocol, p.port, r.peers.len())))
+            .collect()
+    };
+    let endpoint = |name: &str| tables.endpoints.iter().find(|e| e.name == name).unwrap();
+    assert_eq!(
+        endpoint("web1").ingress_policy.as_deref(),
+        Some("ingress:default/web-http@default/web1")
+    );
+    assert_eq!(
+        endpoint("web2").ingress_policy.as_deref(),
+        Some("ingress:default/web-http@default/web2")
+    );
+    // From everyone (no peers), to the pod's own `http`.
+    assert_eq!(
+        ports("ingress:default/web-http@default/web1"),
+        [(PortProtocol::Tcp, Some(8080), 0)]
+    );
+    assert_eq!(ports("ingress:default/web-http@default/web2"), [(PortProtocol::Tcp, Some(80), 0)]);
+    // Egress: `http` to any destination means the pods that have it, each at its number;
+    // `dns` over UDP resolves, over TCP nothing has it.
+    let client = endpoint("client");
+    assert_eq!(client.ingress_policy.as_deref(), Some("ingress:default/client-out"));
+    assert!(
+        policy("ingress:default/client-out").rules.is_empty(),
+        "isolated for ingress, nothing allowed"
+    );
+    let egress = policy(client.egress_policy.as_deref().unwrap());
+    let rules: Vec<(Vec<String>, Option<u16>)> = egress
+        .rules
+        .iter()
+        .map(|r| (r.peers.iter().map(|p| p.cidr.to_string()).collect(), r.ports[0].port))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            (vec!["10.244.1.3/32".to_owned()], Some(80)),
+            (vec!["10.244.1.2/32".to_owned()], Some(8080)),
+            (vec!["10.244.1.4/32".to_owned()], Some(53)),
+        ]
+    );
 }
