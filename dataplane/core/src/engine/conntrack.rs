@@ -567,19 +567,6 @@ impl Conntrack {
         self.sweep(now, SWEEP);
     }
 
-    /// Forgets every flow of endpoint slot `endpoint` (its pod is gone).
-    pub fn forget_endpoint(&mut self, endpoint: EndpointId) {
-        let slots: Vec<u32> = self
-            .index
-            .iter()
-            .filter(|(k, _)| k.endpoint == endpoint.0)
-            .map(|(_, &slot)| slot)
-            .collect();
-        for slot in slots {
-            self.remove(slot);
-        }
-    }
-
     /// The live flows at time `now`, for `show conntrack`.
     pub fn flows(&self, now: u64) -> Vec<FlowView> {
         self.slots
