@@ -2,7 +2,9 @@
 //!
 //! The kernel reports each core's time in USER_HZ ticks (1/100 s) per state. Busy time is
 //! user + nice + system + irq + softirq; softirq is where the kernel's own forwarding (and
-//! the XDP programs of a veth) runs. Steal is left out: it is time the hypervisor took.
+//! the XDP programs of a veth) runs. Steal — time the hypervisor gave the vCPU's host core to
+//! something else — is not busy time; it is reported on its own, since a worker whose vCPU
+//! was taken away for milliseconds falls behind.
 
 use serde::Serialize;
 
@@ -18,6 +20,7 @@ struct CoreTicks {
     iowait: u64,
     irq: u64,
     softirq: u64,
+    steal: u64,
 }
 
 /// Every core's counters at one moment.
@@ -35,6 +38,8 @@ pub struct CoreUse {
     pub busy_ns: u64,
     /// busy + idle + iowait: the wall time this core accounted for.
     pub total_ns: u64,
+    /// Time the hypervisor took from this vCPU (not in `total_ns`).
+    pub steal_ns: u64,
 }
 
 impl CoreUse {
@@ -69,6 +74,7 @@ fn parse(text: &str) -> Sample {
             iowait: get(4),
             irq: get(5),
             softirq: get(6),
+            steal: get(7),
         };
     }
     Sample(cores)
@@ -95,6 +101,7 @@ pub fn between(before: &Sample, after: &Sample) -> Vec<CoreUse> {
                 softirq_ns: softirq,
                 busy_ns: busy,
                 total_ns: busy + d(b.idle, a.idle) + d(b.iowait, a.iowait),
+                steal_ns: d(b.steal, a.steal),
             }
         })
         .collect()
@@ -110,7 +117,7 @@ mod tests {
             "cpu  10 0 10 100 0 0 0 0 0 0\ncpu0 5 0 5 50 0 0 0 0 0 0\ncpu1 5 0 5 50 0 0 0 0 0 0\nintr 1\n",
         );
         let after = parse(
-            "cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 15 0 5 60 0 0 20 0 0 0\ncpu1 5 0 45 110 0 0 0 0 0 0\n",
+            "cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 15 0 5 60 0 0 20 0 0 0\ncpu1 5 0 45 110 0 0 0 3 0 0\n",
         );
         let use_ = between(&before, &after);
         assert_eq!(use_.len(), 2);
@@ -121,5 +128,6 @@ mod tests {
         assert!((use_[0].busy_fraction() - 0.75).abs() < 1e-9);
         assert_eq!(use_[1].system_ns, 400_000_000);
         assert_eq!(use_[1].total_ns, 1_000_000_000);
+        assert_eq!(use_[1].steal_ns, 30_000_000);
     }
 }

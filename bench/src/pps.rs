@@ -119,6 +119,10 @@ pub struct Step {
     /// counter": count), when any did.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub lost_at: std::collections::BTreeMap<String, u64>,
+    /// Milliseconds the hypervisor took from each core during the step (`/proc/stat` steal,
+    /// in 10 ms ticks).
+    #[serde(default)]
+    pub steal_ms: Vec<u64>,
 }
 
 /// Latency at one offered rate.
@@ -329,6 +333,9 @@ fn measure(
     let mut at_zero_loss: Option<Trial> = None;
     let mut search = Vec::new();
     for _ in 0..config.search_steps {
+        if dataplane::io::stop_requested() {
+            anyhow::bail!("interrupted");
+        }
         progress.trial(&format!("{label}: zero-loss search at {:.3} Mpps", rate / 1e6));
         let counters_before = p.loss_places.read();
         let step = trial(&mut p, Some(rate), ms)?;
@@ -349,6 +356,12 @@ fn measure(
             let places: Vec<String> = lost_at.iter().map(|(k, v)| format!("{k} +{v}")).collect();
             progress.line(&format!("      drop counters: {}", places.join(", ")));
         }
+        let steal_ms: Vec<u64> = step.cores.iter().map(|c| c.steal_ns / 1_000_000).collect();
+        if steal_ms.iter().any(|&ms| ms > 0) {
+            let cores: Vec<String> =
+                steal_ms.iter().enumerate().map(|(i, ms)| format!("core {i} {ms} ms")).collect();
+            progress.line(&format!("      stolen by the hypervisor: {}", cores.join(", ")));
+        }
         search.push(Step {
             rate_pps: rate,
             offered_pps: step.offered_pps,
@@ -357,6 +370,7 @@ fn measure(
             lost: step.lost,
             pass,
             lost_at,
+            steal_ms,
         });
         if pass {
             low = rate;
@@ -386,6 +400,9 @@ fn measure(
     let mut latency = Vec::new();
     sink_mode(&mut p, SinkMode::Latency)?;
     for &fraction in &config.latency_fractions {
+        if dataplane::io::stop_requested() {
+            anyhow::bail!("interrupted");
+        }
         let rate = (base * fraction).max(1000.0);
         progress.trial(&format!(
             "{label}: latency at {:.0} % ({:.3} Mpps)",
