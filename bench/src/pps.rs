@@ -123,6 +123,10 @@ pub struct Step {
     /// in 10 ms ticks).
     #[serde(default)]
     pub steal_ms: Vec<u64>,
+    /// The longest total time one of the userspace dataplane's forwarding threads spent
+    /// runnable but waiting for a core during the step (its schedstat run delay), in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dut_wait_ms: Option<f64>,
 }
 
 /// Latency at one offered rate.
@@ -193,6 +197,45 @@ struct Path<'t> {
     sink_layout: Layout,
     gen_cores: Vec<usize>,
     loss_places: &'t LossPlaces,
+    /// The userspace dataplane's process, whose forwarding threads' scheduling delays each
+    /// search step records.
+    dut: Option<u32>,
+}
+
+/// Nanoseconds each forwarding thread of process `pid` has waited, runnable, for a core
+/// (`/proc/PID/task/TID/schedstat`, second field), by thread: podlane's `podlane-worker-N`,
+/// else (the bare forward) every thread of the process.
+fn run_delays(pid: u32) -> std::collections::BTreeMap<u32, u64> {
+    let mut delays = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return delays };
+    let mut all = std::collections::BTreeMap::new();
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        let Some(delay) = stat.split_whitespace().nth(1).and_then(|d| d.parse::<u64>().ok()) else {
+            continue;
+        };
+        all.insert(tid, delay);
+        if comm.starts_with("podlane-worker") {
+            delays.insert(tid, delay);
+        }
+    }
+    if delays.is_empty() { all } else { delays }
+}
+
+/// The longest wait of one thread between two readings, in milliseconds.
+fn longest_wait_ms(
+    before: &std::collections::BTreeMap<u32, u64>,
+    after: &std::collections::BTreeMap<u32, u64>,
+) -> Option<f64> {
+    after
+        .iter()
+        .filter_map(|(tid, a)| Some(a.saturating_sub(*before.get(tid)?)))
+        .max()
+        .map(|ns| ns as f64 / 1e6)
 }
 
 fn path<'t>(
@@ -201,6 +244,7 @@ fn path<'t>(
     dataplane: Dataplane,
     direction: Direction,
     size: usize,
+    dut: Option<u32>,
 ) -> Path<'t> {
     let pod1 = t.pod1_hop();
     // The pod's frames go to the MAC its gateway resolves to: podlane answers ARP for the
@@ -250,7 +294,7 @@ fn path<'t>(
     };
     let gen_cores = config.gen_cores.clone();
     let loss_places = &t.loss_places;
-    Path { generator, sink, frame, layout, sink_layout, gen_cores, loss_places }
+    Path { generator, sink, frame, layout, sink_layout, gen_cores, loss_places, dut }
 }
 
 /// Runs one trial at `rate` (None: flat out).
@@ -290,16 +334,18 @@ fn sink_mode(p: &mut Path<'_>, mode: SinkMode) -> anyhow::Result<()> {
 }
 
 /// Measures one dataplane in one cell; `dataplane` must already be forwarding.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     t: &mut Topology,
     config: &Config,
+    dut: Option<u32>,
     dataplane: Dataplane,
     direction: Direction,
     size: usize,
     flows: u32,
     progress: &mut dyn Progress,
 ) -> anyhow::Result<Row> {
-    let mut p = path(t, config, dataplane, direction, size);
+    let mut p = path(t, config, dataplane, direction, size, dut);
     p.generator.call(&Request::Generator {
         frame: p.frame.clone(),
         layout: p.layout.clone(),
@@ -310,7 +356,7 @@ fn measure(
     // Attaching XDP to a veth can flush its peer's neighbour entries, permanent ones too:
     // put the node's back before any frame needs them.
     t.pin_neighbours()?;
-    let mut p = path(t, config, dataplane, direction, size);
+    let mut p = path(t, config, dataplane, direction, size, dut);
     let label = format!("{} {direction:?} {size}B {flows} flow(s)", dataplane.label());
     let ms = config.trial_ms;
     // A short warm-up so that neighbour entries, fill rings and caches are in place.
@@ -338,7 +384,10 @@ fn measure(
         }
         progress.trial(&format!("{label}: zero-loss search at {:.3} Mpps", rate / 1e6));
         let counters_before = p.loss_places.read();
+        let waits_before = p.dut.map(run_delays).unwrap_or_default();
         let step = trial(&mut p, Some(rate), ms)?;
+        let waits_after = p.dut.map(run_delays).unwrap_or_default();
+        let dut_wait_ms = longest_wait_ms(&waits_before, &waits_after);
         let lost_at = LossPlaces::grown(&counters_before, &p.loss_places.read());
         let pass = step.passes();
         best_delivered = best_delivered.max(step.delivered_pps);
@@ -356,6 +405,11 @@ fn measure(
             let places: Vec<String> = lost_at.iter().map(|(k, v)| format!("{k} +{v}")).collect();
             progress.line(&format!("      drop counters: {}", places.join(", ")));
         }
+        if let Some(ms) = dut_wait_ms {
+            progress.line(&format!(
+                "      dataplane's forwarding thread waited {ms:.1} ms in all for a core while runnable"
+            ));
+        }
         let steal_ms: Vec<u64> = step.cores.iter().map(|c| c.steal_ns / 1_000_000).collect();
         if steal_ms.iter().any(|&ms| ms > 0) {
             let cores: Vec<String> =
@@ -371,6 +425,7 @@ fn measure(
             pass,
             lost_at,
             steal_ms,
+            dut_wait_ms,
         });
         if pass {
             low = rate;
@@ -487,8 +542,9 @@ pub fn run(
                         config.dut_priority,
                         config.kernel_placement,
                     )?;
+                    let dut = running.pid();
                     let row =
-                        measure(topology, config, dataplane, direction, size, flows, progress);
+                        measure(topology, config, dut, dataplane, direction, size, flows, progress);
                     let log = running.stop();
                     if config.show_logs && !log.is_empty() {
                         progress.line(&format!(

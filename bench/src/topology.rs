@@ -570,6 +570,11 @@ impl Running {
         Ok(Running { service: Some(service), restore: Vec::new() })
     }
 
+    /// The dataplane process's id (none for the kernel).
+    pub fn pid(&self) -> Option<u32> {
+        self.service.as_ref().and_then(Service::pid)
+    }
+
     /// Stops the process (SIGTERM, then SIGKILL after 10 s) and returns its log.
     pub fn stop(mut self) -> String {
         let Some(mut service) = self.service.take() else { return String::new() };
