@@ -98,6 +98,21 @@ fn stateful_policy() -> anyhow::Result<()> {
     assert_eq!(field(&report, "intact"), 20, "{report}\n{}", logs());
     assert_eq!(b2.ping(&a3.ip, 2), 0, "b2 → a3: refused by b2's egress\n{}", logs());
 
+    // A row of the policy matrix at once: b2 serves TCP and UDP on 5001, 7000 and 80; from a2
+    // its ingress lets TCP 5001 and UDP 7000 in, nothing else; b3 reaches nothing on a2.
+    let (_servers, _) = b2.serve(&["serve", "5001", "7000", "80"])?;
+    let (_a2_servers, _) = a2.serve(&["serve", "80"])?;
+    let targets =
+        ["tcp/10.244.2.2/5001", "udp/10.244.2.2/7000", "tcp/10.244.2.2/80", "udp/10.244.2.2/80"];
+    let row = a2.probe(&[&["reach", "600"][..], &targets[..]].concat()).output()?;
+    let row = String::from_utf8_lossy(&row.stdout).into_owned();
+    let verdicts: Vec<&str> = row.lines().filter_map(|l| l.split_whitespace().nth(1)).collect();
+    assert_eq!(verdicts, ["ok", "ok", "no", "no"], "a2 → b2:\n{row}");
+    let row = b3.probe(&["reach", "600", "tcp/10.244.1.2/80", "udp/10.244.1.2/80"]).output()?;
+    let row = String::from_utf8_lossy(&row.stdout).into_owned();
+    assert!(row.lines().all(|l| l.ends_with(" no")) && row.lines().count() == 2, "b3 → a2:\n{row}");
+    drop(_servers);
+
     // The flows as node-b's connection tracking holds them.
     let show = Command::new(binary("podlane"))
         .args(["show", "conntrack", "--pod", "default/b2", "--socket"])

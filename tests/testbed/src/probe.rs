@@ -15,6 +15,12 @@
 //! * `udp-spray ADDR PORT FLOWS COUNT RATE` — sends COUNT datagrams at RATE a second from
 //!   FLOWS sockets (each its own source port: FLOWS flows, which hashing spreads over queues)
 //!   to ADDR:PORT, expecting nothing back; prints `sent=N`.
+//! * `serve PORT...` — on each port a TCP server that answers every connection with one byte
+//!   and closes it, and a UDP echo server; until killed. Prints `ready`.
+//! * `reach TIMEOUT_MS PROTO/ADDR/PORT...` — tries every target at once (PROTO `tcp`: connect
+//!   and read the server's byte; `udp`: a datagram and its echo, sent up to three times) and
+//!   prints one line per target, in order: `PROTO/ADDR/PORT ok` or `PROTO/ADDR/PORT no`. For
+//!   policy matrices: a whole row of probes costs one timeout, not one per refused pair.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -221,6 +227,81 @@ fn udp_spray(addr: SocketAddr, flows: u32, count: u32, rate: u32) -> std::io::Re
     Ok(())
 }
 
+/// TCP and UDP servers on every port of `ports` (see the module docs).
+fn serve(ports: &[u16]) -> std::io::Result<()> {
+    let mut threads = Vec::new();
+    for &port in ports {
+        let listener = bind_any(port, TcpListener::bind)?;
+        threads.push(std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let _ = stream.write_all(b"k");
+            }
+        }));
+        let socket = bind_any(port, UdpSocket::bind)?;
+        threads.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        }));
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    for thread in threads {
+        let _ = thread.join();
+    }
+    Ok(())
+}
+
+/// Whether one target answers within `timeout`.
+fn reaches(protocol: &str, addr: SocketAddr, timeout: Duration) -> bool {
+    match protocol {
+        "tcp" => {
+            let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else { return false };
+            let _ = stream.set_read_timeout(Some(timeout));
+            let mut byte = [0u8; 1];
+            matches!(stream.read(&mut byte), Ok(1))
+        }
+        _ => {
+            let Ok(socket) = udp_client(addr) else { return false };
+            let _ = socket.set_read_timeout(Some(timeout / 3));
+            let mut reply = [0u8; 64];
+            (0..3).any(|_| {
+                socket.send_to(b"reach", addr).is_ok()
+                    && matches!(socket.recv_from(&mut reply), Ok((5, _)))
+            })
+        }
+    }
+}
+
+/// Tries every target at once; one line per target, in order.
+fn reach(timeout_ms: u64, targets: &[String]) -> Result<(), String> {
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    let parsed = targets
+        .iter()
+        .map(|t| {
+            let parts: Vec<&str> = t.split('/').collect();
+            let [protocol @ ("tcp" | "udp"), ip, port] = parts[..] else {
+                return Err(format!("target {t:?} is not tcp/ADDR/PORT or udp/ADDR/PORT"));
+            };
+            let ip: std::net::IpAddr = ip.parse().map_err(|e| format!("target {t:?}: {e}"))?;
+            let port: u16 = port.parse().map_err(|e| format!("target {t:?}: {e}"))?;
+            Ok((protocol.to_owned(), SocketAddr::new(ip, port)))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let results: Vec<bool> = std::thread::scope(|scope| {
+        let probes: Vec<_> = parsed
+            .iter()
+            .map(|(protocol, addr)| scope.spawn(move || reaches(protocol, *addr, timeout)))
+            .collect();
+        probes.into_iter().map(|p| p.join().unwrap_or(false)).collect()
+    });
+    for (target, ok) in targets.iter().zip(results) {
+        println!("{target} {}", if ok { "ok" } else { "no" });
+    }
+    Ok(())
+}
+
 /// Runs one probe command (`args` without the program name).
 pub fn run(args: &[String]) -> ExitCode {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
@@ -252,7 +333,16 @@ pub fn run(args: &[String]) -> ExitCode {
             let count = arg(3).parse().map_err(|e| format!("bad count: {e}"))?;
             udp_send(a, count).map_err(|e| e.to_string())
         }),
-        _ => Err("usage: podlane-netprobe tcp-sink PORT | tcp-send ADDR PORT BYTES | udp-echo PORT | udp-send ADDR PORT COUNT | udp-stream ADDR PORT COUNT RATE | udp-spray ADDR PORT FLOWS COUNT RATE".into()),
+        "serve" => args[1..]
+            .iter()
+            .map(|p| p.parse::<u16>().map_err(|e| format!("bad port {p:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|ports| serve(&ports).map_err(|e| e.to_string())),
+        "reach" => arg(1)
+            .parse()
+            .map_err(|e| format!("bad timeout {:?}: {e}", arg(1)))
+            .and_then(|ms| reach(ms, args.get(2..).unwrap_or_default())),
+        _ => Err("usage: podlane-netprobe tcp-sink PORT | tcp-send ADDR PORT BYTES | udp-echo PORT | udp-send ADDR PORT COUNT | udp-stream ADDR PORT COUNT RATE | udp-spray ADDR PORT FLOWS COUNT RATE | serve PORT... | reach TIMEOUT_MS PROTO/ADDR/PORT...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
