@@ -77,8 +77,9 @@ fn stateful_policy() -> anyhow::Result<()> {
     tables::write(&path_b, &tables_b(&nodes, [&b2, &b3], &both))?;
     let mut daemon_a =
         Dataplane::with_tables(&node_a, "uplink-a", &path_a, &dir.path().join("a.log"), &[])?;
+    let flags = ["--conntrack-timeouts", "udp=120", "--service-cidrs", "10.96.0.0/12"];
     let mut daemon_b =
-        Dataplane::with_tables(&node_b, "uplink-b", &path_b, &dir.path().join("b.log"), &[])?;
+        Dataplane::with_tables(&node_b, "uplink-b", &path_b, &dir.path().join("b.log"), &flags)?;
     daemon_a.wait_ready(2)?;
     daemon_b.wait_ready(2)?;
     let logs = || format!("node-a:\n{}\nnode-b:\n{}", daemon_a.log(), daemon_b.log());
@@ -164,6 +165,20 @@ fn stateful_policy() -> anyhow::Result<()> {
     assert_eq!(field(&a3_report, "lost"), 0, "a3's flow is still allowed: {a3_report}");
     assert!(field(&a2_report, "echoed") >= 50, "a2's flow passed before the change: {a2_report}");
     assert!(field(&a2_report, "lost") >= 150, "a2's flow was cut by the change: {a2_report}");
+
+    // The settings in force, as `show config` gives them.
+    let config = Command::new(binary("podlane"))
+        .args(["show", "config", "-o", "json", "--socket"])
+        .arg(daemon_b.socket())
+        .output()?;
+    let config: serde_json::Value = serde_json::from_slice(&config.stdout)?;
+    let config = &config["config"];
+    assert_eq!(config["conntrack_max"], 262_144, "{config}");
+    assert!(
+        config["conntrack_timeouts"].as_array().is_some_and(|t| t.iter().any(|v| v == "udp=120")),
+        "{config}"
+    );
+    assert_eq!(config["service_cidrs"], serde_json::json!(["10.96.0.0/12"]), "{config}");
 
     let counters = Command::new(binary("podlane"))
         .args(["show", "counters", "--socket"])

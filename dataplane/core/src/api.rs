@@ -359,6 +359,15 @@ pub struct DaemonInfo {
     pub host_addresses: Vec<String>,
     #[serde(default)]
     pub host_routes: Vec<String>,
+    /// The Service ranges (`--service-cidrs`).
+    #[serde(default)]
+    pub service_cidrs: Vec<String>,
+    /// Flows each worker's connection tracking holds at most, and its timeouts
+    /// (`NAME=SECONDS`).
+    #[serde(default)]
+    pub conntrack_max: usize,
+    #[serde(default)]
+    pub conntrack_timeouts: Vec<String>,
 }
 
 /// Why a frame could not be read.

@@ -422,6 +422,22 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             gateway_v4: engine.gateway_v4.to_string(),
             gateway_v6: engine.gateway_v6.to_string(),
             gateway_mac: engine.gateway_mac.to_string(),
+            service_cidrs: engine.service_cidrs.iter().map(ToString::to_string).collect(),
+            conntrack_max: engine.conntrack.capacity,
+            conntrack_timeouts: {
+                let c = &engine.conntrack;
+                [
+                    ("tcp-syn", c.tcp_syn),
+                    ("tcp-established", c.tcp_established),
+                    ("tcp-close", c.tcp_closing),
+                    ("udp", c.udp),
+                    ("icmp", c.icmp),
+                    ("other", c.other),
+                ]
+                .iter()
+                .map(|(name, d)| format!("{name}={}", d.as_secs()))
+                .collect()
+            },
             ..DaemonInfo::default()
         },
         host_state: Mutex::new(host::HostState::default()),
