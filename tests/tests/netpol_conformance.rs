@@ -7,7 +7,8 @@
 //! printed whole on a mismatch. A pod probing itself is expected to reach itself whatever the
 //! policy, as upstream's `AllowLoopback` has it: the packet never leaves the pod.
 //!
-//! Not yet here (issue 13): peers on a kernel node, and egress to a CIDR outside the cluster.
+//! Not yet here (issue 13): peers on a kernel node, and a policy change under an established
+//! connection (`stateful_policy` has one, on UDP).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -220,6 +221,21 @@ const CASES: &[Case] = &[
         name: "ipBlock with except: to y/c from the pod network but y/a",
         policies: "  - metadata: {name: block, namespace: y}\n    spec:\n      podSelector: {matchLabels: {pod: c}}\n      ingress:\n        - from: [{ipBlock: {cidr: 10.244.0.0/16, except: [10.244.2.13/32]}}]\n",
         allows: |from, to, _, _| to.key() != "y/c" || from.key() != "y/a",
+    },
+    Case {
+        name: "deny all to y, plus an allow for TCP 81",
+        policies: "  - metadata: {name: deny, namespace: y}\n    spec: {podSelector: {}, policyTypes: [Ingress]}\n  - metadata: {name: allow-81, namespace: y}\n    spec:\n      podSelector: {}\n      ingress: [{ports: [{port: 81}]}]\n",
+        allows: |_, to, protocol, port| to.namespace != "y" || (protocol == "tcp" && port == 81),
+    },
+    Case {
+        name: "default-deny egress in z with DNS allowed",
+        policies: "  - metadata: {name: dns-only, namespace: z}\n    spec:\n      podSelector: {}\n      policyTypes: [Egress]\n      egress: [{ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]}]\n",
+        allows: |from, _, _, _| from.namespace != "z",
+    },
+    Case {
+        name: "egress from z to a CIDR: node-a's pods",
+        policies: "  - metadata: {name: to-node-a, namespace: z}\n    spec:\n      podSelector: {}\n      policyTypes: [Egress]\n      egress: [{to: [{ipBlock: {cidr: 10.244.1.0/24}}]}]\n",
+        allows: |from, to, _, _| from.namespace != "z" || to.node == 0,
     },
     Case {
         name: "default-deny egress in z (replies to z still pass)",
