@@ -28,7 +28,6 @@ fn podlane_demo_runs_and_cleans_up() {
         "node A → a1 (as a kubelet probe): 1 MB over TCP, intact",
         "a1 → Service 10.96.0.10:80 (kube-proxy's DNAT to b1:8080 on node B): 1 MB over TCP, intact",
         "outside the cluster (masqueraded by node A): 1 MB over TCP, intact",
-        "host_interface  podlane0",
         "node-b              192.168.99.2",
         "ingress:default/web-ingress",
         "uplink q0",
@@ -36,6 +35,11 @@ fn podlane_demo_runs_and_cleans_up() {
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
+    // `show config`'s line for the host interface (its column width follows the longest key).
+    assert!(
+        stdout.lines().any(|l| l.split_whitespace().eq(["host_interface", "podlane0"])),
+        "no host_interface line in:\n{stdout}"
+    );
     assert_eq!(demo_namespaces(), 0, "namespaces left behind");
 }
 
