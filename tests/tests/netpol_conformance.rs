@@ -1,14 +1,18 @@
 //! NetworkPolicy as Kubernetes defines it, live, in the shape of the upstream truth-table
 //! tests: namespaces x, y and z with pods a, b and c each, spread over two podlane nodes driven
-//! by `podlane agent` from one cluster file, TCP and UDP servers on ports 80 and 81 in every pod.
+//! by `podlane agent` from one cluster file, and a pod d in each namespace on a third node that
+//! runs the kernel's vxlan device as Flannel programs it (and enforces no policy, as a Flannel
+//! node would not); TCP and UDP servers on ports 80 and 81 in every pod.
 //! For each policy case the cluster file is rewritten, the test waits until both dataplanes
 //! hold the tables the agent computes for them, and every pod probes every pod on both
-//! protocols and ports (9 × 9 × 2 × 2); the matrix is compared with the case's expectation and
+//! protocols and ports (12 × 12 × 2 × 2); the matrix is compared with the case's expectation and
 //! printed whole on a mismatch. A pod probing itself is expected to reach itself whatever the
 //! policy, as upstream's `AllowLoopback` has it: the packet never leaves the pod.
 //!
-//! Not yet here (issue 13): peers on a kernel node, and a policy change under an established
-//! connection (`stateful_policy` has one, on UDP).
+//! A policy selecting a pod on the kernel node has no effect there: the expectation of an
+//! ingress case exempts probes to the kernel node's pods, that of an egress case probes from
+//! them. Not here: a policy change under an established connection (`stateful_policy` has one,
+//! on UDP).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,14 +25,17 @@ use podlane_core::api::{Query, Request, Response};
 use podlane_tests::require_root;
 use testbed::link::Switch;
 use testbed::podlane::{self, Dataplane};
-use testbed::{Netns, Pod, ScratchDir, Service};
+use testbed::{Netns, Pod, ScratchDir, Service, kernel};
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const NAMES: [&str; 3] = ["a", "b", "c"];
-const NODES: [(&str, &str, &str, &str); 2] = [
+const NODES: [(&str, &str, &str, &str); 3] = [
     ("node-a", "192.168.86.1", "0a:aa:00:00:00:01", "10.244.1"),
     ("node-b", "192.168.86.2", "0a:bb:00:00:00:01", "10.244.2"),
+    ("node-c", "192.168.86.3", "0a:cc:00:00:00:01", "10.244.3"),
 ];
+/// Nodes 0 and 1 run podlane; node 2 the kernel's vxlan device.
+const KERNEL_NODE: usize = 2;
 
 /// A pod of the matrix: namespace, name, node index, address.
 #[derive(Debug, Clone)]
@@ -61,6 +68,17 @@ fn spots() -> Vec<Spot> {
             ip: format!("{}.{host}", NODES[node].3),
             mac: format!("0a:58:0a:f4:0{}:{host:02x}", node + 1),
             interface: format!("v{namespace}{name}"),
+        });
+    }
+    for (j, namespace) in NAMESPACES.iter().enumerate() {
+        let host = 10 + j;
+        spots.push(Spot {
+            namespace,
+            name: "d",
+            node: KERNEL_NODE,
+            ip: format!("{}.{host}", NODES[KERNEL_NODE].3),
+            mac: format!("0a:58:0a:f4:03:{host:02x}"),
+            interface: format!("v{namespace}d"),
         });
     }
     spots
@@ -177,27 +195,40 @@ fn wait_applied(text: &str, sockets: &[&Path]) {
     }
 }
 
-/// A policy case: its name, its policies (YAML list items), and what it allows.
+/// Which side a case's policies police.
+#[derive(PartialEq)]
+enum Side {
+    None,
+    Ingress,
+    Egress,
+}
+
+/// A policy case: its name, its policies (YAML list items), what they police, and what they
+/// allow.
 struct Case {
     name: &'static str,
     policies: &'static str,
+    side: Side,
     allows: fn(from: &Spot, to: &Spot, protocol: &str, port: u16) -> bool,
 }
 
 const CASES: &[Case] = &[
-    Case { name: "no policy", policies: "", allows: |_, _, _, _| true },
+    Case { name: "no policy", side: Side::None, policies: "", allows: |_, _, _, _| true },
     Case {
         name: "default-deny ingress in x",
+        side: Side::Ingress,
         policies: "  - metadata: {name: deny, namespace: x}\n    spec: {podSelector: {}, policyTypes: [Ingress]}\n",
         allows: |_, to, _, _| to.namespace != "x",
     },
     Case {
         name: "allow from the same namespace in x",
+        side: Side::Ingress,
         policies: "  - metadata: {name: same, namespace: x}\n    spec:\n      podSelector: {}\n      ingress: [{from: [{podSelector: {}}]}]\n",
         allows: |from, to, _, _| to.namespace != "x" || from.namespace == "x",
     },
     Case {
         name: "allow to x/a from namespace y by label, TCP 80 only",
+        side: Side::Ingress,
         policies: "  - metadata: {name: from-y, namespace: x}\n    spec:\n      podSelector: {matchLabels: {pod: a}}\n      ingress:\n        - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n          ports: [{port: 80}]\n",
         allows: |from, to, protocol, port| {
             to.key() != "x/a" || (from.namespace == "y" && protocol == "tcp" && port == 80)
@@ -205,11 +236,13 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "pod selector AND namespace selector: to x/a from pods b of namespace z",
+        side: Side::Ingress,
         policies: "  - metadata: {name: and, namespace: x}\n    spec:\n      podSelector: {matchLabels: {pod: a}}\n      ingress:\n        - from: [{namespaceSelector: {matchLabels: {ns: z}}, podSelector: {matchLabels: {pod: b}}}]\n",
         allows: |from, to, _, _| to.key() != "x/a" || from.key() == "z/b",
     },
     Case {
         name: "named port and endPort: x/a takes serve-81-udp, x/b TCP 80 to 81",
+        side: Side::Ingress,
         policies: "  - metadata: {name: named, namespace: x}\n    spec:\n      podSelector: {matchLabels: {pod: a}}\n      ingress: [{ports: [{protocol: UDP, port: serve-81-udp}]}]\n  - metadata: {name: range, namespace: x}\n    spec:\n      podSelector: {matchLabels: {pod: b}}\n      ingress: [{ports: [{port: 80, endPort: 81}]}]\n",
         allows: |_, to, protocol, port| match to.key().as_str() {
             "x/a" => protocol == "udp" && port == 81,
@@ -219,26 +252,31 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "ipBlock with except: to y/c from the pod network but y/a",
+        side: Side::Ingress,
         policies: "  - metadata: {name: block, namespace: y}\n    spec:\n      podSelector: {matchLabels: {pod: c}}\n      ingress:\n        - from: [{ipBlock: {cidr: 10.244.0.0/16, except: [10.244.2.13/32]}}]\n",
         allows: |from, to, _, _| to.key() != "y/c" || from.key() != "y/a",
     },
     Case {
         name: "deny all to y, plus an allow for TCP 81",
+        side: Side::Ingress,
         policies: "  - metadata: {name: deny, namespace: y}\n    spec: {podSelector: {}, policyTypes: [Ingress]}\n  - metadata: {name: allow-81, namespace: y}\n    spec:\n      podSelector: {}\n      ingress: [{ports: [{port: 81}]}]\n",
         allows: |_, to, protocol, port| to.namespace != "y" || (protocol == "tcp" && port == 81),
     },
     Case {
         name: "default-deny egress in z with DNS allowed",
+        side: Side::Egress,
         policies: "  - metadata: {name: dns-only, namespace: z}\n    spec:\n      podSelector: {}\n      policyTypes: [Egress]\n      egress: [{ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]}]\n",
         allows: |from, _, _, _| from.namespace != "z",
     },
     Case {
         name: "egress from z to a CIDR: node-a's pods",
+        side: Side::Egress,
         policies: "  - metadata: {name: to-node-a, namespace: z}\n    spec:\n      podSelector: {}\n      policyTypes: [Egress]\n      egress: [{to: [{ipBlock: {cidr: 10.244.1.0/24}}]}]\n",
         allows: |from, to, _, _| from.namespace != "z" || to.node == 0,
     },
     Case {
         name: "default-deny egress in z (replies to z still pass)",
+        side: Side::Egress,
         policies: "  - metadata: {name: deny-out, namespace: z}\n    spec: {podSelector: {}, policyTypes: [Egress]}\n",
         allows: |from, _, _, _| from.namespace != "z",
     },
@@ -256,7 +294,8 @@ fn netpol_conformance() -> anyhow::Result<()> {
     std::fs::write(&cluster, cluster_yaml(&spots, ""))?;
     let mut switch = Switch::new("np")?;
     let mut nodes: Vec<(Netns, Dataplane, Service)> = Vec::new();
-    for (name, underlay, _, _) in NODES {
+    for (name, underlay, _, _) in &NODES[..KERNEL_NODE] {
+        let (name, underlay) = (*name, *underlay);
         let ns = Netns::create(&format!("np{}", &name[5..]))?;
         switch.plug(&ns, "uplink", underlay)?;
         let daemon = Dataplane::start(
@@ -273,10 +312,33 @@ fn netpol_conformance() -> anyhow::Result<()> {
         )?;
         nodes.push((ns, daemon, agent));
     }
+    // Node C: the kernel's vxlan device as Flannel programs it, facing nodes A and B.
+    let kernel_ns = Netns::create("npc")?;
+    let (_, c_underlay, c_vtep, c_prefix) = NODES[KERNEL_NODE];
+    switch.plug(&kernel_ns, "uplink", c_underlay)?;
+    for (i, (_, underlay, vtep, prefix)) in NODES[..KERNEL_NODE].iter().enumerate() {
+        let (cidr, gateway) = (format!("{prefix}.0/24"), format!("{prefix}.0"));
+        let remote =
+            kernel::RemoteNode { underlay, vtep_mac: vtep, pod_cidr: &cidr, gateway: &gateway };
+        if i == 0 {
+            let overlay = format!("{c_prefix}.0");
+            let profile = kernel::FLANNEL;
+            kernel::vxlan_node(
+                &kernel_ns, profile, "uplink", c_underlay, c_vtep, &overlay, &remote,
+            )?;
+        } else {
+            kernel::add_remote(&kernel_ns, kernel::FLANNEL, &remote)?;
+        }
+    }
     let pods: Vec<Pod> = spots
         .iter()
         .map(|s| {
-            Pod::wire(&nodes[s.node].0, &s.key().replace('/', "-"), &s.interface, &s.ip, &s.mac)
+            let name = s.key().replace('/', "-");
+            if s.node == KERNEL_NODE {
+                kernel::wire_pod(&kernel_ns, &name, &s.interface, &s.ip, &s.mac)
+            } else {
+                Pod::wire(&nodes[s.node].0, &name, &s.interface, &s.ip, &s.mac)
+            }
         })
         .collect::<anyhow::Result<_>>()?;
     for (i, (_, daemon, _)) in nodes.iter_mut().enumerate() {
@@ -298,8 +360,13 @@ fn netpol_conformance() -> anyhow::Result<()> {
                 .map(|k| {
                     let from = spots.iter().find(|s| s.key() == k.0).expect("from");
                     let to = spots.iter().find(|s| s.key() == k.1).expect("to");
-                    // As upstream (`AllowLoopback`): a pod reaching itself never leaves it.
-                    (k.clone(), from.key() == to.key() || (case.allows)(from, to, k.2, k.3))
+                    // As upstream (`AllowLoopback`): a pod reaching itself never leaves it. The
+                    // kernel node polices nothing.
+                    let unpoliced = (case.side == Side::Ingress && to.node == KERNEL_NODE)
+                        || (case.side == Side::Egress && from.node == KERNEL_NODE);
+                    let allowed =
+                        from.key() == to.key() || unpoliced || (case.allows)(from, to, k.2, k.3);
+                    (k.clone(), allowed)
                 })
                 .collect()
         };

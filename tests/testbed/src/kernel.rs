@@ -71,6 +71,17 @@ pub fn vxlan_node(
     node.ip(&["link", "set", profile.device, "address", vtep_mac])?;
     node.ip(&["addr", "add", &format!("{overlay_ip}/32"), "dev", profile.device])?;
     node.ip(&["link", "set", profile.device, "up"])?;
+    add_remote(node, profile, remote)
+}
+
+/// Programs `node`'s vxlan device for one more remote node: an onlink route to its pod CIDR
+/// via its gateway, a permanent neighbour entry binding the gateway to its VTEP MAC, and a
+/// permanent FDB entry sending that MAC to its underlay address (what Flannel adds per node).
+pub fn add_remote(
+    node: &Netns,
+    profile: KernelProfile,
+    remote: &RemoteNode<'_>,
+) -> anyhow::Result<()> {
     node.ip(&[
         "route",
         "add",
