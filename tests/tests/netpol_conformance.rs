@@ -11,8 +11,8 @@
 //!
 //! A policy selecting a pod on the kernel node has no effect there: the expectation of an
 //! ingress case exempts probes to the kernel node's pods, that of an egress case probes from
-//! them. Not here: a policy change under an established connection (`stateful_policy` has one,
-//! on UDP).
+//! them. Last, a policy change under two established TCP connections: the one the new policy
+//! no longer allows is cut, the other goes on.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -394,6 +394,43 @@ fn netpol_conformance() -> anyhow::Result<()> {
                 render(&spots, &got)
             ));
         }
+    }
+    // A policy change under established TCP connections: y/a and z/a each hold one to x/a;
+    // a second in, x/a starts allowing ingress from namespace y only. z/a's connection is cut,
+    // y/a's goes on.
+    let pod = |key: &str| &pods[spots.iter().position(|s| s.key() == key).expect("pod")];
+    let x_a = spots.iter().find(|s| s.key() == "x/a").expect("x/a").ip.clone();
+    let text = cluster_yaml(&spots, "");
+    std::fs::write(cluster.with_extension("tmp"), &text)?;
+    std::fs::rename(cluster.with_extension("tmp"), &cluster)?;
+    wait_applied(&text, &sockets);
+    let chat = |from: &str| {
+        pod(from).probe(&["tcp-chat", &x_a, "80", "60", "50"]).stdout(Stdio::piped()).spawn()
+    };
+    let (from_y, from_z) = (chat("y/a")?, chat("z/a")?);
+    std::thread::sleep(Duration::from_secs(1));
+    let policy = "  - metadata: {name: from-y, namespace: x}\n    spec:\n      podSelector: {matchLabels: {pod: a}}\n      ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n";
+    let text = cluster_yaml(&spots, policy);
+    std::fs::write(cluster.with_extension("tmp"), &text)?;
+    std::fs::rename(cluster.with_extension("tmp"), &cluster)?;
+    wait_applied(&text, &sockets);
+    let report = |child: std::process::Child| {
+        let out = child.wait_with_output().expect("tcp-chat");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let (kept, cut) = (report(from_y), report(from_z));
+    let echoed = |r: &str| -> u32 {
+        r.split_whitespace()
+            .find_map(|kv| kv.strip_prefix("echoed="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no echoed= in {r:?}"))
+    };
+    eprintln!("policy change under TCP: y/a → x/a (kept) {kept}; z/a → x/a (cut) {cut}");
+    if echoed(&kept) != 60 {
+        failures.push(format!("y/a → x/a, still allowed, lost messages: {kept}"));
+    }
+    if !(5..=45).contains(&echoed(&cut)) {
+        failures.push(format!("z/a → x/a should pass until the change, then be cut: {cut}"));
     }
     drop(servers);
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -15,8 +15,12 @@
 //! * `udp-spray ADDR PORT FLOWS COUNT RATE` — sends COUNT datagrams at RATE a second from
 //!   FLOWS sockets (each its own source port: FLOWS flows, which hashing spreads over queues)
 //!   to ADDR:PORT, expecting nothing back; prints `sent=N`.
-//! * `serve PORT...` — on each port a TCP server that answers every connection with one byte
-//!   and closes it, and a UDP echo server; until killed. Prints `ready`.
+//! * `serve PORT...` — on each port a TCP server that answers every connection with one byte,
+//!   then echoes what it reads until the client closes, and a UDP echo server; until killed.
+//!   Prints `ready`.
+//! * `tcp-chat ADDR PORT COUNT INTERVAL_MS` — one TCP connection to a `serve` port: COUNT
+//!   8-byte messages, one every INTERVAL_MS, each waiting up to 300 ms for its echo; prints
+//!   `sent=N echoed=M`. An established connection that policy cuts stops echoing.
 //! * `reach TIMEOUT_MS PROTO/ADDR/PORT...` — tries every target at once (PROTO `tcp`: connect
 //!   and read the server's byte; `udp`: a datagram and its echo, sent up to three times) and
 //!   prints one line per target, in order: `PROTO/ADDR/PORT ok` or `PROTO/ADDR/PORT no`. For
@@ -234,7 +238,15 @@ fn serve(ports: &[u16]) -> std::io::Result<()> {
         let listener = bind_any(port, TcpListener::bind)?;
         threads.push(std::thread::spawn(move || {
             for mut stream in listener.incoming().flatten() {
-                let _ = stream.write_all(b"k");
+                std::thread::spawn(move || {
+                    let _ = stream.write_all(b"k");
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = stream.read(&mut buf) {
+                        if stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
             }
         }));
         let socket = bind_any(port, UdpSocket::bind)?;
@@ -250,6 +262,33 @@ fn serve(ports: &[u16]) -> std::io::Result<()> {
     for thread in threads {
         let _ = thread.join();
     }
+    Ok(())
+}
+
+/// One TCP connection, `count` messages `interval` apart, each echoed or not within 300 ms.
+fn tcp_chat(addr: SocketAddr, count: u32, interval: Duration) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let mut hello = [0u8; 1];
+    stream.read_exact(&mut hello)?;
+    let (mut echoed, mut pending) = (0u32, Vec::new());
+    for seq in 0..count {
+        let started = Instant::now();
+        let message = u64::from(seq).to_be_bytes();
+        stream.write_all(&message)?;
+        // Echoes arrive in order; a late one (after a cut that was lifted) still counts.
+        pending.extend_from_slice(&message);
+        let mut buf = [0u8; 64];
+        if let Ok(n @ 1..) = stream.read(&mut buf) {
+            let n = n.min(pending.len());
+            echoed += (n / 8) as u32;
+            pending.drain(..n - n % 8);
+        }
+        if let Some(rest) = interval.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    println!("sent={count} echoed={echoed}");
     Ok(())
 }
 
@@ -338,11 +377,16 @@ pub fn run(args: &[String]) -> ExitCode {
             .map(|p| p.parse::<u16>().map_err(|e| format!("bad port {p:?}: {e}")))
             .collect::<Result<Vec<_>, _>>()
             .and_then(|ports| serve(&ports).map_err(|e| e.to_string())),
+        "tcp-chat" => addr().and_then(|a| {
+            let count = arg(3).parse().map_err(|e| format!("bad count: {e}"))?;
+            let interval: u64 = arg(4).parse().map_err(|e| format!("bad interval: {e}"))?;
+            tcp_chat(a, count, Duration::from_millis(interval)).map_err(|e| e.to_string())
+        }),
         "reach" => arg(1)
             .parse()
             .map_err(|e| format!("bad timeout {:?}: {e}", arg(1)))
             .and_then(|ms| reach(ms, args.get(2..).unwrap_or_default())),
-        _ => Err("usage: podlane-netprobe tcp-sink PORT | tcp-send ADDR PORT BYTES | udp-echo PORT | udp-send ADDR PORT COUNT | udp-stream ADDR PORT COUNT RATE | udp-spray ADDR PORT FLOWS COUNT RATE | serve PORT... | reach TIMEOUT_MS PROTO/ADDR/PORT...".into()),
+        _ => Err("usage: podlane-netprobe tcp-sink PORT | tcp-send ADDR PORT BYTES | udp-echo PORT | udp-send ADDR PORT COUNT | udp-stream ADDR PORT COUNT RATE | udp-spray ADDR PORT FLOWS COUNT RATE | serve PORT... | reach TIMEOUT_MS PROTO/ADDR/PORT... | tcp-chat ADDR PORT COUNT INTERVAL_MS".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
