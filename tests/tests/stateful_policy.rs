@@ -1,7 +1,8 @@
 //! NetworkPolicy with connection tracking, on two podlane nodes and real kernels: what a
 //! policy allows opens connections, and their replies pass both ways, whatever the replying
 //! side's own policy says; what it does not allow is refused; a policy change cuts a flow it
-//! no longer allows and leaves the others alone.
+//! no longer allows and leaves the others alone; a dataplane restart leaves an established TCP
+//! connection that the policy allows alone (picked up mid-stream).
 //!
 //! node-a: a2 (ingress: deny all), a3 (no policy). node-b: b2 (ingress: TCP 5001 and UDP 7000
 //! from a2 and a3; egress: deny all), b3 (no policy).
@@ -187,5 +188,22 @@ fn stateful_policy() -> anyhow::Result<()> {
     let counters = String::from_utf8_lossy(&counters.stdout);
     assert!(counters.contains("conntrack: "), "{counters}");
     assert!(!counters.contains("cut by policy 0,"), "the cut flow is counted: {counters}");
+    // A dataplane restart under an established TCP connection the policy allows (a3 → b2,
+    // port 5001): node-b's tables are the file's, its connection tracking starts empty, and
+    // the connection goes on, picked up mid-stream.
+    let (_b2_serve, _) = b2.serve(&["serve", "5001"])?;
+    let chat = a3
+        .probe(&["tcp-chat", &b2.ip, "5001", "80", "50"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    daemon_b.stop()?;
+    let mut daemon_b =
+        Dataplane::with_tables(&node_b, "uplink-b", &path_b, &dir.path().join("b2.log"), &flags)?;
+    daemon_b.wait_ready(2)?;
+    let report = String::from_utf8_lossy(&chat.wait_with_output()?.stdout).trim().to_owned();
+    let echoed = field(&report, "echoed");
+    assert!(echoed >= 60, "the connection went on after the restart: {report}");
+
     Ok(())
 }
