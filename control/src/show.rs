@@ -173,12 +173,19 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
             w.jumbo_frames,
             w.jumbo_too_long
         );
-        let ct = &w.conntrack;
+        let (ct, events) = (&w.conntrack, &w.conntrack.events);
         let _ = writeln!(
             out,
             "  conntrack: {} flows of {}; created {}, expired {}, evicted {}, cut by policy {}, \
              refused (full) {}, related ICMP errors {}",
-            ct.flows, ct.capacity, ct.created, ct.expired, ct.evicted, ct.cut, ct.full, ct.related
+            ct.flows,
+            ct.capacity,
+            events.created,
+            events.expired,
+            events.evicted,
+            events.cut,
+            events.full,
+            events.related
         );
         if let Some(h) = &w.host_interface {
             let _ = writeln!(

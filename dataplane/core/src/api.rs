@@ -17,6 +17,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::conntrack::ConntrackStats;
 use crate::table::{EndpointSpec, NodeSpec, PolicySpec, TableSpec};
 
 /// Version of this protocol; bumped on any incompatible change.
@@ -268,21 +269,14 @@ pub struct ConntrackFlow {
 }
 
 /// One worker's connection tracking: flows tracked now (of at most `capacity`) and what
-/// happened to flows since the start.
+/// happened to flows since the start (`created`, `expired`, `evicted`, `cut`, `full`,
+/// `related`: [`ConntrackStats`], flattened into this object).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ConntrackCounters {
     pub flows: usize,
     pub capacity: usize,
-    pub created: u64,
-    pub expired: u64,
-    /// Removed early to make room for a new flow (unanswered or closing ones).
-    pub evicted: u64,
-    /// Removed because a policy change no longer allows them.
-    pub cut: u64,
-    /// New flows refused because the table was full (also under drops: conntrack_full).
-    pub full: u64,
-    /// ICMP errors passed as related to a tracked flow.
-    pub related: u64,
+    #[serde(flatten)]
+    pub events: ConntrackStats,
 }
 
 /// Counters of one worker's queue of the host interface.

@@ -165,8 +165,10 @@ pub(crate) enum Refusal {
     Full,
 }
 
-/// Counts of what the table did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counts of what the table did (also what `show counters` reports, under the worker's
+/// `conntrack`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ConntrackStats {
     pub created: u64,
     pub expired: u64,
@@ -174,7 +176,7 @@ pub struct ConntrackStats {
     pub evicted: u64,
     /// Flows removed because a policy change no longer allows them.
     pub cut: u64,
-    /// New flows refused because the table was full.
+    /// New flows refused because the table was full (also under drops: conntrack_full).
     pub full: u64,
     /// ICMP errors passed as related to a tracked flow.
     pub related: u64,

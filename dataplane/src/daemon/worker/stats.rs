@@ -69,19 +69,10 @@ impl Worker {
             returned_via_host: c.returned_via_host,
             host_flows: self.pipeline.host_flows().0,
             host_flows_refused: self.pipeline.host_flows().1,
-            conntrack: {
-                let ct = self.pipeline.conntrack();
-                let stats = ct.stats();
-                ConntrackCounters {
-                    flows: ct.len(),
-                    capacity: ct.config().capacity,
-                    created: stats.created,
-                    expired: stats.expired,
-                    evicted: stats.evicted,
-                    cut: stats.cut,
-                    full: stats.full,
-                    related: stats.related,
-                }
+            conntrack: ConntrackCounters {
+                flows: self.pipeline.conntrack().len(),
+                capacity: self.pipeline.conntrack().config().capacity,
+                events: self.pipeline.conntrack().stats(),
             },
             drops: DropReason::ALL
                 .iter()
