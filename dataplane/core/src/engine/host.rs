@@ -183,12 +183,6 @@ fn forward(
     }
 }
 
-/// The addresses and flow of the IP packet in an Ethernet frame, for the flows through the
-/// kernel; `None` when it is not a well-formed IPv4 or IPv6 packet.
-pub(super) fn addresses_and_flow(frame: &[u8]) -> Option<(IpAddr, IpAddr, Flow)> {
-    parsed(frame).map(|(src, dst, flow, _)| (src, dst, flow))
-}
-
 /// The addresses, flow and IP packet of an Ethernet frame; `None` when it is not a
 /// well-formed IPv4 or IPv6 packet.
 pub(super) fn parsed(frame: &[u8]) -> Option<(IpAddr, IpAddr, Flow, &[u8])> {

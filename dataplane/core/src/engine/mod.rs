@@ -408,7 +408,7 @@ pub struct Counters {
     /// Of `reply`, the ICMP errors (time exceeded, fragmentation needed, packet too big).
     pub icmp_errors: u64,
     /// Of `decap` and `local`, replies of flows that came through the node's kernel, sent
-    /// back to the host interface instead ([`Pipeline::returns_via_host`]).
+    /// back to the host interface instead ([`Pipeline::deliver`]).
     pub returned_via_host: u64,
 }
 
@@ -525,35 +525,48 @@ impl Pipeline {
     /// For a frame about to be transmitted to local endpoint `endpoint` (a `Local` or `Decap`
     /// verdict, rewritten, possibly by another worker): the ingress side of policy, which the
     /// worker that owns the endpoint decides, since the endpoint's flows are tracked there.
-    /// First, the reply of a flow that went through the node's kernel goes back to the host
-    /// interface ([`Pipeline::returns_via_host`]); then a packet from the node itself passes;
-    /// anything else is judged by the endpoint's connection tracking and ingress policy.
+    /// First, the reply of a flow that came from the endpoint through the node's kernel (a
+    /// Service's DNAT) goes back to the host interface, where the kernel translates it back;
+    /// then a packet from the node itself passes; anything else is judged by the endpoint's
+    /// connection tracking and ingress policy. The frame is parsed once, and not at all when
+    /// the worker remembers no flow through the kernel and the endpoint has no policy.
     pub fn deliver(&mut self, snapshot: &Snapshot, endpoint: EndpointId, frame: &[u8]) -> Delivery {
-        if self.returns_via_host(endpoint, frame) {
-            return Delivery::ViaHost;
-        }
-        let Some(endpoint_ref) = snapshot.get_endpoint(endpoint) else {
-            self.counters.drops[DropReason::NoSuchPod as usize] += 1;
-            return Delivery::Drop(DropReason::NoSuchPod);
-        };
-        if endpoint_ref.ingress_policy.is_none() && endpoint_ref.egress_policy.is_none() {
-            return Delivery::Deliver;
+        let policed = snapshot
+            .get_endpoint(endpoint)
+            .map(|e| e.ingress_policy.is_some() || e.egress_policy.is_some());
+        if self.host_flows.is_empty() && policed != Some(true) {
+            return match policed {
+                Some(false) => Delivery::Deliver,
+                _ => self.refuse(DropReason::NoSuchPod),
+            };
         }
         let Some((src, dst, flow, ip)) = host::parsed(frame) else {
             // Not IP: nothing a pipeline verdict delivers.
-            return Delivery::Deliver;
+            return match policed {
+                None => self.refuse(DropReason::NoSuchPod),
+                Some(_) => Delivery::Deliver,
+            };
         };
-        if snapshot.is_local_address(src) {
-            return Delivery::Deliver;
+        if self.returns_via_host(endpoint, (src, dst), &flow) {
+            return Delivery::ViaHost;
+        }
+        match policed {
+            None => return self.refuse(DropReason::NoSuchPod),
+            Some(false) => return Delivery::Deliver,
+            Some(true) if snapshot.is_local_address(src) => return Delivery::Deliver,
+            Some(true) => {}
         }
         let judged = policy::Judged { src, dst, flow: &flow, ip };
         match policy::judge(self, snapshot, endpoint, false, &judged, true) {
             Ok(()) => Delivery::Deliver,
-            Err(reason) => {
-                self.counters.drops[reason as usize] += 1;
-                Delivery::Drop(reason)
-            }
+            Err(reason) => self.refuse(reason),
         }
+    }
+
+    /// A frame refused at delivery, counted under its reason.
+    fn refuse(&mut self, reason: DropReason) -> Delivery {
+        self.counters.drops[reason as usize] += 1;
+        Delivery::Drop(reason)
     }
 
     /// This worker's connection tracking (counts, flows for `show conntrack`).
@@ -566,16 +579,18 @@ impl Pipeline {
         self.now_ns
     }
 
-    /// For a frame about to be delivered to local endpoint `endpoint` (a `Local` or `Decap`
-    /// verdict, rewritten): whether it is the reply of a flow that came from that endpoint
-    /// through the node's kernel (a Service's DNAT), and must go to the host interface
-    /// instead, where the kernel translates it back. Cheap when no such flow exists. The
-    /// worker that owns the endpoint asks, since the flows are remembered there.
-    pub fn returns_via_host(&mut self, endpoint: EndpointId, frame: &[u8]) -> bool {
+    /// Whether a packet (`src` → `dst`, `flow`) about to be delivered to local endpoint
+    /// `endpoint` is the reply of a flow that came from that endpoint through the node's
+    /// kernel, remembered by this worker (the one that owns the endpoint).
+    fn returns_via_host(
+        &mut self,
+        endpoint: EndpointId,
+        (src, dst): (IpAddr, IpAddr),
+        flow: &flow::Flow,
+    ) -> bool {
         if self.host_flows.is_empty() {
             return false;
         }
-        let Some((src, dst, flow)) = host::addresses_and_flow(frame) else { return false };
         let key = host_flows::FlowKey {
             endpoint,
             protocol: flow.protocol,
