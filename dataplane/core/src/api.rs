@@ -195,6 +195,10 @@ pub struct WorkerCounters {
     pub worker: usize,
     pub rx_frames: u64,
     pub rx_bytes: u64,
+    /// The pipeline's verdicts, frame by frame. A `decap` or `local` frame is judged once more
+    /// where it is delivered, by the worker that owns its pod (ingress policy); one refused
+    /// there is also counted under `drops` (`policy_denied_ingress`, `conntrack_full`), and
+    /// one sent back through the node's kernel under `returned_via_host`.
     pub encap: u64,
     pub decap: u64,
     pub local: u64,

