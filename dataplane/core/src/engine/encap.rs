@@ -122,7 +122,10 @@ pub(super) fn encapsulate(
         IpAddr::V6(_) => (ENCAP_OVERHEAD_V6, Ipv6Packet::<&[u8]>::HEADER_LEN),
     };
     let udp_len = UdpPacket::<&[u8]>::HEADER_LEN + VxlanPacket::<&[u8]>::HEADER_LEN + inner_len;
-    if outer_ip_header + udp_len > usize::from(config.uplink_mtu) {
+    // A super-packet's lengths overflow the outer fields; its segments get their own.
+    let largest = pipeline.segmented.map_or(inner.ip_len, |s| s.largest_ip_len);
+    let largest_udp_len = udp_len - inner.ip_len + largest;
+    if outer_ip_header + largest_udp_len > usize::from(config.uplink_mtu) {
         return Verdict::Drop(DropReason::MtuExceeded);
     }
     // Trim Ethernet padding: the kernel encapsulates the IP packet's length, not the wire's.
@@ -168,8 +171,12 @@ pub(super) fn encapsulate(
             ip.set_src_addr(src);
             ip.set_dst_addr(dst);
             ip.fill_checksum();
-            pipeline.next_ip_id = pipeline.next_ip_id.wrapping_add(1);
-            if config.outer_udp_checksum_v4 {
+            let segments = pipeline.segmented.map_or(1, |s| s.segments);
+            pipeline.next_ip_id = pipeline.next_ip_id.wrapping_add(segments as u16);
+            if config.outer_udp_checksum_v4 && pipeline.segmented.is_some() {
+                // Asks the segmentation for one per segment.
+                UdpPacket::new_unchecked(&mut data[udp_start..]).set_checksum(0xffff);
+            } else if config.outer_udp_checksum_v4 {
                 let pseudo = checksum::pseudo_header_v4(src, dst, 17, udp_len as u16);
                 let sum = checksum::transport_checksum(pseudo, &data[udp_start..]);
                 UdpPacket::new_unchecked(&mut data[udp_start..]).set_checksum(sum);
@@ -184,9 +191,12 @@ pub(super) fn encapsulate(
             ip.set_hop_limit(config.outer_ttl);
             ip.set_src_addr(src);
             ip.set_dst_addr(dst);
-            let pseudo = checksum::pseudo_header_v6(src, dst, 17, udp_len as u32);
-            let sum = checksum::transport_checksum(pseudo, &data[udp_start..]);
-            UdpPacket::new_unchecked(&mut data[udp_start..]).set_checksum(sum);
+            // Each segment of a super-packet gets its own, when it is cut.
+            if pipeline.segmented.is_none() {
+                let pseudo = checksum::pseudo_header_v6(src, dst, 17, udp_len as u32);
+                let sum = checksum::transport_checksum(pseudo, &data[udp_start..]);
+                UdpPacket::new_unchecked(&mut data[udp_start..]).set_checksum(sum);
+            }
         }
         // Snapshot validation keeps every node in the local node's family.
         _ => return Verdict::Drop(DropReason::NextHopUnresolved),

@@ -35,6 +35,7 @@ mod policy;
 mod uplink;
 
 pub mod conntrack;
+pub mod segment;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -219,6 +220,10 @@ drop_reasons! {
     NextHopUnresolved => "next_hop_unresolved",
     /// Too big to encapsulate within the uplink MTU (a VTEP must not fragment).
     MtuExceeded => "mtu_exceeded",
+    /// A pod's super-packet (a TAP edge with TSO) that cannot be cut into segments: not TCP
+    /// over IPv4 or IPv6 without extension headers, inconsistent lengths, or a segment size
+    /// that would make more than [`segment::MAX_SEGMENTS`] segments.
+    BadSuperPacket => "bad_super_packet",
     /// The buffer has no headroom for the outer headers, or no tailroom for a reply.
     NoBufferRoom => "no_buffer_room",
     /// The ingress pod is not in the snapshot the batch ran on.
@@ -480,6 +485,17 @@ pub struct Pipeline {
     conntrack: conntrack::Conntrack,
     /// The time [`Pipeline::set_clock`] last gave, in nanoseconds.
     now_ns: u64,
+    /// The super-packet being processed ([`Pipeline::process_segmented`]), if any.
+    segmented: Option<SuperPacket>,
+}
+
+/// The shape of a TCP super-packet, known before it is processed.
+#[derive(Debug, Clone, Copy)]
+struct SuperPacket {
+    /// How many segments it is cut into.
+    segments: usize,
+    /// The IP length of its largest segment: what must fit the path.
+    largest_ip_len: usize,
 }
 
 /// What becomes of a frame about to be delivered to a local pod ([`Pipeline::deliver`]).
@@ -510,6 +526,7 @@ impl Pipeline {
             conntrack: conntrack::Conntrack::new(config.conntrack.clone()),
             config,
             now_ns: 0,
+            segmented: None,
         }
     }
 
@@ -647,6 +664,41 @@ impl Pipeline {
                 *verdict = self.process_with_hint(snapshot, ingress, frame, hint);
             }
         }
+    }
+
+    /// The verdict for a TCP super-packet from a pod (a TAP edge with TSO on): up to 64 KiB
+    /// of payload, to be cut into segments of `mss` bytes. Route, policy, connection tracking
+    /// and encapsulation decide once for the whole packet; the path's MTU is checked against
+    /// its largest segment; transport checksums are left as they are (each segment gets its
+    /// own where the caller cuts the packet with [`segment::Segments`]: towards the uplink,
+    /// a veth pod or the host interface); an encapsulation reserves one outer IPv4
+    /// identification per segment. A pod delivered to whole (a TAP pod on this node) gets
+    /// the packet as it came, its checksum still partial for the receiving kernel. Counted as
+    /// one frame.
+    pub fn process_segmented(
+        &mut self,
+        snapshot: &Snapshot,
+        ingress: Ingress,
+        frame: &mut Frame<'_>,
+        mss: u16,
+    ) -> Verdict {
+        let shape = match (ingress, segment::Segments::new(frame.data(), false, mss)) {
+            (Ingress::Pod(_), Ok(s)) => {
+                let eth = crate::wire::EthernetFrame::<&[u8]>::HEADER_LEN;
+                SuperPacket { segments: s.count(), largest_ip_len: s.len_of(0) - eth }
+            }
+            _ => {
+                self.counters.rx_frames += 1;
+                self.counters.rx_bytes += frame.len() as u64;
+                let verdict = Verdict::Drop(DropReason::BadSuperPacket);
+                self.counters.record(verdict);
+                return verdict;
+            }
+        };
+        self.segmented = Some(shape);
+        let verdict = self.process_one(snapshot, ingress, frame);
+        self.segmented = None;
+        verdict
     }
 
     /// The verdict for one frame on its own.

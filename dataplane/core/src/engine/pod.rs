@@ -204,7 +204,7 @@ fn forward(
                 return time_exceeded(pipeline, frame, &packet);
             }
             frame.set_len(ETH + packet.ip_len);
-            offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
+            finish_checksum(pipeline, frame);
             decrement_ttl(frame, packet.dst);
             let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
             eth.set_destination(destination.mac);
@@ -228,11 +228,12 @@ fn forward(
                 return time_exceeded(pipeline, frame, &packet);
             }
             let fits = encap::max_inner_ip_len(pipeline, snapshot);
-            if packet.ip_len > fits {
+            let largest = pipeline.segmented.map_or(packet.ip_len, |s| s.largest_ip_len);
+            if largest > fits {
                 return too_big(pipeline, frame, &packet, fits);
             }
             frame.set_len(ETH + packet.ip_len);
-            offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
+            finish_checksum(pipeline, frame);
             decrement_ttl(frame, packet.dst);
             let inner =
                 Inner::of_flow(packet.src, packet.dst, &packet.flow, packet.tos, packet.ip_len);
@@ -268,8 +269,16 @@ fn to_host(pipeline: &Pipeline, frame: &mut Frame<'_>, ip_len: usize) -> Verdict
         return Verdict::Drop(DropReason::NoHostInterface);
     }
     frame.set_len(ETH + ip_len);
-    offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
+    finish_checksum(pipeline, frame);
     Verdict::Host
+}
+
+/// Finishes a transport checksum the pod's kernel left partial, since the receiver gets the
+/// frame as it is; not for a super-packet, whose segments each get their own when it is cut.
+fn finish_checksum(pipeline: &Pipeline, frame: &mut Frame<'_>) {
+    if pipeline.segmented.is_none() {
+        offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
+    }
 }
 
 /// A pod's packet whose TTL runs out here: the pod hears so from the gateway.

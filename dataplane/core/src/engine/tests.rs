@@ -1481,3 +1481,72 @@ fn service_flows_are_judged_on_their_backend() {
         Verdict::Local(_)
     ));
 }
+
+/// [`run`] for a super-packet from a pod, cut at `mss`, without delivery's judgement.
+fn run_segmented(p: &mut Pipeline, snap: &Snapshot, bytes: &[u8], mss: u16) -> (Verdict, Vec<u8>) {
+    let mut buffer = vec![0u8; HEADROOM + bytes.len() + 128];
+    buffer[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
+    let mut span = Span::new(HEADROOM, bytes.len());
+    let mut frame = Frame::new(&mut buffer, &mut span);
+    let verdict = p.process_segmented(snap, from_a1(snap), &mut frame, mss);
+    (verdict, frame.data().to_vec())
+}
+
+#[test]
+fn super_packets_are_decided_once_and_cut_to_fit_the_overlay() {
+    let snap = snapshot(&spec_for("node-a", false));
+    let mut p = Pipeline::new(config_for("node-a"));
+    // The largest segment that fits a 1,450-byte overlay MTU: 1,398 bytes of payload behind
+    // IPv4 and TCP with timestamps (52 bytes), 1,378 behind IPv6 (72).
+    for (v4, mss) in [(true, 1398u16), (false, 1378)] {
+        let frame = segment::tests::tcp_frame(v4, 20_000, 0x18);
+        let before = p.counters().clone();
+        let (verdict, out) = run_segmented(&mut p, &snap, &frame, mss);
+        assert_eq!(verdict, Verdict::Encap, "v4 {v4}");
+        assert_eq!(p.counters().encap, before.encap + 1, "counted once");
+        assert_eq!(p.counters().rx_frames, before.rx_frames + 1);
+        let segments = segment::Segments::new(&out, true, mss).unwrap();
+        assert_eq!(segments.count(), 20_000usize.div_ceil(usize::from(mss)));
+        assert_eq!(segments.len_of(0), 14 + 1500, "the first segment fills the underlay MTU");
+        let mut first = vec![0u8; segments.len_of(0)];
+        segments.write(0, &mut first).unwrap();
+        let (outer, inner) = outer_and_inner(&first);
+        assert!(outer.transport.is_some());
+        assert_eq!(inner.len(), 14 + 1450);
+        // The next packet's outer identification follows the segments'.
+        let (_, small) =
+            run(&mut p, &snap, from_a1(&snap), &tcp4("10.244.1.2", "10.244.2.3", 1, 2));
+        let first_id = u16::from_be_bytes([out[18], out[19]]);
+        assert_eq!(u16::from_be_bytes([small[18], small[19]]), first_id + segments.count() as u16);
+    }
+    // One byte of segment too many: the pod learns the path MTU, as for any packet too big.
+    let frame = segment::tests::tcp_frame(true, 20_000, 0x18);
+    let (verdict, out) = run_segmented(&mut p, &snap, &frame, 1399);
+    assert_eq!(verdict, Verdict::Reply);
+    assert_eq!(&out[14 + 20..14 + 22], &[3, 4], "fragmentation needed");
+    assert_eq!(&out[14 + 26..14 + 28], &[0x05, 0xaa], "next-hop MTU 1450");
+}
+
+#[test]
+fn super_packets_between_pods_of_the_node_stay_whole_and_partial() {
+    let snap = snapshot(&spec_for("node-a", false));
+    let mut p = Pipeline::new(config_for("node-a"));
+    let mut frame = segment::tests::tcp_frame(true, 30_000, 0x10);
+    // To a2 (10.244.1.3): the destination and the header checksum rewritten.
+    frame[14 + 18] = 1;
+    frame[14 + 10..14 + 12].fill(0);
+    let check = crate::wire::checksum::checksum(&frame[14..34]);
+    frame[14 + 10..14 + 12].copy_from_slice(&check.to_be_bytes());
+    let a2 = snap.endpoint_by_interface("veth-a2").unwrap();
+    let (verdict, out) = run_segmented(&mut p, &snap, &frame, 1398);
+    assert_eq!(verdict, Verdict::Local(a2));
+    assert_eq!(out.len(), frame.len(), "not cut");
+    assert_eq!(out[14 + 8], 63, "TTL decremented");
+    assert_eq!(&out[14 + 36..14 + 38], &frame[14 + 36..14 + 38], "TCP checksum left partial");
+    // What is not a TCP super-packet is refused, counted.
+    let mut udp = frame.clone();
+    udp[14 + 9] = 17;
+    let (verdict, _) = run_segmented(&mut p, &snap, &udp, 1398);
+    assert_eq!(verdict, Verdict::Drop(DropReason::BadSuperPacket));
+    assert_eq!(p.counters().dropped(DropReason::BadSuperPacket), 1);
+}
