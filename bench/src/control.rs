@@ -74,6 +74,7 @@ fn extra_pod(i: u32) -> EndpointSpec {
         ips: vec![format!("10.244.{hi}.{lo}").parse().expect("address")],
         mac: podlane_core::wire::MacAddr([0x0a, 0x58, 0x0a, 0xf4, hi as u8, lo as u8]),
         interface: format!("p{i}"),
+        edge: Default::default(),
         ingress_policy: None,
         egress_policy: None,
     }

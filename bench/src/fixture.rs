@@ -187,6 +187,7 @@ pub fn cluster(params: &ClusterParams) -> TableSpec {
                 ips: vec![IpAddr::V4(pod_ip(params, 0, k))],
                 mac: local_pod_mac(k),
                 interface: local_interface(k),
+                edge: Default::default(),
                 ingress_policy: Some(policy.clone()),
                 egress_policy: Some(policy.clone()),
             }
@@ -335,6 +336,7 @@ pub fn full_sync(params: &ClusterParams, endpoints: usize) -> TableSpec {
             ips: vec![IpAddr::V4(Ipv4Addr::from(0x6440_0001u32 + k as u32))],
             mac: local_pod_mac(k),
             interface: format!("veth{k:06}"),
+            edge: Default::default(),
             ingress_policy: Some(policy.clone()),
             egress_policy: None,
         })

@@ -318,6 +318,7 @@ impl Cluster {
                 ips: pod.addresses(),
                 mac: pod.mac,
                 interface: pod.interface.clone(),
+                edge: Default::default(),
                 ingress_policy: ingress,
                 egress_policy: egress,
             });

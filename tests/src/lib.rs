@@ -67,10 +67,24 @@ pub fn tshark_fields(
     decode_as: &[&str],
     fields: &[&str],
 ) -> Vec<String> {
+    tshark_fields_with(tshark, pcap, decode_as, &[], fields)
+}
+
+/// [`tshark_fields`] with more preferences (`-o NAME:VALUE` each).
+pub fn tshark_fields_with(
+    tshark: &Path,
+    pcap: &Path,
+    decode_as: &[&str],
+    preferences: &[&str],
+    fields: &[&str],
+) -> Vec<String> {
     let mut cmd = Command::new(tshark);
     cmd.arg("-n").arg("-r").arg(pcap);
     for d in decode_as {
         cmd.arg("-d").arg(d);
+    }
+    for p in preferences {
+        cmd.arg("-o").arg(p);
     }
     cmd.args(["-o", "ip.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE", "-T", "fields"]);
     cmd.args(["-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,"]);

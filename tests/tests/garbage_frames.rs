@@ -6,6 +6,7 @@
 //! reached the socket, and the kernel's socket counter (`rx_dropped`, fill ring empty) for what
 //! arrived while the worker was not scheduled — on a 2-core machine the writer can outrun it.
 
+use podlane_core::table::PodEdge;
 use podlane_tests::require_root;
 use testbed::cluster::OneNode;
 use testbed::podlane::Dataplane;
@@ -60,6 +61,7 @@ fn garbage_frames_are_counted_drops() -> anyhow::Result<()> {
         ip6: None,
         mac: "0a:58:0a:f4:01:09".into(),
         host_if: tap_name.clone(),
+        edge: PodEdge::Veth,
     };
     let tables = one.write_tables(&[&tap_pod])?;
     let mut daemon =

@@ -139,6 +139,7 @@ fn tables(profile: &Profile) -> Snapshot {
             ips: vec![POD_IP.into()],
             mac: POD_MAC,
             interface: "veth-a1".into(),
+            edge: Default::default(),
             ingress_policy: None,
             egress_policy: None,
         }],

@@ -241,6 +241,12 @@ pub struct WorkerCounters {
     pub jumbo_frames: u64,
     #[serde(default)]
     pub jumbo_too_long: u64,
+    /// Segments cut from TAP pods' TCP super-packets (for the uplink, veth pods, the host
+    /// interface, other workers), and super-packets that could not be cut (dropped).
+    #[serde(default)]
+    pub segments: u64,
+    #[serde(default)]
+    pub segmentation_failed: u64,
     /// The longest round of the worker's loop since the last publication (about a second),
     /// in microseconds: a forwarding stall shows here.
     #[serde(default)]
@@ -300,7 +306,8 @@ pub struct HostCounters {
     pub tx_dropped: u64,
 }
 
-/// Counters of one AF_XDP socket.
+/// Counters of one AF_XDP socket, or of a TAP pod's queue (`mode` "tap", the interface named
+/// `<name>@<netns>`; the AF_XDP ring counters stay 0).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SocketCounters {
     pub interface: String,
@@ -319,6 +326,9 @@ pub struct SocketCounters {
     /// Chunks the worker keeps on the socket's fill ring (its fill budget).
     #[serde(default)]
     pub fill_level: u32,
+    /// Of `rx_packets` from a TAP pod, TCP super-packets (TSO).
+    #[serde(default)]
+    pub rx_super_packets: u64,
 }
 
 /// The daemon's configuration as `podlane show config` prints it.

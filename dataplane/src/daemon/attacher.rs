@@ -19,12 +19,14 @@
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use super::{AttachError, XdpModeChoice, attach};
+use crate::io::tap::{TapError, TapQueue};
 use crate::io::xdp::{XdpError, XdpProgram, XskMap};
 use crate::io::xsk::{BindPreference, Released, RingSizes, UmemHandle, XskError, XskSocket};
 use crate::io::{self};
@@ -41,7 +43,10 @@ pub(crate) struct Attachment {
     pub(crate) interface: String,
     pub(crate) ifindex: u32,
     /// One per queue of the interface, bound to the worker's UMEM; the worker adopts them.
+    /// None for a TAP pod.
     pub(crate) sockets: Vec<XskSocket>,
+    /// A TAP pod's queue (its `ifindex` is 0: the device is in the pod's namespace).
+    pub(crate) tap: Option<TapQueue>,
     /// What keeps the program attached (its BPF link and XSKMAP); dropped to detach it.
     pub(crate) hold: Box<dyn std::fmt::Debug + Send>,
 }
@@ -57,6 +62,8 @@ pub(crate) enum PodAttachError {
     Socket(XskError),
     #[error(transparent)]
     Program(AttachError),
+    #[error(transparent)]
+    Tap(TapError),
 }
 
 /// How pod interfaces are attached: with XDP and AF_XDP ([`XdpPods`]), or in memory (tests).
@@ -74,8 +81,15 @@ pub(crate) trait PodInterfaces: Send {
 /// What a worker asks of the attacher.
 #[derive(Debug)]
 pub(crate) enum Request {
-    /// Attach the pod in `slot` (`instance`) on `interface`, its sockets bound to `umem`.
-    Attach { slot: EndpointId, instance: u64, interface: String, umem: Arc<UmemHandle> },
+    /// Attach the pod in `slot` (`instance`) on `interface`, its sockets bound to `umem`; a
+    /// TAP pod's `interface` is in the network namespace `netns`.
+    Attach {
+        slot: EndpointId,
+        instance: u64,
+        interface: String,
+        netns: Option<String>,
+        umem: Arc<UmemHandle>,
+    },
     /// Detach and release what the worker no longer uses (its sockets retired from the UMEM).
     Detach(Attachment),
 }
@@ -183,7 +197,20 @@ impl Attacher {
 
     fn serve(&mut self, worker: usize, request: Request) {
         match request {
-            Request::Attach { slot, instance, interface, umem } => {
+            Request::Attach { slot, instance, interface, netns: Some(netns), .. } => {
+                // A TAP pod: its worker notices a device that is gone when reading it fails.
+                let result = TapQueue::open_in(Path::new(&netns), &interface)
+                    .map(|tap| Attachment {
+                        interface,
+                        ifindex: 0,
+                        sockets: Vec::new(),
+                        tap: Some(tap),
+                        hold: Box::new(()),
+                    })
+                    .map_err(PodAttachError::Tap);
+                self.reply(worker, Reply::Attached { slot, instance, result });
+            }
+            Request::Attach { slot, instance, interface, netns: None, umem } => {
                 let result = self.interfaces.attach(&interface, &umem);
                 if let Ok(a) = &result {
                     self.watched.insert((worker, slot, instance), (interface, a.ifindex));
@@ -218,9 +245,11 @@ impl Attacher {
 }
 
 /// Detaches the program, then releases the sockets (in that order: no frame is redirected to
-/// a socket being released).
+/// a socket being released). A TAP queue is closed (which waits for an RCU grace period, as a
+/// socket's release does).
 pub(crate) fn release(attachment: Attachment) -> Vec<Released> {
-    let Attachment { sockets, hold, .. } = attachment;
+    let Attachment { sockets, tap, hold, .. } = attachment;
+    drop(tap);
     drop(hold);
     sockets.into_iter().map(XskSocket::release).collect()
 }
@@ -255,7 +284,13 @@ impl PodInterfaces for XdpPods {
             sockets.push(socket);
         }
         let link = attach(&program, name, self.xdp_mode).map_err(PodAttachError::Program)?;
-        Ok(Attachment { interface: name.to_owned(), ifindex, sockets, hold: Box::new((link, map)) })
+        Ok(Attachment {
+            interface: name.to_owned(),
+            ifindex,
+            sockets,
+            tap: None,
+            hold: Box::new((link, map)),
+        })
     }
 
     fn ifindex(&self, interface: &str) -> Option<u32> {

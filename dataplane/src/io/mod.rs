@@ -14,6 +14,8 @@
 //! * [`netlink`] — routes and neighbours from the kernel, for underlay next-hop MACs; the
 //!   host interface's link, addresses and routes.
 //! * [`tun`] — the host interface: a multi-queue TUN device, one queue per worker.
+//! * [`tap`] — a pod's TAP interface with virtio-net headers and offloads: the pod edge that
+//!   keeps TCP super-packets whole.
 //! * Here: interface facts (index, MAC, MTU, queue count), `poll(2)` over sockets, and the
 //!   stop signals.
 
@@ -21,6 +23,7 @@ pub mod netlink;
 // The only `unsafe` in podlane (DESIGN.md): system calls, each block with its SAFETY comment.
 #[allow(unsafe_code)]
 mod sys;
+pub mod tap;
 pub mod tun;
 pub mod xdp;
 // Memory shared with the kernel: the ring protocol and chunk ownership, sound by construction.

@@ -11,6 +11,8 @@
 //!   wake-up calls (sendto, recvfrom, poll).
 //! * Interface queries (if_nametoindex, SIOCGIFHWADDR, SIOCGIFMTU, ETHTOOL_GCHANNELS), a
 //!   NETLINK_ROUTE socket, signal handlers that set a flag, and the process's capabilities.
+//! * TUN and TAP queues (TUNSETIFF, TUNSETPERSIST, TUNSETVNETHDRSZ, TUNSETOFFLOAD) and setns(2)
+//!   into a pod's network namespace, where its TAP device is.
 
 use std::ffi::CString;
 use std::io;
@@ -507,6 +509,49 @@ pub(super) fn tun_attach(tun: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     // and writes the device's name back into it.
     let ret =
         unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut libc::ifreq) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Attaches `tap` (an open `/dev/net/tun`) to the existing TAP device `name` in the calling
+/// thread's network namespace: IFF_TAP (Ethernet frames), IFF_NO_PI, IFF_VNET_HDR (a virtio-net
+/// header before every frame), and IFF_MULTI_QUEUE when `multi_queue` (it must match how the
+/// device was created).
+pub(super) fn tap_attach(tap: BorrowedFd<'_>, name: &str, multi_queue: bool) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    if multi_queue {
+        flags |= libc::IFF_MULTI_QUEUE;
+    }
+    req.ifr_ifru.ifru_flags = flags as i16;
+    // SAFETY: as in `tun_attach`: a live /dev/net/tun descriptor and a live, exclusively
+    // borrowed `ifreq`.
+    let ret =
+        unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut libc::ifreq) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// TUNSETVNETHDRSZ: the length of the virtio-net header before each frame.
+pub(super) fn tun_set_vnet_header_len(tun: BorrowedFd<'_>, len: i32) -> io::Result<()> {
+    // SAFETY: an attached TUN/TAP queue; TUNSETVNETHDRSZ reads an `int` through the pointer,
+    // which points at a live local for the duration of the call.
+    let ret = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETVNETHDRSZ, &len as *const i32) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// TUNSETOFFLOAD: which offloads (TUN_F_*) the reader takes, i.e. what the kernel may hand
+/// over unsegmented or with a partial checksum.
+pub(super) fn tun_set_offload(tun: BorrowedFd<'_>, offloads: u32) -> io::Result<()> {
+    // SAFETY: an attached TUN/TAP queue; TUNSETOFFLOAD takes its argument by value.
+    let ret =
+        unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETOFFLOAD, libc::c_ulong::from(offloads)) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// setns(2) into the network namespace `netns` (an open namespace file), for the calling
+/// thread only.
+pub(super) fn enter_network_namespace(netns: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain system call on a descriptor the caller keeps open for the call.
+    let ret = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 

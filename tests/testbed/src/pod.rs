@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::process::{ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use podlane_core::table::EndpointSpec;
+use podlane_core::table::{EndpointSpec, PodEdge};
 
 use crate::netns::{Netns, run};
 use crate::process::{Background, binary};
@@ -33,8 +33,11 @@ pub struct Pod {
     pub ip6: Option<String>,
     /// The pod's MAC (empty for a wrapped namespace).
     pub mac: String,
-    /// The host side of its veth in the node (empty for a wrapped namespace).
+    /// The host side of its veth in the node (empty for a wrapped namespace); a TAP pod's
+    /// interface inside its namespace.
     pub host_if: String,
+    /// How it meets the dataplane: a veth, or a TAP device in its namespace.
+    pub edge: PodEdge,
 }
 
 /// What a TCP transfer's two ends reported (`bytes=N digest=H` each), and how long it took.
@@ -100,6 +103,44 @@ impl Pod {
             ip6: None,
             mac: mac.to_owned(),
             host_if: host_if.to_owned(),
+            edge: PodEdge::Veth,
+        })
+    }
+
+    /// Creates pod `name` with a TAP edge, wired as the CNI plugin wires one: a persistent TAP
+    /// device `eth0` in a new namespace (tagged after `node`'s), with `mac`, `ip`/32 and
+    /// `ip6`/128 when given, at `mtu`, default routes via the gateways. podlane attaches to
+    /// it from the node once the pod's endpoint (`edge: tap`) is in its tables.
+    pub fn wire_tap(
+        node: &Netns,
+        name: &str,
+        (ip, ip6): (&str, Option<&str>),
+        mac: &str,
+        mtu: u32,
+    ) -> anyhow::Result<Pod> {
+        let ns = Netns::create(&format!("{}-pod", node.tag()))?;
+        ns.ip(&["tuntap", "add", "dev", "eth0", "mode", "tap"])?;
+        ns.ip(&["link", "set", "eth0", "address", mac, "mtu", &mtu.to_string()])?;
+        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        if let Some(ip6) = ip6 {
+            ns.ip(&["-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
+        }
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["link", "set", "lo", "up"])?;
+        ns.ip(&["route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"])?;
+        ns.ip(&["route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
+        if ip6.is_some() {
+            ns.ip(&["-6", "route", "add", "default", "via", GATEWAY_V6, "dev", "eth0"])?;
+        }
+        let netns = format!("/var/run/netns/{}", ns.name());
+        Ok(Pod {
+            ns,
+            name: name.to_owned(),
+            ip: ip.to_owned(),
+            ip6: ip6.map(str::to_owned),
+            mac: mac.to_owned(),
+            host_if: "eth0".to_owned(),
+            edge: PodEdge::Tap { netns },
         })
     }
 
@@ -134,6 +175,7 @@ impl Pod {
             ip6: None,
             mac: String::new(),
             host_if: String::new(),
+            edge: PodEdge::Veth,
         }
     }
 
@@ -154,6 +196,7 @@ impl Pod {
                 .collect::<Result<_, _>>()?,
             mac: self.mac.parse().map_err(|e| anyhow::anyhow!("pod {}: {e}", self.name))?,
             interface: self.host_if.clone(),
+            edge: self.edge.clone(),
             ingress_policy: None,
             egress_policy: None,
         })

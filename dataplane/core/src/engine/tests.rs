@@ -31,6 +31,7 @@ fn pod(name: &str, ips: &[&str], mac: MacAddr, interface: &str) -> EndpointSpec 
         ips: ips.iter().map(|s| ip(s)).collect(),
         mac,
         interface: interface.into(),
+        edge: Default::default(),
         ingress_policy: None,
         egress_policy: None,
     }

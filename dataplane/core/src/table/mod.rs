@@ -32,4 +32,4 @@ pub use policy::{
 };
 pub use publish::SnapshotCell;
 pub use snapshot::{Endpoint, EndpointId, Node, NodeId, RouteTarget, Snapshot, TableError};
-pub use spec::{EndpointSpec, LoadError, NodeSpec, TableSpec};
+pub use spec::{EndpointSpec, LoadError, NodeSpec, PodEdge, TableSpec};

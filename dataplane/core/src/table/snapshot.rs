@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::hash::FastMap;
 use super::lpm::{self, Lpm, LpmBuilder};
-use super::spec::{NodeSpec, TableSpec};
+use super::spec::{NodeSpec, PodEdge, TableSpec};
 use super::{Cidr, CompiledPolicy, PolicyError, cidr};
 use crate::wire::MacAddr;
 
@@ -103,6 +103,7 @@ pub struct Endpoint {
     pub ips: Vec<IpAddr>,
     pub mac: MacAddr,
     pub interface: String,
+    pub edge: PodEdge,
     pub ingress_policy: Option<u32>,
     pub egress_policy: Option<u32>,
 }
@@ -225,7 +226,7 @@ impl Snapshot {
         let mut endpoints = Vec::with_capacity(spec.endpoints.len());
         let mut endpoint_keys: HashMap<String, ()> = HashMap::with_capacity(spec.endpoints.len());
         let mut ip_owner: HashMap<IpAddr, usize> = HashMap::new();
-        let mut interface_owner: HashMap<&str, usize> =
+        let mut interface_owner: HashMap<(Option<&str>, &str), usize> =
             HashMap::with_capacity(spec.endpoints.len());
         for (i, e) in spec.endpoints.iter().enumerate() {
             let key = e.key();
@@ -258,9 +259,12 @@ impl Snapshot {
                     });
                 }
             }
-            if let Some(first) = interface_owner.insert(&e.interface, i) {
+            if let Some(first) = interface_owner.insert((e.edge.netns(), &e.interface), i) {
                 return Err(TableError::DuplicateInterface {
-                    interface: e.interface.clone(),
+                    interface: match e.edge.netns() {
+                        None => e.interface.clone(),
+                        Some(netns) => format!("{} in {netns}", e.interface),
+                    },
                     first: spec.endpoints[first].key(),
                     second: key,
                 });
@@ -283,6 +287,7 @@ impl Snapshot {
                 ips: e.ips.clone(),
                 mac: e.mac,
                 interface: e.interface.clone(),
+                edge: e.edge.clone(),
                 ingress_policy: resolve(&e.ingress_policy)?,
                 egress_policy: resolve(&e.egress_policy)?,
             });
@@ -541,17 +546,20 @@ fn place_endpoints(
     previous: Option<&Snapshot>,
 ) -> (Vec<Option<Endpoint>>, u64) {
     let mut next_instance = previous.map_or(1, |p| p.next_instance);
-    let kept: HashMap<(&str, &str, &str), (EndpointId, u64)> = previous
+    // The same pod on the same interface keeps its slot and instance; a pod whose interface
+    // changed (another veth, another network namespace) is a new instance, attached anew.
+    fn key(e: &Endpoint) -> (&str, &str, &str, Option<&str>) {
+        (&e.namespace, &e.name, &e.interface, e.edge.netns())
+    }
+    let kept: HashMap<_, (EndpointId, u64)> = previous
         .into_iter()
         .flat_map(Snapshot::endpoints)
-        .map(|(id, e)| {
-            ((e.namespace.as_str(), e.name.as_str(), e.interface.as_str()), (id, e.instance))
-        })
+        .map(|(id, e)| (key(e), (id, e.instance)))
         .collect();
     let mut slots: Vec<Option<Endpoint>> = Vec::new();
     let mut new = Vec::new();
     for mut e in endpoints {
-        match kept.get(&(e.namespace.as_str(), e.name.as_str(), e.interface.as_str())) {
+        match kept.get(&key(&e)) {
             Some(&(id, instance)) => {
                 let slot = id.0 as usize;
                 if slots.len() <= slot {
@@ -630,6 +638,7 @@ pub(crate) mod tests {
             ips: vec![ip.parse().unwrap()],
             mac: mac(200),
             interface: interface.into(),
+            edge: Default::default(),
             ingress_policy: None,
             egress_policy: None,
         }

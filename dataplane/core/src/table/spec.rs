@@ -81,8 +81,12 @@ pub struct EndpointSpec {
     pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
     pub mac: MacAddr,
-    /// Host-side veth of the pod.
+    /// The pod's interface as the dataplane reaches it: the host-side veth (`edge: veth`, the
+    /// default), or the TAP device's name inside the pod's network namespace (`edge: tap`).
     pub interface: String,
+    /// How the pod's interface meets the dataplane.
+    #[serde(default, skip_serializing_if = "PodEdge::is_veth")]
+    pub edge: PodEdge,
     /// Name of the compiled policy for traffic into the pod; `None`: no policy selects the
     /// pod for ingress, everything is allowed.
     #[serde(default)]
@@ -90,6 +94,36 @@ pub struct EndpointSpec {
     /// Same for traffic from the pod.
     #[serde(default)]
     pub egress_policy: Option<String>,
+}
+
+/// How a pod's interface meets the dataplane (README, "Wiring a pod").
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PodEdge {
+    /// A veth pair, as Calico and Flannel wire pods: the dataplane attaches an XDP program
+    /// and AF_XDP sockets to its host-side end. Every TCP segment crosses as a frame of its
+    /// own (a veth peer loses GSO while an XDP program is attached).
+    #[default]
+    Veth,
+    /// A TAP device in the pod's network namespace (the file `netns`, such as
+    /// `/var/run/netns/<name>` or `/proc/<pid>/ns/net`), created persistent by whoever wires
+    /// the pod; the dataplane attaches a queue with virtio-net headers and offloads, so TCP
+    /// crosses as super-packets of up to 64 KiB, cut once where they must be.
+    Tap { netns: String },
+}
+
+impl PodEdge {
+    pub fn is_veth(&self) -> bool {
+        matches!(self, PodEdge::Veth)
+    }
+
+    /// The pod's network namespace, for a TAP edge.
+    pub fn netns(&self) -> Option<&str> {
+        match self {
+            PodEdge::Veth => None,
+            PodEdge::Tap { netns } => Some(netns),
+        }
+    }
 }
 
 impl EndpointSpec {

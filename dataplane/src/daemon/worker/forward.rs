@@ -8,6 +8,7 @@ use super::Worker;
 use super::inbox::Destination;
 use super::pods::Slot;
 use super::port::{PortId, PortKind};
+use super::tap::TapId;
 use crate::engine::{Delivery, Frame, Ingress, Verdict};
 use crate::io::xsk::Packet;
 use crate::table::{EndpointId, Snapshot};
@@ -18,6 +19,8 @@ pub(super) enum Target {
     Port(PortId),
     /// The host interface.
     Host,
+    /// A TAP pod of this worker.
+    Tap(TapId),
     /// A pod another worker owns.
     Worker {
         worker: usize,
@@ -46,13 +49,26 @@ impl Worker {
     /// Where frames for the endpoint in slot `id` go.
     pub(super) fn target(&self, id: EndpointId) -> Target {
         match self.endpoints.get(id.0 as usize) {
-            Some(Slot::Attached { pod, .. }) => {
-                pod.ports.first().map_or(Target::Nowhere, |p| Target::Port(*p))
-            }
+            Some(Slot::Attached { pod, .. }) => match pod.tap {
+                Some(tap) => Target::Tap(tap),
+                None => pod.ports.first().map_or(Target::Nowhere, |p| Target::Port(*p)),
+            },
             Some(Slot::Elsewhere { worker, instance }) => {
                 Target::Worker { worker: *worker, endpoint: id, instance: *instance }
             }
             _ => Target::Nowhere,
+        }
+    }
+
+    /// The pod a target of this worker's is (a pod's port or TAP).
+    pub(super) fn endpoint_of(&self, target: Target) -> Option<EndpointId> {
+        match target {
+            Target::Port(port) => match self.ports.get(port)?.kind {
+                PortKind::Pod(endpoint) => Some(endpoint),
+                PortKind::Uplink => None,
+            },
+            Target::Tap(tap) => self.tap_endpoint(tap),
+            _ => None,
         }
     }
 
@@ -128,9 +144,7 @@ impl Worker {
     /// worker's pods, the ingress side of policy first (`Pipeline::deliver`): queued, sent to
     /// the host interface (the reply of a flow through the node's kernel), or dropped.
     pub(super) fn deliver(&mut self, target: Target, mut packet: Packet, snapshot: &Snapshot) {
-        if let Target::Port(port) = target
-            && let Some(PortKind::Pod(endpoint)) = self.ports.get(port).map(|p| p.kind)
-        {
+        if let Some(endpoint) = self.endpoint_of(target) {
             match self.judge_delivery(endpoint, &mut packet, snapshot) {
                 Delivery::Deliver => {}
                 Delivery::ViaHost => return self.send_host(packet),
@@ -144,6 +158,7 @@ impl Worker {
     pub(super) fn send(&mut self, target: Target, mut packet: Packet) {
         match target {
             Target::Port(port) => self.queue(port, packet),
+            Target::Tap(tap) => self.send_tap(tap, packet),
             Target::Host => self.send_host(packet),
             Target::Worker { worker, endpoint, instance } => {
                 let destination = Destination::Pod { endpoint, instance };

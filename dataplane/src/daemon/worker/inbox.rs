@@ -146,8 +146,10 @@ impl Worker {
             self.io_counters.handoff_in += 1;
             let target = match handoff.destination {
                 Destination::Pod { endpoint, instance } => match self.target(endpoint) {
-                    Target::Port(port) if self.instance(endpoint) == Some(instance) => {
-                        Some(Target::Port(port))
+                    target @ (Target::Port(_) | Target::Tap(_))
+                        if self.instance(endpoint) == Some(instance) =>
+                    {
+                        Some(target)
                     }
                     _ => None,
                 },

@@ -9,8 +9,9 @@
 use super::Worker;
 use super::forward::Target;
 use super::inbox::Destination;
-use super::port::{PortId, PortKind};
+use super::port::PortId;
 use crate::engine::{Delivery, Frame, Ingress, Span, Verdict};
+use crate::io::tap::VnetHeader;
 use crate::io::xsk::Packet;
 use crate::table::Snapshot;
 
@@ -133,9 +134,7 @@ impl Worker {
 
     /// [`Worker::deliver`] for a frame in a buffer.
     pub(super) fn deliver_linear(&mut self, target: Target, frame: &[u8], snapshot: &Snapshot) {
-        if let Target::Port(port) = target
-            && let Some(PortKind::Pod(endpoint)) = self.ports.get(port).map(|p| p.kind)
-        {
+        if let Some(endpoint) = self.endpoint_of(target) {
             match self.pipeline.deliver(snapshot, endpoint, frame) {
                 Delivery::Deliver => {}
                 Delivery::ViaHost => return self.write_host(frame),
@@ -150,6 +149,7 @@ impl Worker {
     pub(super) fn send_linear(&mut self, target: Target, frame: &[u8]) {
         match target {
             Target::Port(port) => self.queue_chain(port, frame),
+            Target::Tap(tap) => self.write_tap(tap, VnetHeader::PLAIN, frame),
             Target::Host => self.write_host(frame),
             Target::Worker { worker, endpoint, instance } => {
                 self.hand_off_bytes(worker, Destination::Pod { endpoint, instance }, frame)

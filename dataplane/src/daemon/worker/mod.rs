@@ -20,6 +20,8 @@
 //! * [`forward`] — receive, route verdicts, transmit.
 //! * [`inbox`] — frames for pods another worker owns.
 //! * [`host`] — the worker's queue of the host interface.
+//! * [`tap`] — TAP pods: super-packets decided once, written whole or cut once.
+//! * [`jumbo`] — frames longer than a chunk, through the linear buffer.
 //! * [`stats`] — the counters a worker publishes.
 
 mod assign;
@@ -31,6 +33,7 @@ mod jumbo;
 mod pods;
 mod port;
 mod stats;
+mod tap;
 #[cfg(test)]
 mod tests;
 mod umems;
@@ -128,6 +131,12 @@ pub(super) struct Worker {
     longest_round: Duration,
     /// Where a frame longer than a chunk goes through the pipeline (multi-buffer UMEMs only).
     linear: Option<jumbo::Linear>,
+    /// This worker's TAP pods, by [`tap::TapId`].
+    taps: Vec<Option<tap::TapPort>>,
+    /// Where frames read from TAP pods go through the pipeline (once a TAP pod is attached).
+    tap_buffer: Option<jumbo::Linear>,
+    /// Room for a segment that goes out of a buffer rather than a chunk.
+    scratch: Vec<u8>,
 }
 
 /// What a worker is made of besides its sockets.
@@ -190,6 +199,9 @@ impl Worker {
             io_counters: stats::IoCounters::default(),
             longest_round: Duration::ZERO,
             linear,
+            taps: Vec::new(),
+            tap_buffer: None,
+            scratch: Vec::new(),
         })
     }
 
@@ -242,6 +254,7 @@ impl Worker {
             work += self.receive(port, &snapshot);
         }
         work += self.receive_host(&snapshot);
+        work += self.receive_taps(&snapshot);
         work += self.drain_inbox(&snapshot);
         self.flush();
         if self.shared.conntrack_wanted[self.index].swap(false, Ordering::Relaxed) {
@@ -307,6 +320,7 @@ impl Worker {
         let timeout = if self.ports.pending() > 0 { 1 } else { POLL_TIMEOUT_MS };
         let mut fds: Vec<BorrowedFd<'_>> = vec![self.wakee.as_fd()];
         fds.extend(self.host.as_ref().map(|h| h.tun.as_fd()));
+        fds.extend(self.taps.iter().flatten().map(|t| t.queue().as_fd()));
         let umems = self.umems.all();
         fds.extend(self.ports.iter().filter_map(|p| umems[p.umem].socket(p.socket)?.fd()));
         if poller.wait(&fds, timeout, readiness).is_ok()

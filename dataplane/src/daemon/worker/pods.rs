@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::Worker;
 use super::assign::pod_owner;
 use super::port::{Port, PortId, PortKind};
+use super::tap::TapId;
 use crate::daemon::attacher::{self, Attachment, PodAttachError, Reply, Request};
 use crate::table::{EndpointId, Snapshot};
 
@@ -32,6 +33,7 @@ pub(super) enum Slot {
     Attaching {
         instance: u64,
         interface: String,
+        netns: Option<String>,
         first: bool,
     },
     /// This worker's pod, attached.
@@ -43,6 +45,7 @@ pub(super) enum Slot {
     Waiting {
         instance: u64,
         interface: String,
+        netns: Option<String>,
         since: Instant,
     },
 }
@@ -59,12 +62,17 @@ impl Slot {
     }
 }
 
-/// A pod interface this worker uses: its ports, and what keeps its program attached.
+/// A pod interface this worker uses: its ports (or its TAP queue), and what keeps its program
+/// attached.
 pub(super) struct PodPorts {
     interface: String,
     ifindex: u32,
     /// One per queue of the interface; frames to the pod leave on the first.
     pub(super) ports: Vec<PortId>,
+    /// A TAP pod's queue, among the worker's TAPs.
+    pub(super) tap: Option<TapId>,
+    /// A TAP pod's network namespace.
+    netns: Option<String>,
     hold: Box<dyn std::fmt::Debug + Send>,
 }
 
@@ -89,12 +97,16 @@ impl Worker {
             self.detach(id, "its endpoint was removed or replaced");
             self.endpoints[slot] = match wanted {
                 None => Slot::Vacant,
-                Some(e) => match pod_owner(&e.interface, self.shared.workers) {
-                    owner if owner == self.index => {
-                        self.ask_attach(id, e.instance, &e.interface, true)
+                // A TAP pod's interface has the same name in every pod: its namespace tells.
+                Some(e) => {
+                    match pod_owner(e.edge.netns().unwrap_or(&e.interface), self.shared.workers) {
+                        owner if owner == self.index => {
+                            let netns = e.edge.netns().map(str::to_owned);
+                            self.ask_attach(id, e.instance, &e.interface, netns, true)
+                        }
+                        worker => Slot::Elsewhere { worker, instance: e.instance },
                     }
-                    worker => Slot::Elsewhere { worker, instance: e.instance },
-                },
+                }
             };
         }
         while matches!(self.endpoints.last(), Some(Slot::Vacant)) {
@@ -102,18 +114,32 @@ impl Worker {
         }
     }
 
-    fn ask_attach(&mut self, id: EndpointId, instance: u64, interface: &str, first: bool) -> Slot {
+    fn ask_attach(
+        &mut self,
+        id: EndpointId,
+        instance: u64,
+        interface: &str,
+        netns: Option<String>,
+        first: bool,
+    ) -> Slot {
         let umem = self.umems.get(self.umems.pods()).handle().clone();
-        let request = Request::Attach { slot: id, instance, interface: interface.to_owned(), umem };
+        let request = Request::Attach {
+            slot: id,
+            instance,
+            interface: interface.to_owned(),
+            netns: netns.clone(),
+            umem,
+        };
         if self.attacher.requests.send((self.index, request)).is_err() {
             // The attacher is gone: the daemon is stopping.
             return Slot::Waiting {
                 instance,
                 interface: interface.to_owned(),
+                netns,
                 since: Instant::now(),
             };
         }
-        Slot::Attaching { instance, interface: interface.to_owned(), first }
+        Slot::Attaching { instance, interface: interface.to_owned(), netns, first }
     }
 
     /// Takes what the attacher answered since the last look.
@@ -130,12 +156,7 @@ impl Worker {
                     if self.instance(slot) == Some(instance)
                         && matches!(self.endpoints[slot.0 as usize], Slot::Attached { .. })
                     {
-                        let interface = self.detach(slot, "the interface disappeared");
-                        if let Some(interface) = interface {
-                            // Retried at the next look after RETRY.
-                            self.endpoints[slot.0 as usize] =
-                                Slot::Waiting { instance, interface, since: Instant::now() };
-                        }
+                        self.lost(slot, instance, "the interface disappeared");
                     }
                 }
             }
@@ -156,7 +177,11 @@ impl Worker {
         };
         match (wanted, result) {
             (true, Ok(attachment)) => {
-                let pod = self.adopt(id, attachment);
+                let netns = match self.endpoints.get(id.0 as usize) {
+                    Some(Slot::Attaching { netns, .. }) => netns.clone(),
+                    _ => None,
+                };
+                let pod = self.adopt(id, attachment, netns);
                 tracing::info!(
                     worker = self.index,
                     interface = pod.interface,
@@ -166,11 +191,12 @@ impl Worker {
                 self.endpoints[id.0 as usize] = Slot::Attached { instance, pod };
             }
             (true, Err(e)) => {
-                let Some(Slot::Attaching { interface, .. }) = self.endpoints.get(id.0 as usize)
+                let Some(Slot::Attaching { interface, netns, .. }) =
+                    self.endpoints.get(id.0 as usize)
                 else {
                     return;
                 };
-                let interface = interface.clone();
+                let (interface, netns) = (interface.clone(), netns.clone());
                 if first {
                     tracing::warn!(
                         worker = self.index,
@@ -179,7 +205,7 @@ impl Worker {
                     );
                 }
                 self.endpoints[id.0 as usize] =
-                    Slot::Waiting { instance, interface, since: Instant::now() };
+                    Slot::Waiting { instance, interface, netns, since: Instant::now() };
             }
             (false, Ok(attachment)) => {
                 let _ = self.attacher.requests.send((self.index, Request::Detach(attachment)));
@@ -188,9 +214,11 @@ impl Worker {
         }
     }
 
-    /// Adopts an attachment's sockets into the pods' UMEM as ports of slot `id`.
-    fn adopt(&mut self, id: EndpointId, attachment: Attachment) -> PodPorts {
-        let Attachment { interface, ifindex, sockets, hold } = attachment;
+    /// Adopts an attachment's sockets into the pods' UMEM as ports of slot `id` (or its TAP
+    /// queue among the worker's TAPs).
+    fn adopt(&mut self, id: EndpointId, attachment: Attachment, netns: Option<String>) -> PodPorts {
+        let Attachment { interface, ifindex, sockets, tap, hold } = attachment;
+        let tap = tap.map(|queue| self.add_tap(id, queue, netns.as_deref().unwrap_or_default()));
         let umem = self.umems.pods();
         let mut ports = Vec::new();
         for socket in sockets {
@@ -202,7 +230,7 @@ impl Worker {
             ports.push(self.ports.add(port));
         }
         self.trim_fill_levels();
-        PodPorts { interface, ifindex, ports, hold }
+        PodPorts { interface, ifindex, ports, tap, netns, hold }
     }
 
     /// Gives up what slot `id` holds: an attached pod's ports are removed and their sockets
@@ -212,7 +240,8 @@ impl Worker {
         let Slot::Attached { pod, .. } = std::mem::replace(slot, Slot::Vacant) else {
             return None;
         };
-        let PodPorts { interface, ifindex, ports, hold } = pod;
+        let PodPorts { interface, ifindex, ports, tap, netns: _, hold } = pod;
+        let tap = tap.and_then(|t| self.remove_tap(t));
         let mut sockets = Vec::new();
         for port in ports {
             if let Some(level) = self.ports.get(port).map(|p| p.fill_target) {
@@ -221,7 +250,7 @@ impl Worker {
             sockets.extend(self.ports.remove(port, &mut self.umems));
         }
         tracing::info!(worker = self.index, interface, "pod interface detached: {why}");
-        let attachment = Attachment { interface: interface.clone(), ifindex, sockets, hold };
+        let attachment = Attachment { interface: interface.clone(), ifindex, sockets, tap, hold };
         if let Err(unsent) = self.attacher.requests.send((self.index, Request::Detach(attachment)))
         {
             // No attacher (stopping): released here, and the chunks taken back.
@@ -229,6 +258,19 @@ impl Worker {
             self.release_here(attachment);
         }
         Some(interface)
+    }
+
+    /// Slot `id`'s attached pod lost its interface (`instance`, the one attached): detached,
+    /// and asked for again after [`RETRY`].
+    pub(super) fn lost(&mut self, id: EndpointId, instance: u64, why: &str) {
+        let netns = match self.endpoints.get(id.0 as usize) {
+            Some(Slot::Attached { pod, .. }) => pod.netns.clone(),
+            _ => return,
+        };
+        if let Some(interface) = self.detach(id, why) {
+            self.endpoints[id.0 as usize] =
+                Slot::Waiting { instance, interface, netns, since: Instant::now() };
+        }
     }
 
     /// Releases an attachment on this thread (at shutdown, when stalling no longer matters).
@@ -241,12 +283,12 @@ impl Worker {
     /// Once a second: pods that wait are asked for again.
     pub(super) fn retry_pods(&mut self) {
         for slot in 0..self.endpoints.len() {
-            if let Slot::Waiting { instance, interface, since } = &self.endpoints[slot]
+            if let Slot::Waiting { instance, interface, netns, since } = &self.endpoints[slot]
                 && since.elapsed() >= RETRY
             {
-                let (instance, interface) = (*instance, interface.clone());
+                let (instance, interface, netns) = (*instance, interface.clone(), netns.clone());
                 let id = EndpointId(slot as u32);
-                self.endpoints[slot] = self.ask_attach(id, instance, &interface, false);
+                self.endpoints[slot] = self.ask_attach(id, instance, &interface, netns, false);
             }
         }
     }
@@ -259,10 +301,11 @@ impl Worker {
             else {
                 continue;
             };
-            let PodPorts { interface, ifindex, ports, hold } = pod;
+            let PodPorts { interface, ifindex, ports, tap, netns: _, hold } = pod;
+            let tap = tap.and_then(|t| self.remove_tap(t));
             let sockets =
                 ports.into_iter().filter_map(|p| self.ports.remove(p, &mut self.umems)).collect();
-            self.release_here(Attachment { interface, ifindex, sockets, hold });
+            self.release_here(Attachment { interface, ifindex, sockets, tap, hold });
         }
     }
 }

@@ -26,6 +26,10 @@ pub(super) struct IoCounters {
     pub(super) jumbo_frames: u64,
     /// Of those, frames longer than the uplink's MTU allows: dropped.
     pub(super) jumbo_too_long: u64,
+    /// Segments cut from TAP pods' TCP super-packets.
+    pub(super) segments: u64,
+    /// Super-packets that could not be cut (the pipeline validated them: a bug if ever).
+    pub(super) segmentation_failed: u64,
 }
 
 impl Worker {
@@ -51,8 +55,21 @@ impl Worker {
                     tx_invalid_descs: xdp.tx_invalid_descs,
                     rx_dropped: xdp.rx_dropped,
                     fill_level: p.fill_target,
+                    rx_super_packets: 0,
                 }
             })
+            .chain(self.taps.iter().flatten().map(|t| SocketCounters {
+                interface: t.label.clone(),
+                queue: 0,
+                mode: "tap".to_owned(),
+                rx_packets: t.stats.rx_packets,
+                rx_bytes: t.stats.rx_bytes,
+                tx_packets: t.stats.tx_packets,
+                tx_bytes: t.stats.tx_bytes,
+                tx_dropped: t.stats.tx_dropped,
+                rx_super_packets: t.rx_super,
+                ..SocketCounters::default()
+            }))
             .collect();
         let c = self.pipeline.counters();
         let io = self.io_counters;
@@ -87,6 +104,8 @@ impl Worker {
             umems: self.umems.all().len(),
             jumbo_frames: io.jumbo_frames,
             jumbo_too_long: io.jumbo_too_long,
+            segments: io.segments,
+            segmentation_failed: io.segmentation_failed,
             longest_round_us: self.longest_round.as_micros() as u64,
             invalid_descriptors: self.umems.all().iter().map(|u| u.invalid_descriptors()).sum(),
             sockets,

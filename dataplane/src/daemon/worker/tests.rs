@@ -58,6 +58,7 @@ impl PodInterfaces for MemoryPods {
             interface: name.into(),
             ifindex: interface.ifindex,
             sockets,
+            tap: None,
             hold: Box::new(()),
         })
     }
@@ -86,6 +87,7 @@ fn pod(name: &str, last: u8) -> EndpointSpec {
         ips: vec![IpAddr::V4(Ipv4Addr::new(10, 244, 1, last))],
         mac: MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, last]),
         interface: format!("veth-{name}"),
+        edge: Default::default(),
         ingress_policy: None,
         egress_policy: None,
     }

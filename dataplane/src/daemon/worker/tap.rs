@@ -1,0 +1,289 @@
+//! A worker's TAP pods: frames read from a pod's TAP queue with their virtio-net header, a TCP
+//! super-packet (up to 64 KiB, TSO) decided once by the pipeline and then sent on whole where
+//! the next hop takes it whole (another TAP pod of this node) or cut once into segments where
+//! it goes as frames (the uplink, a veth pod, the host interface, another worker); frames
+//! written to a TAP pod with a header.
+//!
+//! Every TAP frame goes through the pipeline from the worker's TAP buffer, one at a time: a
+//! read from a TAP is a system call per frame anyway, and a super-packet is up to 44 frames'
+//! worth of work decided once.
+
+use super::Worker;
+use super::forward::Target;
+use super::jumbo::Linear;
+use super::port::{PortCounters, PortId};
+use crate::engine::segment::Segments;
+use crate::engine::{Delivery, Frame, Ingress, Span, Verdict};
+use crate::io::tap::{TapQueue, VnetHeader};
+use crate::io::xsk::Packet;
+use crate::table::{EndpointId, Snapshot};
+
+/// Frames read from one TAP per round of the loop, so that one busy pod does not hold the
+/// worker (each can be a 64 KiB super-packet).
+const TAP_BURST: usize = 32;
+/// The largest frame a TAP pod hands over: a 64 KiB IP packet behind its Ethernet header.
+const TAP_MAX_FRAME: usize = 14 + 65_535;
+
+/// Handle of a TAP among a worker's TAPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TapId(usize);
+
+/// A TAP pod's queue, the pod it belongs to, and its counters.
+#[derive(Debug)]
+pub(super) struct TapPort {
+    queue: TapQueue,
+    pub(super) endpoint: EndpointId,
+    /// `<interface>@<netns>`, how counters name it.
+    pub(super) label: String,
+    pub(super) stats: PortCounters,
+    /// Of the frames received, TCP super-packets.
+    pub(super) rx_super: u64,
+}
+
+impl TapPort {
+    pub(super) fn queue(&self) -> &TapQueue {
+        &self.queue
+    }
+}
+
+impl Worker {
+    pub(super) fn add_tap(&mut self, endpoint: EndpointId, queue: TapQueue, netns: &str) -> TapId {
+        if self.tap_buffer.is_none() {
+            let headroom = self.umems.get(self.umems.pods()).frame_headroom() as usize;
+            self.tap_buffer = Some(Linear::new(headroom, TAP_MAX_FRAME));
+        }
+        let label = format!("{}@{netns}", queue.name());
+        let port = TapPort { queue, endpoint, label, stats: PortCounters::default(), rx_super: 0 };
+        let slot = self.taps.iter().position(Option::is_none).unwrap_or(self.taps.len());
+        if slot == self.taps.len() {
+            self.taps.push(None);
+        }
+        self.taps[slot] = Some(port);
+        TapId(slot)
+    }
+
+    /// Takes a TAP out; its queue is returned to be closed where that may take its time.
+    pub(super) fn remove_tap(&mut self, id: TapId) -> Option<TapQueue> {
+        let port = self.taps.get_mut(id.0)?.take()?;
+        Some(port.queue)
+    }
+
+    /// The pod a TAP belongs to.
+    pub(super) fn tap_endpoint(&self, id: TapId) -> Option<EndpointId> {
+        Some(self.taps.get(id.0)?.as_ref()?.endpoint)
+    }
+
+    /// Reads what every TAP pod sent, a burst each. Returns the number of frames read.
+    pub(super) fn receive_taps(&mut self, snapshot: &Snapshot) -> usize {
+        let Some(mut buffer) = self.tap_buffer.take() else { return 0 };
+        let mut read = 0;
+        for slot in 0..self.taps.len() {
+            for _ in 0..TAP_BURST {
+                let id = TapId(slot);
+                let Some(tap) = self.taps.get_mut(slot).and_then(Option::as_mut) else { break };
+                let start = buffer.headroom - VnetHeader::LEN;
+                let n = match tap.queue.receive(&mut buffer.bytes[start..]) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let (endpoint, label) = (tap.endpoint, tap.label.clone());
+                        tracing::warn!(worker = self.index, tap = label, "reading the TAP: {e}");
+                        if let Some(instance) = self.instance(endpoint) {
+                            self.lost(endpoint, instance, "its TAP device is gone");
+                        }
+                        break;
+                    }
+                };
+                read += 1;
+                if n <= VnetHeader::LEN {
+                    tap.stats.tx_dropped += 1;
+                    continue;
+                }
+                let mut header = [0u8; VnetHeader::LEN];
+                header.copy_from_slice(&buffer.bytes[start..buffer.headroom]);
+                let header = VnetHeader::parse(&header);
+                let len = n - VnetHeader::LEN;
+                tap.stats.rx_packets += 1;
+                tap.stats.rx_bytes += len as u64;
+                tap.rx_super += u64::from(header.tcp_segment_size().is_some());
+                let endpoint = tap.endpoint;
+                let span = Span::new(buffer.headroom, len);
+                self.process_tap_frame(id, endpoint, &mut buffer, span, header, snapshot);
+            }
+        }
+        self.tap_buffer = Some(buffer);
+        read
+    }
+
+    /// One frame from TAP `tap` (pod `endpoint`) through the pipeline, then where its verdict
+    /// says: a plain frame as any frame from a buffer, a super-packet whole or cut.
+    fn process_tap_frame(
+        &mut self,
+        tap: TapId,
+        endpoint: EndpointId,
+        buffer: &mut Linear,
+        mut span: Span,
+        header: VnetHeader,
+        snapshot: &Snapshot,
+    ) {
+        let Some(mss) = header.tcp_segment_size() else {
+            return self.process_linear(
+                buffer,
+                span,
+                Ingress::Pod(endpoint),
+                Target::Tap(tap),
+                snapshot,
+            );
+        };
+        let verdict = {
+            let mut frame = Frame::new(&mut buffer.bytes, &mut span);
+            self.pipeline.process_segmented(snapshot, Ingress::Pod(endpoint), &mut frame, mss)
+        };
+        let frame = &buffer.bytes[span.head as usize..span.end()];
+        match verdict {
+            Verdict::Encap => match self.uplink {
+                Some(uplink) => self.send_segments(Target::Port(uplink), frame, true, mss),
+                None => self.io_counters.no_socket += 1,
+            },
+            Verdict::Decap(id) | Verdict::Local(id) => {
+                self.deliver_super(self.target(id), frame, header, snapshot)
+            }
+            Verdict::Host => self.send_segments(Target::Host, frame, false, mss),
+            Verdict::Reply => self.write_tap(tap, VnetHeader::PLAIN, frame),
+            Verdict::Drop(_) => {}
+        }
+    }
+
+    /// A super-packet for a local pod: judged at delivery for this worker's pods, then written
+    /// whole to a TAP pod, or cut for anything else.
+    fn deliver_super(
+        &mut self,
+        target: Target,
+        frame: &[u8],
+        header: VnetHeader,
+        snapshot: &Snapshot,
+    ) {
+        let mss = header.tcp_segment_size().unwrap_or_default();
+        if let Some(endpoint) = self.endpoint_of(target) {
+            match self.pipeline.deliver(snapshot, endpoint, frame) {
+                Delivery::Deliver => {}
+                Delivery::ViaHost => return self.send_segments(Target::Host, frame, false, mss),
+                Delivery::Drop(_) => return,
+            }
+        }
+        match target {
+            Target::Tap(tap) => self.write_tap(tap, header, frame),
+            other => self.send_segments(other, frame, false, mss),
+        }
+    }
+
+    /// Cuts a super-packet (`encapsulated` in VXLAN, or not) into segments of `mss` bytes of
+    /// payload, each sent to `target` as a frame of its own.
+    pub(super) fn send_segments(
+        &mut self,
+        target: Target,
+        frame: &[u8],
+        encapsulated: bool,
+        mss: u16,
+    ) {
+        let segments = match Segments::new(frame, encapsulated, mss) {
+            Ok(segments) => segments,
+            Err(e) => {
+                // The pipeline validated the layout; only a bug gets here.
+                tracing::debug!(worker = self.index, "a super-packet could not be cut: {e}");
+                self.io_counters.segmentation_failed += 1;
+                return;
+            }
+        };
+        self.io_counters.segments += segments.count() as u64;
+        for i in 0..segments.count() {
+            match target {
+                Target::Port(port) => self.queue_segment(port, &segments, i),
+                _ => {
+                    let mut scratch = std::mem::take(&mut self.scratch);
+                    scratch.resize(segments.len_of(i), 0);
+                    if let Some(len) = segments.write(i, &mut scratch) {
+                        self.send_linear(target, &scratch[..len]);
+                    }
+                    self.scratch = scratch;
+                }
+            }
+        }
+    }
+
+    /// Writes segment `i` straight into a chunk of the port's UMEM and queues it (through the
+    /// scratch buffer as a chain when it is longer than a chunk: a jumbo underlay).
+    fn queue_segment(&mut self, port: PortId, segments: &Segments<'_>, i: usize) {
+        let Some(umem) = self.ports.get(port).map(|p| p.umem) else {
+            self.io_counters.no_socket += 1;
+            return;
+        };
+        let room = self.umems.get(umem).config().max_frame() as usize;
+        if segments.len_of(i) > room {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            scratch.resize(segments.len_of(i), 0);
+            if let Some(len) = segments.write(i, &mut scratch) {
+                self.send_linear(Target::Port(port), &scratch[..len]);
+            }
+            self.scratch = scratch;
+            return;
+        }
+        let Some(chunk) = self.umems.get(umem).allocate() else {
+            self.io_counters.chunk_exhausted += 1;
+            return;
+        };
+        let headroom = self.umems.get(umem).frame_headroom() as usize;
+        let mut packet = Packet::new(chunk, Span::new(headroom, 0));
+        self.umems.lend_one(&mut packet, |bytes, span| {
+            let len = segments.write(i, &mut bytes[headroom..]).unwrap_or(0);
+            span.len = len as u32;
+        });
+        if packet.span.len == 0 {
+            self.umems.release(packet);
+            return;
+        }
+        if let Err(packet) = self.ports.queue(port, packet, self.budget.pending_limit) {
+            self.umems.release(packet);
+        }
+    }
+
+    /// Writes a frame to a TAP pod, with its virtio-net header.
+    pub(super) fn write_tap(&mut self, tap: TapId, header: VnetHeader, frame: &[u8]) {
+        write(&mut self.taps, &mut self.io_counters, tap, header, frame);
+    }
+
+    /// Writes the frame of a chunk to a TAP pod and releases the chunk.
+    pub(super) fn send_tap(&mut self, tap: TapId, mut packet: Packet) {
+        let (taps, io) = (&mut self.taps, &mut self.io_counters);
+        self.umems.lend_one(&mut packet, |buffer, span| {
+            let frame = buffer.get(span.head as usize..span.end()).unwrap_or_default();
+            write(taps, io, tap, VnetHeader::PLAIN, frame);
+        });
+        self.umems.release(packet);
+    }
+}
+
+/// Writes a frame with its header to TAP `tap`, counted.
+fn write(
+    taps: &mut [Option<TapPort>],
+    io: &mut super::stats::IoCounters,
+    tap: TapId,
+    header: VnetHeader,
+    frame: &[u8],
+) {
+    let Some(port) = taps.get_mut(tap.0).and_then(Option::as_mut) else {
+        io.no_socket += 1;
+        return;
+    };
+    match port.queue.send(header, frame) {
+        Ok(true) => {
+            port.stats.tx_packets += 1;
+            port.stats.tx_bytes += frame.len() as u64;
+        }
+        Ok(false) => port.stats.tx_dropped += 1,
+        Err(e) => {
+            port.stats.tx_dropped += 1;
+            tracing::debug!(tap = port.label, "writing to the TAP: {e}");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! A pod's TAP interface: the pod edge that keeps large packets whole.
+//!
+//! The pod's interface is a TAP device inside the pod's network namespace (created there,
+//! persistent, by the CNI plugin or the test that wires the pod); the dataplane attaches a
+//! queue to it from its own namespace, and from then on reads the frames the pod sends and
+//! writes the frames it receives. Each frame is preceded by a virtio-net header
+//! (`IFF_VNET_HDR`), and the device's offloads are on (checksum, TSO for IPv4 and IPv6, with
+//! ECN): the pod's kernel hands over TCP super-packets of up to 64 KiB with a partial
+//! checksum and the segment size to cut them at, and takes the same from the dataplane, which
+//! is what makes pod TCP cheap (docs/bench.md, `podlane-bench tcp`). On a veth with an XDP
+//! program the peer loses GSO and every segment is a frame of its own.
+//!
+//! While no queue is attached (the dataplane stopped), the device has no carrier and drops
+//! what the pod sends: it fails closed.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::sys;
+
+/// The offloads a TAP pod's kernel may use towards the dataplane.
+const OFFLOADS: u32 = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+
+/// Why a pod's TAP device could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("opening the network namespace {path}: {source}")]
+    Namespace { path: PathBuf, source: io::Error },
+    #[error("no interface named {name:?} in the network namespace {netns}")]
+    NoInterface { name: String, netns: PathBuf },
+    #[error(
+        "attaching to {name:?} in {netns}: {source} (it must be a TAP device, created \
+         persistent, e.g. `ip tuntap add dev {name} mode tap`, and not attached elsewhere)"
+    )]
+    Attach { name: String, netns: PathBuf, source: io::Error },
+    #[error("setting up the TAP queue of {name:?}: {source}")]
+    Setup { name: String, source: io::Error },
+    #[error("the thread entering the pod's network namespace failed")]
+    Thread,
+}
+
+/// `struct virtio_net_hdr` (include/uapi/linux/virtio_net.h), in the host's byte order (the
+/// TAP device's default on a little-endian host, and the only order on a big-endian one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VnetHeader {
+    pub flags: u8,
+    pub gso_type: u8,
+    /// Length of the headers (Ethernet to TCP) of a GSO packet.
+    pub header_len: u16,
+    /// Payload bytes per segment of a GSO packet (the MSS).
+    pub gso_size: u16,
+    /// Where the checksum a partial packet leaves undone starts, and its field's offset from
+    /// there (`flags & NEEDS_CSUM`).
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+impl VnetHeader {
+    pub const LEN: usize = 10;
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` holds only
+    /// the pseudo-header sum.
+    pub const NEEDS_CSUM: u8 = 1;
+    pub const GSO_NONE: u8 = 0;
+    pub const GSO_TCPV4: u8 = 1;
+    pub const GSO_TCPV6: u8 = 4;
+    /// Flag on `gso_type`: the packet carries CWR, to be kept on the first segment only.
+    pub const GSO_ECN: u8 = 0x80;
+
+    /// A header saying nothing: a whole frame with complete checksums.
+    pub const PLAIN: VnetHeader = VnetHeader {
+        flags: 0,
+        gso_type: 0,
+        header_len: 0,
+        gso_size: 0,
+        csum_start: 0,
+        csum_offset: 0,
+    };
+
+    pub fn parse(bytes: &[u8; Self::LEN]) -> VnetHeader {
+        let u16_at = |i: usize| u16::from_ne_bytes([bytes[i], bytes[i + 1]]);
+        VnetHeader {
+            flags: bytes[0],
+            gso_type: bytes[1],
+            header_len: u16_at(2),
+            gso_size: u16_at(4),
+            csum_start: u16_at(6),
+            csum_offset: u16_at(8),
+        }
+    }
+
+    pub fn to_bytes(self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.header_len.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
+        b
+    }
+
+    /// The segment size of a TCP super-packet, `None` for a plain frame. Other GSO types
+    /// (UDP) are never offered to the pod's kernel; they read as `Some(0)`, which the pipeline
+    /// refuses.
+    pub fn tcp_segment_size(&self) -> Option<u16> {
+        match self.gso_type & !Self::GSO_ECN {
+            Self::GSO_NONE => None,
+            Self::GSO_TCPV4 | Self::GSO_TCPV6 => Some(self.gso_size),
+            _ => Some(0),
+        }
+    }
+}
+
+/// The dataplane's queue of one pod's TAP device.
+#[derive(Debug)]
+pub struct TapQueue {
+    file: File,
+    name: String,
+}
+
+impl TapQueue {
+    /// Attaches a queue to the existing TAP device `name` in the network namespace whose
+    /// file is `netns` (`/var/run/netns/<name>`, `/proc/<pid>/ns/net`), with virtio-net
+    /// headers and the offloads on. The namespace is entered on a short-lived thread of its
+    /// own, so no other thread of the process changes namespace. Non-blocking.
+    pub fn open_in(netns: &Path, name: &str) -> Result<TapQueue, TapError> {
+        let namespace = File::open(netns)
+            .map_err(|source| TapError::Namespace { path: netns.to_owned(), source })?;
+        let (netns_path, tap_name) = (netns.to_owned(), name.to_owned());
+        let opened = std::thread::Builder::new()
+            .name("podlane-tap-open".into())
+            .spawn(move || {
+                sys::enter_network_namespace(namespace.as_fd())
+                    .map_err(|source| TapError::Namespace { path: netns_path.clone(), source })?;
+                attach_here(&netns_path, &tap_name)
+            })
+            .map_err(|_| TapError::Thread)?
+            .join()
+            .map_err(|_| TapError::Thread)??;
+        Ok(TapQueue { file: opened, name: name.to_owned() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads one frame into `buffer`, its virtio-net header first: the bytes read (header
+    /// included), or `None` when nothing waits. A frame longer than the buffer arrives cut
+    /// (the buffer is sized for the largest super-packet, so that means a broken device).
+    pub fn receive(&mut self, buffer: &mut [u8]) -> io::Result<Option<usize>> {
+        match self.file.read(buffer) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes one frame with its header (one writev); `false` when the device's queue is full.
+    pub fn send(&mut self, header: VnetHeader, frame: &[u8]) -> io::Result<bool> {
+        let header = header.to_bytes();
+        match self.file.write_vectored(&[IoSlice::new(&header), IoSlice::new(frame)]) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl AsFd for TapQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// Attaches to `name` in the calling thread's namespace, which must hold it: TUNSETIFF on a
+/// name that does not exist would create a device, and the pod must get no interface the
+/// dataplane made.
+fn attach_here(netns: &Path, name: &str) -> Result<File, TapError> {
+    if sys::ifindex(name).is_none() {
+        return Err(TapError::NoInterface { name: name.to_owned(), netns: netns.to_owned() });
+    }
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+    };
+    let attach_error =
+        |source| TapError::Attach { name: name.to_owned(), netns: netns.to_owned(), source };
+    let file = open().map_err(attach_error)?;
+    // A single-queue device refuses IFF_MULTI_QUEUE and a multi-queue one its absence.
+    let file = match sys::tap_attach(file.as_fd(), name, false) {
+        Ok(()) => file,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let file = open().map_err(attach_error)?;
+            sys::tap_attach(file.as_fd(), name, true).map_err(|_| attach_error(e))?;
+            file
+        }
+        Err(e) => return Err(attach_error(e)),
+    };
+    let setup = |source| TapError::Setup { name: name.to_owned(), source };
+    sys::tun_set_vnet_header_len(file.as_fd(), VnetHeader::LEN as i32).map_err(setup)?;
+    sys::tun_set_offload(file.as_fd(), OFFLOADS).map_err(setup)?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips() {
+        let h = VnetHeader {
+            flags: VnetHeader::NEEDS_CSUM,
+            gso_type: VnetHeader::GSO_TCPV4 | VnetHeader::GSO_ECN,
+            header_len: 66,
+            gso_size: 1398,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        assert_eq!(VnetHeader::parse(&h.to_bytes()), h);
+        assert_eq!(h.tcp_segment_size(), Some(1398));
+        assert_eq!(VnetHeader::PLAIN.tcp_segment_size(), None);
+        let udp = VnetHeader { gso_type: 5, gso_size: 1400, ..VnetHeader::PLAIN };
+        assert_eq!(udp.tcp_segment_size(), Some(0), "refused downstream");
+    }
+}
