@@ -101,22 +101,36 @@ struct PpsArgs {
 
 #[derive(clap::Args, Debug)]
 struct TcpArgs {
-    /// A smoke run: every dataplane and path, one stream, one-second runs.
+    /// A smoke run: every underlay and pair, one stream, one-second runs.
     #[arg(long)]
     quick: bool,
+    /// Underlays [default: all]
     #[arg(long, value_delimiter = ',', value_enum)]
-    dataplanes: Vec<tcp::TcpDataplane>,
+    underlays: Vec<tcp::Underlay>,
+    /// Which nodes run what, between which pods [default: all]
     #[arg(long, value_delimiter = ',', value_enum)]
-    paths: Vec<tcp::TcpPath>,
+    pairs: Vec<tcp::Pair>,
+    /// The pod edge of podlane's pods.
+    #[arg(long, value_enum, default_value = "tap")]
+    pod_edge: tcp::Edge,
     /// Parallel streams per run [default: 1,4; --quick: 1].
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=128))]
     streams: Vec<u32>,
-    /// Length of each run [default: 6; --quick: 1].
+    /// Length of each throughput run [default: 6; --quick: 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=600))]
     seconds: Option<u32>,
+    /// Length of each request/response run, in seconds [default: 3; --quick: 0.5].
+    #[arg(long)]
+    rr_seconds: Option<f64>,
+    /// Message size of the request/response runs, in bytes.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    rr_bytes: u32,
     /// Where to write the JSON results.
     #[arg(long, default_value = "tcp.json")]
     json: PathBuf,
+    /// Where to write the SVG chart.
+    #[arg(long, default_value = "tcp.svg")]
+    svg: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -143,8 +157,9 @@ enum Command {
     /// Packets per second, CPU per packet and latency of podlane, the kernel's VXLAN and a bare
     /// AF_XDP forward, side by side, on a node built in network namespaces (needs root).
     Pps(Box<PpsArgs>),
-    /// TCP throughput over a node's paths (node → pod, node → remote pod, pod → remote pod,
-    /// pod → pod), podlane and the kernel's VXLAN side by side, with iperf3 (needs root).
+    /// Pod-to-pod TCP through podlane and the kernel's VXLAN side by side: throughput (iperf3),
+    /// CPU per gigabit, retransmissions, request/response rate and latency, on a plain veth
+    /// underlay and on one that segments as a NIC without tunnel offloads (needs root).
     Tcp(TcpArgs),
     /// What control work costs the data path: pods attached and detached under a UDP stream
     /// (the worker's longest loop round, the stream's loss), and next hops at many nodes
@@ -445,41 +460,55 @@ fn tcp_command(args: TcpArgs) -> anyhow::Result<()> {
         "podlane-bench tcp builds network namespaces and attaches XDP programs: run it as root"
     );
     let quick = args.quick;
+    let rr_seconds = args.rr_seconds.unwrap_or(if quick { 0.5 } else { 3.0 });
+    anyhow::ensure!(
+        rr_seconds > 0.0 && rr_seconds <= 600.0,
+        "--rr-seconds {rr_seconds}: give a length between 0 and 600 seconds"
+    );
     let config = tcp::Config {
-        dataplanes: or(
-            args.dataplanes,
-            vec![tcp::TcpDataplane::Kernel, tcp::TcpDataplane::Podlane],
-        ),
-        paths: or(
-            args.paths,
+        underlays: or(args.underlays, vec![tcp::Underlay::Veth, tcp::Underlay::Nic]),
+        pairs: or(
+            args.pairs,
             vec![
-                tcp::TcpPath::HostPod,
-                tcp::TcpPath::HostRemotePod,
-                tcp::TcpPath::PodRemotePod,
-                tcp::TcpPath::PodPod,
+                tcp::Pair::KernelKernel,
+                tcp::Pair::PodlanePodlane,
+                tcp::Pair::PodlaneKernel,
+                tcp::Pair::KernelSameNode,
+                tcp::Pair::PodlaneSameNode,
             ],
         ),
         streams: or(args.streams, if quick { vec![1] } else { vec![1, 4] }),
         seconds: args.seconds.unwrap_or(if quick { 1 } else { 6 }),
+        pod_edge: args.pod_edge,
+        rr_seconds,
+        rr_bytes: args.rr_bytes as usize,
     };
     testbed::netns::remove_stale("bench");
     let machine = Machine::this();
-    println!(
-        "podlane-bench tcp on {} CPUs ({}), Linux {}: iperf3, {} s per run",
-        machine.cpus, machine.cpu_model, machine.kernel, config.seconds
+    let title = format!(
+        "podlane-bench tcp on {} CPUs ({}), Linux {}: iperf3, {} s per run, podlane's pods on {}",
+        machine.cpus,
+        machine.cpu_model,
+        machine.kernel,
+        config.seconds,
+        config.pod_edge.name()
     );
-    let rows = tcp::run(&config, &mut |step| eprintln!("  {step}"))?;
-    print!("{}", tcp::table(&rows));
+    println!("{title}");
+    let (rows, rr) = tcp::run(&config, &mut |step| eprintln!("  {step}"))?;
+    print!("{}", tcp::table(&rows, &rr));
     let doc = serde_json::json!({
-        "schema": 1,
+        "schema": 2,
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "machine": machine,
         "config": config,
         "rows": rows,
+        "request_response": rr,
     });
     std::fs::write(&args.json, serde_json::to_string_pretty(&doc)? + "\n")
         .with_context(|| format!("writing {}", args.json.display()))?;
-    println!("results: {}", args.json.display());
+    std::fs::write(&args.svg, tcp::svg(&rows, &title))
+        .with_context(|| format!("writing {}", args.svg.display()))?;
+    println!("results: {} and {}", args.json.display(), args.svg.display());
     Ok(())
 }
 

@@ -2,9 +2,11 @@
 //! wired as the CNI plugin wires them: a persistent TAP device `eth0` in the pod's namespace)
 //! and a veth pod v1; node B is a kernel node as Flannel programs it, with pod b1. The TAP
 //! pods' kernels hand podlane TCP super-packets (TSO on the TAP): to node B they are cut once
-//! into VXLAN frames, to v1 into frames, to t2 they go whole. Every path carries ping and a
-//! 10 MB TCP transfer intact; tshark on the underlay verifies every checksum podlane wrote,
-//! outer and inner; the counters show super-packets read and segments cut.
+//! into VXLAN frames, to v1 into frames, to t2 they go whole; segments for a TAP pod (from
+//! node B, from v1) are joined into super-packets before they are written to it. Every path
+//! carries ping and a 10 MB TCP transfer intact; tshark on the underlay verifies every
+//! checksum podlane wrote, outer and inner; the counters show super-packets read, segments
+//! cut and packets joined.
 
 use std::path::Path;
 use std::time::Duration;
@@ -128,9 +130,13 @@ fn run(tshark: &Path) -> anyhow::Result<()> {
     let super_packets: u64 = taps.iter().map(|s| s.rx_super_packets).sum();
     let segments: u64 = workers.iter().map(|w| w.segments).sum();
     assert!(super_packets > 100, "TSO super-packets read from the TAPs: {taps:?}");
+    let joined: u64 = taps.iter().map(|s| s.tx_super_packets).sum();
+    assert!(joined > 100, "segments joined into packets written to the TAPs: {taps:?}");
     assert!(segments > super_packets, "{segments} segments cut from {super_packets}");
     assert!(workers.iter().all(|w| w.segmentation_failed == 0), "{workers:?}");
-    eprintln!("tap_pods: {super_packets} super-packets read, {segments} segments cut");
+    eprintln!(
+        "tap_pods: {super_packets} super-packets read, {segments} segments cut, {joined} packets joined"
+    );
     assert!(daemon.stop()?.success(), "{}", daemon.log());
 
     // Every frame podlane sent on the underlay: outer IPv4 and inner IPv4 and TCP checksums

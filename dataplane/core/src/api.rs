@@ -329,6 +329,9 @@ pub struct SocketCounters {
     /// Of `rx_packets` from a TAP pod, TCP super-packets (TSO).
     #[serde(default)]
     pub rx_super_packets: u64,
+    /// Of `tx_packets` to a TAP pod, packets joined from several segments (GRO).
+    #[serde(default)]
+    pub tx_super_packets: u64,
 }
 
 /// The daemon's configuration as `podlane show config` prints it.

@@ -21,6 +21,9 @@
 //! * `tcp-chat ADDR PORT COUNT INTERVAL_MS` — one TCP connection to a `serve` port: COUNT
 //!   8-byte messages, one every INTERVAL_MS, each waiting up to 300 ms for its echo; prints
 //!   `sent=N echoed=M`. An established connection that policy cuts stops echoing.
+//! * `tcp-rr ADDR PORT SECONDS SIZE` — request/response on one TCP connection to a `serve`
+//!   port for SECONDS: a SIZE-byte message, its echo, the next; prints `transactions=N
+//!   seconds=S p50_us=X p99_us=Y`.
 //! * `reach TIMEOUT_MS PROTO/ADDR/PORT...` — tries every target at once (PROTO `tcp`: connect
 //!   and read the server's byte; `udp`: a datagram and its echo, sent up to three times) and
 //!   prints one line per target, in order: `PROTO/ADDR/PORT ok` or `PROTO/ADDR/PORT no`. For
@@ -239,6 +242,7 @@ fn serve(ports: &[u16]) -> std::io::Result<()> {
         threads.push(std::thread::spawn(move || {
             for mut stream in listener.incoming().flatten() {
                 std::thread::spawn(move || {
+                    let _ = stream.set_nodelay(true);
                     let _ = stream.write_all(b"k");
                     let mut buf = [0u8; 4096];
                     while let Ok(n @ 1..) = stream.read(&mut buf) {
@@ -289,6 +293,41 @@ fn tcp_chat(addr: SocketAddr, count: u32, interval: Duration) -> std::io::Result
         }
     }
     println!("sent={count} echoed={echoed}");
+    Ok(())
+}
+
+/// Request/response over one TCP connection to a `serve` port for `seconds`: a `size`-byte
+/// message, then its echo, then the next. Prints `transactions=N seconds=S p50_us=X
+/// p99_us=Y` (latencies from the send to the last byte of the echo).
+fn tcp_rr(addr: SocketAddr, seconds: f64, size: usize) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut hello = [0u8; 1];
+    stream.read_exact(&mut hello)?;
+    let message = vec![0x5au8; size.max(1)];
+    let mut echo = vec![0u8; message.len()];
+    let mut latencies_ns: Vec<u64> = Vec::new();
+    let started = Instant::now();
+    let length = Duration::from_secs_f64(seconds);
+    while started.elapsed() < length {
+        let sent = Instant::now();
+        stream.write_all(&message)?;
+        stream.read_exact(&mut echo)?;
+        latencies_ns.push(sent.elapsed().as_nanos() as u64);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies_ns.sort_unstable();
+    let at = |q: f64| -> f64 {
+        let i = ((latencies_ns.len() as f64 - 1.0) * q).round() as usize;
+        latencies_ns.get(i).map_or(0.0, |&ns| ns as f64 / 1e3)
+    };
+    println!(
+        "transactions={} seconds={elapsed:.3} p50_us={:.1} p99_us={:.1}",
+        latencies_ns.len(),
+        at(0.50),
+        at(0.99)
+    );
     Ok(())
 }
 
@@ -382,11 +421,16 @@ pub fn run(args: &[String]) -> ExitCode {
             let interval: u64 = arg(4).parse().map_err(|e| format!("bad interval: {e}"))?;
             tcp_chat(a, count, Duration::from_millis(interval)).map_err(|e| e.to_string())
         }),
+        "tcp-rr" => addr().and_then(|a| {
+            let seconds: f64 = arg(3).parse().map_err(|e| format!("bad seconds: {e}"))?;
+            let size = arg(4).parse().map_err(|e| format!("bad message size: {e}"))?;
+            tcp_rr(a, seconds, size).map_err(|e| e.to_string())
+        }),
         "reach" => arg(1)
             .parse()
             .map_err(|e| format!("bad timeout {:?}: {e}", arg(1)))
             .and_then(|ms| reach(ms, args.get(2..).unwrap_or_default())),
-        _ => Err("usage: podlane-netprobe tcp-sink PORT | tcp-send ADDR PORT BYTES | udp-echo PORT | udp-send ADDR PORT COUNT | udp-stream ADDR PORT COUNT RATE | udp-spray ADDR PORT FLOWS COUNT RATE | serve PORT... | reach TIMEOUT_MS PROTO/ADDR/PORT... | tcp-chat ADDR PORT COUNT INTERVAL_MS".into()),
+        _ => Err("usage: podlane-netprobe tcp-sink PORT | tcp-send ADDR PORT BYTES | udp-echo PORT | udp-send ADDR PORT COUNT | udp-stream ADDR PORT COUNT RATE | udp-spray ADDR PORT FLOWS COUNT RATE | serve PORT... | reach TIMEOUT_MS PROTO/ADDR/PORT... | tcp-chat ADDR PORT COUNT INTERVAL_MS | tcp-rr ADDR PORT SECONDS SIZE".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,7 @@ mod pod;
 mod policy;
 mod uplink;
 
+pub mod coalesce;
 pub mod conntrack;
 pub mod segment;
 

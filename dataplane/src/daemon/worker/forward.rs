@@ -206,15 +206,19 @@ impl Worker {
 
     /// Transmits what is pending on every port, reaps completions, refills.
     pub(super) fn flush(&mut self) {
+        self.flush_taps();
         let umems = &mut self.umems;
+        let mut backlog = 0;
         self.ports.transmit_all(|_, p| {
             let umem = umems.get(p.umem);
             // Also with nothing pending: frames still in flight may need another kick.
             let outcome = umem.transmit(p.socket, &mut p.pending);
+            backlog += outcome.backlog;
             p.stats.tx_packets += u64::from(outcome.queued);
             p.stats.tx_bytes += outcome.bytes;
             umem.complete(p.socket);
             umem.refill(p.socket, p.fill_target);
         });
+        self.tx_backlog = backlog;
     }
 }

@@ -11,7 +11,6 @@ use super::forward::Target;
 use super::inbox::Destination;
 use super::port::PortId;
 use crate::engine::{Delivery, Frame, Ingress, Span, Verdict};
-use crate::io::tap::VnetHeader;
 use crate::io::xsk::Packet;
 use crate::table::Snapshot;
 
@@ -149,7 +148,7 @@ impl Worker {
     pub(super) fn send_linear(&mut self, target: Target, frame: &[u8]) {
         match target {
             Target::Port(port) => self.queue_chain(port, frame),
-            Target::Tap(tap) => self.write_tap(tap, VnetHeader::PLAIN, frame),
+            Target::Tap(tap) => self.deliver_to_tap(tap, frame),
             Target::Host => self.write_host(frame),
             Target::Worker { worker, endpoint, instance } => {
                 self.hand_off_bytes(worker, Destination::Pod { endpoint, instance }, frame)

@@ -137,6 +137,8 @@ pub(super) struct Worker {
     tap_buffer: Option<jumbo::Linear>,
     /// Room for a segment that goes out of a buffer rather than a chunk.
     scratch: Vec<u8>,
+    /// Frames left on TX rings after the last flush, not yet taken by the kernel.
+    tx_backlog: u32,
 }
 
 /// What a worker is made of besides its sockets.
@@ -202,6 +204,7 @@ impl Worker {
             taps: Vec::new(),
             tap_buffer: None,
             scratch: Vec::new(),
+            tx_backlog: 0,
         })
     }
 
@@ -315,9 +318,12 @@ impl Worker {
     }
 
     /// Sleeps in poll(2) until a socket has frames, another worker or the attacher wakes
-    /// this one, or the timeout passes (1 ms while frames wait for TX ring room).
+    /// this one, or the timeout passes (1 ms while frames wait to be sent).
     fn sleep(&mut self, poller: &mut Poller, readiness: &mut Vec<io::Readiness>) {
-        let timeout = if self.ports.pending() > 0 { 1 } else { POLL_TIMEOUT_MS };
+        // Frames waiting for room on a TX ring, or on one for the kernel to take them: back
+        // soon to send them, however quiet the receive side.
+        let waiting = self.ports.pending() > 0 || self.tx_backlog > 0;
+        let timeout = if waiting { 1 } else { POLL_TIMEOUT_MS };
         let mut fds: Vec<BorrowedFd<'_>> = vec![self.wakee.as_fd()];
         fds.extend(self.host.as_ref().map(|h| h.tun.as_fd()));
         fds.extend(self.taps.iter().flatten().map(|t| t.queue().as_fd()));

@@ -56,6 +56,7 @@ impl Worker {
                     rx_dropped: xdp.rx_dropped,
                     fill_level: p.fill_target,
                     rx_super_packets: 0,
+                    tx_super_packets: 0,
                 }
             })
             .chain(self.taps.iter().flatten().map(|t| SocketCounters {
@@ -68,6 +69,7 @@ impl Worker {
                 tx_bytes: t.stats.tx_bytes,
                 tx_dropped: t.stats.tx_dropped,
                 rx_super_packets: t.rx_super,
+                tx_super_packets: t.tx_super,
                 ..SocketCounters::default()
             }))
             .collect();

@@ -12,6 +12,7 @@ use super::Worker;
 use super::forward::Target;
 use super::jumbo::Linear;
 use super::port::{PortCounters, PortId};
+use crate::engine::coalesce::{Coalesced, Coalescer, Offer};
 use crate::engine::segment::Segments;
 use crate::engine::{Delivery, Frame, Ingress, Span, Verdict};
 use crate::io::tap::{TapQueue, VnetHeader};
@@ -38,6 +39,10 @@ pub(super) struct TapPort {
     pub(super) stats: PortCounters,
     /// Of the frames received, TCP super-packets.
     pub(super) rx_super: u64,
+    /// Of the packets written, segments joined into one (several each).
+    pub(super) tx_super: u64,
+    /// The segments for the pod, joined while they continue one another.
+    coalescer: Coalescer,
 }
 
 impl TapPort {
@@ -53,7 +58,15 @@ impl Worker {
             self.tap_buffer = Some(Linear::new(headroom, TAP_MAX_FRAME));
         }
         let label = format!("{}@{netns}", queue.name());
-        let port = TapPort { queue, endpoint, label, stats: PortCounters::default(), rx_super: 0 };
+        let port = TapPort {
+            queue,
+            endpoint,
+            label,
+            stats: PortCounters::default(),
+            rx_super: 0,
+            tx_super: 0,
+            coalescer: Coalescer::new(),
+        };
         let slot = self.taps.iter().position(Option::is_none).unwrap_or(self.taps.len());
         if slot == self.taps.len() {
             self.taps.push(None);
@@ -247,43 +260,102 @@ impl Worker {
         }
     }
 
-    /// Writes a frame to a TAP pod, with its virtio-net header.
+    /// Writes a frame to a TAP pod as it is, with its virtio-net header (a super-packet from
+    /// another TAP pod, a reply), after the packet the pod's segments were being joined into.
     pub(super) fn write_tap(&mut self, tap: TapId, header: VnetHeader, frame: &[u8]) {
-        write(&mut self.taps, &mut self.io_counters, tap, header, frame);
+        let Some(port) = self.taps.get_mut(tap.0).and_then(Option::as_mut) else {
+            self.io_counters.no_socket += 1;
+            return;
+        };
+        port.write_joined();
+        port.write(header, frame);
     }
 
-    /// Writes the frame of a chunk to a TAP pod and releases the chunk.
+    /// A frame for a TAP pod (a segment from the uplink, a veth pod, the host, another
+    /// worker): joined to the packet being built for the pod, or written.
+    pub(super) fn deliver_to_tap(&mut self, tap: TapId, frame: &[u8]) {
+        match self.taps.get_mut(tap.0).and_then(Option::as_mut) {
+            Some(port) => port.deliver(frame),
+            None => self.io_counters.no_socket += 1,
+        }
+    }
+
+    /// The frame of a chunk for a TAP pod ([`Worker::deliver_to_tap`]); the chunk is released.
     pub(super) fn send_tap(&mut self, tap: TapId, mut packet: Packet) {
         let (taps, io) = (&mut self.taps, &mut self.io_counters);
         self.umems.lend_one(&mut packet, |buffer, span| {
             let frame = buffer.get(span.head as usize..span.end()).unwrap_or_default();
-            write(taps, io, tap, VnetHeader::PLAIN, frame);
+            match taps.get_mut(tap.0).and_then(Option::as_mut) {
+                Some(port) => port.deliver(frame),
+                None => io.no_socket += 1,
+            }
         });
         self.umems.release(packet);
     }
+
+    /// Writes what every TAP pod's packet holds (at the end of a round of the loop: segments
+    /// are joined within what one round received, never held longer).
+    pub(super) fn flush_taps(&mut self) {
+        for port in self.taps.iter_mut().flatten() {
+            port.write_joined();
+        }
+    }
 }
 
-/// Writes a frame with its header to TAP `tap`, counted.
-fn write(
-    taps: &mut [Option<TapPort>],
-    io: &mut super::stats::IoCounters,
-    tap: TapId,
-    header: VnetHeader,
-    frame: &[u8],
-) {
-    let Some(port) = taps.get_mut(tap.0).and_then(Option::as_mut) else {
-        io.no_socket += 1;
-        return;
-    };
-    match port.queue.send(header, frame) {
-        Ok(true) => {
-            port.stats.tx_packets += 1;
-            port.stats.tx_bytes += frame.len() as u64;
+impl TapPort {
+    /// [`Worker::deliver_to_tap`].
+    fn deliver(&mut self, frame: &[u8]) {
+        loop {
+            match self.coalescer.offer(frame) {
+                Offer::Joined => return,
+                Offer::Complete => return self.write_joined(),
+                // Taken, the frame opens the next packet.
+                Offer::Mismatch => self.write_joined(),
+                Offer::Alone => {
+                    self.write_joined();
+                    return self.write(VnetHeader::PLAIN, frame);
+                }
+            }
         }
-        Ok(false) => port.stats.tx_dropped += 1,
+    }
+
+    /// Writes the packet being joined, if any.
+    fn write_joined(&mut self) {
+        let Some(Coalesced { frame, gso }) = self.coalescer.take() else { return };
+        let header = match gso {
+            None => VnetHeader::PLAIN,
+            Some(gso) => {
+                self.tx_super += 1;
+                VnetHeader {
+                    flags: VnetHeader::NEEDS_CSUM,
+                    gso_type: if gso.ipv6 { VnetHeader::GSO_TCPV6 } else { VnetHeader::GSO_TCPV4 },
+                    header_len: gso.header_len,
+                    gso_size: gso.segment_size,
+                    csum_start: gso.csum_start,
+                    csum_offset: 16,
+                }
+            }
+        };
+        count(&mut self.stats, &self.label, self.queue.send(header, frame), frame.len());
+    }
+
+    /// Writes one frame with its header, counted.
+    fn write(&mut self, header: VnetHeader, frame: &[u8]) {
+        count(&mut self.stats, &self.label, self.queue.send(header, frame), frame.len());
+    }
+}
+
+/// Counts a write to a TAP.
+fn count(stats: &mut PortCounters, label: &str, sent: std::io::Result<bool>, len: usize) {
+    match sent {
+        Ok(true) => {
+            stats.tx_packets += 1;
+            stats.tx_bytes += len as u64;
+        }
+        Ok(false) => stats.tx_dropped += 1,
         Err(e) => {
-            port.stats.tx_dropped += 1;
-            tracing::debug!(tap = port.label, "writing to the TAP: {e}");
+            stats.tx_dropped += 1;
+            tracing::debug!(tap = label, "writing to the TAP: {e}");
         }
     }
 }

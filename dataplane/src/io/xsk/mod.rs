@@ -287,4 +287,6 @@ pub struct TxOutcome {
     pub bytes: u64,
     /// The kernel refused the wake-up because the interface is gone or down.
     pub interface_down: bool,
+    /// Descriptors left on the TX ring, not yet taken by the kernel.
+    pub backlog: u32,
 }

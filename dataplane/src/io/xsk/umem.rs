@@ -24,6 +24,8 @@ const USER: u32 = 1;
 const FILL: u32 = 2;
 /// On the TX ring of the socket whose serial is in the upper 30 bits.
 const TX: u32 = 3;
+/// Wake-ups of the kernel per transmission at most (each sends up to 32 frames in copy mode).
+const MAX_KICKS: u32 = 16;
 pub(super) const SERIAL_MASK: u32 = (1 << 30) - 1;
 
 fn on_ring(kind: u32, serial: u32) -> u32 {
@@ -390,13 +392,28 @@ impl Umem {
             socket.tx_in_flight += n as u32;
             outcome.queued = n as u32;
         }
-        if socket.tx_in_flight > 0 && socket.tx.ring().needs_wakeup() {
+        // In copy mode one sendto() sends at most 32 frames (the kernel's TX_BATCH_SIZE) and
+        // leaves the rest on the ring: kick again while the kernel keeps taking frames, so
+        // that a burst (a TCP super-packet cut into 45 segments) leaves now, not at the next
+        // round of the loop, which may be a sleep away.
+        let mut outstanding = socket.tx.outstanding();
+        for _ in 0..MAX_KICKS {
+            if outstanding == 0 || !socket.tx.ring().needs_wakeup() {
+                break;
+            }
             if let Err(e) = socket.kick_tx() {
                 // EAGAIN / EBUSY / ENOBUFS: the kernel will take the rest on the next call.
                 outcome.interface_down =
                     matches!(e.raw_os_error(), Some(libc::ENETDOWN | libc::ENXIO));
+                break;
             }
+            let left = socket.tx.outstanding();
+            if left >= outstanding {
+                break;
+            }
+            outstanding = left;
         }
+        outcome.backlog = outstanding;
         outcome
     }
 
