@@ -113,6 +113,9 @@ struct TcpArgs {
     /// The pod edge of podlane's pods.
     #[arg(long, value_enum, default_value = "tap")]
     pod_edge: tcp::Edge,
+    /// How podlane's workers wait when idle.
+    #[arg(long, value_enum, default_value = "event")]
+    poll: tcp::Poll,
     /// Parallel streams per run [default: 1,4; --quick: 1].
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=128))]
     streams: Vec<u32>,
@@ -480,6 +483,7 @@ fn tcp_command(args: TcpArgs) -> anyhow::Result<()> {
         streams: or(args.streams, if quick { vec![1] } else { vec![1, 4] }),
         seconds: args.seconds.unwrap_or(if quick { 1 } else { 6 }),
         pod_edge: args.pod_edge,
+        poll: args.poll,
         rr_seconds,
         rr_bytes: args.rr_bytes as usize,
     };

@@ -78,6 +78,27 @@ pub enum Edge {
     Veth,
 }
 
+/// How podlane's workers wait when idle (`podlane-dataplane --poll`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Poll {
+    /// In poll(2), woken by the kernel: no CPU when idle, a wake-up per burst.
+    Event,
+    /// Spinning: a core each, always.
+    Spin,
+}
+
+impl Poll {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Event => "event",
+            Self::Spin => "spin",
+        }
+    }
+}
+
 /// What a node runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NodeKind {
@@ -143,6 +164,8 @@ pub struct Config {
     pub seconds: u32,
     /// podlane's pod edge.
     pub pod_edge: Edge,
+    /// How podlane's workers wait.
+    pub poll: Poll,
     /// Length of each request/response run, and its message size.
     pub rr_seconds: f64,
     pub rr_bytes: usize,
@@ -209,7 +232,12 @@ const NIC_FEATURES: [&str; 10] = [
 ];
 
 impl Cluster {
-    fn build(underlay: Underlay, (a, b): (NodeKind, NodeKind), edge: Edge) -> anyhow::Result<Self> {
+    fn build(
+        underlay: Underlay,
+        (a, b): (NodeKind, NodeKind),
+        edge: Edge,
+        poll: Poll,
+    ) -> anyhow::Result<Self> {
         let dir = ScratchDir::new("bench-tcp")?;
         let node_a = Netns::create("bench-tcpa")?;
         let node_b = Netns::create("bench-tcpb")?;
@@ -276,7 +304,7 @@ impl Cluster {
                     let file = dir.path().join(format!("{name}.json"));
                     tables::write(&file, &tables::for_node(name, &specs, &local_pods)?)?;
                     let log = dir.path().join(format!("{name}.log"));
-                    let args = ["--profile", "flannel"];
+                    let args = ["--profile", "flannel", "--poll", poll.name()];
                     let mut daemon = Daemon::with_tables(ns, "uplink", &file, &log, &args)?;
                     daemon.wait_ready(local_pods.len())?;
                     daemon.wait_for("routes to pod CIDRs installed", 1)?;
@@ -404,7 +432,7 @@ pub fn run(
                 underlay.name(),
                 names(&pairs)
             ));
-            let cluster = Cluster::build(underlay, kinds, config.pod_edge)?;
+            let cluster = Cluster::build(underlay, kinds, config.pod_edge, config.poll)?;
             // Neighbour entries and, for podlane, the pods' fill rings warm up.
             std::thread::sleep(Duration::from_millis(300));
             for pair in pairs {

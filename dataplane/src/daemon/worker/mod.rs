@@ -64,6 +64,9 @@ pub(crate) const BURST: usize = 256;
 const UPLINK_RING: u32 = 2048;
 /// Sleep bound in poll(), so the worker notices table changes and the stop flag.
 const POLL_TIMEOUT_MS: i32 = 50;
+/// How long an event-mode worker goes on polling after its last work before it sleeps
+/// (docs/bench.md, `podlane-bench tcp`: request/response latency).
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(50);
 /// How often fill levels, retries, busy polling and counters are looked after.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -279,7 +282,7 @@ impl Worker {
         let mut poller = Poller::default();
         let mut readiness = Vec::new();
         let mut last_housekeeping = Instant::now();
-        let mut idle_rounds = 0u32;
+        let mut last_work = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             let work = self.turn();
@@ -289,15 +292,18 @@ impl Worker {
             }
             self.longest_round = self.longest_round.max(started.elapsed());
             if work > 0 {
-                idle_rounds = 0;
+                last_work = started;
                 continue;
             }
-            idle_rounds += 1;
             match self.shared.poll_mode {
                 PollMode::Spin => std::hint::spin_loop(),
-                // A few empty rounds before sleeping: a burst often follows a burst.
-                PollMode::Event if idle_rounds > 4 => self.sleep(&mut poller, &mut readiness),
-                PollMode::Event => {}
+                // Polling on for a moment before sleeping: what a burst causes (a reply, an
+                // acknowledgement, the next request) often comes back within it, and is then
+                // taken without a wake-up, which costs tens of microseconds on a VM.
+                PollMode::Event if last_work.elapsed() < SPIN_BEFORE_SLEEP => {
+                    std::hint::spin_loop()
+                }
+                PollMode::Event => self.sleep(&mut poller, &mut readiness),
             }
         }
         self.publish_stats();
