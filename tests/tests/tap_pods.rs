@@ -1,8 +1,9 @@
 //! Pods with a TAP edge (issue 16): node A runs podlane with two TAP pods (t1, t2, dual stack,
 //! wired as the CNI plugin wires them: a persistent TAP device `eth0` in the pod's namespace)
 //! and a veth pod v1; node B is a kernel node as Flannel programs it, with pod b1. The TAP
-//! pods' kernels hand podlane TCP super-packets (TSO on the TAP): to node B they are cut once
-//! into VXLAN frames, to v1 into frames, to t2 they go whole; segments for a TAP pod (from
+//! pods' kernels hand podlane TCP super-packets (TSO on the TAP): to node B they are handed
+//! to node A's kernel to segment (the tunnel-GSO interface), or with `--no-tunnel-gso` cut
+//! once by podlane into VXLAN frames; to v1 they are cut into frames, to t2 they go whole; segments for a TAP pod (from
 //! node B, from v1) are joined into super-packets before they are written to it. Every path
 //! carries ping and a 10 MB TCP transfer intact; tshark on the underlay verifies every
 //! checksum podlane wrote, outer and inner; the counters show super-packets read, segments
@@ -38,10 +39,31 @@ fn transfer(from: &Pod, to: &Pod, address: &str, port: u16, log: &dyn Fn() -> St
     }
 }
 
-fn run(tshark: &Path) -> anyhow::Result<()> {
+/// The cluster, traffic on every path, the counters, then tshark; `tunnel_gso`: super-packets
+/// to node B are handed to node A's kernel to segment (the default), else cut by podlane.
+fn run(tshark: &Path, tunnel_gso: bool) -> anyhow::Result<()> {
     let dir = ScratchDir::new("tap-pods")?;
     let (node_a, node_b) = (Netns::create("tpa")?, Netns::create("tpb")?);
     link::underlay((&node_a, "uplink", NODE_A), (&node_b, "eth0", NODE_B), 1)?;
+    // Node A's uplink as a NIC without offloads: what its kernel sends (the segments of the
+    // tunnel-GSO path, the node's own traffic) is segmented and checksummed before the wire,
+    // where tshark sees it.
+    link::set_features(
+        &node_a,
+        "uplink",
+        &[
+            "tso",
+            "off",
+            "gso",
+            "off",
+            "tx-udp_tnl-segmentation",
+            "off",
+            "tx-udp_tnl-csum-segmentation",
+            "off",
+            "tx",
+            "off",
+        ],
+    )?;
     let remote = RemoteNode {
         underlay: NODE_A,
         vtep_mac: VTEP_A,
@@ -82,12 +104,16 @@ fn run(tshark: &Path) -> anyhow::Result<()> {
     let nodes = [node_a_entry, tables::node("node-b", NODE_B, VTEP_B, "10.244.2.0/24")?];
     let tables_file = dir.path().join("tables.json");
     tables::write(&tables_file, &tables::for_node("node-a", &nodes, &[&t1, &t2, &v1])?)?;
+    let mut args = vec!["--profile", "flannel"];
+    if !tunnel_gso {
+        args.push("--no-tunnel-gso");
+    }
     let mut daemon = Dataplane::with_tables(
         &node_a,
         "uplink",
         &tables_file,
         &dir.path().join("podlane.log"),
-        &["--profile", "flannel"],
+        &args,
     )?;
     daemon.wait_ready(3)?;
     let log = || daemon.log();
@@ -134,8 +160,16 @@ fn run(tshark: &Path) -> anyhow::Result<()> {
     assert!(joined > 100, "segments joined into packets written to the TAPs: {taps:?}");
     assert!(segments > super_packets, "{segments} segments cut from {super_packets}");
     assert!(workers.iter().all(|w| w.segmentation_failed == 0), "{workers:?}");
+    let handed: u64 = workers.iter().map(|w| w.tunnel_gso).sum();
+    if tunnel_gso {
+        assert!(handed > 100, "super-packets handed to the kernel to segment: {workers:?}");
+        assert!(daemon.log().contains("tunnel-GSO interface up"), "{}", daemon.log());
+    } else {
+        assert_eq!(handed, 0, "{workers:?}");
+    }
     eprintln!(
-        "tap_pods: {super_packets} super-packets read, {segments} segments cut, {joined} packets joined"
+        "tap_pods (tunnel GSO {tunnel_gso}): {super_packets} super-packets read, {segments} \
+         segments cut, {handed} handed to the kernel, {joined} packets joined"
     );
     assert!(daemon.stop()?.success(), "{}", daemon.log());
 
@@ -175,5 +209,6 @@ fn tap_pods() -> anyhow::Result<()> {
         return Ok(());
     }
     let Some(tshark) = require_tool("tshark") else { return Ok(()) };
-    run(&tshark)
+    run(&tshark, true)?;
+    run(&tshark, false)
 }

@@ -247,6 +247,12 @@ pub struct WorkerCounters {
     pub segments: u64,
     #[serde(default)]
     pub segmentation_failed: u64,
+    /// TAP pods' super-packets handed to the tunnel-GSO interface for the kernel to segment,
+    /// and those it did not take (its queue full: dropped).
+    #[serde(default)]
+    pub tunnel_gso: u64,
+    #[serde(default)]
+    pub tunnel_gso_dropped: u64,
     /// The longest round of the worker's loop since the last publication (about a second),
     /// in microseconds: a forwarding stall shows here.
     #[serde(default)]
@@ -354,6 +360,10 @@ pub struct DaemonInfo {
     /// interface's.
     #[serde(default)]
     pub overlay_mtu: u32,
+    /// The interface TAP pods' super-packets to other nodes are handed to, for the kernel
+    /// to segment (empty: the workers cut them).
+    #[serde(default)]
+    pub tunnel_gso_interface: String,
     /// What pods route through, and what answers them (docs/wiring-a-pod.md).
     #[serde(default)]
     pub gateway_v4: String,

@@ -157,6 +157,15 @@ struct Cli {
     /// (for a node whose kernel keeps its own routes to pods, as podlane-bench's does).
     #[arg(long, conflicts_with = "remove_host_interface")]
     no_host_interface: bool,
+    /// The tunnel-GSO interface: a TAP the daemon creates, through which TAP pods' TCP
+    /// super-packets to other nodes are handed to the kernel to segment on its way out of the
+    /// uplink (IPv4 underlays, Linux 6.17 and later; docs/wiring-a-pod.md).
+    #[arg(long, value_name = "NAME", default_value = "podlane-gso")]
+    tunnel_gso_interface: String,
+    /// Cut TAP pods' super-packets in the workers and send every segment through AF_XDP,
+    /// without the tunnel-GSO interface.
+    #[arg(long)]
+    no_tunnel_gso: bool,
     /// Delete the host interface (--host-interface NAME) and with it its addresses and
     /// routes, then exit: the host interface outlives the daemon on purpose (fail closed).
     #[arg(long)]
@@ -266,6 +275,7 @@ fn main() -> ExitCode {
         tables: cli.tables,
         stats_interval: Duration::from_secs(cli.stats_interval.max(1)),
         host_interface: (!cli.no_host_interface).then_some(cli.host_interface),
+        tunnel_gso: (!cli.no_tunnel_gso).then_some(cli.tunnel_gso_interface),
     };
     match daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@ mod control;
 mod host;
 mod neighbours;
 mod tables;
+mod tunnel;
 mod worker;
 
 pub use control::{Access, ControlError};
@@ -82,6 +83,9 @@ pub struct DaemonConfig {
     /// The host interface's name (`podlane0`); `None`: no host path (frames for the node or
     /// leaving the cluster are dropped as `no_host_interface`).
     pub host_interface: Option<String>,
+    /// The tunnel-GSO interface's name (`podlane-gso`); `None`: TAP pods' super-packets to
+    /// other nodes are cut by the workers ([`tunnel`]).
+    pub tunnel_gso: Option<String>,
 }
 
 /// Why the daemon could not start; each is one clear line that says what to do.
@@ -234,6 +238,8 @@ pub(crate) struct Shared {
     info: DaemonInfo,
     /// The host interface's addresses and routes as last installed.
     host_state: Mutex<host::HostState>,
+    /// The tunnel-GSO interface, when TAP pods' super-packets are segmented by the kernel.
+    tunnel: Option<tunnel::Tunnel>,
     stop: AtomicBool,
     /// Each worker's counters, published by the worker about once a second.
     stats: Vec<Mutex<WorkerCounters>>,
@@ -275,6 +281,7 @@ impl Shared {
             tables,
             info: DaemonInfo::default(),
             host_state: Mutex::new(host::HostState::default()),
+            tunnel: None,
             stop: AtomicBool::new(false),
             stats: (0..workers).map(|_| Mutex::new(WorkerCounters::default())).collect(),
             conntrack_wanted: (0..workers).map(|_| AtomicBool::new(false)).collect(),
@@ -375,6 +382,26 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         }
         None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
     };
+    let no_tunnel = || (None, (0..workers).map(|_| None).collect::<Vec<_>>());
+    let (tunnel, tunnel_queues) = match &config.tunnel_gso {
+        Some(name) if node_ip.is_ipv4() && !engine.outer_udp_checksum_v4 => {
+            match tunnel::open(name, workers, u32::from(engine.uplink_mtu)) {
+                Ok((tunnel, queues)) => (Some(tunnel), queues.into_iter().map(Some).collect()),
+                Err(e) => {
+                    tracing::warn!("TAP pods' super-packets are cut by the workers: {e}");
+                    no_tunnel()
+                }
+            }
+        }
+        Some(_) => {
+            tracing::info!(
+                "TAP pods' super-packets are cut by the workers: the kernel segments UDP \
+                 tunnels here only over IPv4 without an outer UDP checksum"
+            );
+            no_tunnel()
+        }
+        None => no_tunnel(),
+    };
     // Chunks for the largest frame the uplink carries (jumbo underlays: 4 KiB chunks and
     // frames in several of them).
     let max_frame =
@@ -419,6 +446,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             overlay_mtu,
+            tunnel_gso_interface: tunnel.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
             gateway_v4: engine.gateway_v4.to_string(),
             gateway_v6: engine.gateway_v6.to_string(),
             gateway_mac: engine.gateway_mac.to_string(),
@@ -441,6 +469,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             ..DaemonInfo::default()
         },
         host_state: Mutex::new(host::HostState::default()),
+        tunnel,
         tables,
         stop: AtomicBool::new(false),
         stats: (0..workers).map(|_| Mutex::new(WorkerCounters::default())).collect(),
@@ -480,8 +509,8 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     };
     // Joined with the workers: it ends when the stop flag is set.
     handles.push(attacher_thread);
-    let per_worker = wakees.into_iter().zip(host_queues).zip(links);
-    for (index, ((wakee, host_queue), attacher)) in per_worker.enumerate() {
+    let per_worker = wakees.into_iter().zip(host_queues).zip(tunnel_queues).zip(links);
+    for (index, (((wakee, host_queue), tunnel_queue), attacher)) in per_worker.enumerate() {
         let core = config.cores.get(index).map(|&id| {
             core_ids.iter().copied().find(|c| c.id == id).unwrap_or(core_affinity::CoreId { id })
         });
@@ -493,6 +522,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             uplink_map: uplink_map.clone(),
             wakee,
             host_queue,
+            tunnel_queue,
             attacher,
         };
         let handle = worker::spawn(setup, ready_tx.clone())

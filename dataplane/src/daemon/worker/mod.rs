@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 use super::attacher::WorkerLink;
 use super::{PollMode, Shared};
 use crate::engine::{Frame, Pipeline, Verdict};
+use crate::io::tap::TunnelQueue;
 use crate::io::tun::TunQueue;
 use crate::io::xdp::{XdpError, XskMap};
 use crate::io::xsk::{Packet, RingSizes, Umem, XskError, XskSocket};
@@ -142,6 +143,8 @@ pub(super) struct Worker {
     scratch: Vec<u8>,
     /// Frames left on TX rings after the last flush, not yet taken by the kernel.
     tx_backlog: u32,
+    /// This worker's queue of the tunnel-GSO interface ([`crate::daemon::tunnel`]).
+    tunnel: Option<TunnelQueue>,
 }
 
 /// What a worker is made of besides its sockets.
@@ -150,6 +153,7 @@ pub(super) struct Parts {
     pub(super) shared: Arc<Shared>,
     pub(super) wakee: UnixDatagram,
     pub(super) host_queue: Option<TunQueue>,
+    pub(super) tunnel_queue: Option<TunnelQueue>,
     pub(super) attacher: WorkerLink,
 }
 
@@ -157,7 +161,7 @@ impl Worker {
     /// A worker whose uplink queues are `uplink` (bound to `uplink_umem`, the first one's
     /// mode deciding whether pods share it: [`umems`]).
     fn new(parts: Parts, uplink_umem: Umem, uplink: Vec<XskSocket>) -> Result<Worker, XskError> {
-        let Parts { index, shared, wakee, host_queue, attacher } = parts;
+        let Parts { index, shared, wakee, host_queue, tunnel_queue, attacher } = parts;
         let mode = uplink.first().map_or(crate::io::xsk::BindMode::Copy, XskSocket::mode);
         let mut umems = Umems::new(uplink_umem, mode)?;
         let chunks = umems.get(umems::UPLINK).config().chunks;
@@ -208,6 +212,7 @@ impl Worker {
             tap_buffer: None,
             scratch: Vec::new(),
             tx_backlog: 0,
+            tunnel: tunnel_queue,
         })
     }
 
@@ -414,6 +419,8 @@ pub(crate) struct WorkerSetup {
     pub(crate) wakee: UnixDatagram,
     /// Its queue of the host interface.
     pub(crate) host_queue: Option<TunQueue>,
+    /// Its queue of the tunnel-GSO interface.
+    pub(crate) tunnel_queue: Option<TunnelQueue>,
     /// Its link to the attacher.
     pub(crate) attacher: WorkerLink,
 }
@@ -431,6 +438,7 @@ pub(crate) fn spawn(
         uplink_map,
         wakee,
         host_queue,
+        tunnel_queue,
         attacher,
     } = setup;
     std::thread::Builder::new().name(format!("podlane-worker-{index}")).spawn(move || {
@@ -447,7 +455,7 @@ pub(crate) fn spawn(
                 return;
             }
         }
-        let parts = Parts { index, shared, wakee, host_queue, attacher };
+        let parts = Parts { index, shared, wakee, host_queue, tunnel_queue, attacher };
         match Worker::start(parts, &uplink_map) {
             Ok(worker) => {
                 let _ = ready.send((index, Ok(())));

@@ -30,6 +30,9 @@ pub(super) struct IoCounters {
     pub(super) segments: u64,
     /// Super-packets that could not be cut (the pipeline validated them: a bug if ever).
     pub(super) segmentation_failed: u64,
+    /// Super-packets handed to the tunnel-GSO interface, and those it did not take.
+    pub(super) tunnel_gso: u64,
+    pub(super) tunnel_gso_dropped: u64,
 }
 
 impl Worker {
@@ -108,6 +111,8 @@ impl Worker {
             jumbo_too_long: io.jumbo_too_long,
             segments: io.segments,
             segmentation_failed: io.segmentation_failed,
+            tunnel_gso: io.tunnel_gso,
+            tunnel_gso_dropped: io.tunnel_gso_dropped,
             longest_round_us: self.longest_round.as_micros() as u64,
             invalid_descriptors: self.umems.all().iter().map(|u| u.invalid_descriptors()).sum(),
             sockets,

@@ -15,9 +15,10 @@ use super::port::{PortCounters, PortId};
 use crate::engine::coalesce::{Coalesced, Coalescer, Offer};
 use crate::engine::segment::Segments;
 use crate::engine::{Delivery, Frame, Ingress, Span, Verdict};
-use crate::io::tap::{TapQueue, VnetHeader};
+use crate::io::tap::{TapQueue, TunnelGsoHeader, VnetHeader};
 use crate::io::xsk::Packet;
 use crate::table::{EndpointId, Snapshot};
+use crate::wire::checksum;
 
 /// Frames read from one TAP per round of the loop, so that one busy pod does not hold the
 /// worker (each can be a 64 KiB super-packet).
@@ -152,7 +153,11 @@ impl Worker {
             let mut frame = Frame::new(&mut buffer.bytes, &mut span);
             self.pipeline.process_segmented(snapshot, Ingress::Pod(endpoint), &mut frame, mss)
         };
-        let frame = &buffer.bytes[span.head as usize..span.end()];
+        let frame = &mut buffer.bytes[span.head as usize..span.end()];
+        if verdict == Verdict::Encap && self.send_tunnel_gso(frame, header) {
+            return;
+        }
+        let frame = &*frame;
         match verdict {
             Verdict::Encap => match self.uplink {
                 Some(uplink) => self.send_segments(Target::Port(uplink), frame, true, mss),
@@ -165,6 +170,66 @@ impl Worker {
             Verdict::Reply => self.write_tap(tap, VnetHeader::PLAIN, frame),
             Verdict::Drop(_) => {}
         }
+    }
+
+    /// Hands an encapsulated super-packet to the tunnel-GSO interface, for the kernel to
+    /// forward out of the uplink and segment there ([`crate::daemon::tunnel`]). `false` when
+    /// it is not for that path (none here, an outer header it cannot take): the caller cuts.
+    fn send_tunnel_gso(&mut self, frame: &mut [u8], header: VnetHeader) -> bool {
+        const OUTER_IP: usize = 14;
+        const OUTER_UDP: usize = OUTER_IP + 20;
+        const INNER_IP: usize = OUTER_UDP + 8 + 8 + 14;
+        let (Some(queue), Some(tunnel)) = (self.tunnel.as_mut(), self.shared.tunnel.as_ref())
+        else {
+            return false;
+        };
+        // The outer header as the engine writes it over IPv4: no options, a UDP checksum of
+        // 0 (left as it is by the kernel's segmentation), a length its field can hold.
+        let fits = frame.len() - OUTER_IP <= usize::from(u16::MAX);
+        if !fits
+            || frame.len() <= INNER_IP
+            || frame[12..14] != [0x08, 0x00]
+            || frame[OUTER_IP] != 0x45
+            || frame[OUTER_UDP + 6..OUTER_UDP + 8] != [0, 0]
+            || frame[OUTER_IP + 8] == u8::MAX
+        {
+            return false;
+        }
+        let (inner_header, inner_type) = match frame[INNER_IP] >> 4 {
+            4 => (usize::from(frame[INNER_IP] & 0x0f) * 4, VnetHeader::GSO_TCPV4),
+            _ => (40, VnetHeader::GSO_TCPV6),
+        };
+        let Some(mss) = header.tcp_segment_size() else { return false };
+        // Addressed to the device, so that the kernel takes it as its own to forward; one
+        // hop more, since forwarding takes one off.
+        let next_hop: [u8; 6] = std::array::from_fn(|i| frame[i]);
+        frame[..6].copy_from_slice(&tunnel.mac.0);
+        set_outer_ttl(frame, frame[OUTER_IP + 8] + 1);
+        let gso = TunnelGsoHeader {
+            inner_gso_type: inner_type | (header.gso_type & VnetHeader::GSO_ECN),
+            gso_size: mss,
+            csum_start: (INNER_IP + inner_header) as u16,
+            outer_udp: OUTER_UDP as u16,
+            inner_ip: INNER_IP as u16,
+        };
+        match queue.send(gso, frame) {
+            Ok(true) => self.io_counters.tunnel_gso += 1,
+            Ok(false) => self.io_counters.tunnel_gso_dropped += 1,
+            Err(e) => {
+                // A kernel without UDP-tunnel GSO refuses the header: cut from now on, this
+                // one included, as the engine wrote it.
+                tracing::warn!(
+                    worker = self.index,
+                    interface = tunnel.name,
+                    "the kernel did not take a super-packet to segment ({e}): cutting them here"
+                );
+                self.tunnel = None;
+                frame[..6].copy_from_slice(&next_hop);
+                set_outer_ttl(frame, frame[OUTER_IP + 8] - 1);
+                return false;
+            }
+        }
+        true
     }
 
     /// A super-packet for a local pod: judged at delivery for this worker's pods, then written
@@ -358,4 +423,13 @@ fn count(stats: &mut PortCounters, label: &str, sent: std::io::Result<bool>, len
             tracing::debug!(tap = label, "writing to the TAP: {e}");
         }
     }
+}
+
+/// Sets the outer IPv4 header's TTL (the header at offset 14, without options) and its
+/// checksum.
+fn set_outer_ttl(frame: &mut [u8], ttl: u8) {
+    frame[14 + 8] = ttl;
+    frame[14 + 10..14 + 12].fill(0);
+    let check = checksum::checksum(&frame[14..34]);
+    frame[14 + 10..14 + 12].copy_from_slice(&check.to_be_bytes());
 }

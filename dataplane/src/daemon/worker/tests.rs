@@ -165,8 +165,14 @@ impl Node {
                 sockets.push(socket);
                 kernels.push(kernel);
             }
-            let parts =
-                Parts { index, shared: shared.clone(), wakee, host_queue: None, attacher: link };
+            let parts = Parts {
+                index,
+                shared: shared.clone(),
+                wakee,
+                host_queue: None,
+                tunnel_queue: None,
+                attacher: link,
+            };
             node.workers.push(Worker::new(parts, umem, sockets).unwrap());
             node.uplinks.push(kernels);
         }
