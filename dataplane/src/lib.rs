@@ -5,6 +5,8 @@
 //!   `io::sys` (system calls) and `io::xsk` (memory shared with the kernel).
 //! * [`daemon`] — `podlane-dataplane`: start-up, the pinned workers that move frames between
 //!   sockets through the pipeline, the control socket, next-hop resolution, shutdown.
+//! * [`cni`] — `podlane-cni`, the CNI plugin that wires pods into podlane (it shares `io`'s
+//!   namespace, TAP and rtnetlink primitives).
 //!
 //! The logic without I/O (wire formats, tables, the pipeline, the control protocol) is the
 //! `podlane-core` crate; users of both name it there.
@@ -12,5 +14,6 @@
 // Within this crate, `crate::table` etc. name the core's modules.
 use podlane_core::{api, engine, table, wire};
 
+pub mod cni;
 pub mod daemon;
 pub mod io;

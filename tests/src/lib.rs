@@ -58,6 +58,26 @@ pub fn require_tool(tool: &str) -> Option<PathBuf> {
     }
 }
 
+/// The path of a program installed outside `PATH` (`/usr/lib/cni/host-local`, from Debian's
+/// `package`), with the same rules as [`require_tool`].
+pub fn require_program(path: &str, package: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(path);
+    if path.is_file() {
+        return Some(path);
+    }
+    if must_not_skip() {
+        panic!(
+            "{} is not installed; the test command (scripts/test) installs {package}",
+            path.display()
+        );
+    }
+    eprintln!(
+        "\n*** SKIPPED: {} is not installed. Run scripts/test (it installs {package}) to run this test. ***\n",
+        path.display()
+    );
+    None
+}
+
 /// Runs tshark on a pcap and returns one line per frame with the requested fields,
 /// `|`-separated, every occurrence of a field (outer and inner headers) joined by `,`.
 /// Checksum validation is switched on so that tshark reports bad checksums as such.

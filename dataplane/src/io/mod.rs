@@ -35,6 +35,26 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use crate::wire::MacAddr;
 
+/// Runs `f` inside the network namespace whose file is `netns` (`/var/run/netns/NAME`,
+/// `/proc/PID/ns/net`), on a short-lived thread of its own, so that no other thread of the
+/// process changes namespace. Sockets and devices `f` opens stay in that namespace.
+pub fn in_network_namespace<R: Send>(
+    netns: &std::path::Path,
+    f: impl FnOnce() -> R + Send,
+) -> io::Result<R> {
+    let namespace = std::fs::File::open(netns)?;
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("podlane-netns".into())
+            .spawn_scoped(scope, move || {
+                sys::enter_network_namespace(std::os::fd::AsFd::as_fd(&namespace))?;
+                Ok(f())
+            })?
+            .join()
+            .map_err(|_| io::Error::other("the thread in the network namespace panicked"))?
+    })
+}
+
 /// The interface's index in this network namespace, if it exists.
 pub fn interface_index(name: &str) -> Option<u32> {
     sys::ifindex(name)

@@ -38,6 +38,7 @@ const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 /// NLM_F_ROOT | NLM_F_MATCH: every entry.
 const NLM_F_DUMP: u16 = 0x300;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_MTU: u16 = 4;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -51,6 +52,7 @@ const RTA_TABLE: u16 = 15;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_STATIC: u8 = 4;
 const RT_SCOPE_LINK: u8 = 253;
+const RT_SCOPE_UNIVERSE: u8 = 0;
 const RTN_UNICAST: u8 = 1;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
@@ -250,6 +252,32 @@ impl Rtnetlink {
         body.extend_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
         push_attr(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
         self.request(RTM_NEWLINK, NLM_F_ACK, &body, RTM_NEWLINK).map(drop)
+    }
+
+    /// Sets the link's MAC address.
+    pub fn set_link_address(&mut self, interface: u32, mac: MacAddr) -> io::Result<()> {
+        let mut body = vec![0u8, 0, 0, 0];
+        body.extend_from_slice(&(interface as i32).to_ne_bytes());
+        body.extend_from_slice(&[0u8; 8]);
+        push_attr(&mut body, IFLA_ADDRESS, &mac.0);
+        self.request(RTM_NEWLINK, NLM_F_ACK, &body, RTM_NEWLINK).map(drop)
+    }
+
+    /// Routes `destination` via `gateway` out of `interface` (main table; the gateway must be
+    /// reachable on the link: an IPv6 link-local one, or one with a link route of its own).
+    pub fn add_route_via(
+        &mut self,
+        interface: u32,
+        (destination, len): Prefix,
+        gateway: IpAddr,
+    ) -> io::Result<()> {
+        let mut body =
+            rtmsg(family(destination), len, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST);
+        push_attr(&mut body, RTA_DST, &octets(destination));
+        push_attr(&mut body, RTA_GATEWAY, &octets(gateway));
+        push_attr(&mut body, RTA_OIF, &interface.to_ne_bytes());
+        self.request(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &body, RTM_NEWROUTE)
+            .map(drop)
     }
 
     /// Deletes the link (and with it its addresses and routes).

@@ -253,6 +253,18 @@ impl AsFd for TapQueue {
     }
 }
 
+/// Creates the persistent TAP device `name` in the calling thread's namespace (what wires a
+/// TAP pod: the device then waits, without carrier, for the dataplane to attach a queue).
+pub fn create_persistent(name: &str) -> io::Result<()> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    sys::tap_attach(file.as_fd(), name, false)?;
+    sys::tun_set_persist(file.as_fd(), true)
+}
+
 /// Attaches to `name` in the calling thread's namespace, which must hold it: TUNSETIFF on a
 /// name that does not exist would create a device, and the pod must get no interface the
 /// dataplane made.

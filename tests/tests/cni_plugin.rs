@@ -1,0 +1,293 @@
+//! `podlane-cni` as a container runtime calls it (issue 14): this test is the runtime. It
+//! execs the plugins of a conflist in node A's namespace with the CNI environment and the
+//! configuration on stdin — `podlane-cni`, which delegates addresses to Debian's `host-local`,
+//! then `tuning` chained after it with `prevResult` — for a pod sandbox (a network namespace
+//! of its own). Node A runs podlane with tables that hold the nodes and no pod; node B is a
+//! kernel node as Flannel programs it, with a pod. Then:
+//!
+//! * the result names the interface, the /32 and the routes; the chained plugin saw it; the
+//!   dataplane has the pod (registered by the plugin), and ping and 10 MB of TCP cross both
+//!   ways between the wired pod and node B's;
+//! * ADD again returns the same result; CHECK passes; VERSION and STATUS answer;
+//! * DEL (the chain in reverse) leaves no device, no table entry, no address lease and no
+//!   record; DEL again succeeds;
+//! * GC removes what is not in `cni.dev/valid-attachments`;
+//! * DEL after a "reboot" (namespace and state directory gone) releases the address.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use control::client::Client;
+use podlane_core::api::{Query, Request, Response};
+use podlane_core::table::PodEdge;
+use podlane_tests::{require_program, require_root};
+use serde_json::{Value, json};
+use testbed::kernel::{self, RemoteNode};
+use testbed::podlane::Dataplane;
+use testbed::{Netns, Pod, ScratchDir, binary, link, tables};
+
+const NODE_A: &str = "192.168.86.1";
+const NODE_B: &str = "192.168.86.2";
+const VTEP_A: &str = "0a:aa:00:00:00:01";
+const VTEP_B: &str = "0a:bb:00:00:00:01";
+
+/// The runtime's side: where plugins are, and node A's namespace they run in.
+struct Runtime<'a> {
+    node: &'a Netns,
+    cni_path: String,
+}
+
+/// One attachment: a container's sandbox and interface.
+struct Container {
+    id: String,
+    netns: String,
+    args: String,
+}
+
+impl Runtime<'_> {
+    /// Runs `plugin` for `command` with `conf` on stdin: its exit status and stdout as JSON
+    /// (`Null` when it printed nothing).
+    fn exec(&self, plugin: &str, command: &str, conf: &Value, c: &Container) -> (bool, Value) {
+        let program = std::env::split_paths(&self.cni_path)
+            .map(|dir| dir.join(plugin))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{plugin} not in {}", self.cni_path));
+        let mut child = self
+            .node
+            .command(&program)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &c.id)
+            .env("CNI_NETNS", &c.netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", &c.args)
+            .env("CNI_PATH", &self.cni_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the plugin");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{plugin} {command}: {e}: {text}"))
+        };
+        if !out.status.success() {
+            eprintln!("{plugin} {command}: {value} {}", String::from_utf8_lossy(&out.stderr));
+        }
+        (out.status.success(), value)
+    }
+
+    /// The configuration a runtime gives plugin `i` of `list`.
+    fn plugin_conf(list: &Value, i: usize, prev: Option<&Value>) -> Value {
+        let mut conf = list["plugins"][i].clone();
+        conf["name"] = list["name"].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        if let Some(prev) = prev {
+            conf["prevResult"] = prev.clone();
+        }
+        conf
+    }
+
+    /// ADD through the chain: each plugin gets the previous one's result.
+    fn add(&self, list: &Value, c: &Container) -> Result<Value, Value> {
+        let mut prev: Option<Value> = None;
+        for i in 0..list["plugins"].as_array().unwrap().len() {
+            let conf = Self::plugin_conf(list, i, prev.as_ref());
+            let plugin = conf["type"].as_str().unwrap().to_owned();
+            let (ok, result) = self.exec(&plugin, "ADD", &conf, c);
+            if !ok {
+                return Err(result);
+            }
+            prev = Some(result);
+        }
+        Ok(prev.unwrap_or(Value::Null))
+    }
+
+    /// DEL through the chain in reverse, with the cached result as `prevResult`.
+    fn del(&self, list: &Value, c: &Container, cached: Option<&Value>) -> bool {
+        let mut ok = true;
+        for i in (0..list["plugins"].as_array().unwrap().len()).rev() {
+            let conf = Self::plugin_conf(list, i, cached);
+            let plugin = conf["type"].as_str().unwrap().to_owned();
+            ok &= self.exec(&plugin, "DEL", &conf, c).0;
+        }
+        ok
+    }
+
+    /// A command to the first plugin alone (CHECK, STATUS, GC, VERSION).
+    fn single(&self, list: &Value, command: &str, c: &Container, extra: Value) -> (bool, Value) {
+        let mut conf = Self::plugin_conf(list, 0, None);
+        if let (Some(conf), Some(extra)) = (conf.as_object_mut(), extra.as_object()) {
+            conf.extend(extra.clone());
+        }
+        self.exec("podlane-cni", command, &conf, c)
+    }
+}
+
+fn endpoint_keys(socket: &Path) -> Vec<(String, PodEdge)> {
+    let mut client = Client::connect(socket, "cni_plugin").expect("control socket");
+    let Response::Tables { tables, .. } =
+        client.request(&Request::Query { what: Query::Tables }).expect("tables")
+    else {
+        panic!("no tables");
+    };
+    tables.endpoints.iter().map(|e| (e.key(), e.edge.clone())).collect()
+}
+
+fn leases(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir.join("podlane")) else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect()
+}
+
+#[test]
+fn cni_plugin() -> anyhow::Result<()> {
+    if !require_root("cni_plugin") {
+        return Ok(());
+    }
+    let Some(host_local) =
+        require_program("/usr/lib/cni/host-local", "containernetworking-plugins")
+    else {
+        return Ok(());
+    };
+    let dir = ScratchDir::new("cni")?;
+    let (node_a, node_b) = (Netns::create("cna")?, Netns::create("cnb")?);
+    link::underlay((&node_a, "uplink", NODE_A), (&node_b, "eth0", NODE_B), 1)?;
+    let remote = RemoteNode {
+        underlay: NODE_A,
+        vtep_mac: VTEP_A,
+        pod_cidr: "10.244.1.0/24",
+        gateway: "10.244.1.0",
+    };
+    kernel::vxlan_node(&node_b, kernel::FLANNEL, "eth0", NODE_B, VTEP_B, "10.244.2.0", &remote)?;
+    let b1 = kernel::wire_pod(&node_b, "b1", "veth-b1", "10.244.2.2", "0a:58:0a:f4:02:02")?;
+    let mut node_a_entry = tables::node("node-a", NODE_A, VTEP_A, "10.244.1.0/24")?;
+    node_a_entry.tunnel_ips = vec!["10.244.1.0".parse()?];
+    let nodes = [node_a_entry, tables::node("node-b", NODE_B, VTEP_B, "10.244.2.0/24")?];
+    let tables_file = dir.path().join("tables.json");
+    tables::write(&tables_file, &tables::for_node("node-a", &nodes, &[])?)?;
+    let log = dir.path().join("podlane.log");
+    let mut daemon =
+        Dataplane::with_tables(&node_a, "uplink", &tables_file, &log, &["--profile", "flannel"])?;
+    daemon.wait_for("forwarding", 1)?;
+
+    let plugin_dir = binary("podlane-cni").parent().map(Path::to_path_buf).unwrap_or_default();
+    let cni_path = std::env::join_paths([plugin_dir, host_local.parent().unwrap().into()])?
+        .to_string_lossy()
+        .into_owned();
+    let runtime = Runtime { node: &node_a, cni_path };
+    let state: PathBuf = dir.path().join("state");
+    let ipam_dir = dir.path().join("ipam");
+    let podlane_conf = json!({
+        "type": "podlane-cni",
+        "mtu": 1450,
+        "controlSocket": daemon.socket(),
+        "stateDir": state,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": "10.244.1.0/24", "rangeStart": "10.244.1.10",
+                         "rangeEnd": "10.244.1.50"}]],
+            "dataDir": ipam_dir,
+        },
+    });
+    // Chained as a runtime runs a conflist: host-local and tuning speak up to 1.0.0.
+    let chain = json!({
+        "cniVersion": "1.0.0",
+        "name": "podlane",
+        "plugins": [podlane_conf, {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.arp_notify": "1"}}],
+    });
+    let alone = json!({"cniVersion": "1.1.0", "name": "podlane", "plugins": [podlane_conf]});
+
+    let sandbox = Netns::create("cnipod")?;
+    let web = Container {
+        id: "c0ffee01".into(),
+        netns: format!("/var/run/netns/{}", sandbox.name()),
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-1".into(),
+    };
+    let (ok, version) = runtime.single(&alone, "VERSION", &web, json!({}));
+    assert!(ok && version["supportedVersions"].to_string().contains("1.1.0"), "{version}");
+    assert!(runtime.single(&alone, "STATUS", &web, json!({})).0, "STATUS\n{}", daemon.log());
+
+    let result =
+        runtime.add(&chain, &web).map_err(|e| anyhow::anyhow!("ADD: {e}\n{}", daemon.log()))?;
+    // Registered and acknowledged when ADD returns; attached by the daemon's attacher soon.
+    daemon.wait_for("pod interface attached", 1)?;
+    let context = || daemon.log();
+    assert_eq!(result["interfaces"][0]["name"], "eth0", "{result}");
+    assert_eq!(result["interfaces"][0]["sandbox"], web.netns.as_str(), "{result}");
+    let address = result["ips"][0]["address"].as_str().unwrap_or_default().to_owned();
+    assert!(address.starts_with("10.244.1.") && address.ends_with("/32"), "{result}");
+    assert_eq!(result["routes"][0]["gw"], "169.254.1.1", "{result}");
+    let ip = address.trim_end_matches("/32").to_owned();
+    // The chained plugin got the result and did its part inside the pod.
+    let notify = sandbox.command("cat").arg("/proc/sys/net/ipv4/conf/eth0/arp_notify").output()?;
+    assert_eq!(String::from_utf8_lossy(&notify.stdout).trim(), "1", "tuning ran in the pod");
+    let keys = endpoint_keys(daemon.socket());
+    assert!(
+        keys.iter().any(|(k, e)| k == "shop/web-1" && matches!(e, PodEdge::Tap { .. })),
+        "{keys:?}"
+    );
+    let pod = Pod::in_namespace(&sandbox, &ip);
+    assert_eq!(pod.ping(&b1.ip, 3), 3, "wired pod → kernel node's pod\n{}", context());
+    assert_eq!(b1.ping(&ip, 3), 3, "kernel node's pod → wired pod\n{}", context());
+    let t = pod.tcp_to(&b1, 5001, 10_000_000)?;
+    assert!(t.intact(), "TCP wired pod → b1: {t:?}\n{}", context());
+    let t = b1.tcp_to(&pod, 5002, 10_000_000)?;
+    assert!(t.intact(), "TCP b1 → wired pod: {t:?}\n{}", context());
+
+    // ADD again: the same result. CHECK passes.
+    let again = runtime.add(&chain, &web).map_err(|e| anyhow::anyhow!("ADD again: {e}"))?;
+    assert_eq!(again["ips"], result["ips"]);
+    assert!(runtime.single(&chain, "CHECK", &web, json!({"prevResult": result})).0, "CHECK");
+
+    // DEL: nothing left; DEL again succeeds.
+    assert!(runtime.del(&chain, &web, Some(&result)), "DEL\n{}", context());
+    let links = sandbox.ip_output(&["-o", "link", "show"])?;
+    assert!(!links.contains("eth0"), "device left behind: {links}");
+    assert!(endpoint_keys(daemon.socket()).is_empty(), "table entry left behind");
+    assert!(leases(&ipam_dir).is_empty(), "lease left behind: {:?}", leases(&ipam_dir));
+    assert_eq!(std::fs::read_dir(&state)?.count(), 0, "record left behind");
+    assert!(runtime.del(&chain, &web, Some(&result)), "DEL of what is gone");
+    assert!(
+        !runtime.single(&chain, "CHECK", &web, json!({"prevResult": result})).0,
+        "CHECK after DEL"
+    );
+
+    // GC: an attachment the runtime no longer lists is removed.
+    let sandbox2 = Netns::create("cnipod")?;
+    let stale = Container {
+        id: "dead0002".into(),
+        netns: format!("/var/run/netns/{}", sandbox2.name()),
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=old".into(),
+    };
+    runtime.add(&alone, &stale).map_err(|e| anyhow::anyhow!("ADD for GC: {e}"))?;
+    assert_eq!(leases(&ipam_dir).len(), 1);
+    let (ok, _) = runtime.single(&alone, "GC", &stale, json!({"cni.dev/valid-attachments": []}));
+    assert!(ok, "GC");
+    assert!(endpoint_keys(daemon.socket()).is_empty(), "GC left the table entry");
+    assert!(leases(&ipam_dir).is_empty(), "GC left the lease");
+
+    // After a reboot: the namespace and the state directory are gone; DEL still releases.
+    let sandbox3 = Netns::create("cnipod")?;
+    let rebooted = Container {
+        id: "b007b007".into(),
+        netns: format!("/var/run/netns/{}", sandbox3.name()),
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=before-reboot".into(),
+    };
+    runtime.add(&alone, &rebooted).map_err(|e| anyhow::anyhow!("ADD before reboot: {e}"))?;
+    drop(sandbox3);
+    std::fs::remove_dir_all(&state)?;
+    let gone = Container { netns: String::new(), ..rebooted };
+    assert!(runtime.del(&alone, &gone, None), "DEL after a reboot");
+    assert!(leases(&ipam_dir).is_empty(), "lease left after the reboot's DEL");
+    assert!(daemon.stop()?.success(), "{}", daemon.log());
+    Ok(())
+}
