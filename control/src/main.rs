@@ -54,6 +54,10 @@ enum Command {
         /// This node's name in the cluster file.
         #[arg(long, value_name = "NAME")]
         node: String,
+        /// podlane-cni's state directory: the pods it wired on this node are kept in the
+        /// tables (its `stateDir`).
+        #[arg(long, value_name = "DIR", default_value = "/run/podlane/cni")]
+        cni_state_dir: PathBuf,
     },
     /// Show what the dataplane holds.
     Show {
@@ -107,9 +111,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: tables valid\n{summary}", file.display());
             Ok(())
         }
-        Command::Agent { cluster, node } => {
+        Command::Agent { cluster, node, cni_state_dir } => {
             let stop = control::signals::stop_on_signals()?;
-            let config = agent::AgentConfig { cluster, node, socket: cli.socket };
+            let config =
+                agent::AgentConfig { cluster, node, socket: cli.socket, cni_state: cni_state_dir };
             agent::run(&config, || stop.requested())
         }
         Command::Demo { dataplane } => {

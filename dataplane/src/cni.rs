@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::api::{self, PROTOCOL_VERSION, Query, Request, Response, Update};
+use crate::api::{self, CniRecord as Record, PROTOCOL_VERSION, Query, Request, Response, Update};
 use crate::io::netlink::Rtnetlink;
 use crate::io::{self, tap};
 use crate::table::{EndpointSpec, PodEdge};
@@ -96,21 +96,6 @@ struct Attachment {
     #[serde(rename = "containerID")]
     container_id: String,
     ifname: String,
-}
-
-/// What ADD records per attachment.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Record {
-    pub container_id: String,
-    pub ifname: String,
-    pub netns: String,
-    /// The endpoint registered with the dataplane (and the agent's to keep).
-    pub endpoint: EndpointSpec,
-    /// The result ADD returned (without `cniVersion`).
-    pub result: Value,
-    /// The IPAM configuration, for DEL and GC.
-    pub ipam: Value,
-    pub network: String,
 }
 
 /// The invocation: the environment a runtime sets.
@@ -225,12 +210,7 @@ fn read_record(path: &Path) -> Option<Record> {
 
 /// Every record in the state directory (what `podlane agent` merges into its tables).
 pub fn records(state: &Path) -> Vec<Record> {
-    let Ok(entries) = std::fs::read_dir(state) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| read_record(&e.path()))
-        .collect()
+    Record::read_dir(state)
 }
 
 fn add(

@@ -24,7 +24,7 @@ use podlane_tests::{require_program, require_root};
 use serde_json::{Value, json};
 use testbed::kernel::{self, RemoteNode};
 use testbed::podlane::Dataplane;
-use testbed::{Netns, Pod, ScratchDir, binary, link, tables};
+use testbed::{Netns, Pod, ScratchDir, binary, link, podlane, tables};
 
 const NODE_A: &str = "192.168.86.1";
 const NODE_B: &str = "192.168.86.2";
@@ -139,6 +139,19 @@ fn endpoint_keys(socket: &Path) -> Vec<(String, PodEdge)> {
     tables.endpoints.iter().map(|e| (e.key(), e.edge.clone())).collect()
 }
 
+/// Whether the dataplane's tables come to hold no endpoint within 5 s: the agent may push a
+/// pod it read a moment before the plugin removed it, and drops it at its next look (100 ms).
+fn endpoints_go(socket: &Path) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if endpoint_keys(socket).is_empty() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
 fn leases(dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir.join("podlane")) else { return Vec::new() };
     entries
@@ -178,13 +191,35 @@ fn cni_plugin() -> anyhow::Result<()> {
     let mut daemon =
         Dataplane::with_tables(&node_a, "uplink", &tables_file, &log, &["--profile", "flannel"])?;
     daemon.wait_for("forwarding", 1)?;
+    // The agent keeps what the plugin wires in the tables it pushes.
+    let cluster = dir.path().join("cluster.yaml");
+    std::fs::write(
+        &cluster,
+        format!(
+            "nodes:\n  - {{name: node-a, underlay: {NODE_A}, vtepMAC: \"{VTEP_A}\", podCIDR: 10.244.1.0/24}}\n  - {{name: node-b, underlay: {NODE_B}, vtepMAC: \"{VTEP_B}\", podCIDR: 10.244.2.0/24}}\n"
+        ),
+    )?;
+    let state: PathBuf = dir.path().join("state");
+    let state_arg = state.to_string_lossy().into_owned();
+    let agent_log = dir.path().join("agent.log");
+    let socket = daemon.socket().to_path_buf();
+    let start_agent = || {
+        podlane::agent_with(
+            "node-a",
+            &socket,
+            &cluster,
+            &agent_log,
+            &["--cni-state-dir", &state_arg],
+        )
+    };
+    let mut agent = start_agent()?;
+    agent.wait_for("full sync applied", 1)?;
 
     let plugin_dir = binary("podlane-cni").parent().map(Path::to_path_buf).unwrap_or_default();
     let cni_path = std::env::join_paths([plugin_dir, host_local.parent().unwrap().into()])?
         .to_string_lossy()
         .into_owned();
     let runtime = Runtime { node: &node_a, cni_path };
-    let state: PathBuf = dir.path().join("state");
     let ipam_dir = dir.path().join("ipam");
     let podlane_conf = json!({
         "type": "podlane-cni",
@@ -243,6 +278,14 @@ fn cni_plugin() -> anyhow::Result<()> {
     let t = b1.tcp_to(&pod, 5002, 10_000_000)?;
     assert!(t.intact(), "TCP b1 → wired pod: {t:?}\n{}", context());
 
+    // The agent restarted syncs in full, the wired pod included: it keeps forwarding.
+    drop(agent);
+    let mut agent = start_agent()?;
+    agent.wait_for("full sync applied", 1)?;
+    let keys = endpoint_keys(daemon.socket());
+    assert!(keys.iter().any(|(k, _)| k == "shop/web-1"), "after the agent's full sync: {keys:?}");
+    assert_eq!(pod.ping(&b1.ip, 3), 3, "after the agent's full sync\n{}", context());
+
     // ADD again: the same result. CHECK passes.
     let again = runtime.add(&chain, &web).map_err(|e| anyhow::anyhow!("ADD again: {e}"))?;
     assert_eq!(again["ips"], result["ips"]);
@@ -252,10 +295,15 @@ fn cni_plugin() -> anyhow::Result<()> {
     assert!(runtime.del(&chain, &web, Some(&result)), "DEL\n{}", context());
     let links = sandbox.ip_output(&["-o", "link", "show"])?;
     assert!(!links.contains("eth0"), "device left behind: {links}");
-    assert!(endpoint_keys(daemon.socket()).is_empty(), "table entry left behind");
+    assert!(endpoints_go(daemon.socket()), "table entry left behind");
     assert!(leases(&ipam_dir).is_empty(), "lease left behind: {:?}", leases(&ipam_dir));
     assert_eq!(std::fs::read_dir(&state)?.count(), 0, "record left behind");
     assert!(runtime.del(&chain, &web, Some(&result)), "DEL of what is gone");
+    // The agent follows (its update for the pod is refused: the plugin removed it first;
+    // a full sync settles it) and rejects nothing.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(endpoints_go(daemon.socket()), "the agent put the pod back");
+    assert!(!agent.log().contains("rejected"), "{}", agent.log());
     assert!(
         !runtime.single(&chain, "CHECK", &web, json!({"prevResult": result})).0,
         "CHECK after DEL"
@@ -272,7 +320,7 @@ fn cni_plugin() -> anyhow::Result<()> {
     assert_eq!(leases(&ipam_dir).len(), 1);
     let (ok, _) = runtime.single(&alone, "GC", &stale, json!({"cni.dev/valid-attachments": []}));
     assert!(ok, "GC");
-    assert!(endpoint_keys(daemon.socket()).is_empty(), "GC left the table entry");
+    assert!(endpoints_go(daemon.socket()), "GC left the table entry");
     assert!(leases(&ipam_dir).is_empty(), "GC left the lease");
 
     // After a reboot: the namespace and the state directory are gone; DEL still releases.

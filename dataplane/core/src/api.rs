@@ -340,6 +340,39 @@ pub struct SocketCounters {
     pub tx_super_packets: u64,
 }
 
+/// What `podlane-cni` records, one JSON file per attachment in its state directory
+/// (`/run/podlane/cni/<containerID>-<ifname>.json`), and `podlane agent` reads: the pods the
+/// plugin wired and registered, which the agent keeps in every table it pushes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CniRecord {
+    pub container_id: String,
+    pub ifname: String,
+    /// The pod's network namespace file.
+    pub netns: String,
+    /// The endpoint registered with the dataplane.
+    pub endpoint: EndpointSpec,
+    /// The result ADD returned (without `cniVersion`), for ADD again and CHECK.
+    pub result: serde_json::Value,
+    /// The IPAM configuration, for DEL and GC.
+    pub ipam: serde_json::Value,
+    /// The CNI network's name (GC only touches its own network's records).
+    pub network: String,
+}
+
+impl CniRecord {
+    /// The records in `dir` (none when it does not exist; unreadable files are skipped).
+    pub fn read_dir(dir: &std::path::Path) -> Vec<CniRecord> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        let mut records: Vec<CniRecord> = entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
+            .collect();
+        records.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
+        records
+    }
+}
+
 /// The daemon's configuration as `podlane show config` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DaemonInfo {

@@ -95,6 +95,20 @@ pub fn agent(node: &str, socket: &Path, cluster: &Path, log: &Path) -> anyhow::R
     agent_binary(&binary("podlane"), node, socket, cluster, log)
 }
 
+/// [`agent`] with more arguments after `agent` (`--cni-state-dir DIR`).
+pub fn agent_with(
+    node: &str,
+    socket: &Path,
+    cluster: &Path,
+    log: &Path,
+    args: &[&str],
+) -> anyhow::Result<Service> {
+    let mut command = std::process::Command::new(binary("podlane"));
+    command.arg("--socket").arg(socket).args(["agent", "--node", node, "--cluster"]).arg(cluster);
+    command.args(args);
+    Service::start("podlane agent", command, log)
+}
+
 /// [`agent`] with a given `podlane` binary.
 pub fn agent_binary(
     program: &Path,
