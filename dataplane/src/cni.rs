@@ -4,9 +4,10 @@
 //! `CNI_PATH`), the network configuration on stdin, the result or error as JSON on stdout.
 //!
 //! ADD delegates addresses to the configured IPAM plugin (`host-local` and others of spec 1.0
-//! and earlier are called at 1.0.0), wires the pod with a TAP edge (docs/wiring-a-pod.md: a
-//! persistent TAP `CNI_IFNAME` in the pod's namespace, the addresses as /32 and /128, routes
-//! via the link-local gateways), registers the endpoint with the dataplane over its control
+//! and earlier are called at 1.0.0), wires the pod with the configured edge
+//! (docs/wiring-a-pod.md: a persistent TAP `CNI_IFNAME` in the pod's namespace, or a veth pair
+//! with its host side `pl…` in the node, as Calico wires pods; the addresses as /32 and /128,
+//! routes via the link-local gateways), registers the endpoint with the dataplane over its control
 //! socket (an acknowledged update: when ADD returns, the dataplane has the pod) and records
 //! what it did in its state directory, where `podlane agent` finds the pods it did not wire
 //! itself. DEL undoes all of it, each step whatever became of the others (a device already
@@ -86,6 +87,9 @@ struct NetConf {
     /// Where the plugin records what it wired.
     #[serde(default)]
     state_dir: Option<PathBuf>,
+    /// The pod edge: `tap` (default) or `veth` (docs/wiring-a-pod.md).
+    #[serde(default)]
+    edge: Option<String>,
     /// GC: the attachments that must stay.
     #[serde(default, rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<Attachment>>,
@@ -362,20 +366,62 @@ fn pod_mac(inv: &Invocation, ips: &Addresses) -> MacAddr {
     MacAddr([0x0a, 0x58, h[0], h[1], h[2], h[3]])
 }
 
-/// Wires the pod: a persistent TAP in its namespace with its MAC, MTU, addresses and routes.
+/// The host side of a veth pod's pair: `pl` and a hash of the attachment, unique per
+/// container and interface (as Calico's `cali` names), within the 15 characters allowed.
+fn host_veth_name(inv: &Invocation) -> String {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for b in inv.container_id.bytes().chain([0]).chain(inv.ifname.bytes()) {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("pl{:011x}", hash >> 20)
+}
+
+/// Wires the pod with the configured edge: a persistent TAP in its namespace, or a veth pair
+/// with its host side in this namespace; then the pod's side gets its MAC, MTU, addresses
+/// and routes.
 fn wire(inv: &Invocation, conf: &NetConf, ips: &Addresses) -> Result<EndpointSpec, CniError> {
     let mac = pod_mac(inv, ips);
     let mtu = conf.mtu.unwrap_or(1450);
+    let edge = match conf.edge.as_deref().unwrap_or("tap") {
+        "tap" => PodEdge::Tap { netns: inv.netns.clone() },
+        "veth" => PodEdge::Veth,
+        other => return Err(CniError::config(format!("edge {other:?}: tap or veth"))),
+    };
+    let failed = |e: std::io::Error| {
+        CniError::failed("wiring the pod", format!("{} in {}: {e}", inv.ifname, inv.netns))
+    };
+    let netns = Path::new(&inv.netns);
     let ifname = inv.ifname.clone();
-    let addresses = ips.0.clone();
-    io::in_network_namespace(Path::new(&inv.netns), move || -> std::io::Result<()> {
-        if io::interface_index(&ifname).is_some() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!("an interface {ifname} exists in the pod already"),
-            ));
+    let exists = io::in_network_namespace(netns, || io::interface_index(&ifname).is_some())
+        .map_err(failed)?;
+    if exists {
+        return Err(failed(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("an interface {ifname} exists in the pod already"),
+        )));
+    }
+    let interface = match edge {
+        PodEdge::Tap { .. } => {
+            io::in_network_namespace(netns, || tap::create_persistent(&ifname))
+                .and_then(|r| r)
+                .map_err(failed)?;
+            inv.ifname.clone()
         }
-        tap::create_persistent(&ifname)?;
+        PodEdge::Veth => {
+            let host = host_veth_name(inv);
+            let pod_namespace = std::fs::File::open(netns).map_err(failed)?;
+            let mut netlink = Rtnetlink::open().map_err(failed)?;
+            netlink
+                .add_veth(&host, &ifname, std::os::fd::AsFd::as_fd(&pod_namespace), mtu)
+                .map_err(failed)?;
+            let index = io::interface_index(&host)
+                .ok_or_else(|| failed(std::io::Error::other(format!("{host} vanished"))))?;
+            netlink.set_link_up(index, mtu).map_err(failed)?;
+            host
+        }
+    };
+    let addresses = ips.0.clone();
+    io::in_network_namespace(netns, move || -> std::io::Result<()> {
         let index = io::interface_index(&ifname)
             .ok_or_else(|| std::io::Error::other(format!("{ifname} vanished")))?;
         let mut netlink = Rtnetlink::open()?;
@@ -390,25 +436,17 @@ fn wire(inv: &Invocation, conf: &NetConf, ips: &Addresses) -> Result<EndpointSpe
         }
         if addresses.iter().any(|(ip, _)| ip.is_ipv4()) {
             netlink.add_route(index, (IpAddr::V4(GATEWAY_V4), 32))?;
-            netlink.add_route_via(
-                index,
-                (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-                GATEWAY_V4.into(),
-            )?;
+            let default = (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+            netlink.add_route_via(index, default, GATEWAY_V4.into())?;
         }
         if addresses.iter().any(|(ip, _)| ip.is_ipv6()) {
-            netlink.add_route_via(
-                index,
-                (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
-                GATEWAY_V6.into(),
-            )?;
+            let default = (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0);
+            netlink.add_route_via(index, default, GATEWAY_V6.into())?;
         }
         Ok(())
     })
     .and_then(|r| r)
-    .map_err(|e| {
-        CniError::failed("wiring the pod", format!("{} in {}: {e}", inv.ifname, inv.netns))
-    })?;
+    .map_err(failed)?;
     let (namespace, name) = inv.pod();
     Ok(EndpointSpec {
         namespace,
@@ -416,15 +454,21 @@ fn wire(inv: &Invocation, conf: &NetConf, ips: &Addresses) -> Result<EndpointSpe
         labels: BTreeMap::new(),
         ips: ips.0.iter().map(|(ip, _)| *ip).collect(),
         mac,
-        interface: inv.ifname.clone(),
-        edge: PodEdge::Tap { netns: inv.netns.clone() },
+        interface,
+        edge,
         ingress_policy: None,
         egress_policy: None,
     })
 }
 
-/// Deletes the pod's device, if its namespace and the device are still there.
+/// Deletes what wiring the attachment made, whatever is left of it: the host side of a veth
+/// pair (which takes the pod's side with it), the device in the pod's namespace.
 fn unwire(inv: &Invocation) {
+    if let Some(index) = io::interface_index(&host_veth_name(inv))
+        && let Ok(mut netlink) = Rtnetlink::open()
+    {
+        let _ = netlink.delete_link(index);
+    }
     if inv.netns.is_empty() || !Path::new(&inv.netns).exists() {
         return;
     }
@@ -620,6 +664,18 @@ mod tests {
         let nothing = Invocation { command: "FROB".into(), ..Invocation::default() };
         let (out, _) = run(&nothing, r#"{"cniVersion":"1.1.0"}"#);
         assert_eq!(code(&out), json!(4));
+    }
+
+    #[test]
+    fn host_side_names_fit_and_differ() {
+        let a =
+            Invocation { container_id: "c1".into(), ifname: "eth0".into(), ..Default::default() };
+        let b =
+            Invocation { container_id: "c1".into(), ifname: "eth1".into(), ..Default::default() };
+        let (na, nb) = (host_veth_name(&a), host_veth_name(&b));
+        assert!(na.len() <= 15 && na.starts_with("pl"), "{na}");
+        assert_ne!(na, nb);
+        assert_eq!(na, host_veth_name(&a), "stable: DEL finds it without a record");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! * DEL (the chain in reverse) leaves no device, no table entry, no address lease and no
 //!   record; DEL again succeeds;
 //! * GC removes what is not in `cni.dev/valid-attachments`;
+//! * a veth pod (`"edge": "veth"`) is wired, reached and removed the same way;
 //! * DEL after a "reboot" (namespace and state directory gone) releases the address.
 
 use std::path::{Path, PathBuf};
@@ -322,6 +323,30 @@ fn cni_plugin() -> anyhow::Result<()> {
     assert!(ok, "GC");
     assert!(endpoints_go(daemon.socket()), "GC left the table entry");
     assert!(leases(&ipam_dir).is_empty(), "GC left the lease");
+
+    // A veth pod, wired as Calico wires pods: its host side in node A, podlane on it.
+    let mut veth_plugin = podlane_conf.clone();
+    veth_plugin["edge"] = json!("veth");
+    let veth_list = json!({"cniVersion": "1.1.0", "name": "podlane", "plugins": [veth_plugin]});
+    let sandbox4 = Netns::create("cnipod")?;
+    let db = Container {
+        id: "0db00004".into(),
+        netns: format!("/var/run/netns/{}", sandbox4.name()),
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=db".into(),
+    };
+    let result = runtime.add(&veth_list, &db).map_err(|e| anyhow::anyhow!("ADD veth: {e}"))?;
+    let ip = result["ips"][0]["address"].as_str().unwrap_or_default().trim_end_matches("/32");
+    let keys = endpoint_keys(daemon.socket());
+    assert!(keys.iter().any(|(k, e)| k == "shop/db" && *e == PodEdge::Veth), "{keys:?}");
+    daemon.wait_for("pod interface attached", 2)?;
+    let pod = Pod::in_namespace(&sandbox4, ip);
+    assert_eq!(pod.ping(&b1.ip, 3), 3, "veth pod → kernel node's pod\n{}", daemon.log());
+    let t = b1.tcp_to(&pod, 5003, 10_000_000)?;
+    assert!(t.intact(), "TCP b1 → veth pod: {t:?}\n{}", daemon.log());
+    assert!(runtime.del(&veth_list, &db, Some(&result)), "DEL veth");
+    let host_links = node_a.ip_output(&["-o", "link", "show"])?;
+    assert!(!host_links.contains(": pl"), "host side left behind: {host_links}");
+    assert!(endpoints_go(daemon.socket()), "veth pod's table entry left behind");
 
     // After a reboot: the namespace and the state directory are gone; DEL still releases.
     let sandbox3 = Netns::create("cnipod")?;

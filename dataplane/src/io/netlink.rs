@@ -40,6 +40,12 @@ const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_DUMP: u16 = 0x300;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_MTU: u16 = 4;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_NET_NS_FD: u16 = 28;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const VETH_INFO_PEER: u16 = 1;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 /// No duplicate address detection: an IPv6 address usable at once (it is the node's own
@@ -252,6 +258,39 @@ impl Rtnetlink {
         body.extend_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
         push_attr(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
         self.request(RTM_NEWLINK, NLM_F_ACK, &body, RTM_NEWLINK).map(drop)
+    }
+
+    /// Creates a veth pair: `name` here, its peer `peer` in the network namespace open as
+    /// `peer_netns` (a descriptor of its namespace file), both at `mtu`, both down.
+    pub fn add_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        peer_netns: std::os::fd::BorrowedFd<'_>,
+        mtu: u32,
+    ) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let ifname = |n: &str| {
+            let mut bytes = n.as_bytes().to_vec();
+            bytes.push(0);
+            bytes
+        };
+        // The peer: its own struct ifinfomsg, then its attributes.
+        let mut peer_info = vec![0u8; 16];
+        push_attr(&mut peer_info, IFLA_IFNAME, &ifname(peer));
+        push_attr(&mut peer_info, IFLA_MTU, &mtu.to_ne_bytes());
+        push_attr(&mut peer_info, IFLA_NET_NS_FD, &(peer_netns.as_raw_fd() as u32).to_ne_bytes());
+        let mut data = Vec::new();
+        push_attr(&mut data, VETH_INFO_PEER, &peer_info);
+        let mut link_info = Vec::new();
+        push_attr(&mut link_info, IFLA_INFO_KIND, b"veth");
+        push_attr(&mut link_info, IFLA_INFO_DATA, &data);
+        let mut body = vec![0u8; 16];
+        push_attr(&mut body, IFLA_IFNAME, &ifname(name));
+        push_attr(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
+        push_attr(&mut body, IFLA_LINKINFO, &link_info);
+        self.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &body, RTM_NEWLINK)
+            .map(drop)
     }
 
     /// Sets the link's MAC address.
