@@ -162,6 +162,10 @@ struct Cli {
     /// uplink (IPv4 underlays, Linux 6.17 and later; docs/wiring-a-pod.md).
     #[arg(long, value_name = "NAME", default_value = "podlane-gso")]
     tunnel_gso_interface: String,
+    /// Serve Prometheus metrics on /metrics, and /healthz and /readyz, at this address (e.g.
+    /// 127.0.0.1:9842). Default: not served.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    metrics_address: Option<std::net::SocketAddr>,
     /// Cut TAP pods' super-packets in the workers and send every segment through AF_XDP,
     /// without the tunnel-GSO interface.
     #[arg(long)]
@@ -276,6 +280,7 @@ fn main() -> ExitCode {
         stats_interval: Duration::from_secs(cli.stats_interval.max(1)),
         host_interface: (!cli.no_host_interface).then_some(cli.host_interface),
         tunnel_gso: (!cli.no_tunnel_gso).then_some(cli.tunnel_gso_interface),
+        metrics_address: cli.metrics_address,
     };
     match daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,7 @@
 mod attacher;
 mod control;
 mod host;
+mod metrics;
 mod neighbours;
 mod tables;
 mod tunnel;
@@ -86,6 +87,8 @@ pub struct DaemonConfig {
     /// The tunnel-GSO interface's name (`podlane-gso`); `None`: TAP pods' super-packets to
     /// other nodes are cut by the workers ([`tunnel`]).
     pub tunnel_gso: Option<String>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` ([`metrics`]); `None`: nowhere.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Why the daemon could not start; each is one clear line that says what to do.
@@ -122,6 +125,8 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Host(#[from] HostError),
+    #[error("serving metrics on {address}: {source} (choose another --metrics-address)")]
+    Metrics { address: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// Why the tables the daemon starts with are not usable.
@@ -240,6 +245,10 @@ pub(crate) struct Shared {
     host_state: Mutex<host::HostState>,
     /// The tunnel-GSO interface, when TAP pods' super-packets are segmented by the kernel.
     tunnel: Option<tunnel::Tunnel>,
+    /// Workers whose thread still runs (the main loop counts them every 100 ms).
+    live_workers: std::sync::atomic::AtomicUsize,
+    /// The tables came from a file (`--tables`): complete, with nothing to sync.
+    static_tables: bool,
     stop: AtomicBool,
     /// Each worker's counters, published by the worker about once a second.
     stats: Vec<Mutex<WorkerCounters>>,
@@ -282,6 +291,8 @@ impl Shared {
             info: DaemonInfo::default(),
             host_state: Mutex::new(host::HostState::default()),
             tunnel: None,
+            live_workers: std::sync::atomic::AtomicUsize::new(workers),
+            static_tables: false,
             stop: AtomicBool::new(false),
             stats: (0..workers).map(|_| Mutex::new(WorkerCounters::default())).collect(),
             conntrack_wanted: (0..workers).map(|_| AtomicBool::new(false)).collect(),
@@ -470,6 +481,8 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         },
         host_state: Mutex::new(host::HostState::default()),
         tunnel,
+        live_workers: std::sync::atomic::AtomicUsize::new(workers),
+        static_tables: config.tables.is_some(),
         tables,
         stop: AtomicBool::new(false),
         stats: (0..workers).map(|_| Mutex::new(WorkerCounters::default())).collect(),
@@ -587,9 +600,26 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         },
         None => None,
     };
+    let metrics = match config.metrics_address {
+        Some(address) => match metrics::serve(address, shared.clone()) {
+            Ok(server) => Some(server),
+            Err(source) => {
+                drop(control);
+                drop(uplink_link);
+                stop_workers(handles);
+                return Err(DaemonError::Metrics { address, source });
+            }
+        },
+        None => None,
+    };
     let mut resolver = neighbours::Resolver::new(uplink_index);
     let mut last_stats = Instant::now();
     while !io::stop_requested() {
+        // The attacher's thread first, then the workers'.
+        let alive = handles.iter().skip(1).filter(|h| !h.is_finished()).count();
+        if alive < shared.live_workers.swap(alive, Ordering::Relaxed) {
+            tracing::error!(alive, workers, "a worker stopped: the node is not ready");
+        }
         resolver.tick(&shared.tables);
         if let Some(host) = host.as_mut() {
             host.follow(&shared.tables.load_full());
@@ -608,6 +638,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         std::thread::sleep(Duration::from_millis(100));
     }
     tracing::info!("stopping");
+    drop(metrics);
     drop(control);
     drop(uplink_link);
     stop_workers(handles);

@@ -119,6 +119,12 @@ impl Tables {
         self.publish(&mut state, base)
     }
 
+    /// The generation in force, and whether the control process said it is in sync.
+    pub(crate) fn status(&self) -> (u64, bool) {
+        let in_sync = self.lock().in_sync;
+        (self.cell.load().generation(), in_sync)
+    }
+
     pub(crate) fn set_in_sync(&self) -> u64 {
         let mut state = self.lock();
         state.in_sync = true;

@@ -24,6 +24,7 @@
 //! * `tcp-rr ADDR PORT SECONDS SIZE` — request/response on one TCP connection to a `serve`
 //!   port for SECONDS: a SIZE-byte message, its echo, the next; prints `transactions=N
 //!   seconds=S p50_us=X p99_us=Y`.
+//! * `http-get ADDR PORT PATH` — one HTTP/1.1 GET; prints the status line, then the body.
 //! * `reach TIMEOUT_MS PROTO/ADDR/PORT...` — tries every target at once (PROTO `tcp`: connect
 //!   and read the server's byte; `udp`: a datagram and its echo, sent up to three times) and
 //!   prints one line per target, in order: `PROTO/ADDR/PORT ok` or `PROTO/ADDR/PORT no`. For
@@ -331,6 +332,19 @@ fn tcp_rr(addr: SocketAddr, seconds: f64, size: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `GET PATH` over HTTP/1.1 to ADDR:PORT: prints the status line, then the body.
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    println!("{}", head.lines().next().unwrap_or_default());
+    print!("{body}");
+    Ok(())
+}
+
 /// Whether one target answers within `timeout`.
 fn reaches(protocol: &str, addr: SocketAddr, timeout: Duration) -> bool {
     match protocol {
@@ -426,11 +440,12 @@ pub fn run(args: &[String]) -> ExitCode {
             let size = arg(4).parse().map_err(|e| format!("bad message size: {e}"))?;
             tcp_rr(a, seconds, size).map_err(|e| e.to_string())
         }),
+        "http-get" => addr().and_then(|a| http_get(a, arg(3)).map_err(|e| e.to_string())),
         "reach" => arg(1)
             .parse()
             .map_err(|e| format!("bad timeout {:?}: {e}", arg(1)))
             .and_then(|ms| reach(ms, args.get(2..).unwrap_or_default())),
-        _ => Err("usage: podlane-netprobe tcp-sink PORT | tcp-send ADDR PORT BYTES | udp-echo PORT | udp-send ADDR PORT COUNT | udp-stream ADDR PORT COUNT RATE | udp-spray ADDR PORT FLOWS COUNT RATE | serve PORT... | reach TIMEOUT_MS PROTO/ADDR/PORT... | tcp-chat ADDR PORT COUNT INTERVAL_MS | tcp-rr ADDR PORT SECONDS SIZE".into()),
+        _ => Err("usage: podlane-netprobe tcp-sink PORT | tcp-send ADDR PORT BYTES | udp-echo PORT | udp-send ADDR PORT COUNT | udp-stream ADDR PORT COUNT RATE | udp-spray ADDR PORT FLOWS COUNT RATE | serve PORT... | reach TIMEOUT_MS PROTO/ADDR/PORT... | tcp-chat ADDR PORT COUNT INTERVAL_MS | tcp-rr ADDR PORT SECONDS SIZE | http-get ADDR PORT PATH".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
