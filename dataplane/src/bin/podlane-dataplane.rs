@@ -80,12 +80,21 @@ struct Cli {
     /// Serve no control socket: the tables file is all there is.
     #[arg(long, conflicts_with = "control_socket")]
     no_control_socket: bool,
+    /// The read-only socket: queries only (`podlane show`, scrapers), for --control-read-gid
+    /// [default: beside the control socket, `-ro` added to its name:
+    /// /run/podlane/dataplane-ro.sock].
+    #[arg(long, value_name = "PATH")]
+    control_socket_ro: Option<PathBuf>,
     /// A uid, besides root and the daemon's own, allowed on the control socket.
     #[arg(long, value_name = "UID")]
     control_uid: Option<u32>,
-    /// A gid whose members are allowed on the control socket.
+    /// A gid whose members (by primary or supplementary group) are allowed on the control
+    /// socket, which is then created 0660 and handed to this group.
     #[arg(long, value_name = "GID")]
     control_gid: Option<u32>,
+    /// A gid whose members may use the read-only socket (0660, handed to this group).
+    #[arg(long, value_name = "GID")]
+    control_read_gid: Option<u32>,
     /// The node's underlay interface (VXLAN is sent and received here).
     #[arg(long, value_name = "IFACE", required_unless_present_any = ["check", "remove_host_interface"])]
     uplink: Option<String>,
@@ -256,8 +265,18 @@ fn main() -> ExitCode {
         uplink,
         node_ip: cli.node_ip,
         node_name: cli.node_name,
+        control_socket_ro: (!cli.no_control_socket).then(|| {
+            cli.control_socket_ro.clone().unwrap_or_else(|| {
+                let stem = cli.control_socket.file_stem().unwrap_or_default().to_string_lossy();
+                cli.control_socket.with_file_name(format!("{stem}-ro.sock"))
+            })
+        }),
         control_socket: (!cli.no_control_socket).then_some(cli.control_socket),
-        access: daemon::Access { uid: cli.control_uid, gid: cli.control_gid },
+        access: daemon::Access {
+            uid: cli.control_uid,
+            gid: cli.control_gid,
+            read_gid: cli.control_read_gid,
+        },
         engine,
         cores: cli.cores,
         xdp_mode: match cli.xdp_mode {

@@ -4,11 +4,20 @@
 //! for a copy of the tables. Snapshots are built here, off the workers' path, and published
 //! with one pointer swap: workers never wait for an update.
 //!
-//! Safety of the socket: created mode 0600 (owner only) in a directory created 0755 if
-//! missing; every connection's peer credentials (SO_PEERCRED) are checked: root, this
-//! process's own uid, or the uid/gid configured with `--control-uid` / `--control-gid`. A
-//! socket file left by a crashed run is detected (nothing accepts on it) and replaced; one
-//! with a live server behind it is an error. The file is removed on shutdown.
+//! Two sockets, two roles (docs/protocol.md, "Access"):
+//!
+//! * the control socket (`--control-socket`) takes every request: root, this process's own
+//!   user, `--control-uid`, and members of `--control-gid` (by their primary or any
+//!   supplementary group, SO_PEERCRED and SO_PEERGROUPS);
+//! * the read-only socket (`--control-socket-ro`) takes queries only (`podlane show`,
+//!   scrapers): everyone the control socket takes, and members of `--control-read-gid`.
+//!
+//! Each socket is created with its final mode from the start (under a umask: 0600, or 0660
+//! when a group is given, then handed to that group), so it is never open wider than meant.
+//! The directory is created 0755 when missing; an existing one must belong to root or this
+//! user and be writable by nobody else (anyone who could write it could put another socket in
+//! its place). A socket file left by a crashed run is detected (nothing accepts on it) and
+//! replaced; one with a live server behind it is an error. The files are removed on shutdown.
 
 use std::io::BufReader;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -33,8 +42,21 @@ const CONNTRACK_WAIT: Duration = Duration::from_secs(2);
 /// Who may talk to the dataplane besides root and the daemon's own user.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Access {
+    /// May use the control socket.
     pub uid: Option<u32>,
+    /// Its members may use the control socket.
     pub gid: Option<u32>,
+    /// Its members may use the read-only socket.
+    pub read_gid: Option<u32>,
+}
+
+/// What a connection may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Every request.
+    Write,
+    /// Queries only.
+    Read,
 }
 
 /// What the server needs from the daemon.
@@ -94,10 +116,10 @@ impl Backend for Shared {
     }
 }
 
-/// The running server; dropping it stops accepting and removes the socket file.
+/// The running server; dropping it stops accepting and removes the socket files.
 #[derive(Debug)]
 pub(crate) struct ControlServer {
-    path: PathBuf,
+    paths: Vec<PathBuf>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -108,7 +130,9 @@ impl Drop for ControlServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        for path in &self.paths {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -128,25 +152,65 @@ pub enum ControlError {
     RemoveStale { path: PathBuf, source: std::io::Error },
     #[error("binding the control socket {}: {source}", path.display())]
     Bind { path: PathBuf, source: std::io::Error },
-    #[error("setting mode 0600 on {}: {source}", path.display())]
-    Mode { path: PathBuf, source: std::io::Error },
+    #[error("handing {} to group {gid}: {source}", path.display())]
+    Group { path: PathBuf, gid: u32, source: std::io::Error },
+    #[error(
+        "the control socket's directory {} is {what}: anyone who can write it can replace the \
+         socket; make it belong to root and writable by root alone (chmod 0755), or choose \
+         another --control-socket",
+        path.display()
+    )]
+    InsecureDirectory { path: PathBuf, what: String },
     #[error("starting the control socket's thread: {0}")]
     Thread(#[source] std::io::Error),
 }
 
-/// Binds the socket (handling a stale one) and starts serving.
+/// Binds the control socket at `path`, and the read-only one at `read_only` if given
+/// (handling stale ones), and starts serving.
 pub(crate) fn serve<B: Backend>(
     path: &Path,
+    read_only: Option<&Path>,
     backend: Arc<B>,
     access: Access,
 ) -> Result<ControlServer, ControlError> {
+    let mut listeners = vec![(bind(path, access.gid)?, Role::Write)];
+    let mut paths = vec![path.to_owned()];
+    if let Some(ro) = read_only {
+        match bind(ro, access.read_gid) {
+            Ok(listener) => listeners.push((listener, Role::Read)),
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        }
+        paths.push(ro.to_owned());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("podlane-control".into())
+            .spawn(move || accept_loop(listeners, backend, access, stop))
+            .map_err(ControlError::Thread)?
+    };
+    for (p, role) in paths.iter().zip(["control", "read-only"]) {
+        tracing::info!(path = %p.display(), "{role} socket listening");
+    }
+    Ok(ControlServer { paths, stop, thread: Some(thread) })
+}
+
+/// Binds one socket: its directory checked (or created), a stale socket replaced, the socket
+/// created 0600, or 0660 and handed to `group`.
+fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ControlError> {
     let at = |path: &Path| path.to_owned();
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| ControlError::Directory { path: at(dir), source })?;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if dir.exists() {
+            check_directory(dir)?;
+        } else {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| ControlError::Directory { path: at(dir), source })?;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+        }
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -159,74 +223,106 @@ pub(crate) fn serve<B: Backend>(
             .map_err(|source| ControlError::RemoveStale { path: at(path), source })?;
         tracing::info!(path = %path.display(), "removed a stale control socket left by an earlier run");
     }
-    let listener =
-        UnixListener::bind(path).map_err(|source| ControlError::Bind { path: at(path), source })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|source| ControlError::Mode { path: at(path), source })?;
+    // Created with its final mode: never readable by more than meant, not even for a moment.
+    let mask = if group.is_some() { 0o117 } else { 0o177 };
+    let listener = io::with_umask(mask, || UnixListener::bind(path))
+        .map_err(|source| ControlError::Bind { path: at(path), source })?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|source| ControlError::Group {
+            path: at(path),
+            gid,
+            source,
+        })?;
+    }
     listener
         .set_nonblocking(true)
         .map_err(|source| ControlError::Bind { path: at(path), source })?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("podlane-control".into())
-            .spawn(move || accept_loop(listener, backend, access, stop))
-            .map_err(ControlError::Thread)?
-    };
-    tracing::info!(path = %path.display(), "control socket listening");
-    Ok(ControlServer { path: path.to_owned(), stop, thread: Some(thread) })
+    Ok(listener)
+}
+
+/// An existing socket directory must belong to root or this user, and be writable by nobody
+/// else.
+fn check_directory(dir: &Path) -> Result<(), ControlError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)
+        .map_err(|source| ControlError::Directory { path: dir.to_owned(), source })?;
+    let own = own_uid();
+    let insecure = |what: String| ControlError::InsecureDirectory { path: dir.to_owned(), what };
+    if meta.uid() != 0 && meta.uid() != own {
+        return Err(insecure(format!("owned by uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(insecure(format!(
+            "mode {:o}, writable by group or others",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+fn own_uid() -> u32 {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0)
+}
+
+/// The role a peer gets on a socket of `role`, if any.
+fn admitted(stream: &UnixStream, role: Role, access: Access, own_uid: u32) -> Option<Role> {
+    let (_, uid, gid) = io::peer_credentials(stream).ok()?;
+    let groups = io::peer_groups(stream).unwrap_or_default();
+    let member = |wanted: Option<u32>| wanted.is_some_and(|g| gid == g || groups.contains(&g));
+    let writer = uid == 0 || uid == own_uid || access.uid == Some(uid) || member(access.gid);
+    match role {
+        Role::Write => writer.then_some(Role::Write),
+        Role::Read => (writer || member(access.read_gid)).then_some(Role::Read),
+    }
 }
 
 fn accept_loop<B: Backend>(
-    listener: UnixListener,
+    listeners: Vec<(UnixListener, Role)>,
     backend: Arc<B>,
     access: Access,
     stop: Arc<AtomicBool>,
 ) {
-    let own_uid = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap_or(0);
+    let own_uid = own_uid();
     while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let allowed = match io::peer_credentials(&stream) {
-                    Ok((_, uid, gid)) => {
-                        uid == 0
-                            || uid == own_uid
-                            || access.uid == Some(uid)
-                            || access.gid == Some(gid)
-                    }
-                    Err(_) => false,
-                };
-                if !allowed {
-                    tracing::warn!("control connection refused: peer credentials not allowed");
-                    let _ = api::write_frame(
-                        &stream,
-                        &Response::Error(ApiError::new(
-                            "permission denied: root, the dataplane's user or the --control-uid/--control-gid peer only",
-                        )),
-                    );
-                    continue;
+        let mut idle = true;
+        for (listener, role) in &listeners {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    idle = false;
+                    let Some(role) = admitted(&stream, *role, access, own_uid) else {
+                        tracing::warn!("control connection refused: peer credentials not allowed");
+                        let _ = api::write_frame(
+                            &stream,
+                            &Response::Error(ApiError::new(match role {
+                                Role::Write => {
+                                    "permission denied: root, the dataplane's user, --control-uid or members of --control-gid only"
+                                }
+                                Role::Read => {
+                                    "permission denied: those the control socket admits, or members of --control-read-gid only"
+                                }
+                            })),
+                        );
+                        continue;
+                    };
+                    let backend = backend.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("podlane-client".into())
+                        .spawn(move || serve_client(stream, &*backend, role));
                 }
-                let backend = backend.clone();
-                let _ = std::thread::Builder::new()
-                    .name("podlane-client".into())
-                    .spawn(move || serve_client(stream, &*backend));
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::warn!("control socket accept: {e}");
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => {
-                tracing::warn!("control socket accept: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
 /// One client: handshake, then requests until it leaves or breaks the framing.
-fn serve_client(stream: UnixStream, backend: &impl Backend) {
+fn serve_client(stream: UnixStream, backend: &impl Backend, role: Role) {
     let _ = stream.set_nonblocking(false);
     let mut reader = BufReader::new(&stream);
     let reply = |response: &Response| api::write_frame(&stream, response).is_ok();
@@ -272,7 +368,15 @@ fn serve_client(stream: UnixStream, backend: &impl Backend) {
                 return;
             }
         };
-        if !reply(&handle(request, backend)) {
+        let response = match (&request, role) {
+            (Request::FullSync { .. } | Request::Update(_) | Request::InSync, Role::Read) => {
+                Response::Error(ApiError::new(
+                    "this is the read-only socket: it answers queries only; changes go through the control socket",
+                ))
+            }
+            _ => handle(request, backend),
+        };
+        if !reply(&response) {
             return;
         }
     }
@@ -364,7 +468,7 @@ mod tests {
         let path = socket_path(tag);
         let node_ip: IpAddr = "192.168.50.1".parse().unwrap();
         let backend = Arc::new(TestBackend { tables: Tables::new(example(), node_ip).unwrap() });
-        let server = serve(&path, backend.clone(), Access::default()).unwrap();
+        let server = serve(&path, None, backend.clone(), Access::default()).unwrap();
         (server, backend, path)
     }
 
@@ -552,15 +656,15 @@ mod tests {
         drop(UnixListener::bind(&path).unwrap()); // what a crash leaves: the file, no server
         let node_ip: IpAddr = "192.168.50.1".parse().unwrap();
         let backend = Arc::new(TestBackend { tables: Tables::new(example(), node_ip).unwrap() });
-        let server = serve(&path, backend.clone(), Access::default()).unwrap();
+        let server = serve(&path, None, backend.clone(), Access::default()).unwrap();
         hello(&path);
-        let err = serve(&path, backend.clone(), Access::default()).unwrap_err();
+        let err = serve(&path, None, backend.clone(), Access::default()).unwrap_err();
         assert!(matches!(err, ControlError::InUse { .. }));
         assert!(err.to_string().contains("another dataplane is serving"), "{err}");
         drop(server);
         assert!(!path.exists(), "the socket file is removed on shutdown");
         std::fs::write(&path, "not a socket").unwrap();
-        let err = serve(&path, backend, Access::default()).unwrap_err();
+        let err = serve(&path, None, backend, Access::default()).unwrap_err();
         assert!(matches!(err, ControlError::NotASocket { .. }));
         assert!(err.to_string().contains("exists and is not a socket"), "{err}");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());

@@ -77,7 +77,9 @@ pub struct DaemonConfig {
     pub tables: Option<PathBuf>,
     /// The control socket; `None`: no socket (tables from the file only).
     pub control_socket: Option<PathBuf>,
-    /// Who besides root and the daemon's user may use the control socket.
+    /// The read-only socket (queries only), beside the control socket.
+    pub control_socket_ro: Option<PathBuf>,
+    /// Who besides root and the daemon's user may use the sockets.
     pub access: Access,
     /// How often counters are logged at debug level.
     pub stats_interval: Duration,
@@ -590,7 +592,12 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     );
 
     let control = match &config.control_socket {
-        Some(path) => match control::serve(path, shared.clone(), config.access) {
+        Some(path) => match control::serve(
+            path,
+            config.control_socket_ro.as_deref(),
+            shared.clone(),
+            config.access,
+        ) {
             Ok(server) => Some(server),
             Err(e) => {
                 drop(uplink_link);

@@ -84,6 +84,21 @@ pub fn peer_credentials(socket: &impl std::os::fd::AsFd) -> io::Result<(i32, u32
     sys::peer_credentials(socket.as_fd())
 }
 
+/// The supplementary groups of the process at the other end of a Unix socket (SO_PEERGROUPS).
+pub fn peer_groups(socket: &impl std::os::fd::AsFd) -> io::Result<Vec<u32>> {
+    sys::peer_groups(socket.as_fd())
+}
+
+/// Runs `f` with the process's file mode creation mask set to `mask` (files and sockets it
+/// creates get no bit of the mask, from their creation on), then restores it. The mask is the
+/// process's: other threads creating files meanwhile get it too.
+pub fn with_umask<R>(mask: u32, f: impl FnOnce() -> R) -> R {
+    let previous = sys::set_umask(mask);
+    let result = f();
+    sys::set_umask(previous);
+    result
+}
+
 /// SIGINT and SIGTERM set a flag ([`stop_requested`]) instead of ending the process.
 pub fn install_stop_handlers() -> io::Result<()> {
     sys::install_stop_handlers()

@@ -618,6 +618,42 @@ pub(super) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(i32, u32, u32)
     Ok((cred.pid, cred.uid, cred.gid))
 }
 
+/// The supplementary groups of a Unix socket's peer (SO_PEERGROUPS, Linux 4.13).
+pub(super) fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `groups`, a live buffer of that
+        // many bytes we own exclusively during the call; any bytes are valid gid_t values.
+        let ret = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / size_of::<libc::gid_t>();
+        if ret == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let error = io::Error::last_os_error();
+        // ERANGE: the buffer was too small, and `len` says how large it must be.
+        if error.raw_os_error() != Some(libc::ERANGE) || count <= groups.len() {
+            return Err(error);
+        }
+        groups.resize(count, 0);
+    }
+}
+
+/// Sets the process's file mode creation mask; returns the previous one.
+pub(super) fn set_umask(mask: u32) -> u32 {
+    // SAFETY: umask(2) only swaps an integer in the process's state; it cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}
+
 /// CPU time the calling thread has used, user and system, in nanoseconds
 /// (CLOCK_THREAD_CPUTIME_ID: the scheduler's exact runtime, not tick samples).
 #[cfg(feature = "testing")]
