@@ -127,6 +127,8 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Host(#[from] HostError),
+    #[error("{alive} of {workers} workers running: a worker stopped, so the daemon did too")]
+    WorkerStopped { alive: usize, workers: usize },
     #[error("serving metrics on {address}: {source} (choose another --metrics-address)")]
     Metrics { address: std::net::SocketAddr, source: std::io::Error },
 }
@@ -622,10 +624,18 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let mut resolver = neighbours::Resolver::new(uplink_index);
     let mut last_stats = Instant::now();
     while !io::stop_requested() {
-        // The attacher's thread first, then the workers'.
+        // The attacher's thread first, then the workers'. A worker that ended while the
+        // daemon runs leaves its pods and queues unserved: the daemon stops, with an error, so
+        // that whatever supervises it (the DaemonSet) starts it again.
         let alive = handles.iter().skip(1).filter(|h| !h.is_finished()).count();
-        if alive < shared.live_workers.swap(alive, Ordering::Relaxed) {
-            tracing::error!(alive, workers, "a worker stopped: the node is not ready");
+        shared.live_workers.store(alive, Ordering::Relaxed);
+        if alive < workers {
+            tracing::error!(alive, workers, "a worker stopped: stopping the daemon");
+            drop(metrics);
+            drop(control);
+            drop(uplink_link);
+            stop_workers(handles);
+            return Err(DaemonError::WorkerStopped { alive, workers });
         }
         resolver.tick(&shared.tables);
         if let Some(host) = host.as_mut() {
