@@ -470,11 +470,13 @@ pub fn read_frame_bytes(mut r: impl Read) -> Result<Vec<u8>, FrameError> {
     if len > MAX_FRAME {
         return Err(FrameError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-        _ => FrameError::Io(e),
-    })?;
+    // Read as it arrives: memory grows with the bytes received, not with what the length
+    // prefix promises (a prefix alone must not make the reader allocate 256 MiB).
+    let mut body = Vec::with_capacity(len.min(64 * 1024));
+    r.take(len as u64).read_to_end(&mut body)?;
+    if body.len() < len {
+        return Err(FrameError::Truncated);
+    }
     Ok(body)
 }
 

@@ -35,6 +35,16 @@ use crate::api::{
 };
 use crate::io;
 
+/// Clients connected at once, at most; one more gets an error reply and is closed.
+const MAX_CLIENTS: usize = 64;
+/// Time for a client to say hello once connected.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time for a frame to arrive whole once its first byte has (a 20 MiB full sync takes
+/// milliseconds over a Unix socket; a client that trickles bytes is cut off).
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a client may stay silent between requests (the agent asks something every second).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// How long `show conntrack` waits for every worker to list its flows (a worker looks at its
 /// flag each round of its loop; an idle one sleeps at most a few milliseconds).
 const CONNTRACK_WAIT: Duration = Duration::from_secs(2);
@@ -283,6 +293,7 @@ fn accept_loop<B: Backend>(
     stop: Arc<AtomicBool>,
 ) {
     let own_uid = own_uid();
+    let clients = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         let mut idle = true;
         for (listener, role) in &listeners {
@@ -304,10 +315,25 @@ fn accept_loop<B: Backend>(
                         );
                         continue;
                     };
+                    let Some(slot) = ClientSlot::take(&clients) else {
+                        tracing::warn!(
+                            "control connection refused: {MAX_CLIENTS} clients connected"
+                        );
+                        let _ = api::write_frame(
+                            &stream,
+                            &Response::Error(ApiError::new(format!(
+                                "too many clients: {MAX_CLIENTS} are connected; try again later"
+                            ))),
+                        );
+                        continue;
+                    };
                     let backend = backend.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("podlane-client".into())
-                        .spawn(move || serve_client(stream, &*backend, role));
+                    let _ = std::thread::Builder::new().name("podlane-client".into()).spawn(
+                        move || {
+                            serve_client(stream, &*backend, role);
+                            drop(slot);
+                        },
+                    );
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => {
@@ -321,10 +347,80 @@ fn accept_loop<B: Backend>(
     }
 }
 
-/// One client: handshake, then requests until it leaves or breaks the framing.
+/// A connected client's place among [`MAX_CLIENTS`]; given back when dropped.
+struct ClientSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ClientSlot {
+    fn take(clients: &Arc<std::sync::atomic::AtomicUsize>) -> Option<ClientSlot> {
+        let taken = clients.fetch_add(1, Ordering::AcqRel);
+        if taken >= MAX_CLIENTS {
+            clients.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ClientSlot(clients.clone()))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Reads from a client under deadlines: `idle` until a frame's first byte, then `frame` for
+/// the rest of it. A client that says nothing, or trickles a frame, times out.
+struct DeadlineReader<'a> {
+    stream: &'a UnixStream,
+    idle: Duration,
+    frame: Duration,
+    /// The current frame's deadline, once its first byte arrived.
+    deadline: Option<std::time::Instant>,
+}
+
+impl DeadlineReader<'_> {
+    /// The next read starts a new frame.
+    fn next_frame(&mut self, idle: Duration, frame: Duration) {
+        (self.idle, self.frame, self.deadline) = (idle, frame, None);
+    }
+}
+
+impl std::io::Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let wait = match self.deadline {
+            None => self.idle,
+            Some(deadline) => deadline.saturating_duration_since(std::time::Instant::now()),
+        };
+        if wait.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("a frame took longer than {} s to arrive", self.frame.as_secs()),
+            ));
+        }
+        self.stream.set_read_timeout(Some(wait))?;
+        let n = std::io::Read::read(&mut self.stream, buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "the client went silent")
+            }
+            _ => e,
+        })?;
+        if self.deadline.is_none() && n > 0 {
+            self.deadline = Some(std::time::Instant::now() + self.frame);
+        }
+        Ok(n)
+    }
+}
+
+/// One client: handshake, then requests until it leaves, breaks the framing or times out.
 fn serve_client(stream: UnixStream, backend: &impl Backend, role: Role) {
     let _ = stream.set_nonblocking(false);
-    let mut reader = BufReader::new(&stream);
+    let _ = stream.set_write_timeout(Some(FRAME_TIMEOUT));
+    // The hello, whole, within the handshake timeout.
+    let mut reader = BufReader::new(DeadlineReader {
+        stream: &stream,
+        idle: HANDSHAKE_TIMEOUT,
+        frame: HANDSHAKE_TIMEOUT,
+        deadline: None,
+    });
     let reply = |response: &Response| api::write_frame(&stream, response).is_ok();
     match api::read_frame::<Request>(&mut reader) {
         Ok(Request::Hello { version, client }) if version == PROTOCOL_VERSION => {
@@ -351,6 +447,7 @@ fn serve_client(stream: UnixStream, backend: &impl Backend, role: Role) {
         }
     }
     loop {
+        reader.get_mut().next_frame(IDLE_TIMEOUT, FRAME_TIMEOUT);
         let request = match api::read_frame::<Request>(&mut reader) {
             Ok(r) => r,
             Err(FrameError::Closed) => return,
