@@ -116,6 +116,9 @@ struct TcpArgs {
     /// How podlane's workers wait when idle.
     #[arg(long, value_enum, default_value = "event")]
     poll: tcp::Poll,
+    /// podlane's workers per node, pinned to cores 0 to N-1 (1: one unpinned worker).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: u32,
     /// Parallel streams per run [default: 1,4; --quick: 1].
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=128))]
     streams: Vec<u32>,
@@ -484,6 +487,7 @@ fn tcp_command(args: TcpArgs) -> anyhow::Result<()> {
         seconds: args.seconds.unwrap_or(if quick { 1 } else { 6 }),
         pod_edge: args.pod_edge,
         poll: args.poll,
+        workers: args.workers as usize,
         rr_seconds,
         rr_bytes: args.rr_bytes as usize,
     };

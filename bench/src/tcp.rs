@@ -166,6 +166,8 @@ pub struct Config {
     pub pod_edge: Edge,
     /// How podlane's workers wait.
     pub poll: Poll,
+    /// podlane's workers per node (pinned to cores 0 to N-1; 1: one unpinned worker).
+    pub workers: usize,
     /// Length of each request/response run, and its message size.
     pub rr_seconds: f64,
     pub rr_bytes: usize,
@@ -235,9 +237,10 @@ impl Cluster {
     fn build(
         underlay: Underlay,
         (a, b): (NodeKind, NodeKind),
-        edge: Edge,
-        poll: Poll,
+        config: &Config,
     ) -> anyhow::Result<Self> {
+        let (edge, poll) = (config.pod_edge, config.poll);
+        let cores = (0..config.workers).map(|c| c.to_string()).collect::<Vec<_>>().join(",");
         let dir = ScratchDir::new("bench-tcp")?;
         let node_a = Netns::create("bench-tcpa")?;
         let node_b = Netns::create("bench-tcpb")?;
@@ -304,7 +307,10 @@ impl Cluster {
                     let file = dir.path().join(format!("{name}.json"));
                     tables::write(&file, &tables::for_node(name, &specs, &local_pods)?)?;
                     let log = dir.path().join(format!("{name}.log"));
-                    let args = ["--profile", "flannel", "--poll", poll.name()];
+                    let mut args = vec!["--profile", "flannel", "--poll", poll.name()];
+                    if config.workers > 1 {
+                        args.extend(["--cores", &cores]);
+                    }
                     let mut daemon = Daemon::with_tables(ns, "uplink", &file, &log, &args)?;
                     daemon.wait_ready(local_pods.len())?;
                     daemon.wait_for("routes to pod CIDRs installed", 1)?;
@@ -432,7 +438,7 @@ pub fn run(
                 underlay.name(),
                 names(&pairs)
             ));
-            let cluster = Cluster::build(underlay, kinds, config.pod_edge, config.poll)?;
+            let cluster = Cluster::build(underlay, kinds, config)?;
             // Neighbour entries and, for podlane, the pods' fill rings warm up.
             std::thread::sleep(Duration::from_millis(300));
             for pair in pairs {
