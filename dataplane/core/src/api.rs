@@ -464,8 +464,18 @@ pub enum FrameError {
     TooLarge(usize),
     #[error("invalid message: {0}")]
     Decode(#[from] serde_json::Error),
+    /// A frame read whole whose body does not decode, with the body, so that the error can
+    /// say where ([`locate_decode_error`]).
+    #[error("invalid message: {source}")]
+    Invalid { body: Vec<u8>, source: serde_json::Error },
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+impl From<(Vec<u8>, serde_json::Error)> for FrameError {
+    fn from((body, source): (Vec<u8>, serde_json::Error)) -> FrameError {
+        FrameError::Invalid { body, source }
+    }
 }
 
 /// Writes one frame.
@@ -512,6 +522,23 @@ pub fn read_frame_bytes(mut r: impl Read) -> Result<Vec<u8>, FrameError> {
 pub fn read_frame<T: for<'de> Deserialize<'de>>(r: impl Read) -> Result<T, FrameError> {
     let body = read_frame_bytes(r)?;
     Ok(serde_json::from_slice(&body)?)
+}
+
+/// Where in a request's JSON the value that failed to decode is (`tables.endpoints[1].ips[0]`),
+/// for an error that names the entry: serde's own error loses the path inside a tagged
+/// message, so the tables or the update are decoded again, on their own, with the path kept.
+pub fn locate_decode_error(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let (prefix, part) = match value.get("type")?.as_str()? {
+        "full_sync" => ("tables.", value.get("tables")?.clone()),
+        "update" => ("", value),
+        _ => return None,
+    };
+    let failed = match prefix {
+        "" => serde_path_to_error::deserialize::<_, Update>(part).err()?.path().to_string(),
+        _ => serde_path_to_error::deserialize::<_, TableSpec>(part).err()?.path().to_string(),
+    };
+    Some(format!("{prefix}{failed}"))
 }
 
 #[cfg(test)]
@@ -576,6 +603,29 @@ mod tests {
         framed.extend_from_slice(unknown);
         let err = read_frame::<Request>(&framed[..]).unwrap_err().to_string();
         assert!(err.contains("unknown variant `reboot`"), "{err}");
+    }
+
+    #[test]
+    fn a_decode_error_is_located_in_the_tables() {
+        let mut tables: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/examples/two-nodes.json")).unwrap();
+        tables["endpoints"][1]["ips"][0] = serde_json::json!("10.244.1.999");
+        let body = serde_json::json!({"type": "full_sync", "tables": tables}).to_string();
+        assert!(
+            read_frame::<Request>(
+                &[&(body.len() as u32).to_be_bytes()[..], body.as_bytes()].concat()[..]
+            )
+            .is_err()
+        );
+        assert_eq!(
+            locate_decode_error(body.as_bytes()).as_deref(),
+            Some("tables.endpoints[1].ips[0]")
+        );
+        let update =
+            serde_json::json!({"type": "update", "upsert_nodes": [{"name": "n", "underlay": "x"}]});
+        let at = locate_decode_error(update.to_string().as_bytes()).unwrap();
+        assert!(at.starts_with("upsert_nodes[0]"), "{at}");
+        assert_eq!(locate_decode_error(br#"{"type":"query","what":"nope"}"#), None);
     }
 
     #[test]

@@ -448,10 +448,25 @@ fn serve_client(stream: UnixStream, backend: &impl Backend, role: Role) {
     }
     loop {
         reader.get_mut().next_frame(IDLE_TIMEOUT, FRAME_TIMEOUT);
-        let request = match api::read_frame::<Request>(&mut reader) {
+        let decoded = api::read_frame_bytes(&mut reader).and_then(|body| {
+            serde_json::from_slice::<Request>(&body).map_err(|e| (body, e).into())
+        });
+        let request = match decoded {
             Ok(r) => r,
             Err(FrameError::Closed) => return,
-            // The frame was read whole: the connection is still in step. Say what was wrong.
+            // The frame was read whole: the connection is still in step. Say what was wrong,
+            // and where.
+            Err(FrameError::Invalid { body, source }) => {
+                let at = api::locate_decode_error(&body);
+                let message = match &at {
+                    Some(at) => format!("invalid message at {at}: {source}"),
+                    None => format!("invalid message: {source}"),
+                };
+                if !reply(&Response::Error(ApiError { message, entry: at })) {
+                    return;
+                }
+                continue;
+            }
             Err(FrameError::Decode(e)) => {
                 if !reply(&Response::Error(ApiError::new(format!("invalid message: {e}")))) {
                     return;
@@ -719,6 +734,15 @@ mod tests {
         stream.write_all(unknown).unwrap();
         let e = error_of(api::read_frame(&stream).unwrap());
         assert!(e.message.contains("unknown variant `reboot`"), "{e}");
+        // A full sync with one bad address: the error says which.
+        let mut tables = serde_json::to_value(backend.tables.current().2).unwrap();
+        tables["nodes"][0]["underlay"] = serde_json::json!("192.168.1.300");
+        let body = serde_json::json!({"type": "full_sync", "tables": tables}).to_string();
+        stream.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+        stream.write_all(body.as_bytes()).unwrap();
+        let e = error_of(api::read_frame(&stream).unwrap());
+        assert_eq!(e.entry.as_deref(), Some("tables.nodes[0].underlay"), "{e}");
+        assert!(e.message.contains("at tables.nodes[0].underlay: invalid IP address"), "{e}");
         assert!(matches!(
             ask(&stream, &Request::Query { what: Query::Version }),
             Response::Version { .. }
