@@ -219,20 +219,6 @@ const VTEP_B: &str = "0a:bb:00:00:00:01";
 /// The pods' MTU: a 1500-byte underlay less VXLAN's 50 bytes.
 const POD_MTU: u32 = 1450;
 
-/// The offloads of a NIC without tunnel offloads, set on both ends of the `nic` underlay.
-const NIC_FEATURES: [&str; 10] = [
-    "tso",
-    "off",
-    "gso",
-    "off",
-    "tx-udp_tnl-segmentation",
-    "off",
-    "tx-udp_tnl-csum-segmentation",
-    "off",
-    "gro",
-    "on",
-];
-
 impl Cluster {
     fn build(
         underlay: Underlay,
@@ -246,10 +232,11 @@ impl Cluster {
         let node_b = Netns::create("bench-tcpb")?;
         link::underlay((&node_a, "uplink", NODE_A), (&node_b, "uplink", NODE_B), 1)?;
         if underlay == Underlay::Nic {
+            // Both ends as a NIC without tunnel offloads, coalescing what it receives.
+            let mut features = link::NO_SEGMENTATION_OFFLOADS.to_vec();
+            features.extend(["gro", "on"]);
             for node in [&node_a, &node_b] {
-                let mut args = vec!["-K", "uplink"];
-                args.extend(NIC_FEATURES);
-                node.exec("ethtool", &args).context("ethtool (Debian: apt-get install ethtool)")?;
+                link::set_features(node, "uplink", &features)?;
             }
         }
         // Per node: namespace, name, underlay address, VTEP MAC, tunnel address (Flannel's

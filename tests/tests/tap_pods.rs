@@ -48,22 +48,9 @@ fn run(tshark: &Path, tunnel_gso: bool) -> anyhow::Result<()> {
     // Node A's uplink as a NIC without offloads: what its kernel sends (the segments of the
     // tunnel-GSO path, the node's own traffic) is segmented and checksummed before the wire,
     // where tshark sees it.
-    link::set_features(
-        &node_a,
-        "uplink",
-        &[
-            "tso",
-            "off",
-            "gso",
-            "off",
-            "tx-udp_tnl-segmentation",
-            "off",
-            "tx-udp_tnl-csum-segmentation",
-            "off",
-            "tx",
-            "off",
-        ],
-    )?;
+    let mut features = link::NO_SEGMENTATION_OFFLOADS.to_vec();
+    features.extend(["tx", "off"]);
+    link::set_features(&node_a, "uplink", &features)?;
     let remote = RemoteNode {
         underlay: NODE_A,
         vtep_mac: VTEP_A,

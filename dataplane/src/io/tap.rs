@@ -183,12 +183,7 @@ impl TunnelQueue {
     /// Writes an encapsulated super-packet for the kernel to segment; `false` when the
     /// device's queue is full.
     pub fn send(&mut self, header: TunnelGsoHeader, frame: &[u8]) -> io::Result<bool> {
-        let header = header.to_bytes();
-        match self.file.write_vectored(&[IoSlice::new(&header), IoSlice::new(frame)]) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e),
-        }
+        write_with_header(&mut self.file, &header.to_bytes(), frame)
     }
 }
 
@@ -238,12 +233,7 @@ impl TapQueue {
 
     /// Writes one frame with its header (one writev); `false` when the device's queue is full.
     pub fn send(&mut self, header: VnetHeader, frame: &[u8]) -> io::Result<bool> {
-        let header = header.to_bytes();
-        match self.file.write_vectored(&[IoSlice::new(&header), IoSlice::new(frame)]) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e),
-        }
+        write_with_header(&mut self.file, &header.to_bytes(), frame)
     }
 }
 
@@ -263,6 +253,16 @@ pub fn create_persistent(name: &str) -> io::Result<()> {
         .open("/dev/net/tun")?;
     sys::tap_attach(file.as_fd(), name, false)?;
     sys::tun_set_persist(file.as_fd(), true)
+}
+
+/// Writes a virtio-net header and its frame in one writev; `false` when the device's queue
+/// is full.
+fn write_with_header(file: &mut File, header: &[u8], frame: &[u8]) -> io::Result<bool> {
+    match file.write_vectored(&[IoSlice::new(header), IoSlice::new(frame)]) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Attaches to `name` in the calling thread's namespace, which must hold it: TUNSETIFF on a

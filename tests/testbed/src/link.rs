@@ -87,6 +87,19 @@ pub fn set_mtu(ns: &Netns, interface: &str, mtu: u32) -> anyhow::Result<()> {
     ns.ip(&["link", "set", interface, "mtu", &mtu.to_string()])
 }
 
+/// What a NIC without tunnel offloads does not do, for `ethtool -K`: the kernel segments
+/// (and its UDP tunnels) in software before the wire.
+pub const NO_SEGMENTATION_OFFLOADS: [&str; 8] = [
+    "tso",
+    "off",
+    "gso",
+    "off",
+    "tx-udp_tnl-segmentation",
+    "off",
+    "tx-udp_tnl-csum-segmentation",
+    "off",
+];
+
 /// `ethtool -K interface FEATURE on|off ...` in the namespace (GRO, TSO, ...).
 pub fn set_features(ns: &Netns, interface: &str, features: &[&str]) -> anyhow::Result<()> {
     let mut args = vec!["-K", interface];

@@ -23,10 +23,8 @@
 //! header checksum, or IPv6 payload length, are rewritten; its TCP checksum field holds the
 //! pseudo-header sum, and its PSH flag is the last segment's.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
 use crate::wire::checksum::{fold, pseudo_header_v4, pseudo_header_v6, sum};
-use crate::wire::{be16, be32, put16};
+use crate::wire::{be16, be32, ipv4_at, ipv6_at, put16};
 
 const ETH: usize = 14;
 const TCP: u8 = 6;
@@ -195,11 +193,11 @@ impl Coalescer {
             put16(bytes, ip + 10, 0);
             let check = !sum(0, &bytes[ip..open.tcp]);
             put16(bytes, ip + 10, check);
-            let (src, dst) = (v4_at(bytes, ip + 12), v4_at(bytes, ip + 16));
+            let (src, dst) = (ipv4_at(bytes, ip + 12), ipv4_at(bytes, ip + 16));
             pseudo_header_v4(src, dst, TCP, l4_len as u16)
         } else {
             put16(bytes, ip + 4, l4_len as u16);
-            let (src, dst) = (v6_at(bytes, ip + 8), v6_at(bytes, ip + 24));
+            let (src, dst) = (ipv6_at(bytes, ip + 8), ipv6_at(bytes, ip + 24));
             pseudo_header_v6(src, dst, TCP, l4_len as u32)
         };
         // A partial checksum: the pseudo-header's sum, folded, for the receiver to finish.
@@ -231,7 +229,7 @@ fn parse(frame: &[u8]) -> Option<Segment> {
             if usize::from(be16(header, 2)) != frame.len() - ip {
                 return None;
             }
-            let (src, dst) = (v4_at(header, 12), v4_at(header, 16));
+            let (src, dst) = (ipv4_at(header, 12), ipv4_at(header, 16));
             (true, ip + 20, pseudo_header_v4(src, dst, TCP, (frame.len() - ip - 20) as u16))
         }
         [0x86, 0xdd] => {
@@ -242,7 +240,7 @@ fn parse(frame: &[u8]) -> Option<Segment> {
             if usize::from(be16(header, 4)) + 40 != frame.len() - ip {
                 return None;
             }
-            let (src, dst) = (v6_at(header, 8), v6_at(header, 24));
+            let (src, dst) = (ipv6_at(header, 8), ipv6_at(header, 24));
             (false, ip + 40, pseudo_header_v6(src, dst, TCP, (frame.len() - ip - 40) as u32))
         }
         _ => return None,
@@ -260,16 +258,6 @@ fn parse(frame: &[u8]) -> Option<Segment> {
         return None;
     }
     Some(Segment { v4, tcp, payload, seq: be32(frame, tcp + 4), flags })
-}
-
-fn v4_at(bytes: &[u8], at: usize) -> Ipv4Addr {
-    Ipv4Addr::new(bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3])
-}
-
-fn v6_at(bytes: &[u8], at: usize) -> Ipv6Addr {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&bytes[at..at + 16]);
-    Ipv6Addr::from(a)
 }
 
 #[cfg(test)]
@@ -332,15 +320,15 @@ mod tests {
             put16(&mut frame, tcp + 16, check);
             let pseudo = if v4 {
                 pseudo_header_v4(
-                    v4_at(&frame, 26),
-                    v4_at(&frame, 30),
+                    ipv4_at(&frame, 26),
+                    ipv4_at(&frame, 30),
                     TCP,
                     (frame.len() - tcp) as u16,
                 )
             } else {
                 pseudo_header_v6(
-                    v6_at(&frame, 22),
-                    v6_at(&frame, 38),
+                    ipv6_at(&frame, 22),
+                    ipv6_at(&frame, 38),
                     TCP,
                     (frame.len() - tcp) as u32,
                 )
@@ -453,9 +441,19 @@ mod tests {
         let tcp = if v4 { 34 } else { 54 };
         put16(frame, tcp + 16, 0);
         let pseudo = if v4 {
-            pseudo_header_v4(v4_at(frame, 26), v4_at(frame, 30), TCP, (frame.len() - tcp) as u16)
+            pseudo_header_v4(
+                ipv4_at(frame, 26),
+                ipv4_at(frame, 30),
+                TCP,
+                (frame.len() - tcp) as u16,
+            )
         } else {
-            pseudo_header_v6(v6_at(frame, 22), v6_at(frame, 38), TCP, (frame.len() - tcp) as u32)
+            pseudo_header_v6(
+                ipv6_at(frame, 22),
+                ipv6_at(frame, 38),
+                TCP,
+                (frame.len() - tcp) as u32,
+            )
         };
         let check = !sum(pseudo, &frame[tcp..]);
         put16(frame, tcp + 16, check);

@@ -24,10 +24,8 @@
 //! buffer. The layout is validated once ([`Segments::new`]); writing a segment cannot panic
 //! on any input that passed it.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
 use crate::wire::checksum::{self, pseudo_header_v4, pseudo_header_v6, sum};
-use crate::wire::{be16, be32, put16};
+use crate::wire::{be16, be32, ipv4_at, ipv6_at, put16};
 
 const ETH: usize = 14;
 const TCP: u8 = 6;
@@ -203,11 +201,11 @@ impl<'a> Segments<'a> {
             put16(out, at + 2, (len - at) as u16);
             put16(out, at + 4, self.inner_ident.wrapping_add(step));
             set_ipv4_checksum(out, at, header_len);
-            let (src, dst) = (v4_at(out, at + 12), v4_at(out, at + 16));
+            let (src, dst) = (ipv4_at(out, at + 12), ipv4_at(out, at + 16));
             pseudo_header_v4(src, dst, TCP, l4_len as u16)
         } else {
             put16(out, at + 4, (len - at - 40) as u16);
-            let (src, dst) = (v6_at(out, at + 8), v6_at(out, at + 24));
+            let (src, dst) = (ipv6_at(out, at + 8), ipv6_at(out, at + 24));
             pseudo_header_v6(src, dst, TCP, l4_len as u32)
         };
         let tcp = self.tcp;
@@ -233,10 +231,20 @@ impl<'a> Segments<'a> {
                 put16(out, ip.at + 2, (len - ip.at) as u16);
                 put16(out, ip.at + 4, ident.wrapping_add(step));
                 set_ipv4_checksum(out, ip.at, ip.header_len);
-                pseudo_header_v4(v4_at(out, ip.at + 12), v4_at(out, ip.at + 16), 17, udp_len as u16)
+                pseudo_header_v4(
+                    ipv4_at(out, ip.at + 12),
+                    ipv4_at(out, ip.at + 16),
+                    17,
+                    udp_len as u16,
+                )
             } else {
                 put16(out, ip.at + 4, udp_len as u16);
-                pseudo_header_v6(v6_at(out, ip.at + 8), v6_at(out, ip.at + 24), 17, udp_len as u32)
+                pseudo_header_v6(
+                    ipv6_at(out, ip.at + 8),
+                    ipv6_at(out, ip.at + 24),
+                    17,
+                    udp_len as u32,
+                )
             };
             put16(out, udp + 6, 0);
             if udp_checksum {
@@ -262,18 +270,10 @@ fn set_ipv4_checksum(bytes: &mut [u8], at: usize, header_len: usize) {
     put16(bytes, at + 10, check);
 }
 
-fn v4_at(bytes: &[u8], at: usize) -> Ipv4Addr {
-    Ipv4Addr::new(bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3])
-}
-
-fn v6_at(bytes: &[u8], at: usize) -> Ipv6Addr {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&bytes[at..at + 16]);
-    Ipv6Addr::from(a)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::net::Ipv6Addr;
+
     use super::*;
 
     /// An Ethernet frame with a TCP packet of `payload` bytes (bytes counting up), IPv4 or
@@ -349,11 +349,12 @@ pub(crate) mod tests {
             assert_eq!(usize::from(be16(ip, 2)), ip.len(), "total length");
             assert_eq!(sum(0, &ip[..20]), 0xffff, "IPv4 header checksum");
             let pseudo =
-                pseudo_header_v4(v4_at(ip, 12), v4_at(ip, 16), TCP, (ip.len() - 20) as u16);
+                pseudo_header_v4(ipv4_at(ip, 12), ipv4_at(ip, 16), TCP, (ip.len() - 20) as u16);
             (20, pseudo, be16(ip, 4))
         } else {
             assert_eq!(usize::from(be16(ip, 4)) + 40, ip.len(), "payload length");
-            let pseudo = pseudo_header_v6(v6_at(ip, 8), v6_at(ip, 24), TCP, (ip.len() - 40) as u32);
+            let pseudo =
+                pseudo_header_v6(ipv6_at(ip, 8), ipv6_at(ip, 24), TCP, (ip.len() - 40) as u32);
             (40, pseudo, 0)
         };
         assert_eq!(sum(pseudo, &ip[tcp..]), 0xffff, "TCP checksum");
@@ -402,10 +403,10 @@ pub(crate) mod tests {
                     assert_eq!(usize::from(be16(ip, 2)), ip.len());
                     assert_eq!(be16(ip, 4), 7 + i as u16, "outer identification counts up");
                     assert_eq!(sum(0, &ip[..20]), 0xffff);
-                    pseudo_header_v4(v4_at(ip, 12), v4_at(ip, 16), 17, (s.len() - udp) as u16)
+                    pseudo_header_v4(ipv4_at(ip, 12), ipv4_at(ip, 16), 17, (s.len() - udp) as u16)
                 } else {
                     assert_eq!(usize::from(be16(ip, 4)), s.len() - udp);
-                    pseudo_header_v6(v6_at(ip, 8), v6_at(ip, 24), 17, (s.len() - udp) as u32)
+                    pseudo_header_v6(ipv6_at(ip, 8), ipv6_at(ip, 24), 17, (s.len() - udp) as u32)
                 };
                 if udp_checksum {
                     assert_eq!(sum(pseudo, &s[udp..]), 0xffff, "outer UDP checksum");

@@ -125,6 +125,20 @@ pub(crate) fn be32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
+/// The IPv4 address at `at` (four bytes the caller has checked are there).
+#[inline(always)]
+pub(crate) fn ipv4_at(bytes: &[u8], at: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3])
+}
+
+/// The IPv6 address at `at` (sixteen bytes the caller has checked are there).
+#[inline(always)]
+pub(crate) fn ipv6_at(bytes: &[u8], at: usize) -> std::net::Ipv6Addr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&bytes[at..at + 16]);
+    std::net::Ipv6Addr::from(a)
+}
+
 #[inline(always)]
 pub(crate) fn put16(bytes: &mut [u8], at: usize, value: u16) {
     bytes[at..at + 2].copy_from_slice(&value.to_be_bytes());

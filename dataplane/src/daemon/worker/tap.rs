@@ -18,7 +18,7 @@ use crate::engine::{Delivery, Frame, Ingress, Span, Verdict};
 use crate::io::tap::{TapQueue, TunnelGsoHeader, VnetHeader};
 use crate::io::xsk::Packet;
 use crate::table::{EndpointId, Snapshot};
-use crate::wire::checksum;
+use crate::wire::Ipv4Packet;
 
 /// Frames read from one TAP per round of the loop, so that one busy pod does not hold the
 /// worker (each can be a 64 KiB super-packet).
@@ -428,8 +428,7 @@ fn count(stats: &mut PortCounters, label: &str, sent: std::io::Result<bool>, len
 /// Sets the outer IPv4 header's TTL (the header at offset 14, without options) and its
 /// checksum.
 fn set_outer_ttl(frame: &mut [u8], ttl: u8) {
-    frame[14 + 8] = ttl;
-    frame[14 + 10..14 + 12].fill(0);
-    let check = checksum::checksum(&frame[14..34]);
-    frame[14 + 10..14 + 12].copy_from_slice(&check.to_be_bytes());
+    let mut ip = Ipv4Packet::new_unchecked(&mut frame[14..34]);
+    ip.set_ttl(ttl);
+    ip.fill_checksum();
 }
