@@ -1,30 +1,49 @@
-//! `podlane agent`: keeps one node's dataplane in step with a cluster file.
+//! `podlane agent`: keeps one node's dataplane in step with the cluster.
 //!
-//! It computes the node's tables from the file and from the pods `podlane-cni` wired on this
-//! node (the records in its state directory, [`podlane_core::api::CniRecord`]), pushes a full
-//! sync and an in-sync marker, then watches both (modification times and sizes, every 100 ms)
-//! and pushes only what changed ([`crate::diff`]). A pod the plugin wired keeps its
-//! interface, address and MAC from the record; the cluster file, where it names the same pod
-//! (`namespace/name`), gives its labels and so its policies. The plugin registers and removes
-//! its pods itself, so an update the dataplane refuses because it already did (an upsert
-//! done, a deletion of what is gone) is followed by a full sync, which settles any such race. An invalid edit is logged with the file, line or field, and the
+//! The cluster is a file ([`crate::cluster`], for tests and demos) or the Kubernetes API
+//! ([`crate::kubernetes`]); either way the node's tables are computed from it and from the
+//! pods `podlane-cni` wired on this node (the records in its state directory,
+//! [`podlane_core::api::CniRecord`]). The agent pushes a full sync and an in-sync marker, then
+//! watches its sources (the file's modification time and size, the watchers' events, the
+//! records; every 100 ms) and pushes only what changed ([`crate::diff`]). A pod the plugin
+//! wired keeps its interface, address and MAC from the record; the cluster, where it names
+//! the same pod (`namespace/name`), gives its labels and so its policies. The plugin
+//! registers and removes its pods itself, so an update the dataplane refuses because it
+//! already did (an upsert done, a deletion of what is gone) is followed by a full sync, which
+//! settles any such race. An invalid edit is logged with the file, line or field, and the
 //! last good state stays applied. When the connection breaks — the dataplane restarted or
 //! went away — the agent reconnects with exponential backoff (100 ms to 5 s) and syncs from
 //! scratch.
+//!
+//! With the Kubernetes API, the agent also writes this node's annotations (Flannel's, and
+//! Calico's on a Calico overlay) so that kernel nodes program their vxlan device for it, and,
+//! when asked, the CNI network configuration with this node's pod CIDRs.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use podlane_core::api::{CniRecord, Query, Request, Response};
+use podlane_core::api::{CniRecord, DaemonInfo, Query, Request, Response};
 use podlane_core::table::TableSpec;
 
 use crate::client::Client;
 use crate::cluster::Cluster;
 use crate::diff::diff;
+use crate::kubernetes::translate::{self, LocalNode, Overlay};
+use crate::kubernetes::{Connection, KubeSource};
+
+/// Where the cluster comes from.
+#[derive(Debug, Clone)]
+pub enum ClusterSource {
+    /// A cluster file (YAML, docs/cluster.md).
+    File(PathBuf),
+    /// The Kubernetes API; with `conflist`, the CNI configuration is written there.
+    Kubernetes { connection: Connection, conflist: Option<PathBuf> },
+}
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    pub cluster: PathBuf,
+    pub source: ClusterSource,
     pub node: String,
     pub socket: PathBuf,
     /// `podlane-cni`'s state directory.
@@ -39,64 +58,193 @@ fn fingerprint(path: &Path) -> Fingerprint {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// The cluster file's and every CNI record's fingerprint.
-fn sources(config: &AgentConfig) -> (Fingerprint, Vec<(PathBuf, Fingerprint)>) {
-    let mut records: Vec<(PathBuf, Fingerprint)> = std::fs::read_dir(&config.cni_state)
-        .map(|entries| entries.flatten().map(|e| (e.path(), fingerprint(&e.path()))).collect())
-        .unwrap_or_default();
-    records.sort();
-    (fingerprint(&config.cluster), records)
+/// What the tables are computed from, as a value that changes when they may have: the
+/// cluster file's fingerprint or the watchers' event count, and every CNI record's
+/// fingerprint.
+#[derive(Debug, Clone, PartialEq)]
+struct Stamp {
+    cluster: Result<Fingerprint, u64>,
+    records: Vec<(PathBuf, Fingerprint)>,
 }
 
-fn load(config: &AgentConfig) -> anyhow::Result<TableSpec> {
-    let cluster = Cluster::from_file(&config.cluster)?;
-    let mut tables = cluster
-        .tables_for(&config.node)
-        .map_err(|e| anyhow::anyhow!("cluster file {}: {e}", config.cluster.display()))?;
-    merge_cni(&mut tables, &CniRecord::read_dir(&config.cni_state));
-    Ok(tables)
+/// The running source: the file's path, or the watchers with what the agent wrote to the
+/// API.
+#[derive(Debug)]
+enum Source {
+    File(PathBuf),
+    Kubernetes(Box<KubeState>),
 }
 
-/// Puts the pods `podlane-cni` wired into `tables`: a pod the cluster file names too keeps
-/// its labels and policies from there, and takes its interface, addresses and MAC from the
-/// record; another is added as the record has it.
-pub fn merge_cni(tables: &mut TableSpec, records: &[CniRecord]) {
-    for record in records {
-        let wired = &record.endpoint;
-        match tables.endpoints.iter_mut().find(|e| e.key() == wired.key()) {
-            Some(known) => {
-                if known.ips != wired.ips {
-                    // Policies computed from the file's addresses name the old ones until
-                    // the file says what the pod has.
-                    tracing::warn!(
-                        pod = wired.key(),
-                        "the cluster file gives {:?}, podlane-cni wired {:?}: using the latter",
-                        known.ips,
-                        wired.ips
-                    );
+#[derive(Debug)]
+struct KubeState {
+    source: KubeSource,
+    conflist: Option<PathBuf>,
+    /// The annotations last written, and when; the next attempt after a failure.
+    published: Option<(BTreeMap<String, String>, Instant)>,
+    retry_at: Instant,
+    retry_backoff: Duration,
+    /// What was left out at the last computation (each reported once).
+    skipped: BTreeSet<String>,
+    waiting_reported: bool,
+}
+
+impl Source {
+    fn stamp(&self, config: &AgentConfig) -> Stamp {
+        let mut records: Vec<(PathBuf, Fingerprint)> = std::fs::read_dir(&config.cni_state)
+            .map(|entries| entries.flatten().map(|e| (e.path(), fingerprint(&e.path()))).collect())
+            .unwrap_or_default();
+        records.sort();
+        let cluster = match self {
+            Source::File(path) => Ok(fingerprint(path)),
+            Source::Kubernetes(kube) => Err(kube.source.events()),
+        };
+        Stamp { cluster, records }
+    }
+
+    /// The node's tables now; `None` while the watchers have not listed everything once, or
+    /// before the dataplane said who this node is.
+    fn load(
+        &mut self,
+        config: &AgentConfig,
+        local: Option<&LocalNode>,
+    ) -> anyhow::Result<Option<TableSpec>> {
+        let records = CniRecord::read_dir(&config.cni_state);
+        let cluster = match self {
+            Source::File(path) => Cluster::from_file(path)?,
+            Source::Kubernetes(kube) => {
+                let Some(local) = local else { return Ok(None) };
+                if !kube.source.ready() {
+                    if !kube.waiting_reported {
+                        tracing::info!(
+                            "waiting for the API server's first lists ({})",
+                            kube.source.waiting_for().join(", ")
+                        );
+                        kube.waiting_reported = true;
+                    }
+                    return Ok(None);
                 }
-                known.ips = wired.ips.clone();
-                known.mac = wired.mac;
-                known.interface = wired.interface.clone();
-                known.edge = wired.edge.clone();
+                let (cluster, skipped) = kube.source.cluster(local);
+                let now: BTreeSet<String> = skipped.iter().map(ToString::to_string).collect();
+                for line in now.difference(&kube.skipped) {
+                    tracing::warn!("{line}");
+                }
+                kube.skipped = now;
+                cluster
             }
-            None => tables.endpoints.push(wired.clone()),
+        };
+        let tables = cluster.tables_for(&config.node, &records).map_err(|e| match self {
+            Source::File(path) => anyhow::anyhow!("cluster file {}: {e}", path.display()),
+            Source::Kubernetes(_) => anyhow::anyhow!("the cluster from the API: {e}"),
+        })?;
+        Ok(Some(tables))
+    }
+
+    /// With the API: this node's annotations and the CNI configuration kept as they should
+    /// be. Failures are logged and retried with backoff (1 s to 30 s).
+    fn maintain(&mut self, config: &AgentConfig, local: &LocalNode, info: &DaemonInfo) {
+        let Source::Kubernetes(kube) = self else { return };
+        let Some(node) = kube.source.node(&local.name) else { return };
+        let pod_cidrs = translate::pod_cidrs_of(&node).unwrap_or_default();
+        let wanted = translate::node_annotations(local, &pod_cidrs);
+        let now = Instant::now();
+        let stale = match &kube.published {
+            // Written: wait for the watcher to show it, or write again after 30 s.
+            Some((written, at)) => *written != wanted || at.elapsed() >= Duration::from_secs(30),
+            None => true,
+        };
+        if translate::annotations_differ(&node, &wanted) && stale && now >= kube.retry_at {
+            match kube.source.annotate(&local.name, &wanted) {
+                Ok(()) => {
+                    tracing::info!(node = local.name, "published this node's annotations");
+                    kube.published = Some((wanted, now));
+                    kube.retry_backoff = Duration::from_secs(1);
+                }
+                Err(e) => {
+                    tracing::warn!("{e:#}; retrying in {:?}", kube.retry_backoff);
+                    kube.retry_at = now + kube.retry_backoff;
+                    kube.retry_backoff = (kube.retry_backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        if let Some(path) = &kube.conflist
+            && !pod_cidrs.is_empty()
+        {
+            let text = translate::conflist(
+                &pod_cidrs,
+                info.overlay_mtu,
+                &config.socket,
+                &config.cni_state,
+            );
+            match crate::kubernetes::write_conflist(path, &text) {
+                Ok(true) => tracing::info!("wrote the CNI configuration {}", path.display()),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("{e:#}"),
+            }
         }
     }
 }
 
-/// Runs until `stop()` says so. Fails only when the cluster file is unusable at start.
+/// Who the dataplane says this node is: its address, VTEP MAC (the uplink's) and overlay.
+fn local_node(client: &mut Client, node: &str) -> anyhow::Result<(LocalNode, DaemonInfo)> {
+    let info = match client.request(&Request::Query { what: Query::Config })? {
+        Response::Config { config } => *config,
+        other => anyhow::bail!("unexpected reply to a configuration query: {other:?}"),
+    };
+    if info.node != node {
+        anyhow::bail!(
+            "the dataplane runs node {:?}, this agent was given --node {node:?}",
+            info.node
+        );
+    }
+    let local = LocalNode {
+        name: info.node.clone(),
+        underlay: info
+            .node_ip
+            .parse()
+            .map_err(|e| anyhow::anyhow!("the dataplane's node address {:?}: {e}", info.node_ip))?,
+        vtep_mac: info.uplink_mac.parse().map_err(|e| {
+            anyhow::anyhow!("the dataplane's uplink MAC {:?}: {e}", info.uplink_mac)
+        })?,
+        vni: info.vni,
+        overlay: Overlay::of(info.vni, info.vxlan_port),
+    };
+    Ok((local, info))
+}
+
+/// Runs until `stop()` says so. Fails only when the source is unusable at start (a cluster
+/// file that does not parse, a kubeconfig that cannot be read).
 pub fn run(config: &AgentConfig, stop: impl Fn() -> bool) -> anyhow::Result<()> {
-    let mut seen = sources(config);
-    let mut wanted = load(config)?;
+    let mut source = match &config.source {
+        ClusterSource::File(path) => Source::File(path.clone()),
+        ClusterSource::Kubernetes { connection, conflist } => {
+            Source::Kubernetes(Box::new(KubeState {
+                source: KubeSource::start(connection)?,
+                conflist: conflist.clone(),
+                published: None,
+                retry_at: Instant::now(),
+                retry_backoff: Duration::from_secs(1),
+                skipped: BTreeSet::new(),
+                waiting_reported: false,
+            }))
+        }
+    };
+    let mut seen = source.stamp(config);
+    let mut wanted = source.load(config, None)?;
     let mut backoff = Duration::from_millis(100);
     let mut reported_down = false;
     while !stop() {
-        let mut client = match Client::connect(&config.socket, "podlane-agent") {
-            Ok(client) => client,
+        let connected = Client::connect(&config.socket, "podlane-agent").and_then(|mut client| {
+            let local = match &source {
+                Source::Kubernetes(_) => Some(local_node(&mut client, &config.node)?),
+                Source::File(_) => None,
+            };
+            Ok((client, local))
+        });
+        let (mut client, local) = match connected {
+            Ok(connected) => connected,
             Err(e) => {
                 if !reported_down {
-                    tracing::warn!("{e}; retrying");
+                    tracing::warn!("{e:#}; retrying");
                     reported_down = true;
                 }
                 std::thread::sleep(backoff);
@@ -107,31 +255,39 @@ pub fn run(config: &AgentConfig, stop: impl Fn() -> bool) -> anyhow::Result<()> 
         backoff = Duration::from_millis(100);
         reported_down = false;
         tracing::info!(node = %client.node, generation = client.generation, "connected to the dataplane");
+        // The dataplane's identity is known now: compute again.
+        let mut dirty = local.is_some();
         // What the dataplane holds from us; `None` until a full sync is accepted.
         let mut pushed: Option<TableSpec> = None;
-        // Tables the dataplane refused: not retried until the file changes again.
+        // Tables the dataplane refused: not retried until a source changes again.
         let mut rejected: Option<TableSpec> = None;
         let mut last_check = Instant::now();
         loop {
             if stop() {
                 return Ok(());
             }
-            let current = sources(config);
-            if current != seen {
+            let current = source.stamp(config);
+            if current != seen || dirty {
                 seen = current;
-                match load(config) {
-                    Ok(tables) => wanted = tables,
+                dirty = false;
+                match source.load(config, local.as_ref().map(|(l, _)| l)) {
+                    Ok(Some(tables)) => wanted = Some(tables),
+                    Ok(None) => {}
                     Err(e) => tracing::error!("{e:#}; the last good state stays applied"),
                 }
             }
-            let request = match &pushed {
-                _ if rejected.as_ref() == Some(&wanted) => None,
-                None => Some(Request::FullSync { tables: wanted.clone() }),
-                Some(old) if *old != wanted => {
-                    let update = diff(old, &wanted);
+            if let Some((local, info)) = &local {
+                source.maintain(config, local, info);
+            }
+            let request = match (&pushed, &wanted) {
+                (_, None) => None,
+                (_, Some(wanted)) if rejected.as_ref() == Some(wanted) => None,
+                (None, Some(wanted)) => Some(Request::FullSync { tables: wanted.clone() }),
+                (Some(old), Some(wanted)) if old != wanted => {
+                    let update = diff(old, wanted);
                     (!update.is_empty()).then_some(Request::Update(update))
                 }
-                Some(_) => None,
+                (Some(_), Some(_)) => None,
             };
             let result = match request {
                 Some(request) => {
@@ -146,7 +302,7 @@ pub fn run(config: &AgentConfig, stop: impl Fn() -> bool) -> anyhow::Result<()> 
                             } else {
                                 tracing::info!(generation, "update applied");
                             }
-                            pushed = Some(wanted.clone());
+                            pushed = wanted.clone();
                             Ok(())
                         }
                         Ok(Response::Error(e)) if !full => {
@@ -157,9 +313,9 @@ pub fn run(config: &AgentConfig, stop: impl Fn() -> bool) -> anyhow::Result<()> 
                             Ok(())
                         }
                         Ok(Response::Error(e)) => {
-                            // The dataplane keeps the tables it had. Wait for the next edit.
+                            // The dataplane keeps the tables it had. Wait for the next change.
                             tracing::error!("the dataplane rejected the tables: {e}");
-                            rejected = Some(wanted.clone());
+                            rejected = wanted.clone();
                             Ok(())
                         }
                         Ok(other) => Err(anyhow::anyhow!("unexpected reply {other:?}")),
@@ -186,48 +342,56 @@ pub fn run(config: &AgentConfig, stop: impl Fn() -> bool) -> anyhow::Result<()> 
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use podlane_core::api::CniRecord;
     use podlane_core::table::{EndpointSpec, PodEdge};
 
-    fn endpoint(name: &str, ip: &str, interface: &str, edge: PodEdge) -> EndpointSpec {
-        EndpointSpec {
-            namespace: "shop".into(),
-            name: name.into(),
-            labels: [("app".to_owned(), name.to_owned())].into(),
-            ips: vec![ip.parse().unwrap()],
-            mac: "0a:58:0a:f4:01:07".parse().unwrap(),
-            interface: interface.into(),
-            edge,
-            ingress_policy: Some("ingress:shop/p".into()),
-            egress_policy: None,
+    use crate::cluster::Cluster;
+
+    const CLUSTER: &str = r#"
+nodes:
+  - {name: node-a, underlay: 192.168.99.1, vtepMAC: "0a:aa:00:00:00:01", podCIDR: 10.244.1.0/24}
+pods:
+  - {namespace: shop, name: web, labels: {app: web}, ip: 10.244.1.7, node: node-a}
+  - {namespace: shop, name: old, ip: 10.244.1.9, node: node-a}
+networkPolicies:
+  - metadata: {namespace: shop, name: p}
+    spec: {podSelector: {matchLabels: {app: web}}, ingress: [{}]}
+"#;
+
+    fn record(name: &str, ip: &str) -> CniRecord {
+        let netns = "/var/run/netns/p1".to_owned();
+        CniRecord {
+            container_id: format!("c-{name}"),
+            ifname: "eth0".into(),
+            netns: netns.clone(),
+            endpoint: EndpointSpec {
+                namespace: "shop".into(),
+                name: name.into(),
+                labels: Default::default(),
+                ips: vec![ip.parse().unwrap()],
+                mac: "0a:58:0a:f4:01:07".parse().unwrap(),
+                interface: "eth0".into(),
+                edge: PodEdge::Tap { netns },
+                ingress_policy: None,
+                egress_policy: None,
+            },
+            result: serde_json::Value::Null,
+            ipam: serde_json::Value::Null,
+            network: "podlane".into(),
         }
     }
 
     #[test]
-    fn wired_pods_join_the_tables_with_the_files_labels_and_policies() {
-        let mut tables = TableSpec::default();
-        tables.endpoints.push(endpoint("web", "10.244.1.7", "veth-web", PodEdge::Veth));
-        let tap = PodEdge::Tap { netns: "/var/run/netns/p1".into() };
-        let record = |e: EndpointSpec| CniRecord {
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-            netns: "/var/run/netns/p1".into(),
-            endpoint: e,
-            result: serde_json::Value::Null,
-            ipam: serde_json::Value::Null,
-            network: "podlane".into(),
-        };
-        let mut web = endpoint("web", "10.244.1.7", "eth0", tap.clone());
-        web.labels.clear();
-        web.ingress_policy = None;
-        let mut other = endpoint("api", "10.244.1.8", "eth0", tap.clone());
-        other.labels.clear();
-        merge_cni(&mut tables, &[record(web), record(other.clone())]);
-        assert_eq!(tables.endpoints.len(), 2);
-        let merged = &tables.endpoints[0];
-        assert_eq!((merged.interface.as_str(), &merged.edge), ("eth0", &tap));
-        assert_eq!(merged.ingress_policy.as_deref(), Some("ingress:shop/p"), "the file's policy");
-        assert_eq!(merged.labels.get("app").map(String::as_str), Some("web"));
-        assert_eq!(tables.endpoints[1], other, "a pod the file does not name: as wired");
+    fn wired_pods_are_endpoints_with_the_clusters_labels_and_policies() {
+        let cluster = Cluster::from_yaml(CLUSTER).unwrap();
+        let records = [record("web", "10.244.1.7"), record("api", "10.244.1.8")];
+        let tables = cluster.tables_for("node-a", &records).unwrap();
+        let keys: Vec<String> = tables.endpoints.iter().map(|e| e.key()).collect();
+        assert_eq!(keys, ["shop/web", "shop/api"], "shop/old is not wired: a policy peer only");
+        let web = &tables.endpoints[0];
+        assert!(matches!(web.edge, PodEdge::Tap { .. }), "wiring from the record");
+        assert_eq!(web.ingress_policy.as_deref(), Some("ingress:shop/p"), "the cluster's policy");
+        assert_eq!(web.labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(tables.endpoints[1], records[1].endpoint, "a pod the cluster does not name");
     }
 }

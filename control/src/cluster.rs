@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
 
+use podlane_core::api::CniRecord;
 use podlane_core::table::{
     Cidr, EndpointSpec, NodeSpec, PeerSpec, PolicySpec, PortProtocol, PortSpec, RuleSpec, TableSpec,
 };
@@ -54,6 +55,10 @@ pub struct Node {
     pub pod_cidr: Option<Cidr>,
     #[serde(default, rename = "podCIDRs")]
     pub pod_cidrs: Vec<Cidr>,
+    /// The node's own addresses on the overlay (Calico's `IPv4VXLANTunnelAddr`); default: the
+    /// first address of each pod CIDR, as Flannel has it.
+    #[serde(default, rename = "tunnelIPs")]
+    pub tunnel_ips: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -68,9 +73,13 @@ pub struct Pod {
     pub ip: Option<IpAddr>,
     #[serde(default)]
     pub ips: Vec<IpAddr>,
-    pub mac: MacAddr,
+    /// The pod's MAC and its interface on this node (the host-side veth). Omitted for a pod
+    /// `podlane-cni` wires: its record gives them.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
     pub node: String,
-    pub interface: String,
+    #[serde(default)]
+    pub interface: Option<String>,
     /// The pod's containers' ports, for NetworkPolicy's named ports.
     #[serde(default)]
     pub ports: Vec<ContainerPort>,
@@ -275,8 +284,14 @@ impl Cluster {
         labels
     }
 
-    /// The tables of node `node`.
-    pub fn tables_for(&self, node: &str) -> Result<TableSpec, String> {
+    /// The tables of node `node`, whose pods `podlane-cni` wired as `wired` records.
+    ///
+    /// A pod of this node is an endpoint when it is wired: by a record (its interface,
+    /// addresses and MAC from there, its labels and policies from here), or by the `mac` and
+    /// `interface` given here. One that is neither is not wired yet and only a policy peer.
+    /// A record whose pod is not described here is an endpoint as recorded, without labels
+    /// or policies.
+    pub fn tables_for(&self, node: &str, wired: &[CniRecord]) -> Result<TableSpec, String> {
         if !self.nodes.iter().any(|n| n.name == node) {
             return Err(format!("node {node:?} is not in the cluster's nodes"));
         }
@@ -290,7 +305,9 @@ impl Cluster {
             if !self.nodes.iter().any(|n| n.name == p.node) {
                 return Err(format!("pods: {} is on unknown node {:?}", p.key(), p.node));
             }
-            if p.addresses().is_empty() {
+            // A pod podlane-cni wired has the record's addresses before the API has them.
+            let recorded = || wired.iter().any(|r| r.endpoint.key() == p.key());
+            if p.addresses().is_empty() && !recorded() {
                 return Err(format!("pods: {} has no ip", p.key()));
             }
         }
@@ -303,25 +320,49 @@ impl Cluster {
                 vtep_mac: Some(n.vtep_mac),
                 next_hop_mac: None,
                 pod_cidrs: n.pod_cidr.into_iter().chain(n.pod_cidrs.iter().copied()).collect(),
-                tunnel_ips: Vec::new(),
+                tunnel_ips: n.tunnel_ips.clone(),
             })
             .collect();
         let mut policies: BTreeMap<String, PolicySpec> = BTreeMap::new();
         let mut endpoints = Vec::new();
         for pod in self.pods.iter().filter(|p| p.node == node) {
-            let ingress = self.policy_for(pod, Direction::Ingress, &mut policies)?;
-            let egress = self.policy_for(pod, Direction::Egress, &mut policies)?;
-            endpoints.push(EndpointSpec {
-                namespace: pod.namespace.clone(),
-                name: pod.name.clone(),
-                labels: pod.labels.clone(),
-                ips: pod.addresses(),
-                mac: pod.mac,
-                interface: pod.interface.clone(),
-                edge: Default::default(),
-                ingress_policy: ingress,
-                egress_policy: egress,
-            });
+            let record = wired.iter().find(|r| r.endpoint.key() == pod.key());
+            let mut endpoint = match (record, pod.mac, &pod.interface) {
+                (Some(record), _, _) => {
+                    let ips = pod.addresses();
+                    if !ips.is_empty() && record.endpoint.ips != ips {
+                        // Policies computed from this description's addresses name the old
+                        // ones until it says what the pod has.
+                        tracing::warn!(
+                            pod = pod.key(),
+                            "the cluster gives {ips:?}, podlane-cni wired {:?}: using the latter",
+                            record.endpoint.ips
+                        );
+                    }
+                    record.endpoint.clone()
+                }
+                (None, Some(mac), Some(interface)) => EndpointSpec {
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                    labels: BTreeMap::new(),
+                    ips: pod.addresses(),
+                    mac,
+                    interface: interface.clone(),
+                    edge: Default::default(),
+                    ingress_policy: None,
+                    egress_policy: None,
+                },
+                (None, _, _) => continue,
+            };
+            endpoint.labels = pod.labels.clone();
+            endpoint.ingress_policy = self.policy_for(pod, Direction::Ingress, &mut policies)?;
+            endpoint.egress_policy = self.policy_for(pod, Direction::Egress, &mut policies)?;
+            endpoints.push(endpoint);
+        }
+        for record in wired {
+            if !endpoints.iter().any(|e| e.key() == record.endpoint.key()) {
+                endpoints.push(record.endpoint.clone());
+            }
         }
         Ok(TableSpec {
             local_node: node.to_owned(),

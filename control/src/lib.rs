@@ -1,11 +1,13 @@
-//! podlane's control side: the agent that computes a node's tables from a cluster
-//! description and keeps the dataplane in step over its Unix socket, the operator CLI's
+//! podlane's control side: the agent that computes a node's tables from the cluster (a file
+//! or the Kubernetes API) and keeps the dataplane in step over its Unix socket, the operator CLI's
 //! client and output, and offline checks of tables files.
 //!
 //! * [`cluster`] — the cluster file (nodes, pods, namespaces, NetworkPolicies) and the
 //!   tables of one node computed from it.
 //! * [`diff`] — the minimal update between two sets of tables.
 //! * [`client`] — the control-socket client ([`podlane_core::api`] is the protocol).
+//! * [`kubernetes`] — the Kubernetes API as the cluster: watchers, the translation of its
+//!   objects, this node's annotations.
 //! * [`agent`] — `podlane agent`: full sync, watch, incremental updates, reconnects.
 //! * [`show`] — `podlane show`: tables and counters for people.
 //! * [`signals`] — SIGINT/SIGTERM as a request to stop.
@@ -16,6 +18,7 @@ pub mod agent;
 pub mod client;
 pub mod cluster;
 pub mod demo;
+pub mod kubernetes;
 
 pub mod diff;
 pub mod show;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use control::client::{Client, DEFAULT_SOCKET};
 use control::cluster::Cluster;
+use control::kubernetes::Connection;
 use control::{agent, show};
 use podlane_core::api::{Query, Request, Response};
 use podlane_core::table::TableSpec;
@@ -45,19 +46,32 @@ enum Command {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
     },
-    /// Keep a node's dataplane in step with a cluster file (docs/cluster.md): full sync,
-    /// then only what changes; re-sync when the dataplane restarts.
+    /// Keep a node's dataplane in step with the cluster — the Kubernetes API (--in-cluster,
+    /// --kubeconfig) or a cluster file (--cluster, docs/cluster.md): full sync, then only what
+    /// changes; re-sync when the dataplane restarts.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["cluster", "kubeconfig", "in_cluster"])))]
     Agent {
         /// The cluster description (YAML).
         #[arg(long, value_name = "FILE")]
-        cluster: PathBuf,
-        /// This node's name in the cluster file.
+        cluster: Option<PathBuf>,
+        /// Watch the Kubernetes API with this kubeconfig (its current context).
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
+        /// Watch the Kubernetes API as the pod's service account (in a DaemonSet).
+        #[arg(long)]
+        in_cluster: bool,
+        /// This node's name (in the cluster file; its Node object's name).
         #[arg(long, value_name = "NAME")]
         node: String,
         /// podlane-cni's state directory: the pods it wired on this node are kept in the
         /// tables (its `stateDir`).
         #[arg(long, value_name = "DIR", default_value = "/run/podlane/cni")]
         cni_state_dir: PathBuf,
+        /// With the Kubernetes API: write the CNI network configuration for this node (its
+        /// pod CIDRs, the dataplane's pod MTU) to this file, e.g.
+        /// /etc/cni/net.d/10-podlane.conflist. The runtime starts pods once it exists.
+        #[arg(long, value_name = "FILE", conflicts_with = "cluster")]
+        write_cni_config: Option<PathBuf>,
     },
     /// Show what the dataplane holds.
     Show {
@@ -111,10 +125,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: tables valid\n{summary}", file.display());
             Ok(())
         }
-        Command::Agent { cluster, node, cni_state_dir } => {
+        Command::Agent {
+            cluster,
+            kubeconfig,
+            in_cluster,
+            node,
+            cni_state_dir,
+            write_cni_config,
+        } => {
             let stop = control::signals::stop_on_signals()?;
+            let source = match (cluster, kubeconfig, in_cluster) {
+                (Some(file), _, _) => agent::ClusterSource::File(file),
+                (None, Some(path), _) => agent::ClusterSource::Kubernetes {
+                    connection: Connection::Kubeconfig(path),
+                    conflist: write_cni_config,
+                },
+                (None, None, _) => agent::ClusterSource::Kubernetes {
+                    connection: Connection::InCluster,
+                    conflist: write_cni_config,
+                },
+            };
             let config =
-                agent::AgentConfig { cluster, node, socket: cli.socket, cni_state: cni_state_dir };
+                agent::AgentConfig { source, node, socket: cli.socket, cni_state: cni_state_dir };
             agent::run(&config, || stop.requested())
         }
         Command::Demo { dataplane } => {
@@ -161,7 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apply { file, node } => {
             let tables = match node {
                 Some(node) => Cluster::from_file(&file)?
-                    .tables_for(&node)
+                    .tables_for(&node, &[])
                     .map_err(|e| anyhow::anyhow!("cluster file {}: {e}", file.display()))?,
                 None => TableSpec::from_json_file(&file)?,
             };

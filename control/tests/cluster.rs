@@ -51,7 +51,7 @@ networkPolicies:
 #[test]
 fn node_tables_follow_networkpolicy_semantics() {
     let cluster = Cluster::from_yaml(CLUSTER).unwrap();
-    let tables = cluster.tables_for("node-a").unwrap();
+    let tables = cluster.tables_for("node-a", &[]).unwrap();
     Snapshot::build(&tables, 1).expect("the computed tables validate");
     assert_eq!(tables.nodes.len(), 2);
     assert_eq!(
@@ -96,7 +96,7 @@ fn node_tables_follow_networkpolicy_semantics() {
     // The rule whose peers select no pod allows nothing: it is left out, not "everyone".
     assert!(egress.rules.is_empty());
 
-    let b = cluster.tables_for("node-b").unwrap();
+    let b = cluster.tables_for("node-b", &[]).unwrap();
     // db is in prod, selected by deny-egress; tool (dev) is selected by nothing.
     assert_eq!(b.endpoints[0].egress_policy.as_deref(), Some("egress:prod/deny-egress"));
     assert_eq!(b.endpoints[1].ingress_policy, None);
@@ -118,27 +118,27 @@ fn bad_files_name_the_line_or_the_entry() {
     // A named port that no container port resolves allows nothing for that entry and breaks
     // nothing: the rule keeps its other port.
     let named = CLUSTER.replace("- {port: 80}", "- {port: http}");
-    let tables = Cluster::from_yaml(&named).unwrap().tables_for("node-a").unwrap();
+    let tables = Cluster::from_yaml(&named).unwrap().tables_for("node-a", &[]).unwrap();
     let web = tables.policies.iter().find(|p| p.name == "ingress:prod/web-ingress@prod/web");
     let ports: Vec<_> = web.unwrap().rules.iter().flat_map(|r| &r.ports).map(|p| p.port).collect();
     assert_eq!(ports, [Some(5000)]);
     let protocol = CLUSTER.replace("protocol: UDP", "protocol: ICMP");
-    let e = Cluster::from_yaml(&protocol).unwrap().tables_for("node-a").unwrap_err();
+    let e = Cluster::from_yaml(&protocol).unwrap().tables_for("node-a", &[]).unwrap_err();
     assert!(e.contains("networkPolicies prod/web-ingress: unknown protocol \"ICMP\""), "{e}");
     let op = CLUSTER.replace("operator: In", "operator: Within");
-    let e = Cluster::from_yaml(&op).unwrap().tables_for("node-a").unwrap_err();
+    let e = Cluster::from_yaml(&op).unwrap().tables_for("node-a", &[]).unwrap_err();
     assert!(e.contains("unknown selector operator \"Within\""), "{e}");
     let orphan =
         CLUSTER.replace("node: node-b, interface: veth-db", "node: node-z, interface: veth-db");
-    let e = Cluster::from_yaml(&orphan).unwrap().tables_for("node-a").unwrap_err();
+    let e = Cluster::from_yaml(&orphan).unwrap().tables_for("node-a", &[]).unwrap_err();
     assert!(e.contains("prod/db is on unknown node \"node-z\""), "{e}");
-    let e = Cluster::from_yaml(CLUSTER).unwrap().tables_for("node-q").unwrap_err();
+    let e = Cluster::from_yaml(CLUSTER).unwrap().tables_for("node-q", &[]).unwrap_err();
     assert!(e.contains("node \"node-q\" is not in the cluster"), "{e}");
 }
 
 #[test]
 fn an_edit_produces_the_minimal_update() {
-    let before = Cluster::from_yaml(CLUSTER).unwrap().tables_for("node-a").unwrap();
+    let before = Cluster::from_yaml(CLUSTER).unwrap().tables_for("node-a", &[]).unwrap();
     assert!(diff(&before, &before).is_empty(), "no edit, no update");
 
     // A new pod on node-a that no policy's peers select (it is in prod, so deny-egress
@@ -147,7 +147,7 @@ fn an_edit_produces_the_minimal_update() {
         "  - {namespace: dev, name: tool,",
         "  - {namespace: prod, name: new, ip: 10.244.1.9, mac: \"0a:58:0a:f4:01:09\", node: node-a, interface: veth-new}\n  - {namespace: dev, name: tool,",
     );
-    let after = Cluster::from_yaml(&added).unwrap().tables_for("node-a").unwrap();
+    let after = Cluster::from_yaml(&added).unwrap().tables_for("node-a", &[]).unwrap();
     let update = diff(&before, &after);
     assert_eq!(update.upsert_endpoints.iter().map(|e| e.key()).collect::<Vec<_>>(), ["prod/new"]);
     assert_eq!(
@@ -164,7 +164,7 @@ fn an_edit_produces_the_minimal_update() {
     // A pod on another node changes address: node-a's tables see only the web-ingress peer
     // set change (db is a selected peer), nothing else.
     let moved = CLUSTER.replace("ip: 10.244.2.2,", "ip: 10.244.2.7,");
-    let after = Cluster::from_yaml(&moved).unwrap().tables_for("node-a").unwrap();
+    let after = Cluster::from_yaml(&moved).unwrap().tables_for("node-a", &[]).unwrap();
     let update = diff(&before, &after);
     assert_eq!(
         update.upsert_policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
@@ -176,7 +176,7 @@ fn an_edit_produces_the_minimal_update() {
     let mut cluster = Cluster::from_yaml(CLUSTER).unwrap();
     cluster.nodes.retain(|n| n.name != "node-b");
     cluster.pods.retain(|p| p.node != "node-b");
-    let after = cluster.tables_for("node-a").unwrap();
+    let after = cluster.tables_for("node-a", &[]).unwrap();
     let update = diff(&before, &after);
     assert_eq!(update.delete_nodes, ["node-b"]);
     assert_eq!(update.upsert_policies.len(), 1);
@@ -223,7 +223,7 @@ networkPolicies:
 #[test]
 fn named_ports_resolve_against_container_ports() {
     let cluster = Cluster::from_yaml(NAMED_PORTS).unwrap();
-    let tables = cluster.tables_for("node-a").unwrap();
+    let tables = cluster.tables_for("node-a", &[]).unwrap();
     Snapshot::build(&tables, 1).expect("the computed tables validate");
     let policy = |name: &str| tables.policies.iter().find(|p| p.name == name).unwrap();
     let ports = |name: &str| -> Vec<(PortProtocol, Option<u16>, usize)> {

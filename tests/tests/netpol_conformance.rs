@@ -174,7 +174,7 @@ fn render(spots: &[Spot], m: &BTreeMap<Probe, bool>) -> String {
 fn wait_applied(text: &str, sockets: &[&Path]) {
     let cluster = Cluster::from_yaml(text).expect("the case's cluster file parses");
     for (i, socket) in sockets.iter().enumerate() {
-        let expected = cluster.tables_for(NODES[i].0).expect("the case's tables compute");
+        let expected = cluster.tables_for(NODES[i].0, &[]).expect("the case's tables compute");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let held = Client::connect(socket, "netpol-conformance")
