@@ -6,6 +6,9 @@
 //! A test that needs a tool which is missing fails under CI (`CI` set in the environment) or
 //! `scripts/test`, and otherwise skips with a loud message naming the command that installs it.
 
+pub mod apiserver;
+pub mod cni;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;

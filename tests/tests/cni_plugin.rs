@@ -16,13 +16,13 @@
 //! * DEL after a "reboot" (namespace and state directory gone) releases the address.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use control::client::Client;
 use podlane_core::api::{Query, Request, Response};
 use podlane_core::table::PodEdge;
+use podlane_tests::cni::{Container, Runtime};
 use podlane_tests::{require_program, require_root};
-use serde_json::{Value, json};
+use serde_json::json;
 use testbed::kernel::{self, RemoteNode};
 use testbed::podlane::Dataplane;
 use testbed::{Netns, Pod, ScratchDir, binary, link, podlane, tables};
@@ -31,104 +31,6 @@ const NODE_A: &str = "192.168.86.1";
 const NODE_B: &str = "192.168.86.2";
 const VTEP_A: &str = "0a:aa:00:00:00:01";
 const VTEP_B: &str = "0a:bb:00:00:00:01";
-
-/// The runtime's side: where plugins are, and node A's namespace they run in.
-struct Runtime<'a> {
-    node: &'a Netns,
-    cni_path: String,
-}
-
-/// One attachment: a container's sandbox and interface.
-struct Container {
-    id: String,
-    netns: String,
-    args: String,
-}
-
-impl Runtime<'_> {
-    /// Runs `plugin` for `command` with `conf` on stdin: its exit status and stdout as JSON
-    /// (`Null` when it printed nothing).
-    fn exec(&self, plugin: &str, command: &str, conf: &Value, c: &Container) -> (bool, Value) {
-        let program = std::env::split_paths(&self.cni_path)
-            .map(|dir| dir.join(plugin))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| panic!("{plugin} not in {}", self.cni_path));
-        let mut child = self
-            .node
-            .command(&program)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &c.id)
-            .env("CNI_NETNS", &c.netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_ARGS", &c.args)
-            .env("CNI_PATH", &self.cni_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run the plugin");
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let value = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{plugin} {command}: {e}: {text}"))
-        };
-        if !out.status.success() {
-            eprintln!("{plugin} {command}: {value} {}", String::from_utf8_lossy(&out.stderr));
-        }
-        (out.status.success(), value)
-    }
-
-    /// The configuration a runtime gives plugin `i` of `list`.
-    fn plugin_conf(list: &Value, i: usize, prev: Option<&Value>) -> Value {
-        let mut conf = list["plugins"][i].clone();
-        conf["name"] = list["name"].clone();
-        conf["cniVersion"] = list["cniVersion"].clone();
-        if let Some(prev) = prev {
-            conf["prevResult"] = prev.clone();
-        }
-        conf
-    }
-
-    /// ADD through the chain: each plugin gets the previous one's result.
-    fn add(&self, list: &Value, c: &Container) -> Result<Value, Value> {
-        let mut prev: Option<Value> = None;
-        for i in 0..list["plugins"].as_array().unwrap().len() {
-            let conf = Self::plugin_conf(list, i, prev.as_ref());
-            let plugin = conf["type"].as_str().unwrap().to_owned();
-            let (ok, result) = self.exec(&plugin, "ADD", &conf, c);
-            if !ok {
-                return Err(result);
-            }
-            prev = Some(result);
-        }
-        Ok(prev.unwrap_or(Value::Null))
-    }
-
-    /// DEL through the chain in reverse, with the cached result as `prevResult`.
-    fn del(&self, list: &Value, c: &Container, cached: Option<&Value>) -> bool {
-        let mut ok = true;
-        for i in (0..list["plugins"].as_array().unwrap().len()).rev() {
-            let conf = Self::plugin_conf(list, i, cached);
-            let plugin = conf["type"].as_str().unwrap().to_owned();
-            ok &= self.exec(&plugin, "DEL", &conf, c).0;
-        }
-        ok
-    }
-
-    /// A command to the first plugin alone (CHECK, STATUS, GC, VERSION).
-    fn single(&self, list: &Value, command: &str, c: &Container, extra: Value) -> (bool, Value) {
-        let mut conf = Self::plugin_conf(list, 0, None);
-        if let (Some(conf), Some(extra)) = (conf.as_object_mut(), extra.as_object()) {
-            conf.extend(extra.clone());
-        }
-        self.exec("podlane-cni", command, &conf, c)
-    }
-}
 
 fn endpoint_keys(socket: &Path) -> Vec<(String, PodEdge)> {
     let mut client = Client::connect(socket, "cni_plugin").expect("control socket");

@@ -46,6 +46,20 @@ pub fn vxlan_node(
     overlay_ip: &str,
     remote: &RemoteNode<'_>,
 ) -> anyhow::Result<()> {
+    vxlan_device(node, profile, uplink, local, vtep_mac, overlay_ip)?;
+    add_remote(node, profile, remote)
+}
+
+/// [`vxlan_node`] before it knows any remote node: the device alone, as the CNI's agent
+/// creates it at start, and the forwarding settings. Remote nodes come with [`add_remote`].
+pub fn vxlan_device(
+    node: &Netns,
+    profile: KernelProfile,
+    uplink: &str,
+    local: &str,
+    vtep_mac: &str,
+    overlay_ip: &str,
+) -> anyhow::Result<()> {
     node.sysctl(&[
         "net.ipv4.ip_forward=1",
         "net.ipv4.conf.all.rp_filter=0",
@@ -71,7 +85,7 @@ pub fn vxlan_node(
     node.ip(&["link", "set", profile.device, "address", vtep_mac])?;
     node.ip(&["addr", "add", &format!("{overlay_ip}/32"), "dev", profile.device])?;
     node.ip(&["link", "set", profile.device, "up"])?;
-    add_remote(node, profile, remote)
+    Ok(())
 }
 
 /// Programs `node`'s vxlan device for one more remote node: an onlink route to its pod CIDR

@@ -12,7 +12,8 @@
 //!   it, and pods wired into such a node.
 //! * [`pod`] — pods wired as Calico wires them (what podlane serves), and traffic between any
 //!   two endpoints: ping, TCP and UDP with digests.
-//! * [`podlane`] — `podlane-dataplane` and `podlane agent` running inside a node namespace.
+//! * [`podlane`] — `podlane-dataplane` inside a node namespace, and `podlane agent` beside it (on a
+//!   cluster file or a Kubernetes API server).
 //! * [`process`] — child processes that are stopped when dropped, and finding the
 //!   workspace's binaries.
 //! * [`capture`] — tshark captures on an interface of a namespace.

@@ -121,3 +121,18 @@ pub fn agent_binary(
     command.arg("--socket").arg(socket).args(["agent", "--node", node, "--cluster"]).arg(cluster);
     Service::start("podlane agent", command, log)
 }
+
+/// `podlane agent` watching a Kubernetes API server through `kubeconfig`, plus `args` after
+/// `agent` (`--cni-state-dir DIR`, `--write-cni-config FILE`).
+pub fn agent_kubernetes(
+    node: &str,
+    socket: &Path,
+    kubeconfig: &Path,
+    log: &Path,
+    args: &[&str],
+) -> anyhow::Result<Service> {
+    let mut command = std::process::Command::new(binary("podlane"));
+    command.arg("--socket").arg(socket).args(["agent", "--node", node, "--kubeconfig"]);
+    command.arg(kubeconfig).args(args);
+    Service::start("podlane agent", command, log)
+}
