@@ -788,6 +788,88 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 mod tests {
     use super::*;
 
+    /// One request over a fresh connection, as a client that then closes its side: the
+    /// status and the body (chunks joined).
+    fn raw(server: &FakeApiServer, path: &str, token: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(server.address).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: fake\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = if head.contains("Transfer-Encoding: chunked") {
+            // Each chunk: its size in hex, CRLF, the data, CRLF.
+            let mut joined = String::new();
+            let mut rest = body;
+            while let Some((size, after)) = rest.split_once("\r\n") {
+                let size = usize::from_str_radix(size, 16).unwrap();
+                if size == 0 {
+                    break;
+                }
+                joined.push_str(&after[..size]);
+                rest = &after[size + 2..];
+            }
+            joined
+        } else {
+            body.to_owned()
+        };
+        (code, body)
+    }
+
+    fn namespace(name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    }
+
+    #[test]
+    fn lists_page_on_a_snapshot_and_expire_with_the_history() {
+        let server = FakeApiServer::start("t").unwrap();
+        for name in ["a", "b", "c"] {
+            server.put(namespace(name)).unwrap();
+        }
+        let (code, body) = raw(&server, "/api/v1/namespaces?limit=2", "t");
+        assert_eq!(code, 200);
+        let page: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(page["kind"], "NamespaceList");
+        assert_eq!(page["items"].as_array().unwrap().len(), 2);
+        assert!(page["items"][0].get("kind").is_none(), "list items carry no kind");
+        assert_eq!(page["metadata"]["remainingItemCount"], 1);
+        let token = page["metadata"]["continue"].as_str().unwrap().to_owned();
+        server.put(namespace("d")).unwrap();
+        let (_, body) = raw(&server, &format!("/api/v1/namespaces?limit=2&continue={token}"), "t");
+        let rest: Value = serde_json::from_str(&body).unwrap();
+        let names: Vec<&str> = rest["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["c"], "the snapshot of the first page, not d");
+        assert_eq!(rest["metadata"]["resourceVersion"], page["metadata"]["resourceVersion"]);
+        let version = page["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
+        server.expire_history();
+        let (code, body) =
+            raw(&server, &format!("/api/v1/namespaces?limit=2&continue={token}"), "t");
+        assert_eq!(code, 410, "{body}");
+        let (code, body) =
+            raw(&server, &format!("/api/v1/namespaces?watch=true&resourceVersion={version}"), "t");
+        assert_eq!(code, 200, "a watch too old is answered in its stream");
+        let event: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
+        assert_eq!(
+            (event["type"].as_str(), event["object"]["code"].as_u64()),
+            (Some("ERROR"), Some(410))
+        );
+        assert_eq!(event["object"]["reason"], "Expired");
+        let (code, _) = raw(&server, "/api/v1/namespaces", "wrong");
+        assert_eq!(code, 401);
+        let (code, _) = raw(&server, "/api/v1/secrets", "t");
+        assert_eq!(code, 404);
+    }
+
     #[test]
     fn merge_patch_follows_rfc_7386() {
         let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}});
