@@ -24,7 +24,8 @@
 //!
 //! Tests change the objects with [`FakeApiServer::put`] and [`FakeApiServer::delete`],
 //! expire history with [`FakeApiServer::expire_history`], cut every watch with
-//! [`FakeApiServer::drop_watches`], and read every request made ([`FakeApiServer::requests`])
+//! [`FakeApiServer::drop_watches`], make it go away for a while
+//! ([`FakeApiServer::set_unavailable`]), and read every request made ([`FakeApiServer::requests`])
 //! to check the RBAC rules against what the agent really called.
 
 use std::collections::{BTreeMap, HashMap};
@@ -103,7 +104,7 @@ pub struct Call {
     pub name: Option<String>,
     /// The query, for checking what a watcher asked for.
     pub query: BTreeMap<String, String>,
-    /// The HTTP status of the answer.
+    /// The HTTP status of the answer; 0 when the connection was closed unanswered.
     pub status: u16,
 }
 
@@ -129,6 +130,8 @@ struct Shared {
     state: Mutex<State>,
     changed: Condvar,
     stop: AtomicBool,
+    /// Every request's connection closed unanswered, as by an API server that is restarting.
+    unavailable: AtomicBool,
     token: String,
 }
 
@@ -150,6 +153,7 @@ impl FakeApiServer {
             state: Mutex::new(State { revision: 100, ..State::default() }),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
+            unavailable: AtomicBool::new(false),
             token: token.to_owned(),
         });
         let accept = shared.clone();
@@ -261,6 +265,13 @@ impl FakeApiServer {
     pub fn drop_watches(&self) {
         self.shared.state.lock().unwrap().watch_epoch += 1;
         self.shared.changed.notify_all();
+    }
+
+    /// Makes the server close every request's connection unanswered and end every watch
+    /// (`true`), as one that is restarting, or serve again (`false`).
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.shared.unavailable.store(unavailable, Ordering::Release);
+        self.drop_watches();
     }
 
     /// Every request so far.
@@ -490,6 +501,13 @@ fn handle(stream: &mut TcpStream, shared: &Shared, request: Request) -> bool {
         .get("authorization")
         .is_some_and(|a| a.strip_prefix("Bearer ") == Some(shared.token.as_str()));
     let record = |call: Call| shared.state.lock().unwrap().calls.push(call);
+    if shared.unavailable.load(Ordering::Acquire) {
+        // No answer: the connection is closed, as by a server that went away mid-restart.
+        // (A 503 would not do: kube's client retries those itself, 15 times.)
+        call.status = 0;
+        record(call);
+        return false;
+    }
     if !authorized {
         call.status = 401;
         record(call);
@@ -711,7 +729,10 @@ fn watch(
                 return;
             }
         }
-        if Instant::now() >= deadline || shared.stop.load(Ordering::Acquire) {
+        if Instant::now() >= deadline
+            || shared.stop.load(Ordering::Acquire)
+            || shared.unavailable.load(Ordering::Acquire)
+        {
             break;
         }
         state = shared.state.lock().unwrap();

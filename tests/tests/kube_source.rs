@@ -13,7 +13,8 @@
 //! * A NetworkPolicy created through the API isolates the pod; another allows node B's pod.
 //! * The watches are cut: they resume from their version, without a new list. The history is
 //!   compacted and the watches cut: the watchers get 410 Gone, list again, and a deletion
-//!   made afterwards takes effect.
+//!   made afterwards takes effect. The API server goes away for a while (connections closed
+//!   unanswered): the watchers back off, come back, and a change made meanwhile takes effect.
 //! * Every request the agent made is one that deploy/rbac.yaml allows, and every rule there
 //!   was used.
 
@@ -242,7 +243,7 @@ fn kube_source() -> anyhow::Result<()> {
     };
     let lists_before = count_lists(&api);
     api.drop_watches();
-    api.put(allow)?;
+    api.put(allow.clone())?;
     assert!(
         until_tables(&socket, |t| ingress_policy_of(t, "shop/web")
             .is_some_and(|p| p.contains("allow-client"))),
@@ -263,6 +264,22 @@ fn kube_source() -> anyhow::Result<()> {
         logs(&agent, &daemon)
     );
     assert!(b1.ping_until(&ip, false), "b1 shut out again\n{}", logs(&agent, &daemon));
+
+    // The API server away for a while: the watchers back off and come back, and what changed
+    // meanwhile arrives.
+    api.set_unavailable(true);
+    agent.wait_for("watch failed", 1)?;
+    api.put(allow.clone())?;
+    std::thread::sleep(Duration::from_secs(2));
+    api.set_unavailable(false);
+    agent.wait_for("watching again", 1)?;
+    assert!(
+        until_tables(&socket, |t| ingress_policy_of(t, "shop/web")
+            .is_some_and(|p| p.contains("allow-client"))),
+        "a change made while the API server was away\n{}",
+        logs(&agent, &daemon)
+    );
+    assert!(b1.ping_until(&ip, true), "{}", logs(&agent, &daemon));
     assert!(count_lists(&api) > lists_before, "no relist after 410");
     let calls = api.requests();
     assert!(
@@ -276,6 +293,7 @@ fn kube_source() -> anyhow::Result<()> {
 
     // Every request was allowed by deploy/rbac.yaml, and every rule was used.
     assert!(calls.iter().all(|c| c.status != 401), "all requests authenticated");
+    assert!(calls.iter().any(|c| c.status == 0), "the outage was seen");
     let made: BTreeSet<(String, String, String)> = calls
         .iter()
         .map(|c| {

@@ -87,6 +87,7 @@ fn metrics() -> anyhow::Result<()> {
     let (samples, types) = parse(&body);
     for (family, kind) in [
         ("podlane_forward_count", "counter"),
+        ("podlane_forward_bytes", "counter"),
         ("podlane_drop_count", "counter"),
         ("podlane_interface_packets", "counter"),
         ("podlane_pod_packets", "counter"),
@@ -100,6 +101,12 @@ fn metrics() -> anyhow::Result<()> {
     }
     let value = |series: &str| samples.get(series).copied().unwrap_or(-1.0);
     assert!(value("podlane_forward_count_total{direction=\"local\"}") >= 10.0, "{body}");
+    // At least the 42 bytes of the smallest frame each (these are pings: 98).
+    assert!(
+        value("podlane_forward_bytes_total{direction=\"local\"}")
+            >= 42.0 * value("podlane_forward_count_total{direction=\"local\"}"),
+        "{body}"
+    );
     assert!(
         value("podlane_pod_packets_total{pod=\"default/p1\",direction=\"from_pod\"}") >= 5.0,
         "{body}"

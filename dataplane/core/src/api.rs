@@ -233,6 +233,18 @@ pub struct WorkerCounters {
     pub reply: u64,
     /// Frames handed to the host interface.
     pub host: u64,
+    /// Bytes of the frames of each verdict, as the verdict leaves them (encap: with the
+    /// outer headers; a TAP pod's super-packet whole).
+    #[serde(default)]
+    pub encap_bytes: u64,
+    #[serde(default)]
+    pub decap_bytes: u64,
+    #[serde(default)]
+    pub local_bytes: u64,
+    #[serde(default)]
+    pub reply_bytes: u64,
+    #[serde(default)]
+    pub host_bytes: u64,
     /// Of `reply`, ICMP errors sent to pods (time exceeded, too big).
     #[serde(default)]
     pub icmp_errors: u64,

@@ -199,6 +199,19 @@ impl Collector for Podlane {
         )?;
         counter(
             e,
+            "podlane_forward_bytes",
+            "Bytes forwarded, by direction (the frames as the verdict leaves them)",
+            [
+                ("encap", sum(|w| w.encap_bytes)),
+                ("decap", sum(|w| w.decap_bytes)),
+                ("local", sum(|w| w.local_bytes)),
+                ("reply", sum(|w| w.reply_bytes)),
+                ("host", sum(|w| w.host_bytes)),
+            ]
+            .map(|(d, n)| (vec![("direction", d.to_owned())], n)),
+        )?;
+        counter(
+            e,
             "podlane_receive_count",
             "Frames received by the pipelines",
             [(vec![], sum(|w| w.rx_frames))],

@@ -410,6 +410,13 @@ pub struct Counters {
     pub local: u64,
     pub reply: u64,
     pub host: u64,
+    /// Bytes of the frames of each verdict above, as the verdict leaves them (an encapsulated
+    /// frame with its outer headers; a super-packet whole).
+    pub encap_bytes: u64,
+    pub decap_bytes: u64,
+    pub local_bytes: u64,
+    pub reply_bytes: u64,
+    pub host_bytes: u64,
     pub drops: [u64; DropReason::COUNT],
     /// Of `reply`, the ICMP errors (time exceeded, fragmentation needed, packet too big).
     pub icmp_errors: u64,
@@ -428,6 +435,11 @@ impl Default for Counters {
             local: 0,
             reply: 0,
             host: 0,
+            encap_bytes: 0,
+            decap_bytes: 0,
+            local_bytes: 0,
+            reply_bytes: 0,
+            host_bytes: 0,
             drops: [0; DropReason::COUNT],
             icmp_errors: 0,
             returned_via_host: 0,
@@ -436,16 +448,22 @@ impl Default for Counters {
 }
 
 impl Counters {
+    /// Counts a verdict, and the `bytes` of the frame it leaves.
     #[inline]
-    fn record(&mut self, verdict: Verdict) {
-        match verdict {
-            Verdict::Encap => self.encap += 1,
-            Verdict::Decap(_) => self.decap += 1,
-            Verdict::Local(_) => self.local += 1,
-            Verdict::Reply => self.reply += 1,
-            Verdict::Host => self.host += 1,
-            Verdict::Drop(reason) => self.drops[reason as usize] += 1,
-        }
+    fn record(&mut self, verdict: Verdict, bytes: usize) {
+        let (frames, total) = match verdict {
+            Verdict::Encap => (&mut self.encap, &mut self.encap_bytes),
+            Verdict::Decap(_) => (&mut self.decap, &mut self.decap_bytes),
+            Verdict::Local(_) => (&mut self.local, &mut self.local_bytes),
+            Verdict::Reply => (&mut self.reply, &mut self.reply_bytes),
+            Verdict::Host => (&mut self.host, &mut self.host_bytes),
+            Verdict::Drop(reason) => {
+                self.drops[reason as usize] += 1;
+                return;
+            }
+        };
+        *frames += 1;
+        *total += bytes as u64;
     }
 
     /// Count of drops for one reason.
@@ -466,6 +484,11 @@ impl Counters {
         self.local += other.local;
         self.reply += other.reply;
         self.host += other.host;
+        self.encap_bytes += other.encap_bytes;
+        self.decap_bytes += other.decap_bytes;
+        self.local_bytes += other.local_bytes;
+        self.reply_bytes += other.reply_bytes;
+        self.host_bytes += other.host_bytes;
         for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
             *a += b;
         }
@@ -692,7 +715,7 @@ impl Pipeline {
                 self.counters.rx_frames += 1;
                 self.counters.rx_bytes += frame.len() as u64;
                 let verdict = Verdict::Drop(DropReason::BadSuperPacket);
-                self.counters.record(verdict);
+                self.counters.record(verdict, frame.len());
                 return verdict;
             }
         };
@@ -731,7 +754,7 @@ impl Pipeline {
                 None => Verdict::Drop(DropReason::UnknownIngress),
             },
         };
-        self.counters.record(verdict);
+        self.counters.record(verdict, frame.len());
         verdict
     }
 }

@@ -191,6 +191,8 @@ fn encap_ipv4_matches_the_kernel_format() {
     assert_eq!((iudp.source_port(), iudp.destination_port()), (5000, 53));
     assert_eq!(iudp.payload(), b"hello");
     assert_eq!(p.counters().encap, 1);
+    assert_eq!(p.counters().encap_bytes, out.len() as u64, "bytes as they leave: encapsulated");
+    assert_eq!(p.counters().rx_bytes, frame.len() as u64);
 }
 
 #[test]
