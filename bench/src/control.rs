@@ -218,7 +218,7 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Re
 
 fn sync(client: &mut Client, tables: TableSpec) -> anyhow::Result<()> {
     match client.request(&Request::FullSync { tables })? {
-        Response::Ack { .. } => Ok(()),
+        Response::Ack { rejected, .. } if rejected.is_empty() => Ok(()),
         other => anyhow::bail!("full sync refused: {other:?}"),
     }
 }

@@ -11,7 +11,9 @@
 //! registers and removes its pods itself, so an update the dataplane refuses because it
 //! already did (an upsert done, a deletion of what is gone) is followed by a full sync, which
 //! settles any such race. An invalid edit is logged with the file, line or field, and the
-//! last good state stays applied. When the connection breaks — the dataplane restarted or
+//! last good state stays applied. Entries the dataplane leaves out (an address two pods
+//! briefly share, a node it cannot validate) are logged, the rest applies, and the next change
+//! is pushed as a full sync, which retries them. When the connection breaks — the dataplane restarted or
 //! went away — the agent reconnects with exponential backoff (100 ms to 5 s) and syncs from
 //! scratch.
 //!
@@ -259,8 +261,11 @@ pub fn run(config: &AgentConfig, stop: impl Fn() -> bool) -> anyhow::Result<()> 
         let mut dirty = local.is_some();
         // What the dataplane holds from us; `None` until a full sync is accepted.
         let mut pushed: Option<TableSpec> = None;
-        // Tables the dataplane refused: not retried until a source changes again.
+        // Tables the dataplane refused whole: not retried until a source changes again.
         let mut rejected: Option<TableSpec> = None;
+        // Whether the dataplane left entries of what was pushed out: then `pushed` is not what
+        // it holds, and the next change is pushed as a full sync, which retries them.
+        let mut partial = false;
         let mut last_check = Instant::now();
         loop {
             if stop() {
@@ -283,6 +288,9 @@ pub fn run(config: &AgentConfig, stop: impl Fn() -> bool) -> anyhow::Result<()> 
                 (_, None) => None,
                 (_, Some(wanted)) if rejected.as_ref() == Some(wanted) => None,
                 (None, Some(wanted)) => Some(Request::FullSync { tables: wanted.clone() }),
+                (Some(old), Some(wanted)) if old != wanted && partial => {
+                    Some(Request::FullSync { tables: wanted.clone() })
+                }
                 (Some(old), Some(wanted)) if old != wanted => {
                     let update = diff(old, wanted);
                     (!update.is_empty()).then_some(Request::Update(update))
@@ -293,7 +301,11 @@ pub fn run(config: &AgentConfig, stop: impl Fn() -> bool) -> anyhow::Result<()> 
                 Some(request) => {
                     let full = matches!(request, Request::FullSync { .. });
                     match client.request(&request) {
-                        Ok(Response::Ack { generation }) => {
+                        Ok(Response::Ack { generation, rejected: left_out }) => {
+                            for entry in &left_out {
+                                tracing::warn!("the dataplane left out {entry}");
+                            }
+                            partial = !left_out.is_empty() || (partial && !full);
                             if full {
                                 tracing::info!(generation, "full sync applied");
                                 if let Err(e) = client.request(&Request::InSync) {

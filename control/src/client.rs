@@ -7,6 +7,10 @@ use std::path::Path;
 
 use podlane_core::api::{self, PROTOCOL_VERSION, Request, Response};
 
+/// How long one request may wait for the dataplane (a full sync of thousands of nodes takes
+/// well under a second).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The default socket path (the dataplane's `--control-socket` default).
 pub const DEFAULT_SOCKET: &str = "/run/podlane/dataplane.sock";
 
@@ -28,6 +32,10 @@ impl Client {
                 path.display()
             )
         })?;
+        // A dataplane that stops answering (stopped, stuck) must not hang the agent or a
+        // command: every read and write gives up after this long.
+        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
         let reader = BufReader::new(stream.try_clone()?);
         let mut client = Client { stream, reader, node: String::new(), generation: 0 };
         match client

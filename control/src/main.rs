@@ -177,10 +177,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             let text = match (what, response) {
-                (What::Nodes, Response::Tables { tables, .. }) => show::nodes(&tables),
-                (What::Endpoints, Response::Tables { tables, .. }) => show::endpoints(&tables),
+                (What::Nodes, Response::Tables { tables, rejected, .. }) => {
+                    show::nodes(&tables) + &show::rejected(&rejected)
+                }
+                (What::Endpoints, Response::Tables { tables, rejected, .. }) => {
+                    show::endpoints(&tables) + &show::rejected(&rejected)
+                }
                 (What::Routes, Response::Tables { tables, .. }) => show::routes(&tables),
-                (What::Policy, Response::Tables { tables, .. }) => show::policy(&tables),
+                (What::Policy, Response::Tables { tables, rejected, .. }) => {
+                    show::policy(&tables) + &show::rejected(&rejected)
+                }
                 (What::Counters, Response::Counters { workers }) => show::counters(&workers),
                 (What::Conntrack, Response::Conntrack { flows }) => show::conntrack(&flows),
                 (What::Config, Response::Config { config }) => show::config(&config),
@@ -199,9 +205,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let mut client = Client::connect(&cli.socket, "podlane-apply")?;
             match client.request(&Request::FullSync { tables })? {
-                Response::Ack { generation } => {
+                Response::Ack { generation, rejected } if rejected.is_empty() => {
                     println!("applied: generation {generation}");
                     Ok(())
+                }
+                Response::Ack { generation, rejected } => {
+                    println!("applied: generation {generation}, without:");
+                    for r in &rejected {
+                        println!("  {r}");
+                    }
+                    anyhow::bail!("{} entries of {} were rejected", rejected.len(), file.display())
                 }
                 Response::Error(e) => {
                     anyhow::bail!("the dataplane rejected {}: {e}", file.display())

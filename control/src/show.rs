@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use podlane_core::api::{ConntrackFlow, DaemonInfo, WorkerCounters};
+use podlane_core::api::{ConntrackFlow, DaemonInfo, RejectedEntry, WorkerCounters};
 use podlane_core::table::TableSpec;
 
 /// Aligns rows into columns, the first row being the header.
@@ -129,6 +129,18 @@ pub fn policy(tables: &TableSpec) -> String {
                     .join(", ")
             };
             let _ = writeln!(out, "  rule {i}: {peers} → {ports}");
+        }
+    }
+    out
+}
+
+/// The entries the dataplane left out of what was pushed (nothing when there are none).
+pub fn rejected(entries: &[RejectedEntry]) -> String {
+    let mut out = String::new();
+    if !entries.is_empty() {
+        let _ = writeln!(out, "\nrejected, not in force ({}):", entries.len());
+        for entry in entries {
+            let _ = writeln!(out, "  {entry}");
         }
     }
     out

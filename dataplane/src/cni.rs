@@ -515,7 +515,11 @@ fn register(socket: &Path, update: Update) -> Result<(), CniError> {
     };
     let mut stream = connect(socket).map_err(|e| unavailable(&e))?;
     match request(&mut stream, &Request::Update(update)).map_err(|e| unavailable(&e))? {
-        Response::Ack { .. } => Ok(()),
+        Response::Ack { rejected, .. } if rejected.is_empty() => Ok(()),
+        Response::Ack { rejected, .. } => {
+            let why: Vec<String> = rejected.iter().map(ToString::to_string).collect();
+            Err(CniError::failed("the dataplane refused the pod", why.join("; ")))
+        }
         Response::Error(e) => Err(CniError::failed("the dataplane refused the pod", e)),
         other => Err(CniError::failed("unexpected reply from the dataplane", format!("{other:?}"))),
     }

@@ -4,7 +4,8 @@
 //! B, another removed, node C added — and a second client pushes table updates to node A 100
 //! times a second. Forwarding to the new pod and the new node starts, forwarding to the removed
 //! pod stops, the untouched stream loses no datagram. Then node B's dataplane restarts and its
-//! agent syncs it again from scratch.
+//! agent syncs it again from scratch. Last, a pod given another pod's address is left out while
+//! the rest applies, and is in once its address is its own.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -134,7 +135,8 @@ fn control_plane() -> anyhow::Result<()> {
     let c1 = ("c1", "10.244.3.2", "0a:58:0a:f4:03:02", "node-c", "veth-c1");
     write_cluster(&cluster, &cluster_yaml(2, &[a1, b1, b2]));
 
-    let (node_a, daemon_a, _agent_a) = podlane_node(dir.path(), &mut switch, &NODES[0], &cluster)?;
+    let (node_a, daemon_a, mut agent_a) =
+        podlane_node(dir.path(), &mut switch, &NODES[0], &cluster)?;
     let (node_b, mut daemon_b, agent_b) =
         podlane_node(dir.path(), &mut switch, &NODES[1], &cluster)?;
     let pod = |node: &Netns, p: (&str, &str, &str, &str, &str)| Pod::wire(node, p.0, p.4, p.1, p.2);
@@ -266,5 +268,37 @@ fn control_plane() -> anyhow::Result<()> {
     assert!(in_sync);
     let names: Vec<&str> = tables.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["node-a", "node-b", "node-c"]);
+
+    // A pod that briefly has a1's address (an IP reused before the old pod is gone): left
+    // out, a1 untouched, the rest applied; once its address is its own, it is in.
+    let a9 = ("a9", "10.244.1.2", "0a:58:0a:f4:01:09", "node-a", "veth-a9");
+    write_cluster(&cluster, &cluster_yaml(3, &[a1, b1, b3, c1, a9]));
+    agent_a.wait_for("the dataplane left out endpoint default/a9", 1)?;
+    let rejected =
+        |client: &mut Client| match client.request(&Request::Query { what: Query::Tables }) {
+            Ok(Response::Tables { rejected, .. }) => rejected,
+            other => panic!("{other:?}"),
+        };
+    let listed = rejected(&mut client);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(
+        listed[0].message.contains("belongs to both default/a1 and default/a9"),
+        "{}",
+        listed[0]
+    );
+    assert!(pod_b3.ping_until(&pod_a1.ip, true), "a1 keeps its address\n{}", daemon_a.log());
+    let a9 = ("a9", "10.244.1.9", "0a:58:0a:f4:01:09", "node-a", "veth-a9");
+    write_cluster(&cluster, &cluster_yaml(3, &[a1, b1, b3, c1, a9]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !rejected(&mut client).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Response::Tables { tables, rejected, .. } =
+        client.request(&Request::Query { what: Query::Tables })?
+    else {
+        panic!()
+    };
+    assert!(rejected.is_empty(), "{rejected:?}\n{}", agent_a.log());
+    assert!(tables.endpoints.iter().any(|e| e.name == "a9"), "{}", agent_a.log());
     Ok(())
 }

@@ -170,15 +170,24 @@ pub enum Response {
         node: String,
         generation: u64,
     },
-    /// The update is applied; `generation` is in force.
+    /// The request is applied; `generation` is in force. Entries of it that did not validate
+    /// are listed in `rejected` and are not in force (an entry the tables held before keeps
+    /// its previous version): docs/protocol.md, "Atomicity".
     Ack {
         generation: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rejected: Vec<RejectedEntry>,
     },
     Error(ApiError),
     Tables {
         generation: u64,
         in_sync: bool,
         tables: TableSpec,
+        /// The entries the control process pushed that are not in force (quarantined) since
+        /// they did not validate; each stays listed until a later request replaces or
+        /// deletes it, or a full sync leaves it out.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rejected: Vec<RejectedEntry>,
     },
     Counters {
         workers: Vec<WorkerCounters>,
@@ -193,6 +202,26 @@ pub enum Response {
         dataplane: String,
         protocol: u32,
     },
+}
+
+/// An entry of a request that is not in force because it did not validate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedEntry {
+    /// `node`, `endpoint` or `policy`.
+    pub kind: String,
+    /// Its name (`namespace/name` for an endpoint).
+    pub name: String,
+    /// Why.
+    pub message: String,
+    /// Whether the tables keep the version they held before (else the entry is absent).
+    pub kept_previous: bool,
+}
+
+impl std::fmt::Display for RejectedEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = if self.kept_previous { "; its previous version stays" } else { "" };
+        write!(f, "{} {}: {}{kept}", self.kind, self.name, self.message)
+    }
 }
 
 /// An error reply: what went wrong, and the entry it concerns when there is one.
@@ -581,12 +610,21 @@ mod tests {
             round_trip(Request::Query { what });
         }
         round_trip(Response::Welcome { version: 1, node: "node-a".into(), generation: 3 });
-        round_trip(Response::Ack { generation: 4 });
+        round_trip(Response::Ack { generation: 4, rejected: Vec::new() });
+        round_trip(Response::Ack {
+            generation: 5,
+            rejected: vec![RejectedEntry {
+                kind: "endpoint".into(),
+                name: "shop/b".into(),
+                message: "pod IP 10.244.1.5 belongs to both shop/a and shop/b".into(),
+                kept_previous: false,
+            }],
+        });
         round_trip(Response::Error(ApiError {
             message: "x".into(),
             entry: Some("default/web".into()),
         }));
-        round_trip(Response::Tables { generation: 4, in_sync: true, tables });
+        round_trip(Response::Tables { generation: 4, in_sync: true, tables, rejected: Vec::new() });
         round_trip(Response::Counters { workers: vec![WorkerCounters::default()] });
         round_trip(Response::Config { config: Box::default() });
         round_trip(Response::Version { dataplane: "0.1.0".into(), protocol: 1 });

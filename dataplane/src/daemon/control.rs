@@ -30,8 +30,8 @@ use std::time::Duration;
 use super::Shared;
 use super::tables::Tables;
 use crate::api::{
-    self, ApiError, ConntrackFlow, DaemonInfo, FrameError, PROTOCOL_VERSION, Query, Request,
-    Response, WorkerCounters,
+    self, ApiError, ConntrackFlow, DaemonInfo, FrameError, PROTOCOL_VERSION, Query, RejectedEntry,
+    Request, Response, WorkerCounters,
 };
 use crate::io;
 
@@ -497,8 +497,8 @@ fn serve_client(stream: UnixStream, backend: &impl Backend, role: Role) {
 /// The response to one request after the handshake.
 pub(crate) fn handle(request: Request, backend: &impl Backend) -> Response {
     let tables = backend.tables();
-    let acked = |result: Result<u64, ApiError>| match result {
-        Ok(generation) => Response::Ack { generation },
+    let acked = |result: Result<(u64, Vec<RejectedEntry>), ApiError>| match result {
+        Ok((generation, rejected)) => Response::Ack { generation, rejected },
         Err(e) => {
             tracing::warn!("update rejected, tables unchanged: {e}");
             Response::Error(e)
@@ -508,10 +508,11 @@ pub(crate) fn handle(request: Request, backend: &impl Backend) -> Response {
         Request::Hello { .. } => Response::Error(ApiError::new("already said hello")),
         Request::FullSync { tables: spec } => acked(tables.full_sync(spec)),
         Request::Update(update) => acked(tables.update(&update)),
-        Request::InSync => Response::Ack { generation: tables.set_in_sync() },
+        Request::InSync => Response::Ack { generation: tables.set_in_sync(), rejected: Vec::new() },
         Request::Query { what: Query::Tables } => {
+            let rejected = tables.rejected();
             let (generation, in_sync, tables) = tables.current();
-            Response::Tables { generation, in_sync, tables }
+            Response::Tables { generation, in_sync, tables, rejected }
         }
         Request::Query { what: Query::Counters } => {
             Response::Counters { workers: backend.counters() }
@@ -653,8 +654,9 @@ mod tests {
         let mut web = tables.endpoints[0].clone();
         web.labels.insert("tier".into(), "front".into());
         let update = Update { upsert_endpoints: vec![web], ..Update::default() };
-        assert_eq!(ask(&stream, &Request::Update(update)), Response::Ack { generation: g1 + 1 });
-        assert_eq!(ask(&stream, &Request::InSync), Response::Ack { generation: g1 + 1 });
+        let ack = |generation| Response::Ack { generation, rejected: Vec::new() };
+        assert_eq!(ask(&stream, &Request::Update(update)), ack(g1 + 1));
+        assert_eq!(ask(&stream, &Request::InSync), ack(g1 + 1));
         let Response::Tables { in_sync, .. } =
             ask(&stream, &Request::Query { what: Query::Tables })
         else {
@@ -679,14 +681,50 @@ mod tests {
     }
 
     #[test]
-    fn a_rejected_update_names_the_entry_and_changes_nothing() {
+    fn an_entry_at_fault_is_left_out_and_the_rest_applies() {
         let (_server, backend, path) = start("reject");
         let stream = hello(&path);
         let before = backend.tables.load_full().generation();
         let mut tables = example();
+        let client_before = tables.endpoints[1].clone();
         tables.endpoints[1].ips = vec!["10.244.2.3".parse().unwrap()]; // outside node-a's CIDR
-        let e = error_of(ask(&stream, &Request::FullSync { tables }));
-        assert!(e.message.contains("endpoint default/client: 10.244.2.3 is outside"), "{e}");
+        let mut added = tables.endpoints[0].clone();
+        added.name = "added".into();
+        added.interface = "veth-added".into();
+        added.ips = vec!["10.244.1.50".parse().unwrap()];
+        tables.endpoints.push(added);
+        let Response::Ack { generation, rejected } = ask(&stream, &Request::FullSync { tables })
+        else {
+            panic!("not applied")
+        };
+        assert_eq!(generation, before + 1, "one generation for the request");
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(
+            (rejected[0].kind.as_str(), rejected[0].name.as_str()),
+            ("endpoint", "default/client")
+        );
+        assert!(rejected[0].message.contains("10.244.2.3 is outside"), "{}", rejected[0]);
+        assert!(rejected[0].kept_previous, "the client keeps the address it had");
+        let Response::Tables { tables, rejected: listed, .. } =
+            ask(&stream, &Request::Query { what: Query::Tables })
+        else {
+            panic!()
+        };
+        assert_eq!(listed, rejected, "listed until replaced");
+        assert!(tables.endpoints.iter().any(|e| e.name == "added"), "the rest applied");
+        let client = tables.endpoints.iter().find(|e| e.name == "client").unwrap();
+        assert_eq!(client.ips, client_before.ips);
+        still_forwards(&backend);
+        // The client pushed again as it should be: no longer listed.
+        let update = Update { upsert_endpoints: vec![client_before], ..Update::default() };
+        assert!(matches!(
+            ask(&stream, &Request::Update(update)),
+            Response::Ack { rejected, .. } if rejected.is_empty()
+        ));
+        assert!(backend.tables.rejected().is_empty());
+
+        // Refused whole: a deletion of what is not there, tables for another node.
+        let generation = backend.tables.load_full().generation();
         let e = error_of(ask(
             &stream,
             &Request::Update(Update { delete_nodes: vec!["node-z".into()], ..Update::default() }),
@@ -696,7 +734,11 @@ mod tests {
         foreign.local_node = "node-b".into();
         let e = error_of(ask(&stream, &Request::FullSync { tables: foreign }));
         assert!(e.message.contains("is not this dataplane's node"), "{e}");
-        assert_eq!(backend.tables.load_full().generation(), before);
+        let mut broken_local = example();
+        broken_local.nodes[0].vtep_mac = None;
+        let e = error_of(ask(&stream, &Request::FullSync { tables: broken_local }));
+        assert!(e.message.contains("has no VTEP MAC"), "{e}");
+        assert_eq!(backend.tables.load_full().generation(), generation);
         still_forwards(&backend);
     }
 

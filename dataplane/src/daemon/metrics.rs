@@ -358,6 +358,18 @@ impl Collector for Podlane {
             "1 once the control process pushed everything it knows (or tables came from a file)",
             [(vec![], f64::from(u8::from(in_sync || shared.static_tables)))],
         )?;
+        // At most as many series as a request may have entries at fault (table::MAX_REJECTED
+        // per request; a later request replaces or deletes them).
+        gauge(
+            e,
+            "podlane_tables_rejected",
+            "1 per entry pushed by the control process that is not in force (quarantined)",
+            shared
+                .tables
+                .rejected()
+                .into_iter()
+                .map(|r| (vec![("kind", r.kind), ("name", r.name)], 1.0)),
+        )?;
         Ok(())
     }
 }

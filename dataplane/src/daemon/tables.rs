@@ -1,14 +1,17 @@
 //! The tables a running daemon forwards with: what the control process pushed (the base),
 //! plus the next-hop MACs the daemon resolved itself, built into snapshots and published to
-//! the workers. One writer at a time (a mutex the workers never touch); a change that does
-//! not validate is refused whole and the snapshot in force stays.
+//! the workers. One writer at a time (a mutex the workers never touch). A request's entries
+//! that do not validate are left out or kept as they were ([`crate::table::salvage`]) and
+//! listed as rejected until a later request replaces or deletes them; a request that cannot
+//! be salvaged (its local node, too many bad entries) is refused whole and the snapshot in
+//! force stays.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::api::{ApiError, Update};
-use crate::table::{NodeSpec, Snapshot, SnapshotCell, TableError, TableSpec};
+use crate::api::{ApiError, RejectedEntry, Update};
+use crate::table::{NodeSpec, Snapshot, SnapshotCell, TableError, TableSpec, build_salvaging};
 use crate::wire::MacAddr;
 
 #[derive(Debug)]
@@ -16,6 +19,8 @@ struct State {
     base: TableSpec,
     next_hops: HashMap<String, MacAddr>,
     in_sync: bool,
+    /// Entries pushed but not in force, as the last requests left them.
+    rejected: Vec<RejectedEntry>,
 }
 
 /// The daemon's tables.
@@ -35,7 +40,12 @@ impl Tables {
             cell: SnapshotCell::new(snapshot),
             node: base.local_node.clone(),
             node_ip,
-            state: Mutex::new(State { base, next_hops: HashMap::new(), in_sync: false }),
+            state: Mutex::new(State {
+                base,
+                next_hops: HashMap::new(),
+                in_sync: false,
+                rejected: Vec::new(),
+            }),
         })
     }
 
@@ -73,9 +83,14 @@ impl Tables {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Builds and publishes `base` with the resolved next hops; on success it becomes the
-    /// base.
-    fn publish(&self, state: &mut State, base: TableSpec) -> Result<u64, ApiError> {
+    /// Builds and publishes `base` with the resolved next hops, leaving out the entries that
+    /// do not validate; what was built becomes the base. Returns the generation and the
+    /// entries left out (or kept at their previous version).
+    fn publish(
+        &self,
+        state: &mut State,
+        base: TableSpec,
+    ) -> Result<(u64, Vec<RejectedEntry>), ApiError> {
         if base.local_node != self.node {
             return Err(ApiError {
                 message: format!(
@@ -96,27 +111,77 @@ impl Tables {
                 entry: Some(self.node.clone()),
             });
         }
-        let generation = self
-            .cell
-            .update(&effective(&base, &state.next_hops))
-            .map_err(|e| ApiError::new(format!("tables rejected: {e}")))?;
-        state.base = base;
-        Ok(generation)
+        let next_hops = &state.next_hops;
+        let (generation, applied, rejected) = build_salvaging(base, Some(&state.base), |spec| {
+            self.cell.update(&effective(spec, next_hops))
+        })
+        .map_err(|e| ApiError {
+            message: format!("tables rejected: {e}"),
+            entry: e.parties().first().map(|p| p.name().to_owned()),
+        })?;
+        let rejected: Vec<RejectedEntry> = rejected
+            .into_iter()
+            .map(|r| RejectedEntry {
+                kind: r.entry.kind().to_owned(),
+                name: r.entry.name().to_owned(),
+                message: r.error.to_string(),
+                kept_previous: applied_has(&applied, r.entry.kind(), r.entry.name()),
+            })
+            .collect();
+        for r in &rejected {
+            tracing::warn!("rejected {r}");
+        }
+        state.base = applied;
+        Ok((generation, rejected))
     }
 
-    /// Replaces everything.
-    pub(crate) fn full_sync(&self, tables: TableSpec) -> Result<u64, ApiError> {
+    /// Replaces everything; what is left out is all that stays rejected.
+    pub(crate) fn full_sync(
+        &self,
+        tables: TableSpec,
+    ) -> Result<(u64, Vec<RejectedEntry>), ApiError> {
         let mut state = self.lock();
         state.in_sync = false;
-        self.publish(&mut state, tables)
+        let (generation, rejected) = self.publish(&mut state, tables)?;
+        state.rejected = rejected.clone();
+        Ok((generation, rejected))
     }
 
-    /// Applies an incremental change atomically.
-    pub(crate) fn update(&self, update: &Update) -> Result<u64, ApiError> {
+    /// Applies an incremental change as one generation. An entry rejected before stays
+    /// listed unless this update upserts or deletes it.
+    pub(crate) fn update(&self, update: &Update) -> Result<(u64, Vec<RejectedEntry>), ApiError> {
         let mut state = self.lock();
         let mut base = state.base.clone();
         update.apply_to(&mut base)?;
-        self.publish(&mut state, base)
+        let (generation, rejected) = self.publish(&mut state, base)?;
+        let touched = |r: &RejectedEntry| {
+            let name = r.name.as_str();
+            match r.kind.as_str() {
+                "node" => {
+                    update.upsert_nodes.iter().any(|n| n.name == name)
+                        || update.delete_nodes.iter().any(|n| n == name)
+                }
+                "endpoint" => {
+                    update.upsert_endpoints.iter().any(|e| e.key() == name)
+                        || update.delete_endpoints.iter().any(|e| e == name)
+                }
+                _ => {
+                    update.upsert_policies.iter().any(|p| p.name == name)
+                        || update.delete_policies.iter().any(|p| p == name)
+                }
+            }
+        };
+        state.rejected.retain(|r| !touched(r));
+        for r in &rejected {
+            state.rejected.retain(|old| (&old.kind, &old.name) != (&r.kind, &r.name));
+            state.rejected.push(r.clone());
+        }
+        Ok((generation, rejected))
+    }
+
+    /// The entries pushed but not in force.
+    pub(crate) fn rejected(&self) -> Vec<RejectedEntry> {
+        self.lock().rejected.clone()
     }
 
     /// The generation in force, and whether the control process said it is in sync.
@@ -148,13 +213,22 @@ impl Tables {
         let mut state = self.lock();
         state.next_hops.extend(resolved.iter().cloned());
         let base = state.base.clone();
-        self.publish(&mut state, base)
+        self.publish(&mut state, base).map(|(generation, _)| generation)
     }
 
     /// The tables in force, next hops filled in.
     pub(crate) fn current(&self) -> (u64, bool, TableSpec) {
         let state = self.lock();
         (self.cell.load().generation(), state.in_sync, effective(&state.base, &state.next_hops))
+    }
+}
+
+/// Whether `spec` holds an entry of `kind` named `name`.
+fn applied_has(spec: &TableSpec, kind: &str, name: &str) -> bool {
+    match kind {
+        "node" => spec.nodes.iter().any(|n| n.name == name),
+        "endpoint" => spec.endpoints.iter().any(|e| e.key() == name),
+        _ => spec.policies.iter().any(|p| p.name == name),
     }
 }
 

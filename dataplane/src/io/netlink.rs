@@ -131,10 +131,13 @@ fn addr_from(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// How long a request waits for the kernel's answer.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Rtnetlink {
     pub fn open() -> io::Result<Rtnetlink> {
         Ok(Rtnetlink {
-            socket: File::from(sys::netlink_route_socket()?),
+            socket: File::from(sys::netlink_route_socket(REPLY_TIMEOUT)?),
             buffer: vec![0; 64 * 1024],
         })
     }
@@ -159,7 +162,13 @@ impl Rtnetlink {
         self.socket.write_all(&msg)?;
         let mut out = Vec::new();
         loop {
-            let n = self.socket.read(&mut self.buffer)?;
+            let n = self.socket.read(&mut self.buffer).map_err(|e| match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer from the kernel's rtnetlink in {REPLY_TIMEOUT:?}"),
+                ),
+                _ => e,
+            })?;
             let mut data = &self.buffer[..n];
             while data.len() >= 16 {
                 let len = u32::from_ne_bytes(data[0..4].try_into().unwrap_or_default()) as usize;

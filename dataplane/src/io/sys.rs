@@ -564,7 +564,9 @@ pub(super) fn tun_set_persist(tun: BorrowedFd<'_>, persist: bool) -> io::Result<
 }
 
 /// A NETLINK_ROUTE socket; reads and writes go through `std::fs::File`.
-pub(super) fn netlink_route_socket() -> io::Result<OwnedFd> {
+/// An rtnetlink socket whose reads give up after `timeout` (`WouldBlock`), so that a kernel
+/// that never answers cannot hang the thread that asked (and with it a shutdown).
+pub(super) fn netlink_route_socket(timeout: std::time::Duration) -> io::Result<OwnedFd> {
     // SAFETY: plain system call with constant arguments.
     let fd = unsafe {
         libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
@@ -573,7 +575,26 @@ pub(super) fn netlink_route_socket() -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a new descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let value = libc::timeval {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+        tv_usec: timeout.subsec_micros().into(),
+    };
+    // SAFETY: `fd` is the open socket `socket` owns; the option value is a timeval that lives
+    // across the call, with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
 }
 
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);

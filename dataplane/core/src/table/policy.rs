@@ -93,6 +93,18 @@ pub enum PolicyError {
     TooManyClasses { policy: String },
 }
 
+impl PolicyError {
+    /// The policy this error is about.
+    pub fn policy(&self) -> &str {
+        match self {
+            PolicyError::PortRange { policy, .. }
+            | PolicyError::EndPortWithoutPort { policy, .. }
+            | PolicyError::ExceptOutsideCidr { policy, .. }
+            | PolicyError::TooManyClasses { policy } => policy,
+        }
+    }
+}
+
 /// The layer-4 facts a policy decision needs about one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
