@@ -5,7 +5,8 @@
 //! `endpoint` the generator/sink processes, `forward` the bare AF_XDP baseline, `cpu` the
 //! /proc/stat accounting, `pps` the trials and searches, `report` the table, JSON and SVG;
 //! `tcp` the TCP throughput runs of `podlane-bench tcp`; `control` the attach, detach and
-//! next-hop timings of `podlane-bench control`.
+//! next-hop timings of `podlane-bench control`; `soak` the long run under churn of
+//! `podlane-bench soak`.
 
 pub mod control;
 pub mod cpu;
@@ -15,6 +16,7 @@ pub mod forward;
 pub mod memory;
 pub mod pps;
 pub mod report;
+pub mod soak;
 pub mod sync;
 pub mod tcp;
 pub mod topology;

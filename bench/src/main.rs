@@ -158,6 +158,28 @@ struct ControlArgs {
     json: PathBuf,
 }
 
+#[derive(clap::Args, Debug)]
+struct SoakArgs {
+    /// A smoke run: 20 s, 200 datagrams/s per flow, a sample every 2 s.
+    #[arg(long)]
+    quick: bool,
+    /// How long to run [default: 30; --quick: 20 s].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1440))]
+    minutes: Option<u32>,
+    /// Datagrams a second of each of the three flows [default: 500; --quick: 200].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    rate: Option<u32>,
+    /// Seconds between samples of memory, threads and counters [default: 10; --quick: 2].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    interval: Option<u32>,
+    /// Updates a second of the churn on node A.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    updates_per_second: u32,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "soak.json")]
+    json: PathBuf,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Packets per second, CPU per packet and latency of podlane, the kernel's VXLAN and a bare
@@ -171,6 +193,10 @@ enum Command {
     /// (the worker's longest loop round, the stream's loss), and next hops at many nodes
     /// (needs root).
     Control(ControlArgs),
+    /// A cluster (two podlane nodes, a kernel node) left running under table churn, with a
+    /// dataplane restarted half-way: loss on flows it does not touch, memory and threads
+    /// over time, counters that grew (needs root).
+    Soak(SoakArgs),
     /// Prints the table of a JSON file written by `pps` and, with --svg, draws its chart again
     /// (for results copied back from VMs, or a chart lost).
     Report {
@@ -460,6 +486,43 @@ fn control_command(args: ControlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn soak_command(args: SoakArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        testbed::is_root(),
+        "podlane-bench soak builds network namespaces and attaches XDP programs: run it as root"
+    );
+    let quick = args.quick;
+    let config = podlane_bench::soak::Config {
+        seconds: match (args.minutes, quick) {
+            (Some(minutes), _) => minutes * 60,
+            (None, true) => 20,
+            (None, false) => 30 * 60,
+        },
+        rate: args.rate.unwrap_or(if quick { 200 } else { 500 }),
+        interval: args.interval.unwrap_or(if quick { 2 } else { 10 }),
+        updates_per_second: args.updates_per_second,
+    };
+    testbed::netns::remove_stale("soak");
+    let machine = Machine::this();
+    println!(
+        "podlane-bench soak on {} CPUs ({}), Linux {}",
+        machine.cpus, machine.cpu_model, machine.kernel
+    );
+    let report = podlane_bench::soak::run(&config, &mut |step| eprintln!("  {step}"))?;
+    print!("{}", podlane_bench::soak::table(&report));
+    let doc = serde_json::json!({
+        "schema": 1,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "machine": machine,
+        "config": config,
+        "report": report,
+    });
+    std::fs::write(&args.json, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    println!("results: {}", args.json.display());
+    Ok(())
+}
+
 fn tcp_command(args: TcpArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         testbed::is_root(),
@@ -526,6 +589,7 @@ fn main() -> anyhow::Result<()> {
         Command::Pps(args) => pps_command(*args)?,
         Command::Tcp(args) => tcp_command(args)?,
         Command::Control(args) => control_command(args)?,
+        Command::Soak(args) => soak_command(args)?,
         Command::Report { json, svg } => {
             let saved = report::Saved::read(&json)?;
             let mut text = format!("{}\n{}", saved.command, report::table(&saved.rows));

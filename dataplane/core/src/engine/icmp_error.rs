@@ -78,6 +78,10 @@ pub(super) enum IcmpError {
     TooBig {
         mtu: u16,
     },
+    /// IPv4 parameter problem, pointing at the header byte at fault (RFC 792).
+    ParameterProblem {
+        pointer: u8,
+    },
 }
 
 /// Rewrites a pod's frame (Ethernet, then its IP packet of `ip_len` bytes) into `error` for
@@ -121,6 +125,9 @@ pub(super) fn to_pod(
                 IcmpError::TooBig { mtu } => {
                     (icmpv4_type::DEST_UNREACHABLE, icmpv4_type::CODE_FRAG_NEEDED, u32::from(mtu))
                 }
+                IcmpError::ParameterProblem { pointer } => {
+                    (icmpv4_type::PARAMETER_PROBLEM, 0, u32::from(pointer) << 24)
+                }
             };
             let mut icmp = Icmpv4Packet::new_unchecked(&mut data[icmp_start..]);
             if icmp.emit_error(msg_type, code, rest).is_err() {
@@ -147,6 +154,9 @@ pub(super) fn to_pod(
             let (msg_type, rest) = match error {
                 IcmpError::TimeExceeded => (icmpv6_type::TIME_EXCEEDED, 0),
                 IcmpError::TooBig { mtu } => (icmpv6_type::PACKET_TOO_BIG, u32::from(mtu)),
+                IcmpError::ParameterProblem { pointer } => {
+                    (icmpv6_type::PARAMETER_PROBLEM, u32::from(pointer))
+                }
             };
             let mut icmp = Icmpv6Packet::new_unchecked(&mut data[icmp_start..]);
             if icmp.emit_error(msg_type, 0, rest).is_err() {

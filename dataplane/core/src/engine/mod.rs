@@ -190,6 +190,13 @@ drop_reasons! {
     MalformedIpv4 => "malformed_ipv4",
     /// IPv4 header checksum does not verify.
     Ipv4Checksum => "ipv4_checksum",
+    /// IPv4 options a Linux router rejects (a length past the header, a record-route or
+    /// timestamp pointer out of range, two source routes, CIPSO without a domain); a pod
+    /// hears so by ICMP parameter problem.
+    BadIpOptions => "bad_ip_options",
+    /// IPv4 loose or strict source routing, which Linux routers drop by default
+    /// (`accept_source_route` 0).
+    SourceRouted => "source_routed",
     /// IPv6 header with a bad version, impossible length or truncated extension headers.
     MalformedIpv6 => "malformed_ipv6",
     /// TCP/UDP/SCTP header too short to hold the ports.

@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use crate::table::{EndpointId, RouteTarget, Snapshot};
 use crate::wire::checksum;
 use crate::wire::icmp::{icmpv6_type, na_flags};
+use crate::wire::ipv4::{OptionsVerdict, check_options};
 use crate::wire::{
     ArpOperation, ArpPacket, EtherType, EthernetFrame, Icmpv6Packet, IpProtocol, Ipv4Packet,
     Ipv6Packet, MacAddr,
@@ -99,6 +100,23 @@ fn ipv4(
         };
         if !ip.verify_checksum() {
             return Verdict::Drop(DropReason::Ipv4Checksum);
+        }
+        if ip.header_len() > Ipv4Packet::<&[u8]>::MIN_HEADER_LEN {
+            match check_options(ip.options()) {
+                OptionsVerdict::Valid => {}
+                OptionsVerdict::SourceRouted => return Verdict::Drop(DropReason::SourceRouted),
+                OptionsVerdict::Invalid { pointer } => {
+                    let (ip_len, error) =
+                        (usize::from(ip.total_len()), IcmpError::ParameterProblem { pointer });
+                    return icmp_error::to_pod(
+                        pipeline,
+                        frame,
+                        ip_len,
+                        error,
+                        DropReason::BadIpOptions,
+                    );
+                }
+            }
         }
         if EthernetFrame::new_unchecked(data).destination() != pipeline.config.gateway_mac {
             return Verdict::Drop(DropReason::DstMacNotGateway);

@@ -1553,3 +1553,58 @@ fn super_packets_between_pods_of_the_node_stay_whole_and_partial() {
     assert_eq!(verdict, Verdict::Drop(DropReason::BadSuperPacket));
     assert_eq!(p.counters().dropped(DropReason::BadSuperPacket), 1);
 }
+
+/// `frame` (Ethernet, IPv4) with `options` spliced into its IPv4 header: IHL, total length
+/// and header checksum updated (the UDP checksum does not cover the IP options).
+fn with_ipv4_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0, "options fill whole 32-bit words");
+    let mut out = frame[..34].to_vec();
+    out.extend_from_slice(options);
+    out.extend_from_slice(&frame[34..]);
+    out[14] = 0x45 + (options.len() / 4) as u8;
+    let total = u16::from_be_bytes([out[16], out[17]]) + options.len() as u16;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    out[24..26].copy_from_slice(&[0, 0]);
+    let sum = !crate::wire::checksum::sum(0, &out[14..34 + options.len()]);
+    out[24..26].copy_from_slice(&sum.to_be_bytes());
+    out
+}
+
+#[test]
+fn ipv4_options_are_judged_as_a_linux_router_does() {
+    let snap = snapshot(&spec_for("node-a", false));
+    let mut p = Pipeline::new(config_for("node-a"));
+    let a1 = from_a1(&snap);
+    let plain = udp4("10.244.1.2", "10.244.2.5", 5000, 53, 64, b"hello");
+    let padded = with_ipv4_options(&plain, &[1, 1, 1, 0]);
+    assert_eq!(run(&mut p, &snap, a1, &padded).0, Verdict::Encap, "NOPs and an end: forwarded");
+    // Record route whose length runs past the header: parameter problem pointing at it.
+    let bad = with_ipv4_options(&plain, &[7, 39, 4, 0, 0, 0, 0, 0]);
+    let (v, out) = run(&mut p, &snap, a1, &bad);
+    assert_eq!(v, Verdict::Reply);
+    let reply = SlicedPacket::from_ethernet(&out).expect("the error decodes");
+    let Some(NetSlice::Ipv4(ip)) = &reply.net else { panic!("IPv4") };
+    assert_eq!(ip.header().destination_addr(), ip4("10.244.1.2"));
+    let icmp = &out[14 + 20..];
+    assert_eq!((icmp[0], icmp[1], icmp[4]), (12, 0, 20), "parameter problem at byte 20");
+    assert_eq!(crate::wire::checksum::sum(0, icmp), 0xffff, "ICMP checksum");
+    assert_eq!(&icmp[8..8 + 28], &bad[14..14 + 28], "quotes the offending header");
+    // A timestamp of length 0: dropped (the rate limit spent on the first one aside).
+    let zero = with_ipv4_options(&plain, &[68, 0, 5, 0]);
+    assert!(matches!(
+        run(&mut p, &snap, a1, &zero).0,
+        Verdict::Reply | Verdict::Drop(DropReason::BadIpOptions)
+    ));
+    let routed = with_ipv4_options(&plain, &[131, 7, 4, 10, 244, 2, 9, 0]);
+    assert_eq!(run(&mut p, &snap, a1, &routed).0, Verdict::Drop(DropReason::SourceRouted));
+    // Decapsulated the same way, without an answer across the overlay.
+    let inner = with_ipv4_options(&inner_to_a2(VTEP_B, VTEP_A, 64), &[7, 39, 4, 0, 0, 0, 0, 0]);
+    let frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner);
+    assert_eq!(
+        run(&mut p, &snap, Ingress::Uplink, &frame).0,
+        Verdict::Drop(DropReason::BadIpOptions)
+    );
+    let inner = with_ipv4_options(&inner_to_a2(VTEP_B, VTEP_A, 64), &[1, 1, 1, 0]);
+    let frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner);
+    assert!(matches!(run(&mut p, &snap, Ingress::Uplink, &frame).0, Verdict::Decap(_)));
+}

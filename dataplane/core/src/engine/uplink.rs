@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use crate::table::{RouteTarget, Snapshot};
 use crate::wire::checksum;
+use crate::wire::ipv4::{OptionsVerdict, check_options};
 use crate::wire::{
     EtherType, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket, VxlanPacket,
 };
@@ -320,6 +321,15 @@ fn inner_ipv4(bytes: &[u8]) -> Result<InnerPacket, DropReason> {
     let ip = Ipv4Packet::new_checked(bytes).map_err(|_| DropReason::InnerMalformed)?;
     if !ip.verify_checksum() {
         return Err(DropReason::Ipv4Checksum);
+    }
+    // As the receiving node's kernel would after its vxlan device; no error goes back across
+    // the overlay for it.
+    if ip.header_len() > Ipv4Packet::<&[u8]>::MIN_HEADER_LEN {
+        match check_options(ip.options()) {
+            OptionsVerdict::Valid => {}
+            OptionsVerdict::SourceRouted => return Err(DropReason::SourceRouted),
+            OptionsVerdict::Invalid { .. } => return Err(DropReason::BadIpOptions),
+        }
     }
     // A transport header too short for its ports is dropped here; policy reads the ports
     // again where the frame is delivered.

@@ -28,6 +28,9 @@ pub mod icmpv4_type {
     pub const TIME_EXCEEDED: u8 = 11;
     /// Code of [`TIME_EXCEEDED`]: TTL exceeded in transit.
     pub const CODE_TTL_EXCEEDED: u8 = 0;
+    /// Code 0: the pointer (the first byte of the rest of the header) names the header byte
+    /// at fault.
+    pub const PARAMETER_PROBLEM: u8 = 12;
 }
 
 /// ICMPv6 message types podlane looks at.
@@ -36,6 +39,8 @@ pub mod icmpv6_type {
     pub const PACKET_TOO_BIG: u8 = 2;
     /// Code 0: hop limit exceeded in transit (RFC 4443 §3.3).
     pub const TIME_EXCEEDED: u8 = 3;
+    /// The pointer is the whole rest of the header (RFC 4443 §3.4).
+    pub const PARAMETER_PROBLEM: u8 = 4;
     pub const ECHO_REQUEST: u8 = 128;
     pub const ECHO_REPLY: u8 = 129;
     pub const ROUTER_SOLICIT: u8 = 133;

@@ -225,6 +225,125 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 }
 
+/// What a Linux router makes of a received packet's IPv4 options (`ip_options_compile` in
+/// net/ipv4/ip_options.c, then `ip_rcv_options`), so that podlane forwards and drops what the
+/// kernel would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionsVerdict {
+    /// Forwarded (unknown options included: the kernel ignores them on received packets).
+    Valid,
+    /// Loose or strict source routing, well formed: dropped without an answer by a node whose
+    /// `accept_source_route` is 0, Linux's default for IPv4 forwarding.
+    SourceRouted,
+    /// Malformed: dropped and answered with ICMP parameter problem, whose pointer is the
+    /// offset of the byte at fault from the header's first byte.
+    Invalid { pointer: u8 },
+}
+
+/// Option types (RFC 791, RFC 2113, FIPS 188).
+mod option {
+    pub(super) const END: u8 = 0;
+    pub(super) const NOOP: u8 = 1;
+    pub(super) const RECORD_ROUTE: u8 = 7;
+    pub(super) const TIMESTAMP: u8 = 68;
+    pub(super) const LOOSE_SOURCE_ROUTE: u8 = 131;
+    pub(super) const CIPSO: u8 = 134;
+    pub(super) const STRICT_SOURCE_ROUTE: u8 = 137;
+    pub(super) const ROUTER_ALERT: u8 = 148;
+}
+
+/// Checks the options of a received IPv4 header (`options`: the bytes after the fixed 20) as
+/// the kernel's forwarding does.
+pub fn check_options(options: &[u8]) -> OptionsVerdict {
+    let invalid = |at: usize| OptionsVerdict::Invalid {
+        pointer: u8::try_from(Ipv4Packet::<&[u8]>::MIN_HEADER_LEN + at).unwrap_or(u8::MAX),
+    };
+    let (mut source_route, mut record_route, mut timestamp) = (false, false, false);
+    let mut i = 0;
+    while i < options.len() {
+        let kind = options[i];
+        match kind {
+            // The rest is padding (the kernel overwrites whatever follows with END).
+            option::END => break,
+            option::NOOP => {
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let Some(&len) = options.get(i + 1) else { return invalid(i) };
+        let len = usize::from(len);
+        if len < 2 || len > options.len() - i {
+            return invalid(i);
+        }
+        let opt = &options[i..i + len];
+        match kind {
+            option::LOOSE_SOURCE_ROUTE | option::STRICT_SOURCE_ROUTE => {
+                if len < 3 {
+                    return invalid(i + 1);
+                }
+                if opt[2] < 4 {
+                    return invalid(i + 2);
+                }
+                if source_route {
+                    // Two source routes (RFC 1812 §5.2.4.1).
+                    return invalid(i);
+                }
+                source_route = true;
+            }
+            option::RECORD_ROUTE => {
+                if record_route {
+                    return invalid(i);
+                }
+                if len < 3 {
+                    return invalid(i + 1);
+                }
+                let pointer = usize::from(opt[2]);
+                if pointer < 4 || (pointer <= len && pointer + 3 > len) {
+                    return invalid(i + 2);
+                }
+                record_route = true;
+            }
+            option::TIMESTAMP => {
+                if timestamp {
+                    return invalid(i);
+                }
+                if len < 4 {
+                    return invalid(i + 1);
+                }
+                let pointer = usize::from(opt[2]);
+                if pointer < 5 {
+                    return invalid(i + 2);
+                }
+                if pointer <= len {
+                    // Flags: 0 timestamps only (4 bytes each), 1 and 3 address and timestamp
+                    // (8 bytes each); other flags are left alone on received packets.
+                    let room = match opt[3] & 0x0f {
+                        0 => 3,
+                        1 | 3 => 7,
+                        _ => 0,
+                    };
+                    if pointer + room > len {
+                        return invalid(i + 2);
+                    }
+                } else if opt[3] & 0xf0 == 0xf0 {
+                    // Full, and its overflow count would wrap.
+                    return invalid(i + 3);
+                }
+                timestamp = true;
+            }
+            option::ROUTER_ALERT if len < 4 => return invalid(i + 1),
+            // Valid only with a CIPSO domain of interpretation configured, which a node
+            // without labelled networking has none of (cipso_v4_validate).
+            option::CIPSO if len < 8 => return invalid(i + 1),
+            option::CIPSO => return invalid(i + 2),
+            _ => {}
+        }
+        i += len;
+    }
+    if source_route { OptionsVerdict::SourceRouted } else { OptionsVerdict::Valid }
+}
+
 /// One's-complement sum of a header, unrolled for the common option-less 20 bytes.
 #[inline(always)]
 fn header_sum(header: &[u8]) -> u16 {
@@ -237,6 +356,47 @@ fn header_sum(header: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_are_judged_as_the_kernel_forwards() {
+        use OptionsVerdict::{Invalid, SourceRouted, Valid};
+        let cases: &[(&[u8], OptionsVerdict)] = &[
+            (&[1, 1, 1, 0], Valid),
+            (&[0, 7, 7, 7], Valid),
+            // Record route: room for one address, pointer at it; full (pointer past the end).
+            (&[7, 7, 4, 0, 0, 0, 0, 0], Valid),
+            (&[7, 7, 8, 10, 0, 0, 1, 0], Valid),
+            // Record route whose length runs past the header.
+            (&[7, 39, 4, 0, 0, 0, 0, 0], Invalid { pointer: 20 }),
+            // Record route pointer below 4, or without room for the address it points at.
+            (&[7, 7, 3, 0, 0, 0, 0, 0], Invalid { pointer: 22 }),
+            (&[7, 7, 5, 0, 0, 0, 0, 0], Invalid { pointer: 22 }),
+            // Timestamp of length 0; of length 3; pointer 4.
+            (&[68, 0, 5, 0], Invalid { pointer: 20 }),
+            (&[68, 3, 5, 0], Invalid { pointer: 21 }),
+            (&[68, 8, 4, 0, 0, 0, 0, 0], Invalid { pointer: 22 }),
+            (&[68, 8, 5, 0, 0, 0, 0, 0], Valid),
+            // Address and timestamp (flag 1) need 8 bytes at the pointer.
+            (&[68, 8, 5, 1, 0, 0, 0, 0], Invalid { pointer: 22 }),
+            // Full, overflow counter at 15: it would wrap.
+            (&[68, 8, 9, 0xf0, 0, 0, 0, 0], Invalid { pointer: 23 }),
+            (&[68, 8, 9, 0x10, 0, 0, 0, 0], Valid),
+            // Loose source route: well formed, dropped; twice: malformed.
+            (&[131, 7, 4, 10, 0, 0, 1, 0], SourceRouted),
+            (&[131, 3, 4, 137, 3, 4, 0, 0], Invalid { pointer: 23 }),
+            (&[137, 7, 3, 10, 0, 0, 1, 0], Invalid { pointer: 22 }),
+            // Router alert; unknown options pass; CIPSO without a domain does not.
+            (&[148, 4, 0, 0], Valid),
+            (&[148, 2, 0, 0], Invalid { pointer: 21 }),
+            (&[130, 4, 1, 2], Valid),
+            (&[134, 8, 0, 0, 0, 3, 1, 2], Invalid { pointer: 22 }),
+            // A type without its length byte.
+            (&[1, 1, 1, 7], Invalid { pointer: 23 }),
+        ];
+        for (options, expected) in cases {
+            assert_eq!(check_options(options), *expected, "{options:?}");
+        }
+    }
 
     /// ICMP echo 10.244.1.2 → 10.244.2.3 with a 4-byte Record Route-style option (IHL 6).
     fn fixture() -> Vec<u8> {
