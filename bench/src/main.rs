@@ -173,7 +173,7 @@ struct SoakArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3600))]
     interval: Option<u32>,
     /// Updates a second of the churn on node A.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(10..=10_000))]
     updates_per_second: u32,
     /// Where to write the JSON results.
     #[arg(long, default_value = "soak.json")]

@@ -347,7 +347,7 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Re
             }
         }
     };
-    let first_drops = drops(daemon_a.socket())?;
+    let (mut first_drops, mut last_drops) = (None, BTreeMap::new());
     let mut count = 0u32;
     let mut restart_resync_seconds = f64::NAN;
     let half = Duration::from_secs(u64::from(config.seconds) / 2);
@@ -361,6 +361,8 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Re
                 ("agent node-a", &agent_a),
                 ("agent node-b", &agent_b),
             ]);
+            last_drops = drops(daemon_a.socket())?;
+            first_drops.get_or_insert_with(|| last_drops.clone());
             count += 1;
             next += Duration::from_secs(u64::from(config.interval));
         }
@@ -378,7 +380,7 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Re
     }
     running.store(false, Ordering::Relaxed);
     churner.join().map_err(|_| anyhow::anyhow!("the churn thread panicked"))??;
-    let last_drops = drops(daemon_a.socket())?;
+    let first_drops = first_drops.unwrap_or_default();
     progress("waiting for the flows to end");
     let mut flow_reports = Vec::new();
     for (name, untouched, child) in flows {

@@ -9,8 +9,8 @@
 //! wired keeps its interface, address and MAC from the record; the cluster, where it names
 //! the same pod (`namespace/name`), gives its labels and so its policies. The plugin
 //! registers and removes its pods itself, so an update the dataplane refuses because it
-//! already did (an upsert done, a deletion of what is gone) is followed by a full sync, which
-//! settles any such race. An invalid edit is logged with the file, line or field, and the
+//! already did (a deletion of what is gone) is followed by a full sync, which settles any
+//! such race. An invalid edit is logged with the file, line or field, and the
 //! last good state stays applied. Entries the dataplane leaves out (an address two pods
 //! briefly share, a node it cannot validate) are logged, the rest applies, and the next change
 //! is pushed as a full sync, which retries them. When the connection breaks — the dataplane restarted or
@@ -142,8 +142,16 @@ impl Source {
     }
 
     /// With the API: this node's annotations and the CNI configuration kept as they should
-    /// be. Failures are logged and retried with backoff (1 s to 30 s).
-    fn maintain(&mut self, config: &AgentConfig, local: &LocalNode, info: &DaemonInfo) {
+    /// be. Failures are logged and retried with backoff (1 s to 30 s). The CNI configuration
+    /// waits for the dataplane's first full sync (`synced`): before that it would refuse the
+    /// pods the runtime starts.
+    fn maintain(
+        &mut self,
+        config: &AgentConfig,
+        local: &LocalNode,
+        info: &DaemonInfo,
+        synced: bool,
+    ) {
         let Source::Kubernetes(kube) = self else { return };
         let Some(node) = kube.source.node(&local.name) else { return };
         let pod_cidrs = translate::pod_cidrs_of(&node).unwrap_or_default();
@@ -170,6 +178,7 @@ impl Source {
         }
         if let Some(path) = &kube.conflist
             && !pod_cidrs.is_empty()
+            && synced
         {
             let text = translate::conflist(
                 &pod_cidrs,
@@ -282,7 +291,7 @@ pub fn run(config: &AgentConfig, stop: impl Fn() -> bool) -> anyhow::Result<()> 
                 }
             }
             if let Some((local, info)) = &local {
-                source.maintain(config, local, info);
+                source.maintain(config, local, info, pushed.is_some());
             }
             let request = match (&pushed, &wanted) {
                 (_, None) => None,

@@ -305,9 +305,12 @@ impl Cluster {
             if !self.nodes.iter().any(|n| n.name == p.node) {
                 return Err(format!("pods: {} is on unknown node {:?}", p.key(), p.node));
             }
-            // A pod podlane-cni wired has the record's addresses before the API has them.
+            // A pod podlane-cni wired has the record's addresses before the API has them; one
+            // not wired yet and without addresses is neither an endpoint nor a peer. A pod
+            // wired by hand (mac, interface) must say its addresses.
             let recorded = || wired.iter().any(|r| r.endpoint.key() == p.key());
-            if p.addresses().is_empty() && !recorded() {
+            let by_hand = p.mac.is_some() || p.interface.is_some();
+            if p.addresses().is_empty() && by_hand && !recorded() {
                 return Err(format!("pods: {} has no ip", p.key()));
             }
         }

@@ -69,7 +69,7 @@ enum Command {
         cni_state_dir: PathBuf,
         /// With the Kubernetes API: write the CNI network configuration for this node (its
         /// pod CIDRs, the dataplane's pod MTU) to this file, e.g.
-        /// /etc/cni/net.d/10-podlane.conflist. The runtime starts pods once it exists.
+        /// /etc/cni/net.d/00-podlane.conflist. The runtime starts pods once it exists.
         #[arg(long, value_name = "FILE", conflicts_with = "cluster")]
         write_cni_config: Option<PathBuf>,
     },

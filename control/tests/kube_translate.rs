@@ -396,3 +396,33 @@ proptest! {
         prop_assert_eq!(others, clean.nodes);
     }
 }
+
+#[test]
+fn a_pod_of_this_node_not_wired_yet_blocks_nothing() {
+    let mut objects = Objects::all();
+    let mut stuck: Pod = fixture("pod-pending.json");
+    stuck.metadata.name = Some("stuck".into());
+    stuck.spec.as_mut().unwrap().node_name = Some("podlane-a".into());
+    objects.pods.push(stuck);
+    let (cluster, _) = objects.translate(&local(Overlay::Flannel));
+    let tables = cluster.tables_for("podlane-a", &[]).expect("the rest of the tables compute");
+    assert!(tables.endpoints.is_empty(), "not wired: not an endpoint");
+    assert_eq!(tables.nodes.len(), 3);
+}
+
+#[test]
+fn backend_data_without_a_vni_is_read() {
+    let mut node: Node = fixture("node-flannel.json");
+    node.metadata.annotations.as_mut().unwrap().insert(
+        translate::flannel::BACKEND_DATA.into(),
+        r#"{"VtepMAC":"0a:bb:00:00:00:09"}"#.into(),
+    );
+    let nodes = [&node];
+    let (cluster, skipped) = cluster_from_api(
+        &local(Overlay::Flannel),
+        ApiObjects { nodes: &nodes, pods: &[], namespaces: &[], policies: &[] },
+    );
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let b = cluster.nodes.iter().find(|n| n.name == "kernel-b").unwrap();
+    assert_eq!(b.vtep_mac.to_string(), "0a:bb:00:00:00:09");
+}

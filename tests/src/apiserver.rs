@@ -19,7 +19,9 @@
 //!   `ERROR` event carrying a 410 `Expired` Status, then the end of the stream.
 //!   `resourceVersion` 0 or absent starts with an `ADDED` for every object.
 //! * **PATCH** with `application/merge-patch+json` (RFC 7386) on an object or its `status`
-//!   subresource; **GET** of one object. Anything else is 404 or 405 with a `Status` body.
+//!   subresource, which (as the real strategies) leaves `spec` through `status` and `status`
+//!   through the object as they were; **GET** of one object. Anything else is 404 or 405 with a
+//!   `Status` body. A watch answers with `Connection: close` and ends the connection.
 //! * **Authentication**: a bearer token; any other gets 401.
 //!
 //! Tests change the objects with [`FakeApiServer::put`] and [`FakeApiServer::delete`],
@@ -672,8 +674,9 @@ fn watch(
         .and_then(|t| t.parse().ok())
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800));
-    let head =
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    // The stream is the connection's last answer here, and says so.
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: \
+                chunked\r\nConnection: close\r\n\r\n";
     if stream.write_all(head.as_bytes()).is_err() {
         return;
     }
@@ -775,10 +778,22 @@ fn patch(shared: &Shared, target: &Target, request: &Request) -> (u16, Value) {
     };
     let mut state = shared.state.lock().unwrap();
     let key = key_of(target);
-    let Some(mut object) = state.objects.get(&key).cloned() else {
+    let Some(old) = state.objects.get(&key).cloned() else {
         return (404, not_found(target));
     };
+    let mut object = old.clone();
     merge_patch(&mut object, &patch);
+    // As the real strategies do: a write through `status` changes no `spec`, a write to the
+    // object itself no `status` (metadata goes through either).
+    let kept = if target.subresource.is_some() { "spec" } else { "status" };
+    match old.get(kept) {
+        Some(value) => object[kept] = value.clone(),
+        None => {
+            if let Some(map) = object.as_object_mut() {
+                map.remove(kept);
+            }
+        }
+    }
     let stored = write(&mut state, key, "MODIFIED", object);
     drop(state);
     shared.changed.notify_all();

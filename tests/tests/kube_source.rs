@@ -136,7 +136,7 @@ fn kube_source() -> anyhow::Result<()> {
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig("podlane"))?;
     let state = dir.path().join("state");
-    let conflist_path = dir.path().join("net.d/10-podlane.conflist");
+    let conflist_path = dir.path().join("net.d/00-podlane.conflist");
     let agent_log = dir.path().join("agent.log");
     let (state_arg, conflist_arg) =
         (state.to_string_lossy().into_owned(), conflist_path.to_string_lossy().into_owned());

@@ -200,8 +200,9 @@ pub fn pod_cidrs_of(node: &KubeNode) -> Result<Vec<Cidr>, String> {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct FlannelBackendData {
-    #[serde(rename = "VNI")]
-    vni: u32,
+    /// Absent in what some external VTEPs publish; Flannel does not check it either.
+    #[serde(rename = "VNI", default)]
+    vni: Option<u32>,
     #[serde(rename = "VtepMAC")]
     vtep_mac: String,
 }
@@ -234,11 +235,10 @@ fn node_from_api(local: &LocalNode, node: &KubeNode) -> Result<Node, String> {
             };
             let data: FlannelBackendData =
                 serde_json::from_str(get(data_key)?).map_err(|e| format!("{data_key}: {e}"))?;
-            if data.vni != local.vni {
-                return Err(format!(
-                    "{data_key} says VNI {}, this node's is {}",
-                    data.vni, local.vni
-                ));
+            if let Some(vni) = data.vni
+                && vni != local.vni
+            {
+                return Err(format!("{data_key} says VNI {vni}, this node's is {}", local.vni));
             }
             let underlay = get(ip_key)?;
             (underlay.to_owned(), data.vtep_mac, Vec::new())

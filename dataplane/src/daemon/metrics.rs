@@ -8,7 +8,7 @@
 //! `podlane_drop_count_total{reason}`).
 //!
 //! `/healthz` answers 200 while the daemon serves; `/readyz` answers 200 once every worker is
-//! alive and the tables are in sync (the control process said so, or they came from a tables
+//! alive, the uplink is up and the tables are in sync (the control process said so, or they came from a tables
 //! file), else 503 with the reason.
 
 use std::collections::BTreeMap;
@@ -125,6 +125,9 @@ fn not_ready(shared: &Shared) -> Option<String> {
     let alive = shared.live_workers.load(Ordering::Relaxed);
     if alive < shared.workers {
         return Some(format!("{} of {} workers alive", alive, shared.workers));
+    }
+    if !shared.uplink_running.load(Ordering::Relaxed) {
+        return Some(format!("the uplink {} is down", shared.uplink));
     }
     let (generation, in_sync) = shared.tables.status();
     if !in_sync && !shared.static_tables {

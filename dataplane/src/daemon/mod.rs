@@ -16,6 +16,7 @@ mod metrics;
 mod neighbours;
 mod tables;
 mod tunnel;
+mod uplink_watch;
 mod worker;
 
 pub use control::{Access, ControlError};
@@ -129,6 +130,13 @@ pub enum DaemonError {
     Host(#[from] HostError),
     #[error("{alive} of {workers} workers running: a worker stopped, so the daemon did too")]
     WorkerStopped { alive: usize, workers: usize },
+    #[error(
+        "the uplink {name}'s MTU changed from {from} to {to}: the daemon stops so that it is \
+         started again with buffers and a pod MTU that fit"
+    )]
+    UplinkMtuChanged { name: String, from: u32, to: u32 },
+    #[error("the uplink {name} (index {index}) is gone: nothing left to forward on")]
+    UplinkGone { name: String, index: u32 },
     #[error("serving metrics on {address}: {source} (choose another --metrics-address)")]
     Metrics { address: std::net::SocketAddr, source: std::io::Error },
 }
@@ -251,6 +259,8 @@ pub(crate) struct Shared {
     tunnel: Option<tunnel::Tunnel>,
     /// Workers whose thread still runs (the main loop counts them every 100 ms).
     live_workers: std::sync::atomic::AtomicUsize,
+    /// The uplink is up with carrier (the main loop looks every second).
+    uplink_running: AtomicBool,
     /// The tables came from a file (`--tables`): complete, with nothing to sync.
     static_tables: bool,
     stop: AtomicBool,
@@ -296,6 +306,7 @@ impl Shared {
             host_state: Mutex::new(host::HostState::default()),
             tunnel: None,
             live_workers: std::sync::atomic::AtomicUsize::new(workers),
+            uplink_running: AtomicBool::new(true),
             static_tables: false,
             stop: AtomicBool::new(false),
             stats: (0..workers).map(|_| Mutex::new(WorkerCounters::default())).collect(),
@@ -486,6 +497,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         host_state: Mutex::new(host::HostState::default()),
         tunnel,
         live_workers: std::sync::atomic::AtomicUsize::new(workers),
+        uplink_running: AtomicBool::new(true),
         static_tables: config.tables.is_some(),
         tables,
         stop: AtomicBool::new(false),
@@ -622,6 +634,11 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         None => None,
     };
     let mut resolver = neighbours::Resolver::new(uplink_index);
+    let mut uplink_watch = uplink_watch::UplinkWatch::new(
+        uplink_index,
+        &config.uplink,
+        u32::from(shared.info.uplink_mtu),
+    );
     let mut last_stats = Instant::now();
     while !io::stop_requested() {
         // The attacher's thread first, then the workers'. A worker that ended while the
@@ -636,6 +653,17 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             drop(uplink_link);
             stop_workers(handles);
             return Err(DaemonError::WorkerStopped { alive, workers });
+        }
+        match uplink_watch.check() {
+            Ok(running) => shared.uplink_running.store(running, Ordering::Relaxed),
+            Err(e) => {
+                tracing::error!("{e}");
+                drop(metrics);
+                drop(control);
+                drop(uplink_link);
+                stop_workers(handles);
+                return Err(e);
+            }
         }
         resolver.tick(&shared.tables);
         if let Some(host) = host.as_mut() {

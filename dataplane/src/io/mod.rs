@@ -70,6 +70,17 @@ pub fn interface_mtu(name: &str) -> io::Result<u32> {
     sys::interface_mtu(name)
 }
 
+/// The name of the interface with this index now, `None` when it is gone.
+pub fn interface_name(index: u32) -> Option<String> {
+    sys::interface_name(index)
+}
+
+/// Whether the interface is up and has carrier (IFF_UP and IFF_RUNNING).
+pub fn interface_running(name: &str) -> io::Result<bool> {
+    let flags = sys::interface_flags(name)?;
+    Ok(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
+}
+
 /// How many receive queues the interface has (ethtool channels: the larger of RX and
 /// combined; 1 when the driver does not say).
 pub fn interface_queues(name: &str) -> u32 {

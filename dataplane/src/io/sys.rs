@@ -9,7 +9,8 @@
 //!   of the union.
 //! * AF_XDP sockets: socket, setsockopt/getsockopt of the `SOL_XDP` options, bind, the
 //!   wake-up calls (sendto, recvfrom, poll).
-//! * Interface queries (if_nametoindex, SIOCGIFHWADDR, SIOCGIFMTU, ETHTOOL_GCHANNELS), a
+//! * Interface queries (if_nametoindex, if_indextoname, SIOCGIFHWADDR, SIOCGIFMTU,
+//!   SIOCGIFFLAGS, ETHTOOL_GCHANNELS), a
 //!   NETLINK_ROUTE socket, signal handlers that set a flag, and the process's capabilities.
 //! * TUN and TAP queues (TUNSETIFF, TUNSETPERSIST, TUNSETVNETHDRSZ, TUNSETOFFLOAD) and setns(2)
 //!   into a pod's network namespace, where its TAP device is.
@@ -449,7 +450,7 @@ fn ioctl_socket() -> io::Result<OwnedFd> {
 fn interface_ioctl(request: libc::Ioctl, req: &mut libc::ifreq) -> io::Result<()> {
     let sock = ioctl_socket()?;
     // SAFETY: `req` is a live, exclusively borrowed `ifreq` with a NUL-terminated name; for
-    // the requests used here (SIOCGIFHWADDR, SIOCGIFMTU, SIOCETHTOOL) the kernel reads the
+    // the requests used here (SIOCGIFHWADDR, SIOCGIFMTU, SIOCGIFFLAGS, SIOCETHTOOL) the kernel reads the
     // name and writes into the union, or (ETHTOOL) follows `ifr_data` to a struct the caller
     // keeps alive for the call.
     let ret = unsafe { libc::ioctl(sock.as_raw_fd(), request, req as *mut libc::ifreq) };
@@ -471,6 +472,27 @@ pub(super) fn interface_mtu(name: &str) -> io::Result<u32> {
     interface_ioctl(libc::SIOCGIFMTU, &mut req)?;
     // SAFETY: after SIOCGIFMTU the union holds `ifru_mtu`.
     Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// The interface's flags (SIOCGIFFLAGS): IFF_UP, IFF_RUNNING, …
+pub(super) fn interface_flags(name: &str) -> io::Result<i32> {
+    let mut req = ifreq(name)?;
+    interface_ioctl(libc::SIOCGIFFLAGS, &mut req)?;
+    // SAFETY: after SIOCGIFFLAGS the union holds `ifru_flags`.
+    Ok(i32::from(unsafe { req.ifr_ifru.ifru_flags }))
+}
+
+/// The name of the interface with index `index` (if_indextoname), `None` when there is none.
+pub(super) fn interface_name(index: u32) -> Option<String> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` is a writable buffer of IF_NAMESIZE bytes, as if_indextoname requires; it
+    // writes a NUL-terminated name there or returns null.
+    let ret = unsafe { libc::if_indextoname(index, name.as_mut_ptr()) };
+    if ret.is_null() {
+        return None;
+    }
+    let bytes: Vec<u8> = name.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    String::from_utf8(bytes).ok()
 }
 
 /// `struct ethtool_channels` (include/uapi/linux/ethtool.h).

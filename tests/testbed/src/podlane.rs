@@ -90,12 +90,14 @@ impl DerefMut for Dataplane {
     }
 }
 
-/// `podlane agent` keeping a dataplane in step with a cluster file.
+/// `podlane agent` keeping a dataplane in step with a cluster file. Its `--cni-state-dir` is
+/// beside its log (the log's path with the extension `cni`), not the machine's
+/// /run/podlane/cni.
 pub fn agent(node: &str, socket: &Path, cluster: &Path, log: &Path) -> anyhow::Result<Service> {
     agent_binary(&binary("podlane"), node, socket, cluster, log)
 }
 
-/// [`agent`] with more arguments after `agent` (`--cni-state-dir DIR`).
+/// [`agent`] with more arguments after `agent` (`--cni-state-dir DIR` replaces the default).
 pub fn agent_with(
     node: &str,
     socket: &Path,
@@ -105,6 +107,9 @@ pub fn agent_with(
 ) -> anyhow::Result<Service> {
     let mut command = std::process::Command::new(binary("podlane"));
     command.arg("--socket").arg(socket).args(["agent", "--node", node, "--cluster"]).arg(cluster);
+    if !args.contains(&"--cni-state-dir") {
+        command.arg("--cni-state-dir").arg(log.with_extension("cni"));
+    }
     command.args(args);
     Service::start("podlane agent", command, log)
 }
@@ -119,6 +124,7 @@ pub fn agent_binary(
 ) -> anyhow::Result<Service> {
     let mut command = std::process::Command::new(program);
     command.arg("--socket").arg(socket).args(["agent", "--node", node, "--cluster"]).arg(cluster);
+    command.arg("--cni-state-dir").arg(log.with_extension("cni"));
     Service::start("podlane agent", command, log)
 }
 

@@ -101,6 +101,14 @@ fn ipv4(
         if !ip.verify_checksum() {
             return Verdict::Drop(DropReason::Ipv4Checksum);
         }
+        if EthernetFrame::new_unchecked(data).destination() != pipeline.config.gateway_mac {
+            return Verdict::Drop(DropReason::DstMacNotGateway);
+        }
+        let dst = ip.dst_addr();
+        if dst.is_multicast() || dst.is_broadcast() {
+            return Verdict::Drop(DropReason::MulticastDestination);
+        }
+        // After the checks that drop without an answer, as the kernel's ip_rcv_core does.
         if ip.header_len() > Ipv4Packet::<&[u8]>::MIN_HEADER_LEN {
             match check_options(ip.options()) {
                 OptionsVerdict::Valid => {}
@@ -117,13 +125,6 @@ fn ipv4(
                     );
                 }
             }
-        }
-        if EthernetFrame::new_unchecked(data).destination() != pipeline.config.gateway_mac {
-            return Verdict::Drop(DropReason::DstMacNotGateway);
-        }
-        let dst = ip.dst_addr();
-        if dst.is_multicast() || dst.is_broadcast() {
-            return Verdict::Drop(DropReason::MulticastDestination);
         }
         let flow = match flow::ipv4(&ip, DropReason::MalformedL4) {
             Ok(flow) => flow,

@@ -9,11 +9,13 @@
 //!   adds or changes, and when both are new, the later one in the request.
 //! * An entry at fault that the tables held before the request keeps its previous version;
 //!   one they did not hold is left out. Either way the reply lists it under `rejected`.
+//! * An entry the request did not change is never left out: a fault among unchanged entries
+//!   only (a policy deleted while an unchanged endpoint uses it, this node's pod CIDRs changed
+//!   under its pods) refuses the request whole.
 //! * The local node is never left out: a request whose local node does not validate is
 //!   refused whole, as is one with more than [`MAX_REJECTED`] entries at fault (so that a
-//!   request of garbage costs at most that many builds).
-
-use std::collections::HashSet;
+//!   request of garbage costs at most that many builds and one more), and one over the
+//!   tables' capacity.
 
 use super::snapshot::TableError;
 use super::spec::TableSpec;
@@ -56,7 +58,7 @@ impl Entry {
     }
 
     /// Puts `previous`'s version of this entry in place of `spec`'s last one, or removes that
-    /// one when `previous` has none (or the same). False when `spec` has no such entry.
+    /// one when `previous` has none. False when `spec` has no such entry.
     fn revert(&self, spec: &mut TableSpec, previous: Option<&TableSpec>) -> bool {
         let Some(at) = self.position(spec) else { return false };
         let old = previous.and_then(|p| self.position(p).map(|i| (p, i)));
@@ -142,35 +144,29 @@ pub fn build_salvaging<T>(
     mut build: impl FnMut(&TableSpec) -> Result<T, TableError>,
 ) -> Result<(T, TableSpec, Vec<Rejected>), TableError> {
     let mut rejected: Vec<Rejected> = Vec::new();
-    // Entries already put back to their previous version: a second fault removes them.
-    let mut reverted: HashSet<Entry> = HashSet::new();
     loop {
         let error = match build(&spec) {
             Ok(built) => return Ok((built, spec, rejected)),
             Err(error) => error,
         };
-        // Blame what the request changed before what it left as it was.
-        let parties = error.parties();
-        let Some(entry) =
-            parties.iter().find(|e| !unchanged(e, &spec, previous)).or(parties.first()).cloned()
+        // Blame an entry the request added or changed (of two in conflict, the later first).
+        // When it changed none of them, the fault is in something else it did — a policy
+        // deleted while an unchanged endpoint uses it, this node's pod CIDRs changed under
+        // its pods — and leaving out an entry that was in force would cut off what worked:
+        // the request is refused whole.
+        let Some(entry) = error.parties().into_iter().find(|e| !unchanged(e, &spec, previous))
         else {
             return Err(error);
         };
         if entry == Entry::Node(spec.local_node.clone()) || rejected.len() >= MAX_REJECTED {
             return Err(error);
         }
-        let changed = if reverted.insert(entry.clone()) {
-            entry.revert(&mut spec, previous)
-        } else {
-            entry.revert(&mut spec, None)
-        };
-        if !changed {
+        // Back to its previous version, which is unchanged from then on and never blamed
+        // again; or out, for an entry the tables did not hold.
+        if !entry.revert(&mut spec, previous) {
             return Err(error);
         }
-        match rejected.iter_mut().find(|r| r.entry == entry) {
-            Some(r) => r.error = error,
-            None => rejected.push(Rejected { entry, error }),
-        }
+        rejected.push(Rejected { entry, error });
     }
 }
 
@@ -243,6 +239,24 @@ mod tests {
         let (applied, rejected) = build(spec, Some(&previous)).expect("salvaged");
         assert_eq!(keys(&rejected), ["policy broken", "endpoint default/api"]);
         assert_eq!(applied, previous);
+    }
+
+    #[test]
+    fn a_fault_among_unchanged_entries_refuses_the_request_whole() {
+        let mut previous = good();
+        previous.endpoints[0].ingress_policy = Some("deny".into());
+        let mut spec = previous.clone();
+        spec.policies.clear(); // deleted while web uses it
+        assert!(
+            matches!(build(spec, Some(&previous)), Err(TableError::UnknownPolicy { .. })),
+            "web, unchanged, is not cut off"
+        );
+        let mut spec = previous.clone();
+        spec.nodes[0].pod_cidrs = vec!["10.244.9.0/24".parse().unwrap()];
+        assert!(matches!(
+            build(spec, Some(&previous)),
+            Err(TableError::EndpointOutsideNodeCidrs { .. })
+        ));
     }
 
     #[test]

@@ -316,12 +316,12 @@ pub fn check_options(options: &[u8]) -> OptionsVerdict {
                     return invalid(i + 2);
                 }
                 if pointer <= len {
-                    // Flags: 0 timestamps only (4 bytes each), 1 and 3 address and timestamp
-                    // (8 bytes each); other flags are left alone on received packets.
+                    // Room for a timestamp at the pointer, whatever the flags; flags 1 and 3
+                    // (address and timestamp) need 8 bytes. Other flags are left alone on
+                    // received packets.
                     let room = match opt[3] & 0x0f {
-                        0 => 3,
                         1 | 3 => 7,
-                        _ => 0,
+                        _ => 3,
                     };
                     if pointer + room > len {
                         return invalid(i + 2);
@@ -378,6 +378,9 @@ mod tests {
             (&[68, 8, 5, 0, 0, 0, 0, 0], Valid),
             // Address and timestamp (flag 1) need 8 bytes at the pointer.
             (&[68, 8, 5, 1, 0, 0, 0, 0], Invalid { pointer: 22 }),
+            // An unknown flag still needs room for a timestamp at the pointer.
+            (&[68, 8, 7, 2, 0, 0, 0, 0], Invalid { pointer: 22 }),
+            (&[68, 8, 5, 2, 0, 0, 0, 0], Valid),
             // Full, overflow counter at 15: it would wrap.
             (&[68, 8, 9, 0xf0, 0, 0, 0, 0], Invalid { pointer: 23 }),
             (&[68, 8, 9, 0x10, 0, 0, 0, 0], Valid),
