@@ -2,12 +2,12 @@
 //! `--metrics-address`; after traffic between the pods, `/metrics` parses as Prometheus' text
 //! exposition (every sample line a name, labels and a number; every family with its TYPE),
 //! holds the families README lists with the traffic counted in them (local frames, the pods'
-//! packets, a drop reason, conntrack entries), and `/healthz` and `/readyz` answer 200; an
-//! unknown path is 404.
+//! packets, a drop reason, conntrack entries, UDP the uplink program left to the kernel by
+//! reason), and `/healthz` and `/readyz` answer 200; an unknown path is 404.
 
 use std::collections::BTreeMap;
 
-use podlane_tests::require_root;
+use podlane_tests::{require_program, require_root};
 use testbed::cluster::OneNode;
 use testbed::podlane::Dataplane;
 use testbed::{Pod, binary};
@@ -78,6 +78,28 @@ fn metrics() -> anyhow::Result<()> {
         .args(["-c", "1", "-W", "1", "-I", "10.244.1.99", &one.p2.ip])
         .output();
     drop(spoof);
+    // UDP to the node that the uplink program leaves to the kernel, sent from the underlay
+    // peer by Python's socket module (IP options, fragments and raw VXLAN bytes are all it
+    // takes): one datagram with IP options, one fragmented in three, VXLAN with VNI 2.
+    let python = require_program("/usr/bin/python3", "python3");
+    if let Some(python) = &python {
+        let script = [
+            "import socket",
+            "to = ('192.168.85.1', 8472)",
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+            "s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 1, 1, 0]))",
+            "s.sendto(b'options', to)",
+            "f = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+            // IP_MTU_DISCOVER (10) to IP_PMTUDISC_DONT (0): fragmented here, not refused.
+            "f.setsockopt(socket.IPPROTO_IP, 10, 0)",
+            "f.sendto(bytes(3000), to)",
+            "v = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+            "v.sendto(bytes([8, 0, 0, 0, 0, 0, 2, 0]) + bytes(64), to)",
+        ]
+        .join("\n");
+        let out = one.peer.command(python).args(["-c", &script]).output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
     // Counters are published about once a second.
     std::thread::sleep(std::time::Duration::from_millis(1500));
 
@@ -119,6 +141,12 @@ fn metrics() -> anyhow::Result<()> {
     assert!(value("podlane_conntrack_entries{worker=\"0\"}") >= 0.0, "{body}");
     assert_eq!(value("podlane_tables_in_sync"), 1.0, "tables from a file are in sync:\n{body}");
     assert_eq!(value("podlane_workers_alive"), value("podlane_workers"), "{body}");
+    if python.is_some() {
+        for (reason, at_least) in [("ip_options", 1.0), ("fragment", 3.0), ("other_vni", 1.0)] {
+            let series = format!("podlane_uplink_passed_total{{reason=\"{reason}\"}}");
+            assert!(value(&series) >= at_least, "{series}:\n{body}");
+        }
+    }
 
     assert_eq!(get(&node, "/healthz").0, "HTTP/1.1 200 OK");
     let (status, body) = get(&node, "/readyz");

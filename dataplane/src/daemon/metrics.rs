@@ -28,6 +28,7 @@ use prometheus_client::registry::Registry;
 
 use super::Shared;
 use crate::api::WorkerCounters;
+use crate::io::xdp::uplink_passed;
 use crate::table::PodEdge;
 
 /// The serving thread; stopped and joined when dropped.
@@ -225,6 +226,18 @@ impl Collector for Podlane {
             "Bytes received by the pipelines",
             [(vec![], sum(|w| w.rx_bytes))],
         )?;
+        // Read from the uplink program's per-CPU counters now.
+        if let Some(passed) = &shared.uplink_passed {
+            counter(
+                e,
+                "podlane_uplink_passed",
+                "UDP to this node the uplink program left to the kernel, by reason",
+                (0..uplink_passed::COUNT).map(|i| {
+                    let label = uplink_passed::LABELS[i as usize].to_owned();
+                    (vec![("reason", label)], passed.sum(i).unwrap_or(0))
+                }),
+            )?;
+        }
         let mut drops: BTreeMap<&str, u64> = BTreeMap::new();
         for w in &workers {
             for (reason, n) in &w.drops {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::{DaemonInfo, WorkerCounters};
 use crate::engine::EngineConfig;
-use crate::io::xdp::{XdpError, XdpLink, XdpMode, XdpProgram, XskMap};
+use crate::io::xdp::{PerCpuArray, XdpError, XdpLink, XdpMode, XdpProgram, XskMap, uplink_passed};
 use crate::io::xsk::{BindPreference, UmemConfig};
 use crate::io::{self};
 use crate::table::{LoadError, TableError, TableSpec};
@@ -114,7 +114,7 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("creating a worker's inbox: {0}")]
     Inbox(#[source] std::io::Error),
-    #[error("the uplink's XSKMAP: {0}")]
+    #[error("the uplink program's maps: {0}")]
     UplinkMap(#[source] XdpError),
     #[error("the uplink program: {0}")]
     UplinkProgram(#[source] XdpError),
@@ -261,6 +261,9 @@ pub(crate) struct Shared {
     live_workers: std::sync::atomic::AtomicUsize,
     /// The uplink is up with carrier (the main loop looks every second).
     uplink_running: AtomicBool,
+    /// What the uplink program passed to the kernel of the UDP addressed to this node, by
+    /// reason ([`uplink_passed`]); none in unit tests, which load no program.
+    uplink_passed: Option<PerCpuArray>,
     /// The tables came from a file (`--tables`): complete, with nothing to sync.
     static_tables: bool,
     stop: AtomicBool,
@@ -307,6 +310,7 @@ impl Shared {
             tunnel: None,
             live_workers: std::sync::atomic::AtomicUsize::new(workers),
             uplink_running: AtomicBool::new(true),
+            uplink_passed: None,
             static_tables: false,
             stop: AtomicBool::new(false),
             stats: (0..workers).map(|_| Mutex::new(WorkerCounters::default())).collect(),
@@ -445,6 +449,8 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         inboxes.push(inbox);
         wakees.push(wakee);
     }
+    let passed =
+        PerCpuArray::new("podlane_passed", uplink_passed::COUNT).map_err(DaemonError::UplinkMap)?;
     let shared = Arc::new(Shared {
         uplink: config.uplink.clone(),
         uplink_queues,
@@ -498,6 +504,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         tunnel,
         live_workers: std::sync::atomic::AtomicUsize::new(workers),
         uplink_running: AtomicBool::new(true),
+        uplink_passed: Some(passed),
         static_tables: config.tables.is_some(),
         tables,
         stop: AtomicBool::new(false),
@@ -522,9 +529,18 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     };
     let (attacher, links) = attacher::Attacher::new(Box::new(pods), wakers);
     let uplink_map = Arc::new(XskMap::new(uplink_queues).map_err(DaemonError::UplinkMap)?);
-    let uplink_program =
-        XdpProgram::uplink(&uplink_map, node_ip, engine.vxlan_port, engine.vni, umem.multi_buffer)
-            .map_err(DaemonError::UplinkProgram)?;
+    let passed = shared.uplink_passed.as_ref().ok_or_else(|| {
+        DaemonError::UplinkProgram(XdpError::MapCreate(std::io::Error::other("no pass counters")))
+    })?;
+    let uplink_program = XdpProgram::uplink(
+        &uplink_map,
+        passed,
+        node_ip,
+        engine.vxlan_port,
+        engine.vni,
+        umem.multi_buffer,
+    )
+    .map_err(DaemonError::UplinkProgram)?;
 
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::new();

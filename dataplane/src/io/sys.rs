@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
-#[cfg(feature = "testing")]
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 #[cfg(feature = "testing")]
@@ -183,7 +182,6 @@ pub(super) fn map_update_u32(map: &OwnedFd, key: u32, value: u32) -> io::Result<
 /// BPF_MAP_LOOKUP_ELEM: copies the value at `key` into `value`, whose length must be the
 /// map's value size (for a per-CPU map: the value size rounded up to 8, times the number of
 /// possible CPUs).
-#[cfg(feature = "testing")]
 pub(super) fn map_lookup(map: &OwnedFd, key: &[u8], value: &mut [u8]) -> io::Result<()> {
     let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,

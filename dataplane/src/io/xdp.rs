@@ -8,7 +8,10 @@
 //! * [`XdpProgram::uplink`] — on the uplink: redirect only UDP to the VXLAN port addressed to
 //!   this node (IPv4 without options and not fragmented, or IPv6 with UDP as the first next
 //!   header) whose VNI is ours; XDP_PASS for everything else, so SSH, ARP, kubelet, fragments
-//!   and another VXLAN user's VNI on the same port keep going through the kernel.
+//!   and another VXLAN user's VNI on the same port keep going through the kernel. What it
+//!   passes of the UDP addressed to this node over IPv4 is counted by reason
+//!   ([`uplink_passed`]) in a per-CPU array the daemon reads: IP options or a header that is
+//!   not plain, fragments, and VXLAN on our port with another VNI.
 //!
 //! The veth quirk (DESIGN.md): a veth drops frames its peer transmitted through XDP
 //! (`XDP_TX`, devmap redirects) unless it runs an XDP program or has GRO on. These programs
@@ -17,9 +20,9 @@
 //! "veth").
 //!
 //! The assembler is public so that `podlane-bench` can write its packet generator and sink the
-//! same way; with the `testing` feature (the bench's, never the daemon's), `PerCpuArray` counts
-//! per CPU and `XdpProgram::run_live` runs a program on live frames (BPF_PROG_RUN), which is
-//! how that generator transmits.
+//! same way; with the `testing` feature (the bench's, never the daemon's),
+//! `XdpProgram::run_live` runs a program on live frames (BPF_PROG_RUN), which is how that
+//! generator transmits.
 //!
 //! A program is attached with BPF_LINK_CREATE: the attachment is owned by the link's file
 //! descriptor, so when the process exits — cleanly, by a panic or by SIGKILL — the kernel
@@ -147,6 +150,21 @@ use action::PASS as XDP_PASS;
 pub const MD_DATA: i16 = 0;
 pub const MD_DATA_END: i16 = 4;
 pub const MD_RX_QUEUE_INDEX: i16 = 16;
+
+/// Why the uplink program passed UDP addressed to this node to the kernel: the indices of its
+/// counters ([`XdpProgram::uplink`]'s `passed`).
+pub mod uplink_passed {
+    /// An IPv4 header with options, or a version/length byte other than 0x45.
+    pub const IP_OPTIONS: u32 = 0;
+    /// A fragment (the first or a later one): the kernel reassembles it, whatever service it
+    /// is for.
+    pub const FRAGMENT: u32 = 1;
+    /// VXLAN on our port with a VNI that is not ours (another vxlan device's).
+    pub const OTHER_VNI: u32 = 2;
+    pub const COUNT: u32 = 3;
+    /// Labels, by index. Over an IPv6 underlay only `other_vni` is counted.
+    pub const LABELS: [&str; COUNT as usize] = ["ip_options", "fragment", "other_vni"];
+}
 
 /// An eBPF program under construction: instructions as the kernel's 8-byte `struct bpf_insn`
 /// (code, dst/src registers, 16-bit offset, 32-bit immediate), and labels resolved when done.
@@ -362,7 +380,6 @@ impl AsFd for XskMap {
 
 /// A per-CPU array of `u64` values (BPF_MAP_TYPE_PERCPU_ARRAY): a program updates its own
 /// CPU's copy without atomics; userspace reads the sum over CPUs.
-#[cfg(feature = "testing")]
 #[derive(Debug)]
 pub struct PerCpuArray {
     fd: OwnedFd,
@@ -371,7 +388,6 @@ pub struct PerCpuArray {
     cpus: usize,
 }
 
-#[cfg(feature = "testing")]
 impl PerCpuArray {
     pub fn new(name: &'static str, entries: u32) -> Result<PerCpuArray, XdpError> {
         const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
@@ -392,7 +408,6 @@ impl PerCpuArray {
     }
 }
 
-#[cfg(feature = "testing")]
 impl AsFd for PerCpuArray {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -401,7 +416,6 @@ impl AsFd for PerCpuArray {
 
 /// The number of possible CPUs (`/sys/devices/system/cpu/possible`, e.g. "0-3"): the number
 /// of copies a per-CPU map holds.
-#[cfg(feature = "testing")]
 fn possible_cpus() -> usize {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
     let highest = text
@@ -439,15 +453,18 @@ impl XdpProgram {
     }
 
     /// The uplink program (module doc) for a node with underlay address `node`, VXLAN
-    /// destination port `port` and VNI `vni`; `frags` as for [`XdpProgram::pod`].
+    /// destination port `port` and VNI `vni`, counting what it passes in `passed` (at least
+    /// [`uplink_passed::COUNT`] entries); `frags` as for [`XdpProgram::pod`].
     pub fn uplink(
         map: &XskMap,
+        passed: &PerCpuArray,
         node: IpAddr,
         port: u16,
         vni: u32,
         frags: bool,
     ) -> Result<XdpProgram, XdpError> {
-        XdpProgram::load_with("podlane_uplink", &uplink_program(map, node, port, vni), frags)
+        let insns = uplink_program(map, passed, node, port, vni);
+        XdpProgram::load_with("podlane_uplink", &insns, frags)
     }
 
     /// Loads any XDP program given as instructions; a rejection carries the verifier's log.
@@ -532,10 +549,17 @@ fn le16(network: u16) -> i32 {
 }
 
 /// The uplink program's instructions.
-fn uplink_program(map: &XskMap, node: IpAddr, port: u16, vni: u32) -> Vec<u64> {
+fn uplink_program(
+    map: &XskMap,
+    passed: &PerCpuArray,
+    node: IpAddr,
+    port: u16,
+    vni: u32,
+) -> Vec<u64> {
     let mut asm = Asm::new();
     let pass = asm.label();
     let redirect = asm.label();
+    let (with_options, fragment, other_vni) = (asm.label(), asm.label(), asm.label());
     // Where the VXLAN header starts: after Ethernet, the IP header and UDP.
     let vxlan: i16 = match node {
         IpAddr::V4(_) => 42,
@@ -554,14 +578,16 @@ fn uplink_program(map: &XskMap, node: IpAddr, port: u16, vni: u32) -> Vec<u64> {
             asm.jmp_reg(Cond::Gt, Reg::R4, Reg::R3, pass);
             asm.ldx(Size::H, Reg::R5, Reg::R2, 12); // EtherType
             asm.jmp_imm(Cond::Ne, Reg::R5, le16(0x0800), pass);
-            asm.ldx(Size::B, Reg::R5, Reg::R2, 14); // version 4, IHL 5: no options
-            asm.jmp_imm(Cond::Ne, Reg::R5, 0x45, pass);
+            // Protocol and destination sit where they are whatever the header's length.
             asm.ldx(Size::B, Reg::R5, Reg::R2, 23); // protocol
             asm.jmp_imm(Cond::Ne, Reg::R5, 17, pass);
-            asm.ldx(Size::H, Reg::R5, Reg::R2, 20); // flags + fragment offset: MF or offset → kernel
-            asm.jmp_imm(Cond::Set, Reg::R5, le16(0x3fff), pass);
             asm.ldx(Size::W, Reg::R5, Reg::R2, 30); // destination address
             asm.jmp32_imm(Cond::Ne, Reg::R5, u32::from_le_bytes(addr.octets()), pass);
+            // UDP to this node from here on: what the kernel gets of it is counted.
+            asm.ldx(Size::B, Reg::R5, Reg::R2, 14); // version 4, IHL 5: no options
+            asm.jmp_imm(Cond::Ne, Reg::R5, 0x45, with_options);
+            asm.ldx(Size::H, Reg::R5, Reg::R2, 20); // flags + fragment offset: MF or offset
+            asm.jmp_imm(Cond::Set, Reg::R5, le16(0x3fff), fragment);
             asm.ldx(Size::H, Reg::R5, Reg::R2, 36); // UDP destination port
             asm.jmp_imm(Cond::Ne, Reg::R5, le16(port), pass);
         }
@@ -595,9 +621,32 @@ fn uplink_program(map: &XskMap, node: IpAddr, port: u16, vni: u32) -> Vec<u64> {
     asm.ldx(Size::W, Reg::R5, Reg::R2, vxlan + 4); // VNI (3 bytes, network order), reserved
     asm.and32_imm(Reg::R5, 0x00ff_ffff);
     let vni = vni.to_be_bytes();
-    asm.jmp32_imm(Cond::Ne, Reg::R5, u32::from_le_bytes([vni[1], vni[2], vni[3], 0]), pass);
+    asm.jmp32_imm(Cond::Ne, Reg::R5, u32::from_le_bytes([vni[1], vni[2], vni[3], 0]), other_vni);
     asm.bind(redirect);
     redirect_to_queue_socket(&mut asm, Reg::R6, map);
+    // Counted passes: this CPU's counter at the reason's index, plus one (a per-CPU value:
+    // no other CPU writes it). Only blocks something jumps to: the verifier refuses a program
+    // with unreachable instructions, and the IPv6 path counts only another VNI.
+    let mut counted = vec![(other_vni, uplink_passed::OTHER_VNI)];
+    if node.is_ipv4() {
+        counted.extend([
+            (with_options, uplink_passed::IP_OPTIONS),
+            (fragment, uplink_passed::FRAGMENT),
+        ]);
+    }
+    for (label, reason) in counted {
+        asm.bind(label);
+        asm.st_imm(Size::W, Reg::R10, -4, reason as i32);
+        asm.mov_reg(Reg::R2, Reg::R10);
+        asm.add_imm(Reg::R2, -4);
+        asm.ld_map(Reg::R1, passed);
+        asm.call(helper::MAP_LOOKUP_ELEM);
+        asm.jmp_imm(Cond::Eq, Reg::R0, 0, pass);
+        asm.ldx(Size::DW, Reg::R1, Reg::R0, 0);
+        asm.add_imm(Reg::R1, 1);
+        asm.stx(Size::DW, Reg::R0, 0, Reg::R1);
+        asm.ja(pass);
+    }
     asm.bind(pass);
     asm.mov_imm(Reg::R0, XDP_PASS);
     asm.exit();

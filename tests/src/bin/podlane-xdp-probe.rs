@@ -7,7 +7,7 @@ use std::io::Read;
 use std::net::IpAddr;
 use std::process::ExitCode;
 
-use dataplane::io::xdp::{XdpMode, XdpProgram, XskMap};
+use dataplane::io::xdp::{PerCpuArray, XdpMode, XdpProgram, XskMap, uplink_passed};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,7 +31,8 @@ fn main() -> ExitCode {
             let node: IpAddr = args.get(3).and_then(|a| a.parse().ok()).expect("NODE-IP");
             let port: u16 = args.get(4).and_then(|p| p.parse().ok()).expect("PORT");
             let vni: u32 = args.get(5).and_then(|v| v.parse().ok()).unwrap_or(1);
-            XdpProgram::uplink(&map, node, port, vni, false)
+            let passed = PerCpuArray::new("podlane_passed", uplink_passed::COUNT)?;
+            XdpProgram::uplink(&map, &passed, node, port, vni, false)
         }
     });
     let link = match result.and_then(|p| p.attach(interface, mode)) {
