@@ -466,6 +466,12 @@ pub struct DaemonInfo {
     /// to segment (empty: the workers cut them).
     #[serde(default)]
     pub tunnel_gso_interface: String,
+    /// This node's VTEP MAC and its addresses on the overlay (tunnel addresses), as the tables
+    /// in force have them: what a kernel peer programs for this node (docs/kernel-peer.md).
+    #[serde(default)]
+    pub vtep_mac: String,
+    #[serde(default)]
+    pub tunnel_addresses: Vec<String>,
     /// What pods route through, and what answers them (docs/wiring-a-pod.md).
     #[serde(default)]
     pub gateway_v4: String,

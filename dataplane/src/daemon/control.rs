@@ -527,7 +527,13 @@ pub(crate) fn handle(request: Request, backend: &impl Backend) -> Response {
             Err(e) => Response::Error(e),
         },
         Request::Query { what: Query::Config } => {
-            Response::Config { config: Box::new(backend.info()) }
+            let mut config = backend.info();
+            // This node as the tables in force have it: what a kernel peer programs.
+            let snapshot = tables.load_full();
+            let local = snapshot.local_node();
+            config.vtep_mac = local.vtep_mac.to_string();
+            config.tunnel_addresses = local.tunnel_ips.iter().map(ToString::to_string).collect();
+            Response::Config { config: Box::new(config) }
         }
         Request::Query { what: Query::Version } => Response::Version {
             dataplane: env!("CARGO_PKG_VERSION").to_owned(),
@@ -673,10 +679,15 @@ mod tests {
         ));
         // A second client at the same time.
         let other = hello(&path);
-        assert!(matches!(
-            ask(&other, &Request::Query { what: Query::Config }),
-            Response::Config { .. }
-        ));
+        let Response::Config { config } = ask(&other, &Request::Query { what: Query::Config })
+        else {
+            panic!("no configuration")
+        };
+        let local = &example().nodes[0];
+        let vtep = local.vtep_mac.map(|m| m.to_string()).unwrap_or_default();
+        assert_eq!(config.vtep_mac, vtep, "this node's VTEP MAC from the tables in force");
+        let first = local.pod_cidrs[0].addr().to_string();
+        assert_eq!(config.tunnel_addresses, [first], "defaulted to the pod CIDR's first address");
         still_forwards(&backend);
     }
 
