@@ -38,9 +38,17 @@ impl Client {
         stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
         let reader = BufReader::new(stream.try_clone()?);
         let mut client = Client { stream, reader, node: String::new(), generation: 0 };
-        match client
-            .request(&Request::Hello { version: PROTOCOL_VERSION, client: name.to_owned() })?
-        {
+        // A dataplane that refuses the connection (too many clients, no access) says why and
+        // closes, maybe before the hello is written: its answer is read whether or not the
+        // write went through.
+        let hello = Request::Hello { version: PROTOCOL_VERSION, client: name.to_owned() };
+        let written = api::write_frame(&client.stream, &hello);
+        let answer = match (api::read_frame(&mut client.reader), written) {
+            (Ok(answer), _) => answer,
+            (Err(_), Err(e)) => return Err(e.into()),
+            (Err(e), Ok(())) => return Err(e.into()),
+        };
+        match answer {
             Response::Welcome { version, node, generation } if version == PROTOCOL_VERSION => {
                 client.node = node;
                 client.generation = generation;
