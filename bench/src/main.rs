@@ -454,6 +454,36 @@ fn pps_command(args: PpsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The line a run starts with: which command, on what machine; the machine for its JSON.
+fn announce(command: &str) -> Machine {
+    let machine = Machine::this();
+    println!(
+        "podlane-bench {command} on {} CPUs ({}), Linux {}",
+        machine.cpus, machine.cpu_model, machine.kernel
+    );
+    machine
+}
+
+/// Writes a run's JSON (schema 1: the command line, the machine, its config and its report).
+fn write_report(
+    path: &std::path::Path,
+    machine: &Machine,
+    config: &impl serde::Serialize,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    let doc = serde_json::json!({
+        "schema": 1,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "machine": machine,
+        "config": config,
+        "report": report,
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("results: {}", path.display());
+    Ok(())
+}
+
 fn control_command(args: ControlArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         testbed::is_root(),
@@ -466,24 +496,10 @@ fn control_command(args: ControlArgs) -> anyhow::Result<()> {
         stream_seconds: if args.quick { 6 } else { 12 },
     };
     testbed::netns::remove_stale("bench");
-    let machine = Machine::this();
-    println!(
-        "podlane-bench control on {} CPUs ({}), Linux {}",
-        machine.cpus, machine.cpu_model, machine.kernel
-    );
+    let machine = announce("control");
     let report = podlane_bench::control::run(&config, &mut |step| eprintln!("  {step}"))?;
     print!("{}", podlane_bench::control::table(&report));
-    let doc = serde_json::json!({
-        "schema": 1,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "machine": machine,
-        "config": config,
-        "report": report,
-    });
-    std::fs::write(&args.json, serde_json::to_string_pretty(&doc)? + "\n")
-        .with_context(|| format!("writing {}", args.json.display()))?;
-    println!("results: {}", args.json.display());
-    Ok(())
+    write_report(&args.json, &machine, &config, &report)
 }
 
 fn soak_command(args: SoakArgs) -> anyhow::Result<()> {
@@ -503,24 +519,10 @@ fn soak_command(args: SoakArgs) -> anyhow::Result<()> {
         updates_per_second: args.updates_per_second,
     };
     testbed::netns::remove_stale("soak");
-    let machine = Machine::this();
-    println!(
-        "podlane-bench soak on {} CPUs ({}), Linux {}",
-        machine.cpus, machine.cpu_model, machine.kernel
-    );
+    let machine = announce("soak");
     let report = podlane_bench::soak::run(&config, &mut |step| eprintln!("  {step}"))?;
     print!("{}", podlane_bench::soak::table(&report));
-    let doc = serde_json::json!({
-        "schema": 1,
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "machine": machine,
-        "config": config,
-        "report": report,
-    });
-    std::fs::write(&args.json, serde_json::to_string_pretty(&doc)? + "\n")
-        .with_context(|| format!("writing {}", args.json.display()))?;
-    println!("results: {}", args.json.display());
-    Ok(())
+    write_report(&args.json, &machine, &config, &report)
 }
 
 fn tcp_command(args: TcpArgs) -> anyhow::Result<()> {

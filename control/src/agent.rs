@@ -276,12 +276,16 @@ pub fn run(config: &AgentConfig, stop: impl Fn() -> bool) -> anyhow::Result<()> 
         // it holds, and the next change is pushed as a full sync, which retries them.
         let mut partial = false;
         let mut last_check = Instant::now();
+        // The annotations and the conflist are looked at when a source changed, and once a
+        // second for the retries and the first full sync (not on every 100 ms turn).
+        let mut maintained: Option<Instant> = None;
         loop {
             if stop() {
                 return Ok(());
             }
             let current = source.stamp(config);
-            if current != seen || dirty {
+            let changed = current != seen || dirty;
+            if changed {
                 seen = current;
                 dirty = false;
                 match source.load(config, local.as_ref().map(|(l, _)| l)) {
@@ -290,8 +294,11 @@ pub fn run(config: &AgentConfig, stop: impl Fn() -> bool) -> anyhow::Result<()> 
                     Err(e) => tracing::error!("{e:#}; the last good state stays applied"),
                 }
             }
-            if let Some((local, info)) = &local {
+            if let Some((local, info)) = &local
+                && (changed || maintained.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)))
+            {
                 source.maintain(config, local, info, pushed.is_some());
+                maintained = Some(Instant::now());
             }
             let request = match (&pushed, &wanted) {
                 (_, None) => None,
@@ -359,60 +366,4 @@ pub fn run(config: &AgentConfig, stop: impl Fn() -> bool) -> anyhow::Result<()> 
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use podlane_core::api::CniRecord;
-    use podlane_core::table::{EndpointSpec, PodEdge};
-
-    use crate::cluster::Cluster;
-
-    const CLUSTER: &str = r#"
-nodes:
-  - {name: node-a, underlay: 192.168.99.1, vtepMAC: "0a:aa:00:00:00:01", podCIDR: 10.244.1.0/24}
-pods:
-  - {namespace: shop, name: web, labels: {app: web}, ip: 10.244.1.7, node: node-a}
-  - {namespace: shop, name: old, ip: 10.244.1.9, node: node-a}
-networkPolicies:
-  - metadata: {namespace: shop, name: p}
-    spec: {podSelector: {matchLabels: {app: web}}, ingress: [{}]}
-"#;
-
-    fn record(name: &str, ip: &str) -> CniRecord {
-        let netns = "/var/run/netns/p1".to_owned();
-        CniRecord {
-            container_id: format!("c-{name}"),
-            ifname: "eth0".into(),
-            netns: netns.clone(),
-            endpoint: EndpointSpec {
-                namespace: "shop".into(),
-                name: name.into(),
-                labels: Default::default(),
-                ips: vec![ip.parse().unwrap()],
-                mac: "0a:58:0a:f4:01:07".parse().unwrap(),
-                interface: "eth0".into(),
-                edge: PodEdge::Tap { netns },
-                ingress_policy: None,
-                egress_policy: None,
-            },
-            result: serde_json::Value::Null,
-            ipam: serde_json::Value::Null,
-            network: "podlane".into(),
-        }
-    }
-
-    #[test]
-    fn wired_pods_are_endpoints_with_the_clusters_labels_and_policies() {
-        let cluster = Cluster::from_yaml(CLUSTER).unwrap();
-        let records = [record("web", "10.244.1.7"), record("api", "10.244.1.8")];
-        let tables = cluster.tables_for("node-a", &records).unwrap();
-        let keys: Vec<String> = tables.endpoints.iter().map(|e| e.key()).collect();
-        assert_eq!(keys, ["shop/web", "shop/api"], "shop/old is not wired: a policy peer only");
-        let web = &tables.endpoints[0];
-        assert!(matches!(web.edge, PodEdge::Tap { .. }), "wiring from the record");
-        assert_eq!(web.ingress_policy.as_deref(), Some("ingress:shop/p"), "the cluster's policy");
-        assert_eq!(web.labels.get("app").map(String::as_str), Some("web"));
-        assert_eq!(tables.endpoints[1], records[1].endpoint, "a pod the cluster does not name");
-    }
 }

@@ -3,7 +3,10 @@
 
 use control::cluster::Cluster;
 use control::diff::diff;
-use podlane_core::table::{PeerSpec, PortProtocol, Snapshot};
+use podlane_core::table::{PeerSpec, PodEdge, PortProtocol, Snapshot};
+
+mod common;
+use common::record;
 
 const CLUSTER: &str = r#"
 namespaces:
@@ -270,4 +273,31 @@ fn named_ports_resolve_against_container_ports() {
             (vec!["10.244.1.4/32".to_owned()], Some(53)),
         ]
     );
+}
+
+/// A cluster for the pods podlane-cni wired: one node, a pod the cluster describes without
+/// wiring, one it names and that is not wired, and a policy.
+const WIRED: &str = r#"
+nodes:
+  - {name: node-a, underlay: 192.168.99.1, vtepMAC: "0a:aa:00:00:00:01", podCIDR: 10.244.1.0/24}
+pods:
+  - {namespace: shop, name: web, labels: {app: web}, ip: 10.244.1.7, node: node-a}
+  - {namespace: shop, name: old, ip: 10.244.1.9, node: node-a}
+networkPolicies:
+  - metadata: {namespace: shop, name: p}
+    spec: {podSelector: {matchLabels: {app: web}}, ingress: [{}]}
+"#;
+
+#[test]
+fn wired_pods_are_endpoints_with_the_clusters_labels_and_policies() {
+    let cluster = Cluster::from_yaml(WIRED).unwrap();
+    let records = [record("shop", "web", "10.244.1.7"), record("shop", "api", "10.244.1.8")];
+    let tables = cluster.tables_for("node-a", &records).unwrap();
+    let keys: Vec<String> = tables.endpoints.iter().map(|e| e.key()).collect();
+    assert_eq!(keys, ["shop/web", "shop/api"], "shop/old is not wired: a policy peer only");
+    let web = &tables.endpoints[0];
+    assert!(matches!(web.edge, PodEdge::Tap { .. }), "wiring from the record");
+    assert_eq!(web.ingress_policy.as_deref(), Some("ingress:shop/p"), "the cluster's policy");
+    assert_eq!(web.labels.get("app").map(String::as_str), Some("web"));
+    assert_eq!(tables.endpoints[1], records[1].endpoint, "a pod the cluster does not name");
 }

@@ -11,10 +11,12 @@ use control::kubernetes::translate::{
 };
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use podlane_core::api::CniRecord;
-use podlane_core::table::{Cidr, EndpointSpec, PodEdge};
+use podlane_core::table::{Cidr, PodEdge};
 use podlane_core::wire::MacAddr;
 use proptest::prelude::*;
+
+mod common;
+use common::record;
 
 fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let path = format!("{}/../tests/fixtures/kube/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -70,29 +72,6 @@ impl Objects {
             local,
             ApiObjects { nodes: &nodes, pods: &pods, namespaces: &namespaces, policies: &policies },
         )
-    }
-}
-
-fn record(namespace: &str, name: &str, ip: &str) -> CniRecord {
-    let netns = format!("/var/run/netns/{name}");
-    CniRecord {
-        container_id: format!("c-{name}"),
-        ifname: "eth0".into(),
-        netns: netns.clone(),
-        endpoint: EndpointSpec {
-            namespace: namespace.into(),
-            name: name.into(),
-            labels: BTreeMap::new(),
-            ips: vec![ip.parse().unwrap()],
-            mac: "0a:58:0a:f4:01:02".parse().unwrap(),
-            interface: "eth0".into(),
-            edge: PodEdge::Tap { netns },
-            ingress_policy: None,
-            egress_policy: None,
-        },
-        result: serde_json::Value::Null,
-        ipam: serde_json::Value::Null,
-        network: "podlane".into(),
     }
 }
 

@@ -2,10 +2,11 @@
 //! a conflist in a node's namespace with the CNI environment and each plugin's configuration
 //! (with `prevResult`) on stdin, as containerd and CRI-O do.
 
+use std::path::Path;
 use std::process::Stdio;
 
 use serde_json::Value;
-use testbed::Netns;
+use testbed::{Netns, binary};
 
 /// The runtime's side: where plugins are, and the node's namespace they run in.
 #[derive(Debug)]
@@ -24,7 +25,16 @@ pub struct Container {
     pub args: String,
 }
 
-impl Runtime<'_> {
+impl<'a> Runtime<'a> {
+    /// A runtime on `node` whose `CNI_PATH` holds this build's `podlane-cni` and the directory
+    /// of the distribution's plugins (`host_local`'s: host-local, tuning, portmap).
+    pub fn new(node: &'a Netns, host_local: &Path) -> anyhow::Result<Runtime<'a>> {
+        let plugin_dir = binary("podlane-cni").parent().map(Path::to_path_buf).unwrap_or_default();
+        let distribution = host_local.parent().map(Path::to_path_buf).unwrap_or_default();
+        let cni_path = std::env::join_paths([plugin_dir, distribution])?;
+        Ok(Runtime { node, cni_path: cni_path.to_string_lossy().into_owned() })
+    }
+
     /// Runs `plugin` for `command` with `conf` on stdin: its exit status and stdout as JSON
     /// (`Null` when it printed nothing).
     pub fn exec(&self, plugin: &str, command: &str, conf: &Value, c: &Container) -> (bool, Value) {

@@ -25,7 +25,7 @@ use podlane_tests::{require_program, require_root};
 use serde_json::json;
 use testbed::kernel::{self, RemoteNode};
 use testbed::podlane::Dataplane;
-use testbed::{Netns, Pod, ScratchDir, binary, link, podlane, tables};
+use testbed::{Netns, Pod, ScratchDir, link, podlane, tables};
 
 const NODE_A: &str = "192.168.86.1";
 const NODE_B: &str = "192.168.86.2";
@@ -118,11 +118,7 @@ fn cni_plugin() -> anyhow::Result<()> {
     let mut agent = start_agent()?;
     agent.wait_for("full sync applied", 1)?;
 
-    let plugin_dir = binary("podlane-cni").parent().map(Path::to_path_buf).unwrap_or_default();
-    let cni_path = std::env::join_paths([plugin_dir, host_local.parent().unwrap().into()])?
-        .to_string_lossy()
-        .into_owned();
-    let runtime = Runtime { node: &node_a, cni_path };
+    let runtime = Runtime::new(&node_a, &host_local)?;
     let ipam_dir = dir.path().join("ipam");
     let podlane_conf = json!({
         "type": "podlane-cni",

@@ -32,7 +32,7 @@ use podlane_tests::{require_program, require_root};
 use serde_json::{Value, json};
 use testbed::kernel::{self, RemoteNode};
 use testbed::podlane::{self, Dataplane};
-use testbed::{Netns, Pod, ScratchDir, binary, link};
+use testbed::{Netns, Pod, ScratchDir, link};
 
 /// The fixtures' addresses: podlane-a and kernel-b.
 const NODE_A: &str = "192.168.99.1";
@@ -189,11 +189,7 @@ fn kube_source() -> anyhow::Result<()> {
     assert_eq!(conflist["plugins"][0]["mtu"], 1450, "the dataplane's pod MTU");
     // Leases in the scratch directory rather than /var/lib/cni of this machine.
     conflist["plugins"][0]["ipam"]["dataDir"] = json!(dir.path().join("ipam"));
-    let plugin_dir = binary("podlane-cni").parent().map(Path::to_path_buf).unwrap_or_default();
-    let cni_path = std::env::join_paths([plugin_dir, host_local.parent().unwrap().into()])?
-        .to_string_lossy()
-        .into_owned();
-    let runtime = Runtime { node: &node_a, cni_path };
+    let runtime = Runtime::new(&node_a, &host_local)?;
     let sandbox = Netns::create("kubepod")?;
     let web = Container {
         id: "feed0001".into(),

@@ -8,21 +8,13 @@
 use std::collections::BTreeMap;
 
 use podlane_tests::{require_program, require_root};
+use testbed::Pod;
 use testbed::cluster::OneNode;
 use testbed::podlane::Dataplane;
-use testbed::{Pod, binary};
 
 /// `GET path` from inside the node: (status line, body).
 fn get(node: &Pod, path: &str) -> (String, String) {
-    let out = node
-        .ns
-        .command(binary("podlane-netprobe"))
-        .args(["http-get", "127.0.0.1", "9842", path])
-        .output()
-        .expect("podlane-netprobe http-get");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
-    (status.to_owned(), body.to_owned())
+    node.http_get("127.0.0.1", 9842, path)
 }
 
 /// The exposition's samples: `name{labels}` → value; panics on a line that is not one.

@@ -11,20 +11,13 @@
 use control::client::Client;
 use podlane_core::api::{Query, Request, Response};
 use podlane_tests::require_root;
+use testbed::Pod;
 use testbed::cluster::OneNode;
 use testbed::podlane::Dataplane;
-use testbed::{Pod, binary};
 
 /// `GET path` from inside the node: the status line.
 fn status(node: &Pod, path: &str) -> String {
-    let out = node
-        .ns
-        .command(binary("podlane-netprobe"))
-        .args(["http-get", "127.0.0.1", "9842", path])
-        .output()
-        .expect("podlane-netprobe http-get");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines().next().unwrap_or_default().to_owned()
+    node.http_get("127.0.0.1", 9842, path).0
 }
 
 /// Waits up to 10 s for `/readyz` to answer `code`.

@@ -145,7 +145,7 @@ impl KubeSource {
 
     /// This node's Node object as last seen.
     pub fn node(&self, name: &str) -> Option<Arc<Node>> {
-        self.nodes.find(|n| n.metadata.name.as_deref() == Some(name))
+        self.nodes.get(&reflector::ObjectRef::new(name))
     }
 
     /// Writes `annotations` onto Node `name` (a JSON merge patch of its status subresource,

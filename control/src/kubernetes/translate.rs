@@ -15,9 +15,10 @@
 //!   be another pod's), are not pods of the overlay.
 //! * **Namespaces** (labels) and **NetworkPolicies**, as they are.
 //!
-//! One bad object never blocks the others: it is left out with a [`Skipped`] saying why
-//! (a NetworkPolicy rule that cannot be read is left out of its policy, which then allows
-//! less, never more).
+//! A bad Node or Pod never blocks the others: it is left out with a [`Skipped`] saying why;
+//! a NetworkPolicy rule whose CIDR or port cannot be read is left out of its policy, which
+//! then allows less, never more. A selector operator or protocol the API server would have
+//! refused is passed on, and the cluster's tables refuse it as a cluster file's would.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

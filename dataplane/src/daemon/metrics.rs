@@ -188,31 +188,25 @@ impl Collector for Podlane {
             shared.stats.iter().filter_map(|s| s.lock().ok().map(|s| s.clone())).collect();
         let sum = |f: fn(&WorkerCounters) -> u64| workers.iter().map(f).sum::<u64>();
         let e = &mut encoder;
+        // Each verdict's frames and their bytes.
+        let directions = [
+            ("encap", sum(|w| w.encap), sum(|w| w.encap_bytes)),
+            ("decap", sum(|w| w.decap), sum(|w| w.decap_bytes)),
+            ("local", sum(|w| w.local), sum(|w| w.local_bytes)),
+            ("reply", sum(|w| w.reply), sum(|w| w.reply_bytes)),
+            ("host", sum(|w| w.host), sum(|w| w.host_bytes)),
+        ];
         counter(
             e,
             "podlane_forward_count",
             "Frames forwarded, by direction (the pipeline's verdict)",
-            [
-                ("encap", sum(|w| w.encap)),
-                ("decap", sum(|w| w.decap)),
-                ("local", sum(|w| w.local)),
-                ("reply", sum(|w| w.reply)),
-                ("host", sum(|w| w.host)),
-            ]
-            .map(|(d, n)| (vec![("direction", d.to_owned())], n)),
+            directions.map(|(d, frames, _)| (vec![("direction", d.to_owned())], frames)),
         )?;
         counter(
             e,
             "podlane_forward_bytes",
             "Bytes forwarded, by direction (the frames as the verdict leaves them)",
-            [
-                ("encap", sum(|w| w.encap_bytes)),
-                ("decap", sum(|w| w.decap_bytes)),
-                ("local", sum(|w| w.local_bytes)),
-                ("reply", sum(|w| w.reply_bytes)),
-                ("host", sum(|w| w.host_bytes)),
-            ]
-            .map(|(d, n)| (vec![("direction", d.to_owned())], n)),
+            directions.map(|(d, _, bytes)| (vec![("direction", d.to_owned())], bytes)),
         )?;
         counter(
             e,

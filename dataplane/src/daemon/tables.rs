@@ -125,7 +125,7 @@ impl Tables {
                 kind: r.entry.kind().to_owned(),
                 name: r.entry.name().to_owned(),
                 message: r.error.to_string(),
-                kept_previous: applied_has(&applied, r.entry.kind(), r.entry.name()),
+                kept_previous: r.kept_previous,
             })
             .collect();
         for r in &rejected {
@@ -220,15 +220,6 @@ impl Tables {
     pub(crate) fn current(&self) -> (u64, bool, TableSpec) {
         let state = self.lock();
         (self.cell.load().generation(), state.in_sync, effective(&state.base, &state.next_hops))
-    }
-}
-
-/// Whether `spec` holds an entry of `kind` named `name`.
-fn applied_has(spec: &TableSpec, kind: &str, name: &str) -> bool {
-    match kind {
-        "node" => spec.nodes.iter().any(|n| n.name == name),
-        "endpoint" => spec.endpoints.iter().any(|e| e.key() == name),
-        _ => spec.policies.iter().any(|p| p.name == name),
     }
 }
 

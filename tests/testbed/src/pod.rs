@@ -243,6 +243,15 @@ impl Pod {
         cmd
     }
 
+    /// `GET path` from `host:port` inside the namespace (`podlane-netprobe http-get`): the
+    /// status line and the body; empty when nothing answered.
+    pub fn http_get(&self, host: &str, port: u16, path: &str) -> (String, String) {
+        let out = self.probe(&["http-get", host, &port.to_string(), path]).output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
+        (status.to_owned(), body.to_owned())
+    }
+
     /// Starts a probe server that prints `ready` when listening, and waits for that line.
     pub fn serve(&self, args: &[&str]) -> anyhow::Result<(Background, BufReader<ChildStdout>)> {
         let mut child = self

@@ -1,6 +1,7 @@
 //! podlane on a node of the testbed: `podlane-dataplane` inside a node namespace and
 //! `podlane agent` beside it, each a [`Service`] with its log in a file.
 
+use std::ffi::OsStr;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -105,13 +106,8 @@ pub fn agent_with(
     log: &Path,
     args: &[&str],
 ) -> anyhow::Result<Service> {
-    let mut command = std::process::Command::new(binary("podlane"));
-    command.arg("--socket").arg(socket).args(["agent", "--node", node, "--cluster"]).arg(cluster);
-    if !args.contains(&"--cni-state-dir") {
-        command.arg("--cni-state-dir").arg(log.with_extension("cni"));
-    }
-    command.args(args);
-    Service::start("podlane agent", command, log)
+    let source = [OsStr::new("--cluster"), cluster.as_os_str()];
+    start_agent(&binary("podlane"), node, socket, &source, log, args)
 }
 
 /// [`agent`] with a given `podlane` binary.
@@ -122,10 +118,8 @@ pub fn agent_binary(
     cluster: &Path,
     log: &Path,
 ) -> anyhow::Result<Service> {
-    let mut command = std::process::Command::new(program);
-    command.arg("--socket").arg(socket).args(["agent", "--node", node, "--cluster"]).arg(cluster);
-    command.arg("--cni-state-dir").arg(log.with_extension("cni"));
-    Service::start("podlane agent", command, log)
+    let source = [OsStr::new("--cluster"), cluster.as_os_str()];
+    start_agent(program, node, socket, &source, log, &[])
 }
 
 /// `podlane agent` watching a Kubernetes API server through `kubeconfig`, plus `args` after
@@ -137,8 +131,25 @@ pub fn agent_kubernetes(
     log: &Path,
     args: &[&str],
 ) -> anyhow::Result<Service> {
-    let mut command = std::process::Command::new(binary("podlane"));
-    command.arg("--socket").arg(socket).args(["agent", "--node", node, "--kubeconfig"]);
-    command.arg(kubeconfig).args(args);
+    let source = [OsStr::new("--kubeconfig"), kubeconfig.as_os_str()];
+    start_agent(&binary("podlane"), node, socket, &source, log, args)
+}
+
+/// `PROGRAM --socket SOCKET agent --node NODE SOURCE… ARGS…`, with `--cni-state-dir` beside
+/// the log unless `args` gives one.
+fn start_agent(
+    program: &Path,
+    node: &str,
+    socket: &Path,
+    source: &[&OsStr],
+    log: &Path,
+    args: &[&str],
+) -> anyhow::Result<Service> {
+    let mut command = std::process::Command::new(program);
+    command.arg("--socket").arg(socket).args(["agent", "--node", node]).args(source);
+    if !args.contains(&"--cni-state-dir") {
+        command.arg("--cni-state-dir").arg(log.with_extension("cni"));
+    }
+    command.args(args);
     Service::start("podlane agent", command, log)
 }

@@ -57,26 +57,36 @@ impl Entry {
         }
     }
 
-    /// Puts `previous`'s version of this entry in place of `spec`'s last one, or removes that
-    /// one when `previous` has none. False when `spec` has no such entry.
-    fn revert(&self, spec: &mut TableSpec, previous: Option<&TableSpec>) -> bool {
-        let Some(at) = self.position(spec) else { return false };
+    /// Puts `previous`'s version of this entry in place of `spec`'s last one (`Some(true)`),
+    /// or removes that one when `previous` has none (`Some(false)`). `None` when `spec` has no
+    /// such entry.
+    fn revert(&self, spec: &mut TableSpec, previous: Option<&TableSpec>) -> Option<bool> {
+        let at = self.position(spec)?;
         let old = previous.and_then(|p| self.position(p).map(|i| (p, i)));
-        match self {
-            Entry::Node(_) => match old.map(|(p, i)| &p.nodes[i]) {
-                Some(old) if *old != spec.nodes[at] => spec.nodes[at] = old.clone(),
-                _ => drop(spec.nodes.remove(at)),
-            },
-            Entry::Endpoint(_) => match old.map(|(p, i)| &p.endpoints[i]) {
-                Some(old) if *old != spec.endpoints[at] => spec.endpoints[at] = old.clone(),
-                _ => drop(spec.endpoints.remove(at)),
-            },
-            Entry::Policy(_) => match old.map(|(p, i)| &p.policies[i]) {
-                Some(old) if *old != spec.policies[at] => spec.policies[at] = old.clone(),
-                _ => drop(spec.policies.remove(at)),
-            },
+        let kept = match self {
+            Entry::Node(_) => keep_or_remove(&mut spec.nodes, at, old.map(|(p, i)| &p.nodes[i])),
+            Entry::Endpoint(_) => {
+                keep_or_remove(&mut spec.endpoints, at, old.map(|(p, i)| &p.endpoints[i]))
+            }
+            Entry::Policy(_) => {
+                keep_or_remove(&mut spec.policies, at, old.map(|(p, i)| &p.policies[i]))
+            }
+        };
+        Some(kept)
+    }
+}
+
+/// `entries[at]` replaced by `old` when there is a different one (true), else removed.
+fn keep_or_remove<T: Clone + PartialEq>(entries: &mut Vec<T>, at: usize, old: Option<&T>) -> bool {
+    match old {
+        Some(old) if *old != entries[at] => {
+            entries[at] = old.clone();
+            true
         }
-        true
+        _ => {
+            entries.remove(at);
+            false
+        }
     }
 }
 
@@ -133,6 +143,8 @@ fn unchanged(entry: &Entry, spec: &TableSpec, previous: Option<&TableSpec>) -> b
 pub struct Rejected {
     pub entry: Entry,
     pub error: TableError,
+    /// The tables keep the version they held before; else the entry is absent.
+    pub kept_previous: bool,
 }
 
 /// Builds `spec` with `build`, leaving out entries at fault as the module says. `previous` is
@@ -163,10 +175,10 @@ pub fn build_salvaging<T>(
         }
         // Back to its previous version, which is unchanged from then on and never blamed
         // again; or out, for an entry the tables did not hold.
-        if !entry.revert(&mut spec, previous) {
+        let Some(kept_previous) = entry.revert(&mut spec, previous) else {
             return Err(error);
-        }
-        rejected.push(Rejected { entry, error });
+        };
+        rejected.push(Rejected { entry, error, kept_previous });
     }
 }
 
