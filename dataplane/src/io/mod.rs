@@ -102,8 +102,12 @@ pub fn peer_groups(socket: &impl std::os::fd::AsFd) -> io::Result<Vec<u32>> {
 
 /// Runs `f` with the process's file mode creation mask set to `mask` (files and sockets it
 /// creates get no bit of the mask, from their creation on), then restores it. The mask is the
-/// process's: other threads creating files meanwhile get it too.
+/// process's: other threads creating files meanwhile get it too. Two calls at once are taken
+/// one after the other: interleaved, one would restore the other's mask as its own "previous"
+/// and create its file under the wrong one.
 pub fn with_umask<R>(mask: u32, f: impl FnOnce() -> R) -> R {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let previous = sys::set_umask(mask);
     let result = f();
     sys::set_umask(previous);
