@@ -17,7 +17,9 @@
 //!   limit;
 //! * each segment's TCP checksum verifies before it is joined: the joined packet carries a
 //!   partial checksum the receiver does not check again, so a corrupt segment is never
-//!   hidden in it (it is written on its own, for the pod's kernel to drop).
+//!   hidden in it (it is written on its own, for the pod's kernel to drop). A segment whose
+//!   checksum is itself partial (the engine leaves those for TAP pods, `offload`) is joined
+//!   unsummed: it was never going to be checked, as the kernel's GRO trusts CHECKSUM_PARTIAL.
 //!
 //! A packet of one segment goes out as it came. The joined packet's IPv4 total length and
 //! header checksum, or IPv6 payload length, are rewritten; its TCP checksum field holds the
@@ -53,6 +55,9 @@ pub struct Coalesced<'a> {
     pub frame: &'a [u8],
     /// `None` for a packet of one segment, sent as it came.
     pub gso: Option<Gso>,
+    /// Where the TCP header starts when its checksum is partial, left for the receiver: always
+    /// for a joined packet, and for one segment that came so.
+    pub partial_checksum_at: Option<u16>,
 }
 
 /// The segmentation facts of a joined packet, for its virtio-net header.
@@ -78,6 +83,8 @@ struct Open {
     segment_size: usize,
     next_seq: u32,
     segments: u16,
+    /// The first segment's checksum is partial (only that matters for a packet of one).
+    partial: bool,
 }
 
 /// Joins segments one pod receives, a packet at a time.
@@ -95,6 +102,8 @@ struct Segment {
     payload: usize,
     seq: u32,
     flags: u8,
+    /// Its checksum is partial, not verified.
+    partial: bool,
 }
 
 impl Coalescer {
@@ -121,6 +130,7 @@ impl Coalescer {
                 segment_size: payload,
                 next_seq: segment.seq.wrapping_add(payload as u32),
                 segments: 1,
+                partial: segment.partial,
             });
             return if segment.flags & PSH != 0 { Offer::Complete } else { Offer::Joined };
         };
@@ -182,7 +192,8 @@ impl Coalescer {
     pub fn take(&mut self) -> Option<Coalesced<'_>> {
         let open = self.open.take()?;
         if open.segments == 1 {
-            return Some(Coalesced { frame: &self.bytes, gso: None });
+            let partial_checksum_at = open.partial.then_some(open.tcp as u16);
+            return Some(Coalesced { frame: &self.bytes, gso: None, partial_checksum_at });
         }
         let bytes = &mut self.bytes;
         let ip = ETH;
@@ -204,6 +215,7 @@ impl Coalescer {
         put16(bytes, open.tcp + 16, fold(u64::from(pseudo)));
         Some(Coalesced {
             frame: bytes,
+            partial_checksum_at: Some(open.tcp as u16),
             gso: Some(Gso {
                 ipv6: !open.v4,
                 header_len: open.payload as u16,
@@ -217,7 +229,7 @@ impl Coalescer {
 
 /// The layout of a frame that may join a packet: TCP over IPv4 (no options, DF, no fragment)
 /// or IPv6 (no extension headers), a payload, only ACK (and PSH) set, a checksum that
-/// verifies.
+/// verifies or is partial.
 fn parse(frame: &[u8]) -> Option<Segment> {
     let ip = ETH;
     let (v4, tcp, pseudo) = match frame.get(12..14)? {
@@ -254,10 +266,12 @@ fn parse(frame: &[u8]) -> Option<Segment> {
     if flags & !PSH != ACK {
         return None;
     }
-    if sum(pseudo, &frame[tcp..]) != 0xffff {
+    // Partial: the field holds the pseudo-header's sum (`offload`); else it must verify.
+    let partial = be16(frame, tcp + 16) == fold(u64::from(pseudo));
+    if !partial && sum(pseudo, &frame[tcp..]) != 0xffff {
         return None;
     }
-    Some(Segment { v4, tcp, payload, seq: be32(frame, tcp + 4), flags })
+    Some(Segment { v4, tcp, payload, seq: be32(frame, tcp + 4), flags, partial })
 }
 
 #[cfg(test)]
@@ -426,6 +440,52 @@ mod tests {
         }
         sizes.push(c.take().unwrap().gso.unwrap().segments);
         assert_eq!(sizes, [45, 35], "64 KiB at most");
+    }
+
+    #[test]
+    fn segments_with_partial_checksums_join_and_one_alone_stays_partial() {
+        for v4 in [true, false] {
+            let tcp = if v4 { 34 } else { 54 };
+            let mut segments = cut(&tcp_frame(v4, 5000, ACK), 1400);
+            for s in &mut segments {
+                make_partial(s, v4);
+            }
+            let mut c = Coalescer::new();
+            assert_eq!(c.offer(&segments[0]), Offer::Joined);
+            let one = c.take().unwrap();
+            assert_eq!((one.gso, one.partial_checksum_at), (None, Some(tcp as u16)));
+            for s in &segments {
+                assert_ne!(c.offer(s), Offer::Alone);
+            }
+            let joined = c.take().unwrap();
+            assert_eq!(joined.gso.unwrap().segments as usize, segments.len());
+            assert_eq!(joined.partial_checksum_at, Some(tcp as u16));
+        }
+        // A verified segment taken alone says nothing is partial.
+        let mut c = Coalescer::new();
+        c.offer(&cut(&tcp_frame(true, 3000, ACK), 1400)[0]);
+        assert_eq!(c.take().unwrap().partial_checksum_at, None);
+    }
+
+    /// The checksum field as a sender with TX offload leaves it: the pseudo-header's sum.
+    fn make_partial(frame: &mut [u8], v4: bool) {
+        let tcp = if v4 { 34 } else { 54 };
+        let pseudo = if v4 {
+            pseudo_header_v4(
+                ipv4_at(frame, 26),
+                ipv4_at(frame, 30),
+                TCP,
+                (frame.len() - tcp) as u16,
+            )
+        } else {
+            pseudo_header_v6(
+                ipv6_at(frame, 22),
+                ipv6_at(frame, 38),
+                TCP,
+                (frame.len() - tcp) as u32,
+            )
+        };
+        put16(frame, tcp + 16, fold(u64::from(pseudo)));
     }
 
     /// The super-packet that follows `frame` in its stream.

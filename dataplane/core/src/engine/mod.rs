@@ -29,7 +29,7 @@ mod flow;
 mod host;
 mod host_flows;
 mod icmp_error;
-mod offload;
+pub mod offload;
 mod pod;
 mod policy;
 mod uplink;

@@ -9,6 +9,12 @@
 //! sum is a partial one, and is completed over the segment. A correct checksum equals that
 //! value only when the segment's own bytes sum to zero (then the completed value is the same
 //! one's-complement zero), so complete packets pass through untouched.
+//!
+//! Except for a TAP pod: what is written to it carries a virtio-net header, which can say
+//! NEEDS_CSUM just as the kernel's skb flag does, so a partial checksum goes to it as it came
+//! (`partial_checksum` tells where it sits) and the pod's kernel trusts it as it would from a
+//! veth. Summing it here only to have the pod's kernel skip it would cost a pass over every
+//! segment; the host interface, which carries no such flag, gets it finished.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -18,16 +24,29 @@ use crate::wire::{Ipv6Packet, be16};
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 
-/// Completes a partial TCP or UDP checksum in the IP packet `ip` (IPv4 or IPv6, exactly the
-/// packet's length). Fragments and other protocols are left alone. Returns whether it wrote.
+/// Where a partial TCP or UDP checksum sits in an IP packet: what a virtio-net header's
+/// `csum_start` / `csum_offset` say for it (relative to the IP header here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialChecksum {
+    /// Where the transport header starts: the checksum covers from here to the end.
+    pub start: usize,
+    /// Where its checksum field is, from `start`.
+    pub offset: usize,
+    /// The pseudo-header's sum, which the field holds.
+    pseudo: u32,
+}
+
+/// The partial TCP or UDP checksum of the IP packet `ip` (IPv4 or IPv6, exactly the packet's
+/// length), if its checksum field holds one; `None` for a complete checksum, a fragment,
+/// another protocol or a packet too short to tell.
 #[inline]
-pub(crate) fn finish_partial_checksum(ip: &mut [u8]) -> bool {
-    let Some(&first) = ip.first() else { return false };
-    let (l4_start, protocol, pseudo_of) = match first >> 4 {
+pub fn partial_checksum(ip: &[u8]) -> Option<PartialChecksum> {
+    let first = *ip.first()?;
+    let (start, protocol, pseudo) = match first >> 4 {
         4 => {
             let ihl = usize::from(first & 0x0f) * 4;
             if ip.len() < ihl.max(20) || be16(ip, 6) & 0x3fff != 0 {
-                return false;
+                return None;
             }
             let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
             let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
@@ -36,35 +55,45 @@ pub(crate) fn finish_partial_checksum(ip: &mut [u8]) -> bool {
             (ihl, protocol, pseudo_header_v4(src, dst, protocol, len as u16))
         }
         6 => {
-            let Ok(packet) = Ipv6Packet::new_checked(&*ip) else { return false };
-            let Ok(loc) = packet.find_l4() else { return false };
+            let packet = Ipv6Packet::new_checked(ip).ok()?;
+            let loc = packet.find_l4().ok()?;
             if loc.fragment || loc.later_fragment || loc.offset > ip.len() {
-                return false;
+                return None;
             }
             let protocol = u8::from(loc.protocol);
             let (src, dst): (Ipv6Addr, Ipv6Addr) = (packet.src_addr(), packet.dst_addr());
             let len = (ip.len() - loc.offset) as u32;
             (loc.offset, protocol, pseudo_header_v6(src, dst, protocol, len))
         }
-        _ => return false,
+        _ => return None,
     };
-    let (field, min_len) = match protocol {
+    let (offset, min_len) = match protocol {
         TCP => (16, 20),
         UDP => (6, 8),
-        _ => return false,
+        _ => return None,
     };
-    let segment = &mut ip[l4_start..];
-    if segment.len() < min_len {
-        return false;
+    if ip.len() - start < min_len {
+        return None;
     }
-    let current = be16(segment, field);
+    let current = be16(ip, start + offset);
     // UDP over IPv4 with no checksum: nothing to finish.
-    if (protocol == UDP && current == 0) || current != fold(u64::from(pseudo_of)) {
-        return false;
+    if (protocol == UDP && current == 0) || current != fold(u64::from(pseudo)) {
+        return None;
     }
-    segment[field..field + 2].fill(0);
-    let checksum = transport_checksum(pseudo_of, segment);
-    segment[field..field + 2].copy_from_slice(&checksum.to_be_bytes());
+    Some(PartialChecksum { start, offset, pseudo })
+}
+
+/// Completes a partial TCP or UDP checksum in the IP packet `ip` (IPv4 or IPv6, exactly the
+/// packet's length). Fragments and other protocols are left alone. Returns whether it wrote.
+#[inline]
+pub fn finish_partial_checksum(ip: &mut [u8]) -> bool {
+    let Some(PartialChecksum { start, offset, pseudo }) = partial_checksum(ip) else {
+        return false;
+    };
+    let segment = &mut ip[start..];
+    segment[offset..offset + 2].fill(0);
+    let checksum = transport_checksum(pseudo, segment);
+    segment[offset..offset + 2].copy_from_slice(&checksum.to_be_bytes());
     true
 }
 

@@ -1001,6 +1001,56 @@ fn checksums_left_for_offload_are_finished() {
     );
 }
 
+#[test]
+fn checksums_left_for_offload_stay_partial_for_a_tap_pod() {
+    // a2 behind a TAP: what it receives goes out with a virtio-net header that flags the
+    // checksum, so the engine leaves it as it came (the kernel's veth passes it so too).
+    let mut spec = spec_for("node-a", false);
+    spec.endpoints[1].edge = crate::table::PodEdge::Tap { netns: "/run/netns/a2".into() };
+    let snap = snapshot(&spec);
+    let mut p = Pipeline::new(config_for("node-a"));
+    let a2 = snap.endpoint_by_interface("veth-a2").unwrap();
+
+    let mut frame = tcp4("10.244.1.2", "10.244.1.3", 40000, 80);
+    make_partial(&mut frame[ETH..]);
+    let (v, out) = run(&mut p, &snap, from_a1(&snap), &frame);
+    assert_eq!(v, Verdict::Local(a2));
+    assert!(offload::partial_checksum(&out[ETH..]).is_some());
+    assert!(!tcp_checksum_verifies(&out));
+
+    let inner = {
+        let b = PacketBuilder::ethernet2(VTEP_B.0, VTEP_A.0)
+            .ipv4([10, 244, 2, 5], [10, 244, 1, 3], 64)
+            .tcp(5000, 80, 7, 1000);
+        let mut out = Vec::new();
+        b.write(&mut out, b"segment from a kernel pod").unwrap();
+        out
+    };
+    // As Flannel's kernel VTEP sends it: no outer UDP checksum (one computed for the finished
+    // inner packet makes the engine finish it first, to check the outer one).
+    let mut frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner);
+    make_partial(&mut frame[ETH + 20 + 8 + 8 + ETH..]);
+    frame[ETH + 20 + 6..ETH + 20 + 8].fill(0);
+    let (v, out) = run(&mut p, &snap, Ingress::Uplink, &frame);
+    assert_eq!(v, Verdict::Decap(a2));
+    let partial = offload::partial_checksum(&out[ETH..]).expect("left partial");
+    assert_eq!((partial.start, partial.offset), (20, 16));
+    // Finished, it is the segment the kernel pod sent.
+    let mut finished = out.clone();
+    assert!(offload::finish_partial_checksum(&mut finished[ETH..]));
+    assert!(tcp_checksum_verifies(&finished));
+
+    // A veth pod of the same node still gets it finished.
+    let mut frame = tcp4("10.244.1.3", "10.244.1.2", 80, 40000);
+    frame[6..12].copy_from_slice(&POD_A2_MAC.0);
+    make_partial(&mut frame[ETH..]);
+    let a1 = snap.endpoint_by_interface("veth-a1").unwrap();
+    let from_a2 = Ingress::Pod(a2);
+    let (v, out) = run(&mut p, &snap, from_a2, &frame);
+    assert_eq!(v, Verdict::Local(a1));
+    assert!(tcp_checksum_verifies(&out));
+}
+
 /// Sets or clears DF on the IPv4 packet of an Ethernet frame (etherparse sets it) and
 /// refreshes its header checksum.
 fn set_dont_fragment(frame: &mut [u8], dont_fragment: bool) {

@@ -269,8 +269,11 @@ fn decapsulate(
             }
             frame.pull_head(inner_start);
             frame.set_len(ETH + inner.ip_len);
-            // A kernel VTEP on a veth underlay leaves inner checksums partial (offload.rs).
-            offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
+            // A kernel VTEP on a veth underlay leaves inner checksums partial (offload.rs); a
+            // TAP pod takes them as they are, flagged in the virtio-net header.
+            if endpoint.edge.is_veth() {
+                offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
+            }
             if mark_ce {
                 set_ce(frame, inner.dst);
             }

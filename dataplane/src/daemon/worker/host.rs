@@ -9,7 +9,7 @@ use super::Worker;
 use super::forward::Target;
 use super::inbox::Destination;
 use crate::api::HostCounters;
-use crate::engine::{Ingress, Span};
+use crate::engine::{Ingress, Span, offload};
 use crate::io::tun::TunQueue;
 use crate::io::xsk::Packet;
 use crate::table::{RouteTarget, Snapshot};
@@ -22,13 +22,15 @@ const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
 pub(super) struct HostQueue {
     pub(super) tun: TunQueue,
     pub(super) counters: HostCounters,
+    /// Where a packet whose checksum is partial is finished before it is written.
+    finished: Vec<u8>,
 }
 
 impl HostQueue {
     pub(super) fn new(tun: TunQueue, queue: u32) -> HostQueue {
         let counters =
             HostCounters { interface: tun.name().to_owned(), queue, ..HostCounters::default() };
-        HostQueue { tun, counters }
+        HostQueue { tun, counters, finished: Vec::new() }
     }
 }
 
@@ -227,7 +229,16 @@ fn write(host: &mut Option<HostQueue>, io: &mut super::stats::IoCounters, frame:
         io.no_socket += 1;
         return;
     };
-    let ip = frame.get(ETH..).unwrap_or_default();
+    let mut ip = frame.get(ETH..).unwrap_or_default();
+    // A frame for a TAP pod keeps a partial checksum (`offload`); one that turns to the host
+    // instead (the reply of a flow through the node's kernel) is finished here, since the
+    // host interface carries no offload flags.
+    if offload::partial_checksum(ip).is_some() {
+        host.finished.clear();
+        host.finished.extend_from_slice(ip);
+        offload::finish_partial_checksum(&mut host.finished);
+        ip = &host.finished;
+    }
     if !ip.is_empty() && matches!(host.tun.send(ip), Ok(true)) {
         host.counters.tx_packets += 1;
         host.counters.tx_bytes += ip.len() as u64;

@@ -13,6 +13,7 @@ use super::forward::Target;
 use super::jumbo::Linear;
 use super::port::{PortCounters, PortId};
 use crate::engine::coalesce::{Coalesced, Coalescer, Offer};
+use crate::engine::offload;
 use crate::engine::segment::Segments;
 use crate::engine::{Delivery, Frame, Ingress, Span, Verdict};
 use crate::io::tap::{TapQueue, TunnelGsoHeader, VnetHeader};
@@ -24,7 +25,8 @@ use crate::wire::Ipv4Packet;
 /// worker (each can be a 64 KiB super-packet).
 const TAP_BURST: usize = 32;
 /// The largest frame a TAP pod hands over: a 64 KiB IP packet behind its Ethernet header.
-const TAP_MAX_FRAME: usize = 14 + 65_535;
+const TAP_MAX_FRAME: usize = ETH + 65_535;
+const ETH: usize = 14;
 
 /// Handle of a TAP among a worker's TAPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,7 +380,7 @@ impl TapPort {
                 Offer::Mismatch => self.write_joined(),
                 Offer::Alone => {
                     self.write_joined();
-                    return self.write(VnetHeader::PLAIN, frame);
+                    return self.write(header_for(frame), frame);
                 }
             }
         }
@@ -386,10 +388,18 @@ impl TapPort {
 
     /// Writes the packet being joined, if any.
     fn write_joined(&mut self) {
-        let Some(Coalesced { frame, gso }) = self.coalescer.take() else { return };
-        let header = match gso {
-            None => VnetHeader::PLAIN,
-            Some(gso) => {
+        let Some(Coalesced { frame, gso, partial_checksum_at }) = self.coalescer.take() else {
+            return;
+        };
+        let header = match (gso, partial_checksum_at) {
+            (None, None) => VnetHeader::PLAIN,
+            (None, Some(tcp)) => VnetHeader {
+                flags: VnetHeader::NEEDS_CSUM,
+                csum_start: tcp,
+                csum_offset: 16,
+                ..VnetHeader::PLAIN
+            },
+            (Some(gso), _) => {
                 self.tx_super += 1;
                 VnetHeader {
                     flags: VnetHeader::NEEDS_CSUM,
@@ -407,6 +417,21 @@ impl TapPort {
     /// Writes one frame with its header, counted.
     fn write(&mut self, header: VnetHeader, frame: &[u8]) {
         count(&mut self.stats, &self.label, self.queue.send(header, frame), frame.len());
+    }
+}
+
+/// The virtio-net header of a frame written to a TAP pod on its own: a checksum the engine
+/// left partial (`offload`) is flagged for the pod's kernel, which trusts it as it trusts
+/// CHECKSUM_PARTIAL from a veth.
+fn header_for(frame: &[u8]) -> VnetHeader {
+    match frame.get(ETH..).and_then(offload::partial_checksum) {
+        Some(partial) => VnetHeader {
+            flags: VnetHeader::NEEDS_CSUM,
+            csum_start: (ETH + partial.start) as u16,
+            csum_offset: partial.offset as u16,
+            ..VnetHeader::PLAIN
+        },
+        None => VnetHeader::PLAIN,
     }
 }
 
