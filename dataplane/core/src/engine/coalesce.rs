@@ -469,6 +469,12 @@ mod tests {
 
     /// The checksum field as a sender with TX offload leaves it: the pseudo-header's sum.
     fn make_partial(frame: &mut [u8], v4: bool) {
+        let (tcp, pseudo) = tcp_pseudo_header(frame, v4);
+        put16(frame, tcp + 16, fold(u64::from(pseudo)));
+    }
+
+    /// Where the TCP header of a test frame starts, and its pseudo-header's sum.
+    fn tcp_pseudo_header(frame: &[u8], v4: bool) -> (usize, u32) {
         let tcp = if v4 { 34 } else { 54 };
         let pseudo = if v4 {
             pseudo_header_v4(
@@ -485,7 +491,7 @@ mod tests {
                 (frame.len() - tcp) as u32,
             )
         };
-        put16(frame, tcp + 16, fold(u64::from(pseudo)));
+        (tcp, pseudo)
     }
 
     /// The super-packet that follows `frame` in its stream.
@@ -498,23 +504,8 @@ mod tests {
     }
 
     fn fix_tcp_checksum(frame: &mut [u8], v4: bool) {
-        let tcp = if v4 { 34 } else { 54 };
-        put16(frame, tcp + 16, 0);
-        let pseudo = if v4 {
-            pseudo_header_v4(
-                ipv4_at(frame, 26),
-                ipv4_at(frame, 30),
-                TCP,
-                (frame.len() - tcp) as u16,
-            )
-        } else {
-            pseudo_header_v6(
-                ipv6_at(frame, 22),
-                ipv6_at(frame, 38),
-                TCP,
-                (frame.len() - tcp) as u32,
-            )
-        };
+        put16(frame, if v4 { 34 + 16 } else { 54 + 16 }, 0);
+        let (tcp, pseudo) = tcp_pseudo_header(frame, v4);
         let check = !sum(pseudo, &frame[tcp..]);
         put16(frame, tcp + 16, check);
     }

@@ -943,6 +943,16 @@ fn make_partial(ip_packet: &mut [u8]) {
     ip_packet[at..at + 2].copy_from_slice(&partial.to_be_bytes());
 }
 
+/// A TCP segment from pod b5 (node-b, a kernel VTEP) to a2, as decapsulated.
+fn tcp_from_kernel_pod_b5() -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(VTEP_B.0, VTEP_A.0)
+        .ipv4([10, 244, 2, 5], [10, 244, 1, 3], 64)
+        .tcp(5000, 80, 7, 1000);
+    let mut out = Vec::new();
+    b.write(&mut out, b"segment from a kernel pod").unwrap();
+    out
+}
+
 fn tcp_checksum_verifies(frame: &[u8]) -> bool {
     let pkt = SlicedPacket::from_ethernet(frame).unwrap();
     let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (&pkt.net, &pkt.transport)
@@ -975,14 +985,7 @@ fn checksums_left_for_offload_are_finished() {
 
     // From a kernel VTEP on a veth: the inner checksum is partial and the outer UDP checksum
     // was computed by local checksum offload for the finished inner one.
-    let inner = {
-        let b = PacketBuilder::ethernet2(VTEP_B.0, VTEP_A.0)
-            .ipv4([10, 244, 2, 5], [10, 244, 1, 3], 64)
-            .tcp(5000, 80, 7, 1000);
-        let mut out = Vec::new();
-        b.write(&mut out, b"segment from a kernel pod").unwrap();
-        out
-    };
+    let inner = tcp_from_kernel_pod_b5();
     let mut frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner);
     let inner_ip = ETH + 20 + 8 + 8 + ETH;
     make_partial(&mut frame[inner_ip..]);
@@ -1018,14 +1021,7 @@ fn checksums_left_for_offload_stay_partial_for_a_tap_pod() {
     assert!(offload::partial_checksum(&out[ETH..]).is_some());
     assert!(!tcp_checksum_verifies(&out));
 
-    let inner = {
-        let b = PacketBuilder::ethernet2(VTEP_B.0, VTEP_A.0)
-            .ipv4([10, 244, 2, 5], [10, 244, 1, 3], 64)
-            .tcp(5000, 80, 7, 1000);
-        let mut out = Vec::new();
-        b.write(&mut out, b"segment from a kernel pod").unwrap();
-        out
-    };
+    let inner = tcp_from_kernel_pod_b5();
     // As Flannel's kernel VTEP sends it: no outer UDP checksum (one computed for the finished
     // inner packet makes the engine finish it first, to check the outer one).
     let mut frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner);

@@ -457,3 +457,58 @@ fn set_outer_ttl(frame: &mut [u8], ttl: u8) {
     ip.set_ttl(ttl);
     ip.fill_checksum();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TCP segment behind an Ethernet header, its checksum complete.
+    fn segment(v4: bool) -> Vec<u8> {
+        let builder = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6]);
+        let builder = if v4 {
+            builder.ipv4([10, 244, 2, 5], [10, 244, 1, 3], 64)
+        } else {
+            builder.ipv6([0xfd; 16], [0xfe; 16], 64)
+        };
+        let mut out = Vec::new();
+        builder.tcp(5000, 80, 7, 1000).ack(1).write(&mut out, &[0x5a; 1000]).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_partial_checksum_written_alone_is_flagged_and_a_complete_one_is_not() {
+        for (v4, tcp) in [(true, 14 + 20), (false, 14 + 40)] {
+            let mut frame = segment(v4);
+            let complete = frame.clone();
+            assert_eq!(header_for(&frame), VnetHeader::PLAIN, "complete");
+            // What a kernel behind a veth leaves: the pseudo-header's sum in the field.
+            let pseudo = partial_field(&frame, v4, tcp);
+            frame[tcp + 16..tcp + 18].copy_from_slice(&pseudo.to_be_bytes());
+            let header = header_for(&frame);
+            assert_eq!(header.flags, VnetHeader::NEEDS_CSUM);
+            assert_eq!((header.csum_start, header.csum_offset), (tcp as u16, 16));
+            assert_eq!(header.gso_type, VnetHeader::GSO_NONE);
+            // What the pod's kernel completes is the segment as it was.
+            assert!(offload::finish_partial_checksum(&mut frame[ETH..]));
+            assert_eq!(frame, complete);
+        }
+        assert_eq!(header_for(&[0u8; 10]), VnetHeader::PLAIN, "too short to tell");
+    }
+
+    /// The folded pseudo-header sum of the segment at `tcp`.
+    fn partial_field(frame: &[u8], v4: bool, tcp: usize) -> u16 {
+        use crate::wire::checksum::{fold, pseudo_header_v4, pseudo_header_v6};
+        let len = frame.len() - tcp;
+        let pseudo = if v4 {
+            let at =
+                |i: usize| std::net::Ipv4Addr::from(<[u8; 4]>::try_from(&frame[i..i + 4]).unwrap());
+            pseudo_header_v4(at(26), at(30), 6, len as u16)
+        } else {
+            let at = |i: usize| {
+                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&frame[i..i + 16]).unwrap())
+            };
+            pseudo_header_v6(at(22), at(38), 6, len as u32)
+        };
+        fold(u64::from(pseudo))
+    }
+}
