@@ -576,19 +576,37 @@ mod tests {
         serde_json::from_str(include_str!("../../../docs/examples/two-nodes.json")).unwrap()
     }
 
-    fn socket_path(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("podlane-control-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir.join("dataplane.sock")
+    /// A test's socket directory, removed when the test ends, however it ends.
+    struct SocketDir(PathBuf);
+
+    impl SocketDir {
+        fn new(tag: &str) -> SocketDir {
+            let dir =
+                std::env::temp_dir().join(format!("podlane-control-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            SocketDir(dir)
+        }
+
+        fn socket(&self) -> PathBuf {
+            self.0.join("dataplane.sock")
+        }
     }
 
-    fn start(tag: &str) -> (ControlServer, Arc<TestBackend>, PathBuf) {
-        let path = socket_path(tag);
+    impl Drop for SocketDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A control server on a fresh socket. Bind the directory first, so that it outlives the
+    /// server: `let (_dir, _server, backend, path) = start(..)`.
+    fn start(tag: &str) -> (SocketDir, ControlServer, Arc<TestBackend>, PathBuf) {
+        let dir = SocketDir::new(tag);
+        let path = dir.socket();
         let node_ip: IpAddr = "192.168.50.1".parse().unwrap();
         let backend = Arc::new(TestBackend { tables: Tables::new(example(), node_ip).unwrap() });
         let server = serve(&path, None, backend.clone(), Access::default()).unwrap();
-        (server, backend, path)
+        (dir, server, backend, path)
     }
 
     fn hello(path: &Path) -> UnixStream {
@@ -647,7 +665,7 @@ mod tests {
 
     #[test]
     fn handshake_queries_and_updates() {
-        let (_server, backend, path) = start("ok");
+        let (_dir, _server, backend, path) = start("ok");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let stream = hello(&path);
@@ -693,7 +711,7 @@ mod tests {
 
     #[test]
     fn an_entry_at_fault_is_left_out_and_the_rest_applies() {
-        let (_server, backend, path) = start("reject");
+        let (_dir, _server, backend, path) = start("reject");
         let stream = hello(&path);
         let before = backend.tables.load_full().generation();
         let mut tables = example();
@@ -755,7 +773,7 @@ mod tests {
 
     #[test]
     fn malformed_input_gets_an_error_or_a_closed_connection() {
-        let (_server, backend, path) = start("bad");
+        let (_dir, _server, backend, path) = start("bad");
         let before = backend.tables.load_full().generation();
 
         // Wrong version: a clear error, then the connection closes.
@@ -825,8 +843,9 @@ mod tests {
 
     #[test]
     fn stale_sockets_are_replaced_and_live_ones_refused() {
-        let path = socket_path("stale");
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let dir = SocketDir::new("stale");
+        let path = dir.socket();
+        std::fs::create_dir_all(&dir.0).unwrap();
         drop(UnixListener::bind(&path).unwrap()); // what a crash leaves: the file, no server
         let node_ip: IpAddr = "192.168.50.1".parse().unwrap();
         let backend = Arc::new(TestBackend { tables: Tables::new(example(), node_ip).unwrap() });
@@ -841,6 +860,5 @@ mod tests {
         let err = serve(&path, None, backend, Access::default()).unwrap_err();
         assert!(matches!(err, ControlError::NotASocket { .. }));
         assert!(err.to_string().contains("exists and is not a socket"), "{err}");
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
