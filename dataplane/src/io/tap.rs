@@ -79,6 +79,12 @@ impl VnetHeader {
         csum_offset: 0,
     };
 
+    /// A whole frame (no GSO) whose checksum at `csum_start + csum_offset` holds only the
+    /// pseudo-header sum: the receiving kernel trusts it as CHECKSUM_PARTIAL.
+    pub const fn partial_checksum(csum_start: u16, csum_offset: u16) -> VnetHeader {
+        VnetHeader { flags: Self::NEEDS_CSUM, csum_start, csum_offset, ..Self::PLAIN }
+    }
+
     pub fn parse(bytes: &[u8; Self::LEN]) -> VnetHeader {
         let u16_at = |i: usize| u16::from_ne_bytes([bytes[i], bytes[i + 1]]);
         VnetHeader {

@@ -19,14 +19,14 @@ use crate::engine::{Delivery, Frame, Ingress, Span, Verdict};
 use crate::io::tap::{TapQueue, TunnelGsoHeader, VnetHeader};
 use crate::io::xsk::Packet;
 use crate::table::{EndpointId, Snapshot};
-use crate::wire::Ipv4Packet;
+use crate::wire::{EthernetFrame, Ipv4Packet};
 
 /// Frames read from one TAP per round of the loop, so that one busy pod does not hold the
 /// worker (each can be a 64 KiB super-packet).
 const TAP_BURST: usize = 32;
 /// The largest frame a TAP pod hands over: a 64 KiB IP packet behind its Ethernet header.
 const TAP_MAX_FRAME: usize = ETH + 65_535;
-const ETH: usize = 14;
+const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
 
 /// Handle of a TAP among a worker's TAPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,12 +393,7 @@ impl TapPort {
         };
         let header = match (gso, partial_checksum_at) {
             (None, None) => VnetHeader::PLAIN,
-            (None, Some(tcp)) => VnetHeader {
-                flags: VnetHeader::NEEDS_CSUM,
-                csum_start: tcp,
-                csum_offset: 16,
-                ..VnetHeader::PLAIN
-            },
+            (None, Some(tcp)) => VnetHeader::partial_checksum(tcp, 16),
             (Some(gso), _) => {
                 self.tx_super += 1;
                 VnetHeader {
@@ -425,12 +420,9 @@ impl TapPort {
 /// CHECKSUM_PARTIAL from a veth.
 fn header_for(frame: &[u8]) -> VnetHeader {
     match frame.get(ETH..).and_then(offload::partial_checksum) {
-        Some(partial) => VnetHeader {
-            flags: VnetHeader::NEEDS_CSUM,
-            csum_start: (ETH + partial.start) as u16,
-            csum_offset: partial.offset as u16,
-            ..VnetHeader::PLAIN
-        },
+        Some(partial) => {
+            VnetHeader::partial_checksum((ETH + partial.start) as u16, partial.offset as u16)
+        }
         None => VnetHeader::PLAIN,
     }
 }
