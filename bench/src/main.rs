@@ -546,6 +546,8 @@ fn tcp_command(args: TcpArgs) -> anyhow::Result<()> {
                 tcp::Pair::PodlaneKernel,
                 tcp::Pair::KernelSameNode,
                 tcp::Pair::PodlaneSameNode,
+                tcp::Pair::KernelService,
+                tcp::Pair::PodlaneService,
             ],
         ),
         streams: or(args.streams, if quick { vec![1] } else { vec![1, 4] }),

@@ -11,7 +11,11 @@
 //!
 //! * `kernel-kernel`, `podlane-podlane`, `podlane-kernel` — a1 on node A to b1 on node B, the
 //!   nodes running the named dataplanes (A first);
-//! * `kernel-same-node`, `podlane-same-node` — a1 to a2 on node A.
+//! * `kernel-same-node`, `podlane-same-node` — a1 to a2 on node A;
+//! * `kernel-service`, `podlane-service` — a1 to a ClusterIP Service on node A whose backend
+//!   is a2: node A's kernel translates the address as kube-proxy's iptables mode programs it
+//!   (DNAT from PREROUTING), so with podlane the traffic goes out of the overlay into the
+//!   node's kernel through the host interface and back in, both ways.
 //!
 //! The underlays:
 //!
@@ -31,7 +35,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use testbed::kernel::{self, RemoteNode};
 use testbed::podlane::Dataplane as Daemon;
-use testbed::{Background, Netns, Pod, ScratchDir, link, tables};
+use testbed::{Background, Netns, Pod, ScratchDir, link, services, tables};
 
 use crate::cpu;
 
@@ -64,6 +68,11 @@ pub enum Pair {
     KernelSameNode,
     /// Two pods of a podlane node.
     PodlaneSameNode,
+    /// A pod of a kernel node to a Service whose backend is another pod of the node.
+    KernelService,
+    /// A pod of a podlane node to a Service whose backend is another pod of the node, through
+    /// the node's kernel.
+    PodlaneService,
 }
 
 /// The pod edge of podlane's pods.
@@ -124,25 +133,38 @@ impl Pair {
             Self::PodlaneKernel => "podlane-kernel",
             Self::KernelSameNode => "kernel-same-node",
             Self::PodlaneSameNode => "podlane-same-node",
+            Self::KernelService => "kernel-service",
+            Self::PodlaneService => "podlane-service",
         }
     }
 
-    /// The cluster the pair runs on: what nodes A and B run.
-    fn nodes(self) -> (NodeKind, NodeKind) {
-        match self {
-            Self::KernelKernel | Self::KernelSameNode => (NodeKind::Kernel, NodeKind::Kernel),
-            Self::PodlanePodlane | Self::PodlaneSameNode => (NodeKind::Podlane, NodeKind::Podlane),
+    /// The cluster the pair runs on: what nodes A and B run, and whether node A's kernel has
+    /// the Service (kube-proxy's rules load connection tracking into the node's kernel, which
+    /// the other pairs run without).
+    fn cluster(self) -> ((NodeKind, NodeKind), bool) {
+        let nodes = match self {
+            Self::KernelKernel | Self::KernelSameNode | Self::KernelService => {
+                (NodeKind::Kernel, NodeKind::Kernel)
+            }
+            Self::PodlanePodlane | Self::PodlaneSameNode | Self::PodlaneService => {
+                (NodeKind::Podlane, NodeKind::Podlane)
+            }
             Self::PodlaneKernel => (NodeKind::Podlane, NodeKind::Kernel),
-        }
+        };
+        (nodes, self.service())
     }
 
     fn same_node(self) -> bool {
         matches!(self, Self::KernelSameNode | Self::PodlaneSameNode)
     }
 
+    fn service(self) -> bool {
+        matches!(self, Self::KernelService | Self::PodlaneService)
+    }
+
     /// Whether podlane carries the pair's traffic anywhere (its pod edge applies).
     fn uses_podlane(self) -> bool {
-        !matches!(self, Self::KernelKernel | Self::KernelSameNode)
+        !matches!(self, Self::KernelKernel | Self::KernelSameNode | Self::KernelService)
     }
 }
 
@@ -216,13 +238,16 @@ const NODE_A: &str = "192.168.87.1";
 const NODE_B: &str = "192.168.87.2";
 const VTEP_A: &str = "0a:aa:00:00:00:01";
 const VTEP_B: &str = "0a:bb:00:00:00:01";
+/// The Service of the `*-service` pairs, on node A, backed by a2.
+const SERVICE: (&str, u16) = ("10.96.0.10", 5201);
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The pods' MTU: a 1500-byte underlay less VXLAN's 50 bytes.
 const POD_MTU: u32 = 1450;
 
 impl Cluster {
     fn build(
         underlay: Underlay,
-        (a, b): (NodeKind, NodeKind),
+        ((a, b), service): ((NodeKind, NodeKind), bool),
         config: &Config,
     ) -> anyhow::Result<Self> {
         let (edge, poll) = (config.pod_edge, config.poll);
@@ -305,14 +330,26 @@ impl Cluster {
                 }
             }
         }
+        if service {
+            // kube-proxy's rules on node A, which forwards as a node does.
+            node_a.sysctl(&["net.ipv4.ip_forward=1"])?;
+            services::install(&node_a)?;
+            services::cluster_ip(&node_a, "tcp", SERVICE, (&wired[1].ip, 5201), CLUSTER_CIDR)?;
+        }
         let [a1, a2, b1]: [Pod; 3] =
             wired.try_into().map_err(|_| anyhow::anyhow!("three pods wired"))?;
         Ok(Cluster { a1, a2, b1, _daemons: daemons, _node_a: node_a, _node_b: node_b, _dir: dir })
     }
 
-    /// The sender and the receiver of a pair.
-    fn ends(&self, pair: Pair) -> (&Pod, &Pod) {
-        if pair.same_node() { (&self.a1, &self.a2) } else { (&self.a1, &self.b1) }
+    /// The sender and the receiver of a pair, and the address the sender connects to.
+    fn ends(&self, pair: Pair) -> (&Pod, &Pod, &str) {
+        if pair.service() {
+            (&self.a1, &self.a2, SERVICE.0)
+        } else if pair.same_node() {
+            (&self.a1, &self.a2, &self.a2.ip)
+        } else {
+            (&self.a1, &self.b1, &self.b1.ip)
+        }
     }
 }
 
@@ -336,10 +373,10 @@ struct IperfSum {
     retransmits: u64,
 }
 
-/// One iperf3 run from `from` to `to`.
+/// One iperf3 run from `from` to `to`, connecting to `address`.
 fn iperf(
     from: &Pod,
-    to: &Pod,
+    (to, address): (&Pod, &str),
     streams: u32,
     seconds: u32,
 ) -> anyhow::Result<(Iperf, Vec<cpu::CoreUse>)> {
@@ -363,7 +400,7 @@ fn iperf(
     let out = from
         .ns
         .command("iperf3")
-        .args(["-c", &to.ip, "-p", "5201", "-J"])
+        .args(["-c", address, "-p", "5201", "-J"])
         .args(["-t", &seconds.to_string(), "-P", &streams.to_string()])
         .output()?;
     let after = cpu::sample();
@@ -379,11 +416,18 @@ fn iperf(
     Ok((report, cpu::between(&before, &after)))
 }
 
-/// One request/response run: transactions a second, p50 and p99 in microseconds.
-fn request_response(from: &Pod, to: &Pod, seconds: f64, bytes: usize) -> anyhow::Result<[f64; 3]> {
-    let _server = to.serve(&["serve", "5301"])?;
+/// One request/response run: transactions a second, p50 and p99 in microseconds. The server
+/// listens on the Service's port in `to`; the client connects to `address`.
+fn request_response(
+    from: &Pod,
+    (to, address): (&Pod, &str),
+    seconds: f64,
+    bytes: usize,
+) -> anyhow::Result<[f64; 3]> {
+    let port = SERVICE.1.to_string();
+    let _server = to.serve(&["serve", &port])?;
     let out = from
-        .probe(&["tcp-rr", &to.ip, "5301", &seconds.to_string(), &bytes.to_string()])
+        .probe(&["tcp-rr", address, &port, &seconds.to_string(), &bytes.to_string()])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
@@ -411,15 +455,15 @@ pub fn run(
     let (mut rows, mut rr_rows) = (Vec::new(), Vec::new());
     for &underlay in &config.underlays {
         // Each cluster once per underlay, in the order of the first pair that needs it.
-        let mut clusters: Vec<(NodeKind, NodeKind)> = Vec::new();
+        let mut clusters = Vec::new();
         for pair in &config.pairs {
-            if !clusters.contains(&pair.nodes()) {
-                clusters.push(pair.nodes());
+            if !clusters.contains(&pair.cluster()) {
+                clusters.push(pair.cluster());
             }
         }
         for kinds in clusters {
             let pairs: Vec<Pair> =
-                config.pairs.iter().copied().filter(|p| p.nodes() == kinds).collect();
+                config.pairs.iter().copied().filter(|p| p.cluster() == kinds).collect();
             progress(&format!(
                 "{} underlay: building nodes for {}",
                 underlay.name(),
@@ -430,12 +474,12 @@ pub fn run(
             std::thread::sleep(Duration::from_millis(300));
             for pair in pairs {
                 let pod_edge = pair.uses_podlane().then_some(config.pod_edge);
-                let (from, to) = cluster.ends(pair);
+                let (from, to, address) = cluster.ends(pair);
                 for &streams in &config.streams {
                     let cell = format!("{} {} {streams} stream(s)", underlay.name(), pair.name());
                     progress(&cell);
-                    let (report, cores) =
-                        iperf(from, to, streams, config.seconds).with_context(|| cell.clone())?;
+                    let (report, cores) = iperf(from, (to, address), streams, config.seconds)
+                        .with_context(|| cell.clone())?;
                     let received = &report.end.sum_received;
                     let gigabits = received.bits_per_second * received.seconds / 1e9;
                     let busy_s: f64 = cores.iter().map(|c| c.busy_ns as f64 / 1e9).sum();
@@ -453,7 +497,7 @@ pub fn run(
                 let cell = format!("{} {} request/response", underlay.name(), pair.name());
                 progress(&cell);
                 let [rate, p50, p99] =
-                    request_response(from, to, config.rr_seconds, config.rr_bytes)
+                    request_response(from, (to, address), config.rr_seconds, config.rr_bytes)
                         .with_context(|| cell.clone())?;
                 rr_rows.push(RrRow {
                     underlay,
@@ -520,6 +564,8 @@ pub fn svg(rows: &[Row], title: &str) -> String {
         Pair::PodlaneKernel,
         Pair::KernelSameNode,
         Pair::PodlaneSameNode,
+        Pair::KernelService,
+        Pair::PodlaneService,
     ];
     let colour = |p: Pair| match p {
         Pair::KernelKernel => "#888888",
@@ -527,6 +573,8 @@ pub fn svg(rows: &[Row], title: &str) -> String {
         Pair::PodlaneKernel => "#9467bd",
         Pair::KernelSameNode => "#bbbbbb",
         Pair::PodlaneSameNode => "#2ca02c",
+        Pair::KernelService => "#dddddd",
+        Pair::PodlaneService => "#ff7f0e",
     };
     let mut groups: Vec<(Underlay, u32)> = Vec::new();
     for r in rows {
@@ -537,7 +585,8 @@ pub fn svg(rows: &[Row], title: &str) -> String {
     let top = rows.iter().map(|r| r.gbps).fold(1.0, f64::max).ceil();
     let (left, base, height, bar) = (60.0, 340.0, 280.0, 22.0);
     let group_width = bar * pairs.len() as f64 + 30.0;
-    let width = left + group_width * groups.len().max(1) as f64 + 20.0;
+    let legend = 20.0 + 140.0 * pairs.len() as f64;
+    let width = (left + group_width * groups.len().max(1) as f64 + 20.0).max(legend);
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -599,7 +648,7 @@ pub fn svg(rows: &[Row], title: &str) -> String {
             x + 16.0,
             pair.name()
         );
-        x += 150.0;
+        x += 140.0;
     }
     let _ = writeln!(svg, "</svg>");
     svg
@@ -648,7 +697,7 @@ mod tests {
             row(Underlay::Nic, Pair::KernelKernel, 4, 7.5),
         ];
         let svg = svg(&rows, "t <&>");
-        assert_eq!(svg.matches("<rect x=").count(), 3 + 5, "3 bars and 5 legend keys");
+        assert_eq!(svg.matches("<rect x=").count(), 3 + 7, "3 bars and 7 legend keys");
         assert!(svg.contains("t &lt;&amp;>"));
     }
 }

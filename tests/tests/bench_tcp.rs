@@ -30,7 +30,7 @@ fn quick_run_measures_every_underlay_and_pair() {
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).unwrap();
     let rows = doc["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 10, "2 underlays x 5 pairs:\n{stdout}");
+    assert_eq!(rows.len(), 14, "2 underlays x 7 pairs:\n{stdout}");
     for row in rows {
         let name = format!("{} {}", row["underlay"], row["pair"]);
         assert!(["veth", "nic"].contains(&row["underlay"].as_str().unwrap()), "{name}");
@@ -42,7 +42,7 @@ fn quick_run_measures_every_underlay_and_pair() {
         assert_eq!(row["pod_edge"].as_str(), podlane.then_some("tap"), "{name}");
     }
     let rr = doc["request_response"].as_array().expect("request_response");
-    assert_eq!(rr.len(), 10, "one request/response run per underlay and pair:\n{stdout}");
+    assert_eq!(rr.len(), 14, "one request/response run per underlay and pair:\n{stdout}");
     for row in rr {
         let name = format!("{} {}", row["underlay"], row["pair"]);
         for key in ["message_bytes", "transactions_per_s", "p50_us", "p99_us"] {
@@ -51,7 +51,7 @@ fn quick_run_measures_every_underlay_and_pair() {
         assert!(row["transactions_per_s"].as_f64().unwrap() > 0.0, "{name}: no transaction");
     }
     let svg = std::fs::read_to_string(dir.path().join("tcp.svg")).expect("chart written");
-    assert!(svg.starts_with("<svg") && svg.matches("<rect x=").count() >= 10, "{svg}");
+    assert!(svg.starts_with("<svg") && svg.matches("<rect x=").count() >= 14, "{svg}");
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let left = String::from_utf8_lossy(&left.stdout);
     assert!(!left.contains("podlane-bench-tcp"), "namespaces left behind: {left}");
