@@ -202,15 +202,18 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
         if let Some(h) = &w.host_interface {
             let _ = writeln!(
                 out,
-                "  host interface {} q{}: rx {} pkts / {} bytes (too long {}), tx {} pkts / {} \
-                 bytes, tx dropped {}",
+                "  host interface {} q{}: rx {} pkts / {} bytes ({} super-packets, too long {}, \
+                 bad header {}), tx {} pkts / {} bytes ({} super-packets), tx dropped {}",
                 h.interface,
                 h.queue,
                 h.rx_packets,
                 h.rx_bytes,
+                h.rx_super_packets,
                 h.rx_too_long,
+                h.rx_bad_header,
                 h.tx_packets,
                 h.tx_bytes,
+                h.tx_super_packets,
                 h.tx_dropped
             );
         }

@@ -15,6 +15,11 @@
 //! * with the IPv4 underlay: another VXLAN user (a kernel vxlan device with another VNI on the
 //!   same port) keeps working beside podlane.
 //!
+//! The host interface takes TCP super-packets and partial checksums both ways, so node A's pods
+//! are wired with both edges: with the IPv4 underlay a1 and a2 are TAP pods (a1 → ClusterIP →
+//! a2 crosses the host interface as super-packets both ways), with the IPv6 underlay a1 is a
+//! veth pod (the node's super-packets to it are cut) and a2 a TAP pod.
+//!
 //! A second test kills node A's dataplane (SIGKILL) in the middle of a TCP transfer between
 //! pods on the two nodes and restarts it: the transfer completes intact, and a capture on the
 //! underlay sees no packet with a pod address that is not encapsulated.
@@ -84,8 +89,9 @@ fn node(tag: &str, switch: &mut Switch, me: Dual) -> anyhow::Result<Netns> {
     Ok(ns)
 }
 
-/// Builds the cluster with an IPv4 (`underlay_v6` false) or IPv6 underlay.
-fn cluster(tag: &str, underlay_v6: bool) -> anyhow::Result<Cluster> {
+/// Builds the cluster with an IPv4 (`underlay_v6` false) or IPv6 underlay, with pods a1 and
+/// a2 behind TAP devices where `taps` says so (else veths).
+fn cluster(tag: &str, underlay_v6: bool, taps: (bool, bool)) -> anyhow::Result<Cluster> {
     let dir = ScratchDir::new(tag)?;
     let mut switch = Switch::new(&format!("{tag}sw"))?;
     let node_a = node(&format!("{tag}a"), &mut switch, NODE_A)?;
@@ -101,22 +107,17 @@ fn cluster(tag: &str, underlay_v6: bool) -> anyhow::Result<Cluster> {
     let outside = Pod::wrap(outside_ns, "outside", PUBLIC.v4);
 
     let mtu = if underlay_v6 { 1430 } else { 1450 };
-    let a1 = Pod::wire_dual(
-        &node_a,
-        "a1",
-        "veth-a1",
-        ("10.244.1.2", "fd00:10:244:1::2"),
-        "0a:58:0a:f4:01:02",
-        mtu,
-    )?;
-    let a2 = Pod::wire_dual(
-        &node_a,
-        "a2",
-        "veth-a2",
-        ("10.244.1.3", "fd00:10:244:1::3"),
-        "0a:58:0a:f4:01:03",
-        mtu,
-    )?;
+    let wire = |tap: bool, name: &str, host_if: &str, (ip, ip6): (&str, &str), mac: &str| {
+        if tap {
+            Pod::wire_tap(&node_a, name, (ip, Some(ip6)), mac, mtu)
+        } else {
+            Pod::wire_dual(&node_a, name, host_if, (ip, ip6), mac, mtu)
+        }
+    };
+    let a1 =
+        wire(taps.0, "a1", "veth-a1", ("10.244.1.2", "fd00:10:244:1::2"), "0a:58:0a:f4:01:02")?;
+    let a2 =
+        wire(taps.1, "a2", "veth-a2", ("10.244.1.3", "fd00:10:244:1::3"), "0a:58:0a:f4:01:03")?;
     let b1 = Pod::wire_dual(
         &node_b,
         "b1",
@@ -291,7 +292,8 @@ fn paths(c: &Cluster, v6: bool) -> anyhow::Result<()> {
 }
 
 fn run(tag: &str, underlay_v6: bool) -> anyhow::Result<()> {
-    let c = cluster(tag, underlay_v6)?;
+    let taps = if underlay_v6 { (false, true) } else { (true, true) };
+    let c = cluster(tag, underlay_v6, taps)?;
     paths(&c, false)?;
     paths(&c, true)?;
     if !underlay_v6 {
@@ -311,6 +313,14 @@ fn run(tag: &str, underlay_v6: bool) -> anyhow::Result<()> {
         "{host:?}"
     );
     anyhow::ensure!(workers[0].host > 0, "frames handed to the host are counted");
+    // The node's own TCP to a1 and a2, and the Services' traffic, came as super-packets;
+    // with a1 a TAP pod its traffic to the Services went to the kernel as super-packets too.
+    anyhow::ensure!(host.rx_super_packets > 0, "no super-packet from the kernel: {host:?}");
+    anyhow::ensure!(
+        !taps.0 || host.tx_super_packets > 0,
+        "no super-packet from a TAP pod to the kernel: {host:?}"
+    );
+    anyhow::ensure!(host.rx_too_long == 0 && host.rx_bad_header == 0, "{host:?}");
     anyhow::ensure!(
         workers[0].returned_via_host > 0 && workers[0].host_flows > 0,
         "the ClusterIP replies went back through the kernel: {:?}",
@@ -373,7 +383,7 @@ fn a_restart_fails_closed() -> anyhow::Result<()> {
         return Ok(());
     }
     let Some(tshark) = require_tool("tshark") else { return Ok(()) };
-    let mut c = cluster("hpr", false)?;
+    let mut c = cluster("hpr", false, (false, false))?;
     let pcap = c.dir.path().join("underlay.pcapng");
     // Everything on node B's link that is not VXLAN.
     let capture = Capture::start(&tshark, &c.node_b, "uplink", "not udp port 8472", &pcap)?;
@@ -435,7 +445,7 @@ fn icmp_errors_reach_pods() -> anyhow::Result<()> {
     if !require_root("icmp_errors_reach_pods") {
         return Ok(());
     }
-    let c = cluster("hpi", false)?;
+    let c = cluster("hpi", false, (false, false))?;
     for (ns, dev) in [(&c.a1.ns, "eth0"), (&c.node_a, "veth-a1")] {
         link::set_mtu(ns, dev, 1500)?;
     }

@@ -372,13 +372,23 @@ pub struct HostCounters {
     /// Packets the node's kernel routed into the overlay, read from the queue.
     pub rx_packets: u64,
     pub rx_bytes: u64,
-    /// Packets longer than a UMEM chunk holds (cut short by the read): dropped.
+    /// Packets longer than the queue's buffer holds (64 KiB; cut short by the read): dropped.
     pub rx_too_long: u64,
     /// Packets handed to the node's kernel.
     pub tx_packets: u64,
     pub tx_bytes: u64,
     /// Packets the kernel did not take (its queue full, or an error): dropped.
     pub tx_dropped: u64,
+    /// Of `rx_packets`, TCP super-packets (the kernel's TSO).
+    #[serde(default)]
+    pub rx_super_packets: u64,
+    /// Of `tx_packets`, TCP super-packets handed over whole (from TAP pods).
+    #[serde(default)]
+    pub tx_super_packets: u64,
+    /// Packets whose virtio-net header did not fit them (a checksum to finish outside the
+    /// packet, or no packet behind it): dropped.
+    #[serde(default)]
+    pub rx_bad_header: u64,
 }
 
 /// Counters of one AF_XDP socket, or of a TAP pod's queue (`mode` "tap", the interface named

@@ -208,15 +208,19 @@ fn log_line(w: &WorkerCounters) -> String {
     if let Some(h) = &w.host_interface {
         let _ = write!(
             line,
-            "\n  {} q{} (host): rx {} pkts {} B, tx {} pkts {} B, tx_dropped {}, rx_too_long {}",
+            "\n  {} q{} (host): rx {} pkts {} B ({} super), tx {} pkts {} B ({} super), \
+             tx_dropped {}, rx_too_long {}, rx_bad_header {}",
             h.interface,
             h.queue,
             h.rx_packets,
             h.rx_bytes,
+            h.rx_super_packets,
             h.tx_packets,
             h.tx_bytes,
+            h.tx_super_packets,
             h.tx_dropped,
-            h.rx_too_long
+            h.rx_too_long,
+            h.rx_bad_header
         );
     }
     for s in &w.sockets {

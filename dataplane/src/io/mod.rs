@@ -16,6 +16,7 @@
 //! * [`tun`] — the host interface: a multi-queue TUN device, one queue per worker.
 //! * [`tap`] — a pod's TAP interface with virtio-net headers and offloads: the pod edge that
 //!   keeps TCP super-packets whole.
+//! * [`vnet`] — the virtio-net header of TAP and TUN queues.
 //! * Here: interface facts (index, MAC, MTU, queue count), `poll(2)` over sockets, and the
 //!   stop signals.
 
@@ -25,6 +26,7 @@ pub mod netlink;
 mod sys;
 pub mod tap;
 pub mod tun;
+pub mod vnet;
 pub mod xdp;
 // Memory shared with the kernel: the ring protocol and chunk ownership, sound by construction.
 #[allow(unsafe_code)]

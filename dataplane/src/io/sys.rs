@@ -520,10 +520,13 @@ pub(super) fn interface_channels(name: &str) -> io::Result<EthtoolChannels> {
 
 /// Makes `tun` (an open `/dev/net/tun`) a queue of the multi-queue TUN device `name`:
 /// IFF_TUN (IP packets, no Ethernet), IFF_NO_PI (no packet-information prefix),
-/// IFF_MULTI_QUEUE (one descriptor per worker). The device is created if it does not exist.
+/// IFF_VNET_HDR (a virtio-net header before every packet; the flag is the device's, so every
+/// queue attached sets it), IFF_MULTI_QUEUE (one descriptor per worker). The device is created
+/// if it does not exist.
 pub(super) fn tun_attach(tun: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as i16;
+    let flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE;
+    req.ifr_ifru.ifru_flags = flags as i16;
     // SAFETY: `tun` is an open /dev/net/tun descriptor the caller keeps alive for the call;
     // TUNSETIFF reads the name and flags from `req`, a live, exclusively borrowed `ifreq`,
     // and writes the device's name back into it.

@@ -14,12 +14,13 @@
 //! what the pod sends: it fails closed.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::sys;
+use super::vnet::{VnetHeader, write_with_header};
 
 /// The offloads a TAP pod's kernel may use towards the dataplane.
 const OFFLOADS: u32 = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
@@ -40,84 +41,6 @@ pub enum TapError {
     Setup { name: String, source: io::Error },
     #[error("the thread entering the pod's network namespace failed")]
     Thread,
-}
-
-/// `struct virtio_net_hdr` (include/uapi/linux/virtio_net.h), in the host's byte order (the
-/// TAP device's default on a little-endian host, and the only order on a big-endian one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct VnetHeader {
-    pub flags: u8,
-    pub gso_type: u8,
-    /// Length of the headers (Ethernet to TCP) of a GSO packet.
-    pub header_len: u16,
-    /// Payload bytes per segment of a GSO packet (the MSS).
-    pub gso_size: u16,
-    /// Where the checksum a partial packet leaves undone starts, and its field's offset from
-    /// there (`flags & NEEDS_CSUM`).
-    pub csum_start: u16,
-    pub csum_offset: u16,
-}
-
-impl VnetHeader {
-    pub const LEN: usize = 10;
-    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` holds only
-    /// the pseudo-header sum.
-    pub const NEEDS_CSUM: u8 = 1;
-    pub const GSO_NONE: u8 = 0;
-    pub const GSO_TCPV4: u8 = 1;
-    pub const GSO_TCPV6: u8 = 4;
-    /// Flag on `gso_type`: the packet carries CWR, to be kept on the first segment only.
-    pub const GSO_ECN: u8 = 0x80;
-
-    /// A header saying nothing: a whole frame with complete checksums.
-    pub const PLAIN: VnetHeader = VnetHeader {
-        flags: 0,
-        gso_type: 0,
-        header_len: 0,
-        gso_size: 0,
-        csum_start: 0,
-        csum_offset: 0,
-    };
-
-    /// A whole frame (no GSO) whose checksum at `csum_start + csum_offset` holds only the
-    /// pseudo-header sum: the receiving kernel trusts it as CHECKSUM_PARTIAL.
-    pub const fn partial_checksum(csum_start: u16, csum_offset: u16) -> VnetHeader {
-        VnetHeader { flags: Self::NEEDS_CSUM, csum_start, csum_offset, ..Self::PLAIN }
-    }
-
-    pub fn parse(bytes: &[u8; Self::LEN]) -> VnetHeader {
-        let u16_at = |i: usize| u16::from_ne_bytes([bytes[i], bytes[i + 1]]);
-        VnetHeader {
-            flags: bytes[0],
-            gso_type: bytes[1],
-            header_len: u16_at(2),
-            gso_size: u16_at(4),
-            csum_start: u16_at(6),
-            csum_offset: u16_at(8),
-        }
-    }
-
-    pub fn to_bytes(self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.header_len.to_ne_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
-        b
-    }
-
-    /// The segment size of a TCP super-packet, `None` for a plain frame. Other GSO types
-    /// (UDP) are never offered to the pod's kernel; they read as `Some(0)`, which the pipeline
-    /// refuses.
-    pub fn tcp_segment_size(&self) -> Option<u16> {
-        match self.gso_type & !Self::GSO_ECN {
-            Self::GSO_NONE => None,
-            Self::GSO_TCPV4 | Self::GSO_TCPV6 => Some(self.gso_size),
-            _ => Some(0),
-        }
-    }
 }
 
 /// `struct virtio_net_hdr_v1_hash_tunnel` (include/uapi/linux/virtio_net.h, Linux 6.17): the
@@ -261,16 +184,6 @@ pub fn create_persistent(name: &str) -> io::Result<()> {
     sys::tun_set_persist(file.as_fd(), true)
 }
 
-/// Writes a virtio-net header and its frame in one writev; `false` when the device's queue
-/// is full.
-fn write_with_header(file: &mut File, header: &[u8], frame: &[u8]) -> io::Result<bool> {
-    match file.write_vectored(&[IoSlice::new(header), IoSlice::new(frame)]) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// Attaches to `name` in the calling thread's namespace, which must hold it: TUNSETIFF on a
 /// name that does not exist would create a device, and the pod must get no interface the
 /// dataplane made.
@@ -325,22 +238,5 @@ mod tests {
         assert_eq!(u16::from_ne_bytes([b[8], b[9]]), 16);
         assert_eq!(&b[10..20], &[0; 10], "num_buffers, hash: unused");
         assert_eq!(&b[20..24], &[34, 0, 64, 0]);
-    }
-
-    #[test]
-    fn header_round_trips() {
-        let h = VnetHeader {
-            flags: VnetHeader::NEEDS_CSUM,
-            gso_type: VnetHeader::GSO_TCPV4 | VnetHeader::GSO_ECN,
-            header_len: 66,
-            gso_size: 1398,
-            csum_start: 34,
-            csum_offset: 16,
-        };
-        assert_eq!(VnetHeader::parse(&h.to_bytes()), h);
-        assert_eq!(h.tcp_segment_size(), Some(1398));
-        assert_eq!(VnetHeader::PLAIN.tcp_segment_size(), None);
-        let udp = VnetHeader { gso_type: 5, gso_size: 1400, ..VnetHeader::PLAIN };
-        assert_eq!(udp.tcp_segment_size(), Some(0), "refused downstream");
     }
 }

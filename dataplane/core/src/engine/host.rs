@@ -12,6 +12,11 @@
 //! ICMP redirects the kernel sends (a packet that leaves the host interface it came in on)
 //! never reach a pod. A local pod's packet is remembered as a flow through the kernel, whose
 //! replies go back that way ([`super::host_flows`]).
+//!
+//! The host interface takes offloads as a TAP pod does: the kernel's TCP super-packets come
+//! whole ([`super::Pipeline::process_segmented`]), and its checksums may be partial. One is
+//! finished where the receiver gets the frame as it is (a veth pod, the underlay); a TAP pod
+//! takes it as it came.
 
 use std::net::IpAddr;
 
@@ -22,8 +27,8 @@ use crate::wire::{EtherType, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet};
 use super::encap::{self, Inner};
 use super::flow::{self, Flow};
 use super::host_flows::FlowKey;
-use super::policy;
 use super::{DropReason, Frame, Pipeline, RouteHint, Verdict};
+use super::{pod, policy};
 
 const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
 
@@ -159,6 +164,9 @@ fn forward(
             }
             remember(pipeline);
             frame.set_len(ETH + packet.ip_len);
+            if destination.edge.is_veth() {
+                pod::finish_checksum(pipeline, frame);
+            }
             let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
             eth.set_destination(destination.mac);
             eth.set_source(pipeline.config.gateway_mac);
@@ -167,6 +175,9 @@ fn forward(
         Some(RouteTarget::Node(node)) if node != snapshot.local_node_id() => {
             if let Err(reason) = egress(pipeline, frame) {
                 return Verdict::Drop(reason);
+            }
+            if frame.set_len(ETH + packet.ip_len) {
+                pod::finish_checksum(pipeline, frame);
             }
             let inner =
                 Inner::of_flow(packet.src, packet.dst, &packet.flow, packet.tos, packet.ip_len);

@@ -697,15 +697,16 @@ impl Pipeline {
         }
     }
 
-    /// The verdict for a TCP super-packet from a pod (a TAP edge with TSO on): up to 64 KiB
-    /// of payload, to be cut into segments of `mss` bytes. Route, policy, connection tracking
+    /// The verdict for a TCP super-packet from a pod (a TAP edge with TSO on) or from the
+    /// node's kernel (the host interface, with TSO on): up to 64 KiB of payload, to be cut
+    /// into segments of `mss` bytes. Route, policy, connection tracking
     /// and encapsulation decide once for the whole packet; the path's MTU is checked against
     /// its largest segment; transport checksums are left as they are (each segment gets its
-    /// own where the caller cuts the packet with [`segment::Segments`]: towards the uplink,
-    /// a veth pod or the host interface); an encapsulation reserves one outer IPv4
-    /// identification per segment. A pod delivered to whole (a TAP pod on this node) gets
-    /// the packet as it came, its checksum still partial for the receiving kernel. Counted as
-    /// one frame.
+    /// own where the caller cuts the packet with [`segment::Segments`]: towards the uplink or
+    /// a veth pod); an encapsulation reserves one outer IPv4 identification per segment. A
+    /// receiver that takes it whole (a TAP pod on this node, the host interface) gets the
+    /// packet as it came, its checksum still partial for the receiving kernel. Counted as one
+    /// frame.
     pub fn process_segmented(
         &mut self,
         snapshot: &Snapshot,
@@ -714,7 +715,7 @@ impl Pipeline {
         mss: u16,
     ) -> Verdict {
         let shape = match (ingress, segment::Segments::new(frame.data(), false, mss)) {
-            (Ingress::Pod(_), Ok(s)) => {
+            (Ingress::Pod(_) | Ingress::Host, Ok(s)) => {
                 let eth = crate::wire::EthernetFrame::<&[u8]>::HEADER_LEN;
                 SuperPacket { segments: s.count(), largest_ip_len: s.len_of(0) - eth }
             }

@@ -18,7 +18,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::wire::checksum::{fold, pseudo_header_v4, pseudo_header_v6, transport_checksum};
+use crate::wire::checksum::{fold, pseudo_header_v4, pseudo_header_v6, sum, transport_checksum};
 use crate::wire::{Ipv6Packet, be16};
 
 const TCP: u8 = 6;
@@ -97,10 +97,27 @@ pub fn finish_partial_checksum(ip: &mut [u8]) -> bool {
     true
 }
 
+/// Completes a checksum left partial at `start + offset` of `ip`, where a virtio-net header
+/// (the kernel's skb) says it is, whatever the protocol: the field holds the seed (for TCP and
+/// UDP, the pseudo-header's sum) and the checksum covers everything from `start` to the end.
+/// What the kernel's `skb_checksum_help` does, a result of 0 written as 0xffff as it does.
+/// `false`, with nothing written, when the field does not lie inside the packet.
+pub fn finish_checksum_at(ip: &mut [u8], start: usize, offset: usize) -> bool {
+    let field = start.saturating_add(offset);
+    if start >= ip.len() || field.saturating_add(2) > ip.len() {
+        return false;
+    }
+    let checksum = match !sum(0, &ip[start..]) {
+        0 => 0xffff,
+        value => value,
+    };
+    ip[field..field + 2].copy_from_slice(&checksum.to_be_bytes());
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::checksum::sum;
 
     fn tcp_v4(payload: &[u8]) -> Vec<u8> {
         let builder = etherparse::PacketBuilder::ipv4([10, 244, 1, 2], [10, 244, 2, 2], 64)
@@ -166,6 +183,22 @@ mod tests {
         ip[46..48].copy_from_slice(&fold(u64::from(pseudo)).to_be_bytes());
         assert!(finish_partial_checksum(&mut ip));
         assert_eq!(ip, good);
+    }
+
+    #[test]
+    fn completes_by_the_offsets_as_the_kernel_does() {
+        let mut ip = tcp_v4(b"hello, node");
+        let good = ip.clone();
+        let pseudo = pseudo_header_v4([10, 244, 1, 2].into(), [10, 244, 2, 2].into(), 6, 31);
+        ip[36..38].copy_from_slice(&fold(u64::from(pseudo)).to_be_bytes());
+        assert!(finish_checksum_at(&mut ip, 20, 16));
+        assert_eq!(ip, good, "the same checksum as the sender's");
+        for (start, offset) in [(ip.len(), 0), (ip.len() - 1, 0), (20, usize::MAX), (usize::MAX, 1)]
+        {
+            let before = ip.clone();
+            assert!(!finish_checksum_at(&mut ip, start, offset), "{start} + {offset}");
+            assert_eq!(ip, before);
+        }
     }
 
     #[test]

@@ -284,20 +284,21 @@ fn forward(
     }
 }
 
-/// Hands a pod's IP packet to the host interface: Ethernet padding trimmed and any checksum
-/// the pod's kernel left for offload finished, since the host's kernel receives it as it is.
+/// Hands a pod's IP packet to the host interface, Ethernet padding trimmed. A checksum the
+/// pod's kernel left for offload stays partial: the host interface's virtio-net header says
+/// so to the node's kernel, as a TAP pod's does.
 fn to_host(pipeline: &Pipeline, frame: &mut Frame<'_>, ip_len: usize) -> Verdict {
     if !pipeline.config.host_interface {
         return Verdict::Drop(DropReason::NoHostInterface);
     }
     frame.set_len(ETH + ip_len);
-    finish_checksum(pipeline, frame);
     Verdict::Host
 }
 
-/// Finishes a transport checksum the pod's kernel left partial, since the receiver gets the
-/// frame as it is; not for a super-packet, whose segments each get their own when it is cut.
-fn finish_checksum(pipeline: &Pipeline, frame: &mut Frame<'_>) {
+/// Finishes a transport checksum the sender's kernel left partial, since the receiver gets
+/// the frame as it is; not for a super-packet, whose segments each get their own when it is
+/// cut.
+pub(super) fn finish_checksum(pipeline: &Pipeline, frame: &mut Frame<'_>) {
     if pipeline.segmented.is_none() {
         offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
     }

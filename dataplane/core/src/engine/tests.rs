@@ -1531,14 +1531,86 @@ fn service_flows_are_judged_on_their_backend() {
     ));
 }
 
-/// [`run`] for a super-packet from a pod, cut at `mss`, without delivery's judgement.
+/// [`run`] for a super-packet from pod a1, cut at `mss`, without delivery's judgement.
 fn run_segmented(p: &mut Pipeline, snap: &Snapshot, bytes: &[u8], mss: u16) -> (Verdict, Vec<u8>) {
+    run_segmented_from(p, snap, from_a1(snap), bytes, mss)
+}
+
+/// [`run_segmented`] for a super-packet from `ingress`.
+fn run_segmented_from(
+    p: &mut Pipeline,
+    snap: &Snapshot,
+    ingress: Ingress,
+    bytes: &[u8],
+    mss: u16,
+) -> (Verdict, Vec<u8>) {
     let mut buffer = vec![0u8; HEADROOM + bytes.len() + 128];
     buffer[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
     let mut span = Span::new(HEADROOM, bytes.len());
     let mut frame = Frame::new(&mut buffer, &mut span);
-    let verdict = p.process_segmented(snap, from_a1(snap), &mut frame, mss);
+    let verdict = p.process_segmented(snap, ingress, &mut frame, mss);
     (verdict, frame.data().to_vec())
+}
+
+#[test]
+fn the_host_interface_takes_and_gives_offloads_as_a_tap_pod_does() {
+    // a1 behind a veth, a2 behind a TAP.
+    let mut spec = spec_for("node-a", false);
+    spec.endpoints[1].edge = crate::table::PodEdge::Tap { netns: "/run/netns/a2".into() };
+    let snap = snapshot(&spec);
+    let mut p = Pipeline::new(config_for("node-a"));
+    let a1 = snap.endpoint_by_interface("veth-a1").unwrap();
+    let a2 = snap.endpoint_by_interface("veth-a2").unwrap();
+
+    // A pod's checksum left partial stays so on its way to the node: the host interface's
+    // virtio-net header flags it.
+    let mut frame = tcp4("10.244.1.2", "192.168.50.1", 40000, 80);
+    make_partial(&mut frame[ETH..]);
+    let (v, out) = run(&mut p, &snap, from_a1(&snap), &frame);
+    assert_eq!(v, Verdict::Host);
+    assert!(offload::partial_checksum(&out[ETH..]).is_some());
+
+    // The node's own partial checksum: finished for a veth pod and for a remote pod, left
+    // for a TAP pod.
+    let from_node = |dst: &str| {
+        let mut ip = ipv4_packet("192.168.50.1", dst, 64, 8080);
+        make_partial(&mut ip);
+        from_host(&ip, 0x0800)
+    };
+    let (v, out) = run(&mut p, &snap, Ingress::Host, &from_node("10.244.1.2"));
+    assert_eq!(v, Verdict::Local(a1));
+    assert!(tcp_checksum_verifies(&out));
+    let (v, out) = run(&mut p, &snap, Ingress::Host, &from_node("10.244.1.3"));
+    assert_eq!(v, Verdict::Local(a2));
+    assert!(offload::partial_checksum(&out[ETH..]).is_some());
+    let (v, out) = run(&mut p, &snap, Ingress::Host, &from_node("10.244.2.5"));
+    assert_eq!(v, Verdict::Encap);
+    assert!(tcp_checksum_verifies(outer_and_inner(&out).1));
+
+    // The kernel's TCP super-packet (a1's flow through it, after a Service's DNAT): decided
+    // once, encapsulated whole for cutting, to a remote pod.
+    let frame = segment::tests::tcp_frame(true, 30_000, 0x10);
+    let before = p.counters().clone();
+    let (v, out) = run_segmented_from(&mut p, &snap, Ingress::Host, &frame, 1398);
+    assert_eq!(v, Verdict::Encap);
+    assert_eq!(p.counters().rx_frames, before.rx_frames + 1, "counted once");
+    let segments = segment::Segments::new(&out, true, 1398).unwrap();
+    assert_eq!(segments.count(), 30_000usize.div_ceil(1398));
+    assert_eq!(segments.len_of(0), 14 + 1500, "the first segment fills the underlay MTU");
+    // To the TAP pod a2: whole, its checksum still partial, its TTL the kernel's.
+    let mut to_a2 = frame.clone();
+    to_a2[14 + 18] = 1;
+    crate::wire::Ipv4Packet::new_unchecked(&mut to_a2[14..34]).fill_checksum();
+    let (v, out) = run_segmented_from(&mut p, &snap, Ingress::Host, &to_a2, 1398);
+    assert_eq!(v, Verdict::Local(a2));
+    assert_eq!(out[14..], to_a2[14..], "not cut, not changed");
+    // Segments too large for the overlay (the kernel's MSS follows the host interface's
+    // MTU, so only a broken header asks for them): dropped.
+    let (v, _) = run_segmented_from(&mut p, &snap, Ingress::Host, &frame, 1399);
+    assert_eq!(v, Verdict::Drop(DropReason::MtuExceeded));
+    // The uplink never hands over super-packets.
+    let (v, _) = run_segmented_from(&mut p, &snap, Ingress::Uplink, &frame, 1398);
+    assert_eq!(v, Verdict::Drop(DropReason::BadSuperPacket));
 }
 
 #[test]

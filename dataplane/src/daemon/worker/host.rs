@@ -1,37 +1,63 @@
-//! A worker's queue of the host interface: IP packets the node's kernel routed into the
-//! overlay are read into fresh UMEM chunks, behind an Ethernet header the pipeline's host path
-//! does not look at, and go through the pipeline like any batch; what the pipeline hands to
-//! the host is written to the queue (the kernel copies it) and its chunk released.
+//! A worker's queue of the host interface. Each packet the node's kernel routed into the
+//! overlay is read with its virtio-net header into the queue's buffer, behind an Ethernet
+//! header the pipeline's host path does not look at. A TCP super-packet (the kernel's TSO)
+//! goes through the pipeline from there, decided once, and on whole where the next hop takes
+//! it whole (a TAP pod) or cut where it goes as frames; any other packet is copied into a
+//! fresh UMEM chunk and goes through the pipeline in a batch (or from the buffer, when it is
+//! longer than a chunk: a jumbo underlay). Packets keep the order they were read in: a batch
+//! is run before a packet that does not join it.
+//!
+//! What the pipeline hands to the host is written with a header that says what it is: a
+//! super-packet from a TAP pod whole, with its segment size; a checksum left partial,
+//! flagged, so that the kernel trusts it as it trusts one from a veth.
 
 use std::net::IpAddr;
 
 use super::Worker;
 use super::forward::Target;
 use super::inbox::Destination;
+use super::jumbo::Linear;
 use crate::api::HostCounters;
+use crate::engine::segment::Segments;
 use crate::engine::{Ingress, Span, offload};
 use crate::io::tun::TunQueue;
+use crate::io::vnet::VnetHeader;
 use crate::io::xsk::Packet;
 use crate::table::{RouteTarget, Snapshot};
 use crate::wire::EthernetFrame;
 
 const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
+/// The longest packet the node's kernel hands over: a 64 KiB IP packet (a TSO super-packet,
+/// or a packet of a jumbo underlay's MTU).
+const MAX_PACKET: usize = 65_535;
 
 /// A worker's queue of the host interface and its counters.
 #[derive(Debug)]
 pub(super) struct HostQueue {
     pub(super) tun: TunQueue,
     pub(super) counters: HostCounters,
-    /// Where a packet whose checksum is partial is finished before it is written.
-    finished: Vec<u8>,
+    /// Where packets are read: the UMEM's headroom, the Ethernet header the pipeline
+    /// expects, then the IP packet (its virtio-net header read just before it). Allocated at
+    /// the first read.
+    buffer: Option<Linear>,
 }
 
 impl HostQueue {
     pub(super) fn new(tun: TunQueue, queue: u32) -> HostQueue {
         let counters =
             HostCounters { interface: tun.name().to_owned(), queue, ..HostCounters::default() };
-        HostQueue { tun, counters, finished: Vec::new() }
+        HostQueue { tun, counters, buffer: None }
     }
+}
+
+/// What one read from the host queue gave.
+enum Read {
+    /// A packet of `len` bytes of IP behind the buffer's Ethernet header, and its header.
+    Packet { len: usize, header: VnetHeader },
+    /// Nothing (more) to read.
+    Empty,
+    /// A packet that could not be taken (counted).
+    Refused,
 }
 
 impl Worker {
@@ -41,103 +67,24 @@ impl Worker {
         let Some(host) = self.host.as_mut() else { return 0 };
         let pods = self.umems.pods();
         let headroom = self.umems.get(pods).frame_headroom() as usize;
-        self.rx.clear();
-        if self.linear.is_some() {
-            return self.receive_host_jumbo(snapshot);
-        }
-        while self.rx.len() < super::BURST {
-            let Some(chunk) = self.umems.get(pods).allocate() else {
-                self.io_counters.chunk_exhausted += 1;
-                break;
-            };
-            let mut packet = Packet::new(chunk, Span::new(headroom, 0));
-            let mut read = Ok(None);
-            self.umems.lend_one(&mut packet, |buffer, span| {
-                let room = buffer.len() - headroom - ETH;
-                read = host.tun.receive(&mut buffer[headroom + ETH..]).map(|n| {
-                    n.map(|n| {
-                        let ethertype: u16 = match buffer[headroom + ETH] >> 4 {
-                            4 => 0x0800,
-                            6 => 0x86dd,
-                            _ => 0,
-                        };
-                        buffer[headroom..headroom + 12].fill(0);
-                        buffer[headroom + 12..headroom + ETH]
-                            .copy_from_slice(&ethertype.to_be_bytes());
-                        span.len = (ETH + n) as u32;
-                        (n, n == room)
-                    })
-                });
-            });
-            match read {
-                Ok(Some((n, false))) => {
-                    host.counters.rx_packets += 1;
-                    host.counters.rx_bytes += n as u64;
-                    self.rx.push(packet);
-                }
-                // Filled the chunk to its end: the packet may be longer, and cut.
-                Ok(Some((_, true))) => {
-                    host.counters.rx_too_long += 1;
-                    self.umems.release(packet);
-                }
-                Ok(None) => {
-                    self.umems.release(packet);
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(worker = self.index, "reading the host interface: {e}");
-                    self.umems.release(packet);
-                    break;
-                }
-            }
-        }
-        let n = self.rx.len();
-        if self.shared.workers > 1 {
-            self.hand_over_foreign_sources(snapshot);
-        }
-        if !self.rx.is_empty() {
-            self.process_received(Ingress::Host, Target::Host, snapshot);
-        }
-        n
-    }
-
-    /// [`Worker::receive_host`] on a jumbo underlay, where the host interface's MTU is beyond
-    /// a chunk: each packet is read into the linear buffer, then copied into a chunk when it
-    /// fits one (to go through the pipeline in a batch) or put through the pipeline from there.
-    fn receive_host_jumbo(&mut self, snapshot: &Snapshot) -> usize {
-        let Some(mut linear) = self.linear.take() else { return 0 };
-        let pods = self.umems.pods();
-        let headroom = self.umems.get(pods).frame_headroom() as usize;
         let room = self.umems.get(pods).config().max_frame() as usize;
+        let mut buffer =
+            host.buffer.take().unwrap_or_else(|| Linear::new(headroom, ETH + MAX_PACKET));
+        self.rx.clear();
         let mut read = 0;
         while read < super::BURST {
-            let Some(host) = self.host.as_mut() else { break };
-            let start = linear.headroom;
-            let buffer = &mut linear.bytes;
-            let n = match host.tun.receive(&mut buffer[start + ETH..]) {
-                Ok(Some(n)) if start + ETH + n < buffer.len() => n,
-                Ok(Some(_)) => {
-                    host.counters.rx_too_long += 1;
+            let (len, header) = match self.read_host(&mut buffer) {
+                Read::Packet { len, header } => (len, header),
+                Read::Empty => break,
+                Read::Refused => {
+                    read += 1;
                     continue;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(worker = self.index, "reading the host interface: {e}");
-                    break;
                 }
             };
             read += 1;
-            host.counters.rx_packets += 1;
-            host.counters.rx_bytes += n as u64;
-            let ethertype: u16 = match buffer[start + ETH] >> 4 {
-                4 => 0x0800,
-                6 => 0x86dd,
-                _ => 0,
-            };
-            buffer[start..start + 12].fill(0);
-            buffer[start + 12..start + ETH].copy_from_slice(&ethertype.to_be_bytes());
-            let frame = &buffer[start..start + ETH + n];
-            if frame.len() <= room {
+            let span = Span::new(buffer.headroom, ETH + len);
+            let frame = &buffer.bytes[span.head as usize..span.end()];
+            if header.tcp_segment_size().is_none() && frame.len() <= room {
                 let Some(chunk) = self.umems.get(pods).allocate() else {
                     self.io_counters.chunk_exhausted += 1;
                     continue;
@@ -149,35 +96,124 @@ impl Worker {
                 self.rx.push(packet);
                 continue;
             }
-            let owner = match frame.get(ETH..).and_then(source_of).and_then(|ip| snapshot.route(ip))
-            {
-                Some(RouteTarget::Endpoint(id)) => match self.target(id) {
-                    Target::Worker { worker, .. } => Some(worker),
-                    _ => None,
-                },
-                _ => None,
-            };
-            match owner {
-                Some(worker) => self.hand_off_bytes(worker, Destination::HostIngress, frame),
-                None => {
-                    let span = Span::new(start, ETH + n);
-                    self.process_linear(&mut linear, span, Ingress::Host, Target::Host, snapshot);
+            // Not for the batch: the batch goes first, so that a flow keeps its order.
+            self.process_host_batch(snapshot);
+            let owner = self.owner_of_source(frame, snapshot);
+            match (owner, header.tcp_segment_size()) {
+                (Some(worker), Some(mss)) => self.hand_over_super(worker, frame, mss),
+                (Some(worker), None) => {
+                    self.hand_off_bytes(worker, Destination::HostIngress, frame)
+                }
+                (None, Some(_)) => {
+                    let header = header.moved(ETH as i32);
+                    self.process_super(
+                        &mut buffer,
+                        span,
+                        header,
+                        Ingress::Host,
+                        Target::Host,
+                        snapshot,
+                    )
+                }
+                (None, None) => {
+                    self.process_linear(&mut buffer, span, Ingress::Host, Target::Host, snapshot)
                 }
             }
         }
-        self.linear = Some(linear);
-        if self.shared.workers > 1 {
+        if let Some(host) = self.host.as_mut() {
+            host.buffer = Some(buffer);
+        }
+        self.process_host_batch(snapshot);
+        read
+    }
+
+    /// Reads one packet into `buffer`, its IP packet behind the Ethernet header the pipeline
+    /// expects. A checksum the kernel left partial where the engine would not see it
+    /// ([`offload::partial_checksum`]: not TCP or UDP) is finished here, by the header.
+    fn read_host(&mut self, buffer: &mut Linear) -> Read {
+        let Some(host) = self.host.as_mut() else { return Read::Empty };
+        let ip_at = buffer.headroom + ETH;
+        let header_at = ip_at - VnetHeader::LEN;
+        let n = match host.tun.receive(&mut buffer.bytes[header_at..]) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Read::Empty,
+            Err(e) => {
+                tracing::warn!(worker = self.index, "reading the host interface: {e}");
+                return Read::Empty;
+            }
+        };
+        // Filled the buffer to its end: the packet may be longer, and cut.
+        if header_at + n >= buffer.bytes.len() {
+            host.counters.rx_too_long += 1;
+            return Read::Refused;
+        }
+        if n <= VnetHeader::LEN {
+            host.counters.rx_bad_header += 1;
+            return Read::Refused;
+        }
+        let len = n - VnetHeader::LEN;
+        let mut bytes = [0u8; VnetHeader::LEN];
+        bytes.copy_from_slice(&buffer.bytes[header_at..ip_at]);
+        let header = VnetHeader::parse(&bytes);
+        host.counters.rx_packets += 1;
+        host.counters.rx_bytes += len as u64;
+        host.counters.rx_super_packets += u64::from(header.tcp_segment_size().is_some());
+        let ethertype: u16 = match buffer.bytes[ip_at] >> 4 {
+            4 => 0x0800,
+            6 => 0x86dd,
+            _ => 0,
+        };
+        let eth = &mut buffer.bytes[buffer.headroom..ip_at];
+        eth[..12].fill(0);
+        eth[12..].copy_from_slice(&ethertype.to_be_bytes());
+        let ip = &mut buffer.bytes[ip_at..ip_at + len];
+        if header.needs_checksum()
+            && header.tcp_segment_size().is_none()
+            && offload::partial_checksum(ip).is_none()
+        {
+            let (start, offset) = (usize::from(header.csum_start), usize::from(header.csum_offset));
+            if !offload::finish_checksum_at(ip, start, offset) {
+                host.counters.rx_bad_header += 1;
+                return Read::Refused;
+            }
+        }
+        Read::Packet { len, header }
+    }
+
+    /// Runs the packets read into chunks (`self.rx`) through the pipeline, after handing the
+    /// ones whose source is another worker's pod to that worker.
+    fn process_host_batch(&mut self, snapshot: &Snapshot) {
+        if self.shared.workers > 1 && !self.rx.is_empty() {
             self.hand_over_foreign_sources(snapshot);
         }
         if !self.rx.is_empty() {
             self.process_received(Ingress::Host, Target::Host, snapshot);
         }
-        read
+    }
+
+    /// The worker that owns the pod a host frame comes from, when that is another worker: the
+    /// flows a pod has through the node's kernel are that worker's to remember (inbox module
+    /// doc).
+    fn owner_of_source(&self, frame: &[u8], snapshot: &Snapshot) -> Option<usize> {
+        self.owner_of(frame.get(ETH..).and_then(source_of), snapshot)
+    }
+
+    /// The worker that owns the pod `source`, when that is another worker.
+    fn owner_of(&self, source: Option<IpAddr>, snapshot: &Snapshot) -> Option<usize> {
+        if self.shared.workers <= 1 {
+            return None;
+        }
+        match snapshot.route(source?)? {
+            RouteTarget::Endpoint(id) => match self.target(id) {
+                Target::Worker { worker, .. } => Some(worker),
+                _ => None,
+            },
+            RouteTarget::Node(_) => None,
+        }
     }
 
     /// Hands the packets of `self.rx` whose source is a pod another worker owns to that
-    /// worker, unprocessed: the flows a pod has through the node's kernel are that worker's to
-    /// remember (inbox module doc).
+    /// worker, unprocessed.
     fn hand_over_foreign_sources(&mut self, snapshot: &Snapshot) {
         let mut rx = std::mem::take(&mut self.rx);
         for mut packet in rx.drain(..) {
@@ -185,14 +221,7 @@ impl Worker {
             self.umems.lend_one(&mut packet, |buffer, span| {
                 source = buffer.get(span.head as usize + ETH..span.end()).and_then(source_of);
             });
-            let owner = match source.and_then(|ip| snapshot.route(ip)) {
-                Some(RouteTarget::Endpoint(id)) => match self.target(id) {
-                    Target::Worker { worker, .. } => Some(worker),
-                    _ => None,
-                },
-                _ => None,
-            };
-            match owner {
+            match self.owner_of(source, snapshot) {
                 Some(worker) => {
                     self.hand_off(worker, Destination::HostIngress, &mut packet);
                     self.umems.release(packet);
@@ -204,6 +233,24 @@ impl Worker {
         if self.rx.is_empty() {
             self.rx = rx;
         }
+    }
+
+    /// Hands a super-packet from the host to the worker that owns its source, as segments
+    /// (the hand-over carries frames, not their virtio-net headers).
+    fn hand_over_super(&mut self, worker: usize, frame: &[u8], mss: u16) {
+        let Ok(segments) = Segments::new(frame, false, mss) else {
+            self.io_counters.segmentation_failed += 1;
+            return;
+        };
+        self.io_counters.segments += segments.count() as u64;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        for i in 0..segments.count() {
+            scratch.resize(segments.len_of(i), 0);
+            if let Some(len) = segments.write(i, &mut scratch) {
+                self.hand_off_bytes(worker, Destination::HostIngress, &scratch[..len]);
+            }
+        }
+        self.scratch = scratch;
     }
 
     /// Hands a frame's IP packet to the host interface and releases its chunk.
@@ -221,29 +268,46 @@ impl Worker {
     pub(super) fn write_host(&mut self, frame: &[u8]) {
         write(&mut self.host, &mut self.io_counters, frame);
     }
+
+    /// Hands a TCP super-packet (behind its Ethernet header; `header` as a TAP's) to the host
+    /// interface whole, for the node's kernel to take as it came.
+    pub(super) fn write_host_super(&mut self, frame: &[u8], header: VnetHeader) {
+        let Some(host) = self.host.as_mut() else {
+            self.io_counters.no_socket += 1;
+            return;
+        };
+        let ip = frame.get(ETH..).unwrap_or_default();
+        if send(host, header.moved(-(ETH as i32)), ip) {
+            host.counters.tx_super_packets += 1;
+        }
+    }
 }
 
-/// Writes the IP packet of `frame` (after its Ethernet header) to the host queue, counted.
+/// Writes the IP packet of `frame` (after its Ethernet header) to the host queue, counted. A
+/// checksum left partial (`offload`) is flagged in the virtio-net header, for the kernel to
+/// trust as it would from a veth.
 fn write(host: &mut Option<HostQueue>, io: &mut super::stats::IoCounters, frame: &[u8]) {
     let Some(host) = host.as_mut() else {
         io.no_socket += 1;
         return;
     };
-    let mut ip = frame.get(ETH..).unwrap_or_default();
-    // A frame for a TAP pod keeps a partial checksum (`offload`); one that turns to the host
-    // instead (the reply of a flow through the node's kernel) is finished here, since the
-    // host interface carries no offload flags.
-    if offload::partial_checksum(ip).is_some() {
-        host.finished.clear();
-        host.finished.extend_from_slice(ip);
-        offload::finish_partial_checksum(&mut host.finished);
-        ip = &host.finished;
-    }
-    if !ip.is_empty() && matches!(host.tun.send(ip), Ok(true)) {
+    let ip = frame.get(ETH..).unwrap_or_default();
+    let header = match offload::partial_checksum(ip) {
+        Some(partial) => VnetHeader::partial_checksum(partial.start as u16, partial.offset as u16),
+        None => VnetHeader::PLAIN,
+    };
+    send(host, header, ip);
+}
+
+/// Writes one packet and its header to the host queue, counted; whether it was taken.
+fn send(host: &mut HostQueue, header: VnetHeader, ip: &[u8]) -> bool {
+    if !ip.is_empty() && matches!(host.tun.send(header, ip), Ok(true)) {
         host.counters.tx_packets += 1;
         host.counters.tx_bytes += ip.len() as u64;
+        true
     } else {
         host.counters.tx_dropped += 1;
+        false
     }
 }
 

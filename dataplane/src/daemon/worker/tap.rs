@@ -1,8 +1,9 @@
 //! A worker's TAP pods: frames read from a pod's TAP queue with their virtio-net header, a TCP
-//! super-packet (up to 64 KiB, TSO) decided once by the pipeline and then sent on whole where
-//! the next hop takes it whole (another TAP pod of this node) or cut once into segments where
-//! it goes as frames (the uplink, a veth pod, the host interface, another worker); frames
-//! written to a TAP pod with a header.
+//! super-packet (up to 64 KiB, TSO; from a TAP pod or from the host interface) decided once by
+//! the pipeline and then sent on whole where the next hop takes it whole (another TAP pod of
+//! this node, the host interface, the tunnel-GSO interface) or cut once into segments where
+//! it goes as frames (the uplink, a veth pod, another worker); frames written to a TAP pod
+//! with a header.
 //!
 //! Every TAP frame goes through the pipeline from the worker's TAP buffer, one at a time: a
 //! read from a TAP is a system call per frame anyway, and a super-packet is up to 44 frames'
@@ -16,7 +17,8 @@ use crate::engine::coalesce::{Coalesced, Coalescer, Offer};
 use crate::engine::offload;
 use crate::engine::segment::Segments;
 use crate::engine::{Delivery, Frame, Ingress, Span, Verdict};
-use crate::io::tap::{TapQueue, TunnelGsoHeader, VnetHeader};
+use crate::io::tap::{TapQueue, TunnelGsoHeader};
+use crate::io::vnet::VnetHeader;
 use crate::io::xsk::Packet;
 use crate::table::{EndpointId, Snapshot};
 use crate::wire::{EthernetFrame, Ipv4Packet};
@@ -138,22 +140,34 @@ impl Worker {
         tap: TapId,
         endpoint: EndpointId,
         buffer: &mut Linear,
-        mut span: Span,
+        span: Span,
         header: VnetHeader,
         snapshot: &Snapshot,
     ) {
-        let Some(mss) = header.tcp_segment_size() else {
-            return self.process_linear(
-                buffer,
-                span,
-                Ingress::Pod(endpoint),
-                Target::Tap(tap),
-                snapshot,
-            );
-        };
+        let (ingress, reply_to) = (Ingress::Pod(endpoint), Target::Tap(tap));
+        match header.tcp_segment_size() {
+            Some(_) => self.process_super(buffer, span, header, ingress, reply_to, snapshot),
+            None => self.process_linear(buffer, span, ingress, reply_to, snapshot),
+        }
+    }
+
+    /// A super-packet from the host interface or a TAP pod (`header` as a TAP's: its offsets
+    /// behind the Ethernet header) through the pipeline, decided once, then on where its
+    /// verdict says: whole to a TAP pod, the host interface or the tunnel-GSO interface, cut
+    /// into segments for anything else. `reply_to` takes the pipeline's replies.
+    pub(super) fn process_super(
+        &mut self,
+        buffer: &mut Linear,
+        mut span: Span,
+        header: VnetHeader,
+        ingress: Ingress,
+        reply_to: Target,
+        snapshot: &Snapshot,
+    ) {
+        let mss = header.tcp_segment_size().unwrap_or_default();
         let verdict = {
             let mut frame = Frame::new(&mut buffer.bytes, &mut span);
-            self.pipeline.process_segmented(snapshot, Ingress::Pod(endpoint), &mut frame, mss)
+            self.pipeline.process_segmented(snapshot, ingress, &mut frame, mss)
         };
         let frame = &mut buffer.bytes[span.head as usize..span.end()];
         if verdict == Verdict::Encap && self.send_tunnel_gso(frame, header) {
@@ -168,8 +182,11 @@ impl Worker {
             Verdict::Decap(id) | Verdict::Local(id) => {
                 self.deliver_super(self.target(id), frame, header, snapshot)
             }
-            Verdict::Host => self.send_segments(Target::Host, frame, false, mss),
-            Verdict::Reply => self.write_tap(tap, VnetHeader::PLAIN, frame),
+            Verdict::Host => self.write_host_super(frame, header),
+            Verdict::Reply => match reply_to {
+                Target::Tap(tap) => self.write_tap(tap, VnetHeader::PLAIN, frame),
+                other => self.send_linear(other, frame),
+            },
             Verdict::Drop(_) => {}
         }
     }
@@ -247,7 +264,7 @@ impl Worker {
         if let Some(endpoint) = self.endpoint_of(target) {
             match self.pipeline.deliver(snapshot, endpoint, frame) {
                 Delivery::Deliver => {}
-                Delivery::ViaHost => return self.send_segments(Target::Host, frame, false, mss),
+                Delivery::ViaHost => return self.write_host_super(frame, header),
                 Delivery::Drop(_) => return,
             }
         }
