@@ -207,6 +207,7 @@ impl Worker {
     /// Transmits what is pending on every port, reaps completions, refills.
     pub(super) fn flush(&mut self) {
         self.flush_taps();
+        self.flush_host();
         let umems = &mut self.umems;
         let mut backlog = 0;
         self.ports.transmit_all(|_, p| {

@@ -9,7 +9,9 @@
 //!
 //! What the pipeline hands to the host is written with a header that says what it is: a
 //! super-packet from a TAP pod whole, with its segment size; a checksum left partial,
-//! flagged, so that the kernel trusts it as it trusts one from a veth.
+//! flagged, so that the kernel trusts it as it trusts one from a veth. Segments for the host
+//! (from veth pods, decapsulated) are joined first, as for a TAP pod (`engine::coalesce`, the
+//! kernel's GRO rules), within one round of the worker's loop.
 
 use std::net::IpAddr;
 
@@ -17,7 +19,9 @@ use super::Worker;
 use super::forward::Target;
 use super::inbox::Destination;
 use super::jumbo::Linear;
+use super::tap;
 use crate::api::HostCounters;
+use crate::engine::coalesce::{Coalescer, Offer};
 use crate::engine::segment::Segments;
 use crate::engine::{Ingress, Span, offload};
 use crate::io::tun::TunQueue;
@@ -40,13 +44,66 @@ pub(super) struct HostQueue {
     /// expects, then the IP packet (its virtio-net header read just before it). Allocated at
     /// the first read.
     buffer: Option<Linear>,
+    /// The segments for the node's kernel, joined while they continue one another.
+    coalescer: Coalescer,
 }
 
 impl HostQueue {
     pub(super) fn new(tun: TunQueue, queue: u32) -> HostQueue {
         let counters =
             HostCounters { interface: tun.name().to_owned(), queue, ..HostCounters::default() };
-        HostQueue { tun, counters, buffer: None }
+        HostQueue { tun, counters, buffer: None, coalescer: Coalescer::new() }
+    }
+
+    /// A frame for the node's kernel: joined to the packet being built, or written.
+    fn deliver(&mut self, frame: &[u8]) {
+        loop {
+            match self.coalescer.offer(frame) {
+                Offer::Joined => return,
+                Offer::Complete => return self.write_joined(),
+                // Taken, the frame opens the next packet.
+                Offer::Mismatch => self.write_joined(),
+                Offer::Alone => {
+                    self.write_joined();
+                    self.write(tap::header_for(frame), frame);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes the packet being joined, if any.
+    pub(super) fn write_joined(&mut self) {
+        let HostQueue { tun, counters, coalescer, .. } = self;
+        let Some(joined) = coalescer.take() else { return };
+        if write(tun, counters, tap::header_of(&joined), joined.frame) && joined.gso.is_some() {
+            counters.tx_super_packets += 1;
+        }
+    }
+
+    /// [`write`] to this queue.
+    fn write(&mut self, header: VnetHeader, frame: &[u8]) -> bool {
+        write(&mut self.tun, &mut self.counters, header, frame)
+    }
+}
+
+/// Writes the IP packet of `frame` (after its Ethernet header) to the host queue `tun`,
+/// `header` as a TAP's (offsets behind the Ethernet header), counted; whether the kernel took
+/// it.
+fn write(
+    tun: &mut TunQueue,
+    counters: &mut HostCounters,
+    header: VnetHeader,
+    frame: &[u8],
+) -> bool {
+    let ip = frame.get(ETH..).unwrap_or_default();
+    if !ip.is_empty() && matches!(tun.send(header.moved(-(ETH as i32)), ip), Ok(true)) {
+        counters.tx_packets += 1;
+        counters.tx_bytes += ip.len() as u64;
+        true
+    } else {
+        counters.tx_dropped += 1;
+        false
     }
 }
 
@@ -253,61 +310,47 @@ impl Worker {
         self.scratch = scratch;
     }
 
-    /// Hands a frame's IP packet to the host interface and releases its chunk.
+    /// Hands a frame to the host interface (joined to the segments before it where it
+    /// continues them) and releases its chunk.
     pub(super) fn send_host(&mut self, mut packet: Packet) {
-        let host = &mut self.host;
-        let counters = &mut self.io_counters;
+        let (host, io) = (&mut self.host, &mut self.io_counters);
         self.umems.lend_one(&mut packet, |buffer, span| {
             let frame = buffer.get(span.head as usize..span.end()).unwrap_or_default();
-            write(host, counters, frame);
+            match host.as_mut() {
+                Some(host) => host.deliver(frame),
+                None => io.no_socket += 1,
+            }
         });
         self.umems.release(packet);
     }
 
-    /// Hands a frame's IP packet (from a buffer) to the host interface.
+    /// [`Worker::send_host`] for a frame in a buffer.
     pub(super) fn write_host(&mut self, frame: &[u8]) {
-        write(&mut self.host, &mut self.io_counters, frame);
+        match self.host.as_mut() {
+            Some(host) => host.deliver(frame),
+            None => self.io_counters.no_socket += 1,
+        }
     }
 
     /// Hands a TCP super-packet (behind its Ethernet header; `header` as a TAP's) to the host
-    /// interface whole, for the node's kernel to take as it came.
+    /// interface whole, after the packet being joined, for the node's kernel to take as it
+    /// came.
     pub(super) fn write_host_super(&mut self, frame: &[u8], header: VnetHeader) {
         let Some(host) = self.host.as_mut() else {
             self.io_counters.no_socket += 1;
             return;
         };
-        let ip = frame.get(ETH..).unwrap_or_default();
-        if send(host, header.moved(-(ETH as i32)), ip) {
+        host.write_joined();
+        if host.write(header, frame) {
             host.counters.tx_super_packets += 1;
         }
     }
-}
 
-/// Writes the IP packet of `frame` (after its Ethernet header) to the host queue, counted. A
-/// checksum left partial (`offload`) is flagged in the virtio-net header, for the kernel to
-/// trust as it would from a veth.
-fn write(host: &mut Option<HostQueue>, io: &mut super::stats::IoCounters, frame: &[u8]) {
-    let Some(host) = host.as_mut() else {
-        io.no_socket += 1;
-        return;
-    };
-    let ip = frame.get(ETH..).unwrap_or_default();
-    let header = match offload::partial_checksum(ip) {
-        Some(partial) => VnetHeader::partial_checksum(partial.start as u16, partial.offset as u16),
-        None => VnetHeader::PLAIN,
-    };
-    send(host, header, ip);
-}
-
-/// Writes one packet and its header to the host queue, counted; whether it was taken.
-fn send(host: &mut HostQueue, header: VnetHeader, ip: &[u8]) -> bool {
-    if !ip.is_empty() && matches!(host.tun.send(header, ip), Ok(true)) {
-        host.counters.tx_packets += 1;
-        host.counters.tx_bytes += ip.len() as u64;
-        true
-    } else {
-        host.counters.tx_dropped += 1;
-        false
+    /// Writes the packet the host queue was joining (at the end of a round of the loop).
+    pub(super) fn flush_host(&mut self) {
+        if let Some(host) = self.host.as_mut() {
+            host.write_joined();
+        }
     }
 }
 

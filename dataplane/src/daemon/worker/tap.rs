@@ -405,24 +405,9 @@ impl TapPort {
 
     /// Writes the packet being joined, if any.
     fn write_joined(&mut self) {
-        let Some(Coalesced { frame, gso, partial_checksum_at }) = self.coalescer.take() else {
-            return;
-        };
-        let header = match (gso, partial_checksum_at) {
-            (None, None) => VnetHeader::PLAIN,
-            (None, Some(tcp)) => VnetHeader::partial_checksum(tcp, 16),
-            (Some(gso), _) => {
-                self.tx_super += 1;
-                VnetHeader {
-                    flags: VnetHeader::NEEDS_CSUM,
-                    gso_type: if gso.ipv6 { VnetHeader::GSO_TCPV6 } else { VnetHeader::GSO_TCPV4 },
-                    header_len: gso.header_len,
-                    gso_size: gso.segment_size,
-                    csum_start: gso.csum_start,
-                    csum_offset: 16,
-                }
-            }
-        };
+        let Some(joined) = self.coalescer.take() else { return };
+        self.tx_super += u64::from(joined.gso.is_some());
+        let (header, frame) = (header_of(&joined), joined.frame);
         count(&mut self.stats, &self.label, self.queue.send(header, frame), frame.len());
     }
 
@@ -432,10 +417,27 @@ impl TapPort {
     }
 }
 
-/// The virtio-net header of a frame written to a TAP pod on its own: a checksum the engine
-/// left partial (`offload`) is flagged for the pod's kernel, which trusts it as it trusts
-/// CHECKSUM_PARTIAL from a veth.
-fn header_for(frame: &[u8]) -> VnetHeader {
+/// The virtio-net header of a packet taken from a [`Coalescer`] (offsets behind its Ethernet
+/// header): the segment size of a joined one, a checksum left partial.
+pub(super) fn header_of(joined: &Coalesced<'_>) -> VnetHeader {
+    match (joined.gso, joined.partial_checksum_at) {
+        (None, None) => VnetHeader::PLAIN,
+        (None, Some(tcp)) => VnetHeader::partial_checksum(tcp, 16),
+        (Some(gso), _) => VnetHeader {
+            flags: VnetHeader::NEEDS_CSUM,
+            gso_type: if gso.ipv6 { VnetHeader::GSO_TCPV6 } else { VnetHeader::GSO_TCPV4 },
+            header_len: gso.header_len,
+            gso_size: gso.segment_size,
+            csum_start: gso.csum_start,
+            csum_offset: 16,
+        },
+    }
+}
+
+/// The virtio-net header of a frame written on its own (offsets behind its Ethernet header):
+/// a checksum the engine left partial (`offload`) is flagged for the receiving kernel, which
+/// trusts it as it trusts CHECKSUM_PARTIAL from a veth.
+pub(super) fn header_for(frame: &[u8]) -> VnetHeader {
     match frame.get(ETH..).and_then(offload::partial_checksum) {
         Some(partial) => {
             VnetHeader::partial_checksum((ETH + partial.start) as u16, partial.offset as u16)
