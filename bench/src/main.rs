@@ -116,7 +116,8 @@ struct TcpArgs {
     /// How podlane's workers wait when idle.
     #[arg(long, value_enum, default_value = "event")]
     poll: tcp::Poll,
-    /// podlane's workers per node, pinned to cores 0 to N-1 (1: one unpinned worker).
+    /// podlane's workers per node, pinned to cores 0 to N-1 (1: one unpinned worker); the
+    /// underlay gets as many queues (podlane runs one worker per uplink queue at most).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: u32,
     /// Parallel streams per run [default: 1,4; --quick: 1].

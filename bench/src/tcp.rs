@@ -188,7 +188,9 @@ pub struct Config {
     pub pod_edge: Edge,
     /// How podlane's workers wait.
     pub poll: Poll,
-    /// podlane's workers per node (pinned to cores 0 to N-1; 1: one unpinned worker).
+    /// podlane's workers per node (pinned to cores 0 to N-1; 1: one unpinned worker); the
+    /// underlay veth has as many queues, since podlane runs one worker per uplink queue at
+    /// most.
     pub workers: usize,
     /// Length of each request/response run, and its message size.
     pub rr_seconds: f64,
@@ -255,7 +257,9 @@ impl Cluster {
         let dir = ScratchDir::new("bench-tcp")?;
         let node_a = Netns::create("bench-tcpa")?;
         let node_b = Netns::create("bench-tcpb")?;
-        link::underlay((&node_a, "uplink", NODE_A), (&node_b, "uplink", NODE_B), 1)?;
+        // One queue per worker: podlane runs a worker per uplink queue at most.
+        let queues = config.workers as u32;
+        link::underlay((&node_a, "uplink", NODE_A), (&node_b, "uplink", NODE_B), queues)?;
         if underlay == Underlay::Nic {
             // Both ends as a NIC without tunnel offloads, coalescing what it receives.
             let mut features = link::NO_SEGMENTATION_OFFLOADS.to_vec();
