@@ -7,7 +7,8 @@
 //! node B, from v1) are joined into super-packets before they are written to it. Every path
 //! carries ping and a 10 MB TCP transfer intact; tshark on the underlay verifies every
 //! checksum podlane wrote, outer and inner; the counters show super-packets read, segments
-//! cut and packets joined.
+//! cut and packets joined. The run without tunnel GSO has two workers on a two-queue uplink,
+//! one owning t1 and the other t2: super-packets between them are handed over whole.
 
 use std::path::Path;
 use std::time::Duration;
@@ -40,25 +41,15 @@ fn transfer(from: &Pod, to: &Pod, address: &str, port: u16, log: &dyn Fn() -> St
 }
 
 /// The cluster, traffic on every path, the counters, then tshark; `tunnel_gso`: super-packets
-/// to node B are handed to node A's kernel to segment (the default), else cut by podlane.
-fn run(tshark: &Path, tunnel_gso: bool) -> anyhow::Result<()> {
+/// to node B are handed to node A's kernel to segment (the default), else cut by podlane;
+/// `worker_count`: podlane's workers on node A (1 or 2), with an uplink queue each.
+fn run(tshark: &Path, tunnel_gso: bool, worker_count: u32) -> anyhow::Result<()> {
     let dir = ScratchDir::new("tap-pods")?;
     let (node_a, node_b) = (Netns::create("tpa")?, Netns::create("tpb")?);
-    link::underlay((&node_a, "uplink", NODE_A), (&node_b, "eth0", NODE_B), 1)?;
-    // Node A's uplink as a NIC without offloads: what its kernel sends (the segments of the
-    // tunnel-GSO path, the node's own traffic) is segmented and checksummed before the wire,
-    // where tshark sees it.
-    let mut features = link::NO_SEGMENTATION_OFFLOADS.to_vec();
-    features.extend(["tx", "off"]);
-    link::set_features(&node_a, "uplink", &features)?;
-    let remote = RemoteNode {
-        underlay: NODE_A,
-        vtep_mac: VTEP_A,
-        pod_cidr: "10.244.1.0/24",
-        gateway: "10.244.1.0",
-    };
-    kernel::vxlan_node(&node_b, kernel::FLANNEL, "eth0", NODE_B, VTEP_B, "10.244.2.0", &remote)?;
-    let b1 = kernel::wire_pod(&node_b, "b1", "veth-b1", "10.244.2.2", "0a:58:0a:f4:02:02")?;
+    // The TAP pods' namespaces right after the nodes': their names end in consecutive
+    // numbers, 8 and 9 in the second run, which differ in the last byte's parity and so in
+    // the parity of the hash that picks a pod's worker (`fnv1a(namespace) % workers`): t1
+    // and t2 on different workers (the counters check it).
     let t1 = Pod::wire_tap(
         &node_a,
         "t1",
@@ -73,6 +64,21 @@ fn run(tshark: &Path, tunnel_gso: bool) -> anyhow::Result<()> {
         "0a:58:0a:f4:01:03",
         1450,
     )?;
+    link::underlay((&node_a, "uplink", NODE_A), (&node_b, "eth0", NODE_B), worker_count)?;
+    // Node A's uplink as a NIC without offloads: what its kernel sends (the segments of the
+    // tunnel-GSO path, the node's own traffic) is segmented and checksummed before the wire,
+    // where tshark sees it.
+    let mut features = link::NO_SEGMENTATION_OFFLOADS.to_vec();
+    features.extend(["tx", "off"]);
+    link::set_features(&node_a, "uplink", &features)?;
+    let remote = RemoteNode {
+        underlay: NODE_A,
+        vtep_mac: VTEP_A,
+        pod_cidr: "10.244.1.0/24",
+        gateway: "10.244.1.0",
+    };
+    kernel::vxlan_node(&node_b, kernel::FLANNEL, "eth0", NODE_B, VTEP_B, "10.244.2.0", &remote)?;
+    let b1 = kernel::wire_pod(&node_b, "b1", "veth-b1", "10.244.2.2", "0a:58:0a:f4:02:02")?;
     let v1 = Pod::wire_dual(
         &node_a,
         "v1",
@@ -94,6 +100,9 @@ fn run(tshark: &Path, tunnel_gso: bool) -> anyhow::Result<()> {
     let mut args = vec!["--profile", "flannel"];
     if !tunnel_gso {
         args.push("--no-tunnel-gso");
+    }
+    if worker_count == 2 {
+        args.extend(["--cores", "0,1"]);
     }
     let mut daemon = Dataplane::with_tables(
         &node_a,
@@ -140,6 +149,13 @@ fn run(tshark: &Path, tunnel_gso: bool) -> anyhow::Result<()> {
     let taps: Vec<_> =
         workers.iter().flat_map(|w| &w.sockets).filter(|s| s.mode == "tap").collect();
     assert_eq!(taps.len(), 2, "{taps:?}");
+    if worker_count == 2 {
+        // One TAP pod each: t1 ⇄ t2 crossed between the workers, super-packets whole.
+        let owners: Vec<usize> =
+            workers.iter().map(|w| w.sockets.iter().filter(|s| s.mode == "tap").count()).collect();
+        assert_eq!(owners, [1, 1], "the TAP pods' namespaces hashed to one worker: {workers:?}");
+        assert!(workers.iter().all(|w| w.handoff_in > 0 && w.handoff_dropped == 0), "{workers:?}");
+    }
     let super_packets: u64 = taps.iter().map(|s| s.rx_super_packets).sum();
     let segments: u64 = workers.iter().map(|w| w.segments).sum();
     assert!(super_packets > 100, "TSO super-packets read from the TAPs: {taps:?}");
@@ -196,6 +212,6 @@ fn tap_pods() -> anyhow::Result<()> {
         return Ok(());
     }
     let Some(tshark) = require_tool("tshark") else { return Ok(()) };
-    run(&tshark, true)?;
-    run(&tshark, false)
+    run(&tshark, true, 1)?;
+    run(&tshark, false, 2)
 }

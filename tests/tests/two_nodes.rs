@@ -1,13 +1,15 @@
 //! Two nodes, both on podlane, two pods each — the whole dataplane on real kernels: AF_XDP
 //! on veth uplinks and pod veths, the pipeline in between, next hops resolved through the
 //! kernel's neighbour table. Every pod pair pings (same node and across nodes); a 10 MB TCP
-//! transfer and a UDP exchange between pods on different nodes arrive intact. A pod whose veth
-//! appears after the tables were pushed is reached from the other node through the worker
-//! that did not attach it.
+//! transfer and a UDP exchange between pods on different nodes arrive intact. Node B runs two
+//! workers, each owning one of its pods: a pod's TCP to a Service backed by the other pod
+//! crosses the node's kernel and the host interface's two queues, whose packets reach the
+//! worker that owns their source. A pod whose veth appears after the tables were pushed is
+//! reached from the other node through the worker that did not attach it.
 
 use podlane_tests::require_root;
 use testbed::podlane::Dataplane;
-use testbed::{Netns, Pod, ScratchDir, link, tables};
+use testbed::{Netns, Pod, ScratchDir, link, services, tables};
 
 #[test]
 fn two_nodes() -> anyhow::Result<()> {
@@ -83,6 +85,24 @@ fn two_nodes() -> anyhow::Result<()> {
 
     let report = pods[1].udp_to(&pods[2], 6000, 300)?;
     assert_eq!(report, "sent=300 echoed=300 intact=300");
+
+    // A Service on node B as kube-proxy programs it, b2 → ClusterIP → b3: the kernel picks a
+    // queue of the host interface per flow, and a packet read by the worker that does not own
+    // its source pod (a super-packet: as segments) is handed over to the one that does.
+    node_b.sysctl(&["net.ipv4.ip_forward=1"])?;
+    services::install(&node_b)?;
+    let service = ("10.96.0.20", 80);
+    services::cluster_ip(&node_b, "tcp", service, (&pods[3].ip, 8080), "10.244.0.0/16")?;
+    for _ in 0..4 {
+        let transfer = pods[2].tcp_via(&pods[3], service.0, service.1, 8080, 2_000_000)?;
+        assert!(
+            transfer.intact(),
+            "b2 → ClusterIP → b3: sent {}, received {}\n{}",
+            transfer.sent,
+            transfer.received,
+            daemon_b.log()
+        );
+    }
 
     let log_b = daemon_b.log();
     assert!(log_b.contains("workers=2"), "{log_b}");

@@ -22,7 +22,6 @@ use super::jumbo::Linear;
 use super::tap;
 use crate::api::HostCounters;
 use crate::engine::coalesce::{Coalescer, Offer};
-use crate::engine::segment::Segments;
 use crate::engine::{Ingress, Span, offload};
 use crate::io::tun::TunQueue;
 use crate::io::vnet::VnetHeader;
@@ -156,22 +155,22 @@ impl Worker {
             // Not for the batch: the batch goes first, so that a flow keeps its order.
             self.process_host_batch(snapshot);
             let owner = self.owner_of_source(frame, snapshot);
+            let header = header.moved(ETH as i32);
             match (owner, header.tcp_segment_size()) {
-                (Some(worker), Some(mss)) => self.hand_over_super(worker, frame, mss),
+                (Some(worker), Some(_)) => {
+                    self.hand_off_super(worker, Destination::HostSuper { header }, frame)
+                }
                 (Some(worker), None) => {
                     self.hand_off_bytes(worker, Destination::HostIngress, frame)
                 }
-                (None, Some(_)) => {
-                    let header = header.moved(ETH as i32);
-                    self.process_super(
-                        &mut buffer,
-                        span,
-                        header,
-                        Ingress::Host,
-                        Target::Host,
-                        snapshot,
-                    )
-                }
+                (None, Some(_)) => self.process_super(
+                    &mut buffer,
+                    span,
+                    header,
+                    Ingress::Host,
+                    Target::Host,
+                    snapshot,
+                ),
                 (None, None) => {
                     self.process_linear(&mut buffer, span, Ingress::Host, Target::Host, snapshot)
                 }
@@ -292,22 +291,33 @@ impl Worker {
         }
     }
 
-    /// Hands a super-packet from the host to the worker that owns its source, as segments
-    /// (the hand-over carries frames, not their virtio-net headers).
-    fn hand_over_super(&mut self, worker: usize, frame: &[u8], mss: u16) {
-        let Ok(segments) = Segments::new(frame, false, mss) else {
-            self.io_counters.segmentation_failed += 1;
+    /// A super-packet from the host interface that another worker read, its source one of
+    /// this worker's pods: through the pipeline from this worker's host buffer.
+    pub(super) fn take_host_super(
+        &mut self,
+        frame: &[u8],
+        header: VnetHeader,
+        snapshot: &Snapshot,
+    ) {
+        let pods = self.umems.pods();
+        let headroom = self.umems.get(pods).frame_headroom() as usize;
+        let Some(host) = self.host.as_mut() else {
+            self.io_counters.handoff_dropped += 1;
             return;
         };
-        self.io_counters.segments += segments.count() as u64;
-        let mut scratch = std::mem::take(&mut self.scratch);
-        for i in 0..segments.count() {
-            scratch.resize(segments.len_of(i), 0);
-            if let Some(len) = segments.write(i, &mut scratch) {
-                self.hand_off_bytes(worker, Destination::HostIngress, &scratch[..len]);
-            }
+        let mut buffer =
+            host.buffer.take().unwrap_or_else(|| Linear::new(headroom, ETH + MAX_PACKET));
+        if frame.len() <= buffer.capacity() {
+            let start = buffer.headroom;
+            buffer.bytes[start..start + frame.len()].copy_from_slice(frame);
+            let span = Span::new(start, frame.len());
+            self.process_super(&mut buffer, span, header, Ingress::Host, Target::Host, snapshot);
+        } else {
+            self.io_counters.handoff_dropped += 1;
         }
-        self.scratch = scratch;
+        if let Some(host) = self.host.as_mut() {
+            host.buffer = Some(buffer);
+        }
     }
 
     /// Hands a frame to the host interface (joined to the segments before it where it

@@ -12,6 +12,10 @@
 //! the same way, unprocessed, to be run through the pipeline by that worker: what a pod's
 //! flows through the node's kernel leave behind is kept by the pod's own worker, which is also
 //! the one that delivers the replies.
+//!
+//! A TCP super-packet (a TAP pod's, or the host interface's) travels whole, with its
+//! virtio-net header, in a buffer of its own size: cut into segments here only to be joined
+//! again by the owner, it would cost both workers a pass per segment.
 
 use std::os::unix::net::UnixDatagram;
 
@@ -20,11 +24,16 @@ use crossbeam_queue::ArrayQueue;
 use super::Worker;
 use super::forward::Target;
 use crate::engine::{Ingress, Span};
+use crate::io::vnet::VnetHeader;
 use crate::io::xsk::Packet;
 use crate::table::{EndpointId, Snapshot};
 
 /// Frames an inbox holds before further hand-overs are dropped (and counted).
 const INBOX_FRAMES: usize = 4096;
+/// Room of a super-packet's buffer: a 64 KiB IP packet behind its Ethernet header.
+const SUPER_CAPACITY: usize = 14 + 65_535;
+/// Emptied super-packet buffers kept for reuse (a megabyte or so).
+const SPARE_SUPER: usize = 16;
 
 /// What a handed-over frame is.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +43,12 @@ pub(super) enum Destination {
     /// From the host interface, its source a pod the receiving worker owns: run it through
     /// the pipeline.
     HostIngress,
+    /// A TCP super-packet, processed already, for this pod: written whole to a TAP pod, cut
+    /// for a veth pod. `header` as a TAP's (offsets behind the Ethernet header).
+    PodSuper { endpoint: EndpointId, instance: u64, header: VnetHeader },
+    /// A TCP super-packet from the host interface, its source a pod the receiving worker
+    /// owns: run it through the pipeline. `header` as a TAP's.
+    HostSuper { header: VnetHeader },
 }
 
 /// A frame on its way to another worker.
@@ -49,6 +64,8 @@ pub(crate) struct Inbox {
     queue: ArrayQueue<Handoff>,
     /// Emptied buffers, reused so that steady state does not allocate.
     spare: ArrayQueue<Box<[u8]>>,
+    /// The same for super-packets' buffers.
+    spare_super: ArrayQueue<Box<[u8]>>,
     /// Room per buffer: the UMEM's chunk size, so any frame a chunk holds fits.
     capacity: usize,
     waker: UnixDatagram,
@@ -63,6 +80,7 @@ impl Inbox {
         let inbox = Inbox {
             queue: ArrayQueue::new(INBOX_FRAMES),
             spare: ArrayQueue::new(INBOX_FRAMES),
+            spare_super: ArrayQueue::new(SPARE_SUPER),
             capacity,
             waker,
         };
@@ -112,6 +130,21 @@ impl Worker {
         self.push_handoff(inbox, Handoff { destination, len, bytes });
     }
 
+    /// Copies a super-packet into the owning worker's inbox, whole, and wakes it.
+    pub(super) fn hand_off_super(&mut self, worker: usize, destination: Destination, frame: &[u8]) {
+        let shared = self.shared.clone();
+        let inbox = &shared.inboxes[worker];
+        let len = frame.len();
+        if len == 0 || len > SUPER_CAPACITY {
+            self.io_counters.handoff_dropped += 1;
+            return;
+        }
+        let mut bytes =
+            inbox.spare_super.pop().unwrap_or_else(|| vec![0u8; SUPER_CAPACITY].into_boxed_slice());
+        bytes[..len].copy_from_slice(frame);
+        self.push_handoff(inbox, Handoff { destination, len, bytes });
+    }
+
     /// A buffer of the inbox for a frame of `len` bytes; `None` (counted) when it is longer
     /// than the inbox takes.
     fn handoff_buffer(&mut self, inbox: &Inbox, len: usize) -> Option<Box<[u8]>> {
@@ -144,6 +177,27 @@ impl Worker {
         while let Some(handoff) = inbox.queue.pop() {
             n += 1;
             self.io_counters.handoff_in += 1;
+            let frame = &handoff.bytes[..handoff.len];
+            match handoff.destination {
+                Destination::PodSuper { endpoint, instance, header } => {
+                    match self.target(endpoint) {
+                        target @ (Target::Port(_) | Target::Tap(_))
+                            if self.instance(endpoint) == Some(instance) =>
+                        {
+                            self.deliver_super(target, frame, header, snapshot)
+                        }
+                        _ => self.io_counters.handoff_dropped += 1,
+                    }
+                    let _ = inbox.spare_super.push(handoff.bytes);
+                    continue;
+                }
+                Destination::HostSuper { header } => {
+                    self.take_host_super(frame, header, snapshot);
+                    let _ = inbox.spare_super.push(handoff.bytes);
+                    continue;
+                }
+                Destination::Pod { .. } | Destination::HostIngress => {}
+            }
             let target = match handoff.destination {
                 Destination::Pod { endpoint, instance } => match self.target(endpoint) {
                     target @ (Target::Port(_) | Target::Tap(_))
@@ -154,6 +208,7 @@ impl Worker {
                     _ => None,
                 },
                 Destination::HostIngress => Some(Target::Host),
+                Destination::PodSuper { .. } | Destination::HostSuper { .. } => None,
             };
             let fits = headroom + handoff.len <= chunk_size;
             if let (Some(target), false) = (target, fits) {

@@ -11,6 +11,7 @@
 
 use super::Worker;
 use super::forward::Target;
+use super::inbox::Destination;
 use super::jumbo::Linear;
 use super::port::{PortCounters, PortId};
 use crate::engine::coalesce::{Coalesced, Coalescer, Offer};
@@ -252,8 +253,9 @@ impl Worker {
     }
 
     /// A super-packet for a local pod: judged at delivery for this worker's pods, then written
-    /// whole to a TAP pod, or cut for anything else.
-    fn deliver_super(
+    /// whole to a TAP pod, handed whole to the worker that owns the pod, or cut for a veth
+    /// pod.
+    pub(super) fn deliver_super(
         &mut self,
         target: Target,
         frame: &[u8],
@@ -270,6 +272,10 @@ impl Worker {
         }
         match target {
             Target::Tap(tap) => self.write_tap(tap, header, frame),
+            Target::Worker { worker, endpoint, instance } => {
+                let destination = Destination::PodSuper { endpoint, instance, header };
+                self.hand_off_super(worker, destination, frame)
+            }
             other => self.send_segments(other, frame, false, mss),
         }
     }
