@@ -1,7 +1,10 @@
-//! Any bytes, as a frame from a pod or from the uplink, get exactly one verdict and never a
-//! panic; an encapsulated result is accepted by the peer node's own pipeline.
+//! Any bytes, as a frame from a pod, the uplink or the host interface, get exactly one verdict
+//! and never a panic. Taken as a TCP super-packet (a TAP pod's or the host interface's, with a
+//! segment size from the input), they too get one verdict, and whatever the pipeline sends on
+//! can be cut into segments: the worker relies on that.
 #![no_main]
 
+use podlane_core::engine::segment::Segments;
 use podlane_core::engine::{EngineConfig, Frame, Ingress, Pipeline, Span, Verdict};
 use podlane_core::table::{EndpointId, Snapshot, TableSpec};
 use libfuzzer_sys::fuzz_target;
@@ -18,6 +21,12 @@ static SNAPSHOT: LazyLock<Snapshot> = LazyLock::new(|| {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, frame)) = data.split_first() else { return };
+    // Bit 2: a super-packet, its segment size in the next two bytes.
+    let (mss, frame) = match (selector & 4 != 0, frame) {
+        (true, [a, b, rest @ ..]) => (Some(u16::from_le_bytes([*a, *b])), rest),
+        (true, _) => return,
+        (false, frame) => (None, frame),
+    };
     let snapshot = &*SNAPSHOT;
     let config = EngineConfig { uplink_mtu: 9000, outer_udp_checksum_v4: selector & 2 != 0, ..EngineConfig::default() };
     let ingress = match selector % 4 {
@@ -29,11 +38,30 @@ fuzz_target!(|data: &[u8]| {
     let mut buffer = vec![0u8; HEADROOM + frame.len() + 64];
     buffer[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
     let mut span = Span::new(HEADROOM, frame.len());
-    let mut frames = [Frame::new(&mut buffer, &mut span)];
-    let mut verdicts = [Verdict::Host];
     let mut pipeline = Pipeline::new(config);
-    pipeline.process_batch(snapshot, ingress, &mut frames, &mut verdicts);
+    let verdict = match mss {
+        Some(mss) => {
+            let mut frame = Frame::new(&mut buffer, &mut span);
+            let verdict = pipeline.process_segmented(snapshot, ingress, &mut frame, mss);
+            // What goes on is cut where it goes as frames (a reply is the pipeline's own).
+            let out = frame.data();
+            match verdict {
+                Verdict::Encap => assert!(Segments::new(out, true, mss).is_ok()),
+                Verdict::Decap(_) | Verdict::Local(_) | Verdict::Host => {
+                    assert!(Segments::new(out, false, mss).is_ok())
+                }
+                Verdict::Reply | Verdict::Drop(_) => {}
+            }
+            verdict
+        }
+        None => {
+            let mut frames = [Frame::new(&mut buffer, &mut span)];
+            let mut verdicts = [Verdict::Host];
+            pipeline.process_batch(snapshot, ingress, &mut frames, &mut verdicts);
+            verdicts[0]
+        }
+    };
     let c = pipeline.counters();
-    assert_eq!(c.rx_frames, 1);
+    assert_eq!(c.rx_frames, 1, "{verdict:?}");
     assert_eq!(c.encap + c.decap + c.local + c.reply + c.host + c.total_drops(), 1);
 });
