@@ -21,7 +21,7 @@ use super::inbox::Destination;
 use super::jumbo::Linear;
 use super::tap;
 use crate::api::HostCounters;
-use crate::engine::coalesce::{Coalescer, Offer};
+use crate::engine::coalesce::Coalescer;
 use crate::engine::{Ingress, Span, offload};
 use crate::io::tun::TunQueue;
 use crate::io::vnet::VnetHeader;
@@ -56,28 +56,22 @@ impl HostQueue {
 
     /// A frame for the node's kernel: joined to the packet being built, or written.
     fn deliver(&mut self, frame: &[u8]) {
-        loop {
-            match self.coalescer.offer(frame) {
-                Offer::Joined => return,
-                Offer::Complete => return self.write_joined(),
-                // Taken, the frame opens the next packet.
-                Offer::Mismatch => self.write_joined(),
-                Offer::Alone => {
-                    self.write_joined();
-                    self.write(tap::header_for(frame), frame);
-                    return;
-                }
+        let HostQueue { tun, counters, coalescer, .. } = self;
+        tap::join(coalescer, frame, |header, frame, joined| {
+            if write(tun, counters, header, frame) && joined {
+                counters.tx_super_packets += 1;
             }
-        }
+        });
     }
 
     /// Writes the packet being joined, if any.
     pub(super) fn write_joined(&mut self) {
         let HostQueue { tun, counters, coalescer, .. } = self;
-        let Some(joined) = coalescer.take() else { return };
-        if write(tun, counters, tap::header_of(&joined), joined.frame) && joined.gso.is_some() {
-            counters.tx_super_packets += 1;
-        }
+        tap::write_joined(coalescer, &mut |header, frame, joined| {
+            if write(tun, counters, header, frame) && joined {
+                counters.tx_super_packets += 1;
+            }
+        });
     }
 
     /// [`write`] to this queue.

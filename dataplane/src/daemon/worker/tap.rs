@@ -395,26 +395,20 @@ impl Worker {
 impl TapPort {
     /// [`Worker::deliver_to_tap`].
     fn deliver(&mut self, frame: &[u8]) {
-        loop {
-            match self.coalescer.offer(frame) {
-                Offer::Joined => return,
-                Offer::Complete => return self.write_joined(),
-                // Taken, the frame opens the next packet.
-                Offer::Mismatch => self.write_joined(),
-                Offer::Alone => {
-                    self.write_joined();
-                    return self.write(header_for(frame), frame);
-                }
-            }
-        }
+        let TapPort { queue, stats, label, tx_super, coalescer, .. } = self;
+        join(coalescer, frame, |header, frame, joined| {
+            *tx_super += u64::from(joined);
+            count(stats, label, queue.send(header, frame), frame.len());
+        });
     }
 
     /// Writes the packet being joined, if any.
     fn write_joined(&mut self) {
-        let Some(joined) = self.coalescer.take() else { return };
-        self.tx_super += u64::from(joined.gso.is_some());
-        let (header, frame) = (header_of(&joined), joined.frame);
-        count(&mut self.stats, &self.label, self.queue.send(header, frame), frame.len());
+        let TapPort { queue, stats, label, tx_super, coalescer, .. } = self;
+        write_joined(coalescer, &mut |header, frame, joined| {
+            *tx_super += u64::from(joined);
+            count(stats, label, queue.send(header, frame), frame.len());
+        });
     }
 
     /// Writes one frame with its header, counted.
@@ -423,9 +417,42 @@ impl TapPort {
     }
 }
 
+/// Offers a frame to `coalescer` (a TAP pod's, the host queue's) and writes what that gives
+/// with `write` (a frame, its header, whether it was joined from several segments): the
+/// packet being joined once it is complete or the frame does not continue it, and the frame
+/// itself, with a header of its own, when it joins nothing.
+pub(super) fn join(
+    coalescer: &mut Coalescer,
+    frame: &[u8],
+    mut write: impl FnMut(VnetHeader, &[u8], bool),
+) {
+    loop {
+        match coalescer.offer(frame) {
+            Offer::Joined => return,
+            Offer::Complete => return write_joined(coalescer, &mut write),
+            // Taken, the frame opens the next packet.
+            Offer::Mismatch => write_joined(coalescer, &mut write),
+            Offer::Alone => {
+                write_joined(coalescer, &mut write);
+                return write(header_for(frame), frame, false);
+            }
+        }
+    }
+}
+
+/// Writes the packet `coalescer` was joining, if any, with `write` ([`join`]).
+pub(super) fn write_joined(
+    coalescer: &mut Coalescer,
+    write: &mut impl FnMut(VnetHeader, &[u8], bool),
+) {
+    if let Some(joined) = coalescer.take() {
+        write(header_of(&joined), joined.frame, joined.gso.is_some());
+    }
+}
+
 /// The virtio-net header of a packet taken from a [`Coalescer`] (offsets behind its Ethernet
 /// header): the segment size of a joined one, a checksum left partial.
-pub(super) fn header_of(joined: &Coalesced<'_>) -> VnetHeader {
+fn header_of(joined: &Coalesced<'_>) -> VnetHeader {
     match (joined.gso, joined.partial_checksum_at) {
         (None, None) => VnetHeader::PLAIN,
         (None, Some(tcp)) => VnetHeader::partial_checksum(tcp, 16),
@@ -443,7 +470,7 @@ pub(super) fn header_of(joined: &Coalesced<'_>) -> VnetHeader {
 /// The virtio-net header of a frame written on its own (offsets behind its Ethernet header):
 /// a checksum the engine left partial (`offload`) is flagged for the receiving kernel, which
 /// trusts it as it trusts CHECKSUM_PARTIAL from a veth.
-pub(super) fn header_for(frame: &[u8]) -> VnetHeader {
+fn header_for(frame: &[u8]) -> VnetHeader {
     match frame.get(ETH..).and_then(offload::partial_checksum) {
         Some(partial) => {
             VnetHeader::partial_checksum((ETH + partial.start) as u16, partial.offset as u16)
