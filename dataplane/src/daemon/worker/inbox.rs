@@ -192,6 +192,8 @@ impl Worker {
                     continue;
                 }
                 Destination::HostSuper { header } => {
+                    // The host's packets before it first: a flow keeps its order.
+                    self.run_host_batch(&mut host_batch, snapshot);
                     self.take_host_super(frame, header, snapshot);
                     let _ = inbox.spare_super.push(handoff.bytes);
                     continue;
@@ -212,7 +214,10 @@ impl Worker {
             };
             let fits = headroom + handoff.len <= chunk_size;
             if let (Some(target), false) = (target, fits) {
-                // A jumbo frame: through the linear buffer.
+                // A jumbo frame: through the linear buffer, after the host's packets before it.
+                if matches!(target, Target::Host) {
+                    self.run_host_batch(&mut host_batch, snapshot);
+                }
                 self.take_long_handoff(target, &handoff.bytes[..handoff.len], snapshot);
                 let _ = inbox.spare.push(handoff.bytes);
                 continue;
@@ -240,13 +245,18 @@ impl Worker {
             }
             let _ = inbox.spare.push(handoff.bytes);
         }
-        while !host_batch.is_empty() {
-            let burst = host_batch.len().min(super::BURST);
+        self.run_host_batch(&mut host_batch, snapshot);
+        n
+    }
+
+    /// Runs the host's packets handed over so far through the pipeline, a burst at a time.
+    fn run_host_batch(&mut self, batch: &mut Vec<Packet>, snapshot: &Snapshot) {
+        while !batch.is_empty() {
+            let burst = batch.len().min(super::BURST);
             self.rx.clear();
-            self.rx.extend(host_batch.drain(..burst));
+            self.rx.extend(batch.drain(..burst));
             self.process_received(Ingress::Host, Target::Host, snapshot);
         }
-        n
     }
 
     /// A handed-over frame longer than a chunk: delivered as a chain, or (from the host
