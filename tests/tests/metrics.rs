@@ -61,6 +61,9 @@ fn metrics() -> anyhow::Result<()> {
     assert_eq!(one.p1.ping(&one.p2.ip, 5), 5, "{}", daemon.log());
     let t = one.p1.tcp_to(&one.p2, 5001, 1_000_000)?;
     assert!(t.intact(), "{t:?}");
+    // The node reaches a pod through the host interface (a kubelet probe's path).
+    let node_itself = Pod::in_namespace(&one.node, "");
+    assert_eq!(node_itself.ping(&one.p1.ip, 3), 3, "{}", daemon.log());
     // A frame to the gateway MAC from an address that is not the pod's: a counted drop.
     let _ = one.p1.ns.ip(&["addr", "add", "10.244.1.99/32", "dev", "eth0"]);
     let spoof = one
@@ -104,6 +107,7 @@ fn metrics() -> anyhow::Result<()> {
         ("podlane_forward_bytes", "counter"),
         ("podlane_drop_count", "counter"),
         ("podlane_interface_packets", "counter"),
+        ("podlane_host_super_packets", "counter"),
         ("podlane_pod_packets", "counter"),
         ("podlane_conntrack_entries", "gauge"),
         ("podlane_worker_longest_round_seconds", "gauge"),
@@ -130,6 +134,15 @@ fn metrics() -> anyhow::Result<()> {
         "{body}"
     );
     assert!(value("podlane_drop_count_total{reason=\"pod_source_spoofed\"}") >= 1.0, "{body}");
+    // The host interface's queue: the node's pings in, the pod's replies out.
+    for direction in ["rx", "tx"] {
+        let series = format!(
+            "podlane_interface_packets_total{{interface=\"podlane0\",queue=\"0\",mode=\"host\",\
+             direction=\"{direction}\"}}"
+        );
+        assert!(value(&series) >= 3.0, "{series}:\n{body}");
+    }
+    assert_eq!(value("podlane_drop_count_total{reason=\"host_tx_dropped\"}"), 0.0, "{body}");
     assert!(value("podlane_conntrack_entries{worker=\"0\"}") >= 0.0, "{body}");
     assert_eq!(value("podlane_tables_in_sync"), 1.0, "tables from a file are in sync:\n{body}");
     assert_eq!(value("podlane_workers_alive"), value("podlane_workers"), "{body}");

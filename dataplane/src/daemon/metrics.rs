@@ -181,6 +181,26 @@ fn gauge<'a>(
     Ok(())
 }
 
+/// One queue's packets and bytes, received and sent, and the labels that name it (interface,
+/// queue, mode).
+struct QueueCounts {
+    labels: [String; 3],
+    packets: [u64; 2],
+    bytes: [u64; 2],
+}
+
+impl QueueCounts {
+    fn labels(&self, direction: &str) -> Vec<(&'static str, String)> {
+        let [interface, queue, mode] = self.labels.clone();
+        vec![
+            ("interface", interface),
+            ("queue", queue),
+            ("mode", mode),
+            ("direction", direction.to_owned()),
+        ]
+    }
+}
+
 impl Collector for Podlane {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let shared = &self.shared;
@@ -244,6 +264,12 @@ impl Collector for Podlane {
             ("chunk_exhausted", sum(|w| w.chunk_exhausted)),
             ("jumbo_too_long", sum(|w| w.jumbo_too_long)),
             ("tunnel_gso_dropped", sum(|w| w.tunnel_gso_dropped)),
+            ("host_tx_dropped", sum(|w| w.host_interface.as_ref().map_or(0, |h| h.tx_dropped))),
+            ("host_rx_too_long", sum(|w| w.host_interface.as_ref().map_or(0, |h| h.rx_too_long))),
+            (
+                "host_rx_bad_header",
+                sum(|w| w.host_interface.as_ref().map_or(0, |h| h.rx_bad_header)),
+            ),
         ];
         counter(
             e,
@@ -266,29 +292,51 @@ impl Collector for Podlane {
             pods.insert(label, format!("{}/{}", endpoint.namespace, endpoint.name));
         }
         let sockets: Vec<_> = workers.iter().flat_map(|w| w.sockets.iter()).collect();
-        let labels = |s: &crate::api::SocketCounters, direction: &str| {
-            vec![
-                ("interface", s.interface.clone()),
-                ("queue", s.queue.to_string()),
-                ("mode", s.mode.clone()),
-                ("direction", direction.to_owned()),
-            ]
-        };
+        // Every queue: AF_XDP sockets, TAP queues and the host interface's queues.
+        let queues: Vec<QueueCounts> = sockets
+            .iter()
+            .map(|s| QueueCounts {
+                labels: [s.interface.as_str(), &s.queue.to_string(), s.mode.as_str()]
+                    .map(str::to_owned),
+                packets: [s.rx_packets, s.tx_packets],
+                bytes: [s.rx_bytes, s.tx_bytes],
+            })
+            .chain(workers.iter().filter_map(|w| w.host_interface.as_ref()).map(|h| QueueCounts {
+                labels: [h.interface.as_str(), &h.queue.to_string(), "host"].map(str::to_owned),
+                packets: [h.rx_packets, h.tx_packets],
+                bytes: [h.rx_bytes, h.tx_bytes],
+            }))
+            .collect();
         counter(
             e,
             "podlane_interface_packets",
-            "Packets received from and sent to each socket or TAP queue",
-            sockets
+            "Packets received from and sent to each socket, TAP queue or host interface queue",
+            queues
                 .iter()
-                .flat_map(|s| [(labels(s, "rx"), s.rx_packets), (labels(s, "tx"), s.tx_packets)]),
+                .flat_map(|q| [(q.labels("rx"), q.packets[0]), (q.labels("tx"), q.packets[1])]),
         )?;
         counter(
             e,
             "podlane_interface_bytes",
-            "Bytes received from and sent to each socket or TAP queue",
-            sockets
+            "Bytes received from and sent to each socket, TAP queue or host interface queue",
+            queues
                 .iter()
-                .flat_map(|s| [(labels(s, "rx"), s.rx_bytes), (labels(s, "tx"), s.tx_bytes)]),
+                .flat_map(|q| [(q.labels("rx"), q.bytes[0]), (q.labels("tx"), q.bytes[1])]),
+        )?;
+        counter(
+            e,
+            "podlane_host_super_packets",
+            "TCP super-packets through the host interface: from the node's kernel (rx), to it (tx)",
+            workers.iter().filter_map(|w| w.host_interface.as_ref()).flat_map(|h| {
+                let labels = |direction: &str| {
+                    vec![
+                        ("interface", h.interface.clone()),
+                        ("queue", h.queue.to_string()),
+                        ("direction", direction.to_owned()),
+                    ]
+                };
+                [(labels("rx"), h.rx_super_packets), (labels("tx"), h.tx_super_packets)]
+            }),
         )?;
         let mut per_pod: BTreeMap<(String, &str), (u64, u64)> = BTreeMap::new();
         for s in &sockets {
