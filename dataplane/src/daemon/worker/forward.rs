@@ -21,11 +21,12 @@ pub(super) enum Target {
     Host,
     /// A TAP pod of this worker.
     Tap(TapId),
-    /// A pod another worker owns.
+    /// A pod another worker owns (`tap`: behind a TAP).
     Worker {
         worker: usize,
         endpoint: EndpointId,
         instance: u64,
+        tap: bool,
     },
     /// No socket to send it on (a pod not attached): counted as `no_socket`.
     Nowhere,
@@ -53,8 +54,8 @@ impl Worker {
                 Some(tap) => Target::Tap(tap),
                 None => pod.ports.first().map_or(Target::Nowhere, |p| Target::Port(*p)),
             },
-            Some(Slot::Elsewhere { worker, instance }) => {
-                Target::Worker { worker: *worker, endpoint: id, instance: *instance }
+            Some(Slot::Elsewhere { worker, instance, tap }) => {
+                Target::Worker { worker: *worker, endpoint: id, instance: *instance, tap: *tap }
             }
             _ => Target::Nowhere,
         }
@@ -160,7 +161,16 @@ impl Worker {
             Target::Port(port) => self.queue(port, packet),
             Target::Tap(tap) => self.send_tap(tap, packet),
             Target::Host => self.send_host(packet),
-            Target::Worker { worker, endpoint, instance } => {
+            Target::Worker { worker, endpoint, instance, tap: true } => {
+                let (joins, io) = (&mut self.joins, &mut self.io_counters);
+                let inboxes = &self.shared.inboxes;
+                self.umems.lend_one(&mut packet, |buffer, span| {
+                    let frame = buffer.get(span.head as usize..span.end()).unwrap_or_default();
+                    joins.join(inboxes, io, (worker, endpoint, instance), frame);
+                });
+                self.umems.release(packet);
+            }
+            Target::Worker { worker, endpoint, instance, tap: false } => {
                 let destination = Destination::Pod { endpoint, instance };
                 self.hand_off(worker, destination, &mut packet);
                 self.umems.release(packet);
@@ -208,6 +218,7 @@ impl Worker {
     pub(super) fn flush(&mut self) {
         self.flush_taps();
         self.flush_host();
+        self.flush_joins();
         let umems = &mut self.umems;
         let mut backlog = 0;
         self.ports.transmit_all(|_, p| {

@@ -15,7 +15,10 @@
 //!
 //! A TCP super-packet (a TAP pod's, or the host interface's) travels whole, with its
 //! virtio-net header, in a buffer of its own size: cut into segments here only to be joined
-//! again by the owner, it would cost both workers a pass per segment.
+//! again by the owner, it would cost both workers a pass per segment. Segments for a TAP pod
+//! of another worker (from the uplink, a veth pod, the host) are joined here first
+//! ([`Joins`], the kernel's GRO rules as for this worker's own TAP pods), within one round of
+//! the loop, and go as one super-packet: one copy and one wake-up for many segments.
 
 use std::os::unix::net::UnixDatagram;
 
@@ -23,6 +26,9 @@ use crossbeam_queue::ArrayQueue;
 
 use super::Worker;
 use super::forward::Target;
+use super::stats::IoCounters;
+use super::tap;
+use crate::engine::coalesce::Coalescer;
 use crate::engine::{Ingress, Span};
 use crate::io::vnet::VnetHeader;
 use crate::io::xsk::Packet;
@@ -34,6 +40,8 @@ const INBOX_FRAMES: usize = 4096;
 const SUPER_CAPACITY: usize = 14 + 65_535;
 /// Emptied super-packet buffers kept for reuse (a megabyte or so).
 const SPARE_SUPER: usize = 16;
+/// Other workers' TAP pods a worker joins segments for at once; beyond, segments go alone.
+const JOINS: usize = 32;
 
 /// What a handed-over frame is.
 #[derive(Debug, Clone, Copy)]
@@ -102,66 +110,33 @@ impl Worker {
         destination: Destination,
         packet: &mut Packet,
     ) {
-        let shared = self.shared.clone();
-        let inbox = &shared.inboxes[worker];
-        let len = packet.span.len as usize;
-        let Some(mut bytes) = self.handoff_buffer(inbox, len) else { return };
-        let mut copied = false;
+        let (inbox, io) = (&self.shared.inboxes[worker], &mut self.io_counters);
         self.umems.lend_one(packet, |chunk, span| {
-            if let Some(src) = chunk.get(span.head as usize..span.end()) {
-                bytes[..len].copy_from_slice(src);
-                copied = true;
+            match chunk.get(span.head as usize..span.end()) {
+                Some(frame) => push(inbox, io, destination, frame),
+                None => io.handoff_dropped += 1,
             }
         });
-        if copied {
-            self.push_handoff(inbox, Handoff { destination, len, bytes });
-        } else {
-            self.io_counters.handoff_dropped += 1;
-        }
     }
 
     /// Copies a frame from a buffer into the owning worker's inbox and wakes it.
     pub(super) fn hand_off_bytes(&mut self, worker: usize, destination: Destination, frame: &[u8]) {
-        let shared = self.shared.clone();
-        let inbox = &shared.inboxes[worker];
-        let len = frame.len();
-        let Some(mut bytes) = self.handoff_buffer(inbox, len) else { return };
-        bytes[..len].copy_from_slice(frame);
-        self.push_handoff(inbox, Handoff { destination, len, bytes });
+        push(&self.shared.inboxes[worker], &mut self.io_counters, destination, frame);
     }
 
-    /// Copies a super-packet into the owning worker's inbox, whole, and wakes it.
+    /// Copies a super-packet into the owning worker's inbox, whole, and wakes it, after the
+    /// segments being joined for the same pod.
     pub(super) fn hand_off_super(&mut self, worker: usize, destination: Destination, frame: &[u8]) {
-        let shared = self.shared.clone();
-        let inbox = &shared.inboxes[worker];
-        let len = frame.len();
-        if len == 0 || len > SUPER_CAPACITY {
-            self.io_counters.handoff_dropped += 1;
-            return;
+        if let Destination::PodSuper { endpoint, instance, .. } = destination {
+            let key = (worker, endpoint, instance);
+            self.joins.flush_one(&self.shared.inboxes, &mut self.io_counters, key);
         }
-        let mut bytes =
-            inbox.spare_super.pop().unwrap_or_else(|| vec![0u8; SUPER_CAPACITY].into_boxed_slice());
-        bytes[..len].copy_from_slice(frame);
-        self.push_handoff(inbox, Handoff { destination, len, bytes });
+        push(&self.shared.inboxes[worker], &mut self.io_counters, destination, frame);
     }
 
-    /// A buffer of the inbox for a frame of `len` bytes; `None` (counted) when it is longer
-    /// than the inbox takes.
-    fn handoff_buffer(&mut self, inbox: &Inbox, len: usize) -> Option<Box<[u8]>> {
-        if len == 0 || len > inbox.capacity {
-            self.io_counters.handoff_dropped += 1;
-            return None;
-        }
-        Some(inbox.spare.pop().unwrap_or_else(|| vec![0u8; inbox.capacity].into_boxed_slice()))
-    }
-
-    fn push_handoff(&mut self, inbox: &Inbox, handoff: Handoff) {
-        match inbox.queue.push(handoff) {
-            Ok(()) => {
-                let _ = inbox.waker.send(&[1]);
-            }
-            Err(_) => self.io_counters.handoff_dropped += 1,
-        }
+    /// Hands over what every join holds (at the end of a round of the loop).
+    pub(super) fn flush_joins(&mut self) {
+        self.joins.flush(&self.shared.inboxes, &mut self.io_counters);
     }
 
     /// Frames other workers handed to this one, each into a fresh chunk: a pod's frame queued
@@ -281,4 +256,111 @@ impl Worker {
             other => self.deliver_linear(other, frame, snapshot),
         }
     }
+}
+
+/// Copies `frame` into `inbox` as `destination` (a super-packet into a buffer of its own
+/// size) and wakes the inbox's owner; counted in `io` when the frame is too long or the inbox
+/// full.
+fn push(inbox: &Inbox, io: &mut IoCounters, destination: Destination, frame: &[u8]) {
+    let whole = matches!(destination, Destination::PodSuper { .. } | Destination::HostSuper { .. });
+    let (spare, capacity) =
+        if whole { (&inbox.spare_super, SUPER_CAPACITY) } else { (&inbox.spare, inbox.capacity) };
+    let len = frame.len();
+    if len == 0 || len > capacity {
+        io.handoff_dropped += 1;
+        return;
+    }
+    let mut bytes = spare.pop().unwrap_or_else(|| vec![0u8; capacity].into_boxed_slice());
+    bytes[..len].copy_from_slice(frame);
+    match inbox.queue.push(Handoff { destination, len, bytes }) {
+        Ok(()) => {
+            let _ = inbox.waker.send(&[1]);
+        }
+        Err(_) => io.handoff_dropped += 1,
+    }
+}
+
+/// Which pod a join is for: its worker, endpoint slot and instance.
+type JoinKey = (usize, EndpointId, u64);
+
+/// The segments a worker is joining for other workers' TAP pods, one [`Coalescer`] per pod
+/// (up to [`JOINS`]; their buffers are kept for the next pods).
+#[derive(Debug, Default)]
+pub(super) struct Joins {
+    joins: Vec<(JoinKey, Coalescer)>,
+}
+
+impl Joins {
+    /// Joins a frame for the TAP pod `key` to what is being joined for it, handing over what
+    /// that gives; a frame goes alone when every join is taken this round.
+    pub(super) fn join(
+        &mut self,
+        inboxes: &[Inbox],
+        io: &mut IoCounters,
+        key: JoinKey,
+        frame: &[u8],
+    ) {
+        let (worker, endpoint, instance) = key;
+        let at = match self.joins.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            // One whose packet went at the last flush serves another pod.
+            None => match self.joins.iter().position(|(_, c)| !c.is_open()) {
+                Some(at) => {
+                    self.joins[at].0 = key;
+                    at
+                }
+                None if self.joins.len() < JOINS => {
+                    self.joins.push((key, Coalescer::new()));
+                    self.joins.len() - 1
+                }
+                None => {
+                    return push(
+                        &inboxes[worker],
+                        io,
+                        Destination::Pod { endpoint, instance },
+                        frame,
+                    );
+                }
+            },
+        };
+        tap::join(&mut self.joins[at].1, frame, |header, frame, joined| {
+            hand_over(&inboxes[worker], io, (endpoint, instance), header, frame, joined)
+        });
+    }
+
+    /// Hands over what the join for `key` holds, if any.
+    fn flush_one(&mut self, inboxes: &[Inbox], io: &mut IoCounters, key: JoinKey) {
+        if let Some((_, coalescer)) = self.joins.iter_mut().find(|(k, _)| *k == key) {
+            let (worker, endpoint, instance) = key;
+            tap::write_joined(coalescer, &mut |header, frame, joined| {
+                hand_over(&inboxes[worker], io, (endpoint, instance), header, frame, joined)
+            });
+        }
+    }
+
+    /// Hands over what every join holds.
+    fn flush(&mut self, inboxes: &[Inbox], io: &mut IoCounters) {
+        for ((worker, endpoint, instance), coalescer) in &mut self.joins {
+            tap::write_joined(coalescer, &mut |header, frame, joined| {
+                hand_over(&inboxes[*worker], io, (*endpoint, *instance), header, frame, joined)
+            });
+        }
+    }
+}
+
+/// Hands over what a join gave: a joined packet as a super-packet with its header, one
+/// segment as a frame (its owner flags a partial checksum, as for any frame).
+fn hand_over(
+    inbox: &Inbox,
+    io: &mut IoCounters,
+    (endpoint, instance): (EndpointId, u64),
+    header: VnetHeader,
+    frame: &[u8],
+    joined: bool,
+) {
+    let destination = match joined {
+        true => Destination::PodSuper { endpoint, instance, header },
+        false => Destination::Pod { endpoint, instance },
+    };
+    push(inbox, io, destination, frame);
 }

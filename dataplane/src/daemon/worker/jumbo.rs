@@ -150,7 +150,11 @@ impl Worker {
             Target::Port(port) => self.queue_chain(port, frame),
             Target::Tap(tap) => self.deliver_to_tap(tap, frame),
             Target::Host => self.write_host(frame),
-            Target::Worker { worker, endpoint, instance } => {
+            Target::Worker { worker, endpoint, instance, tap: true } => {
+                let key = (worker, endpoint, instance);
+                self.joins.join(&self.shared.inboxes, &mut self.io_counters, key, frame)
+            }
+            Target::Worker { worker, endpoint, instance, tap: false } => {
                 self.hand_off_bytes(worker, Destination::Pod { endpoint, instance }, frame)
             }
             Target::Nowhere => self.io_counters.no_socket += 1,

@@ -145,6 +145,8 @@ pub(super) struct Worker {
     tx_backlog: u32,
     /// This worker's queue of the tunnel-GSO interface ([`crate::daemon::tunnel`]).
     tunnel: Option<TunnelQueue>,
+    /// Segments being joined for other workers' TAP pods.
+    joins: inbox::Joins,
 }
 
 /// What a worker is made of besides its sockets.
@@ -211,6 +213,7 @@ impl Worker {
             taps: Vec::new(),
             tap_buffer: None,
             scratch: Vec::new(),
+            joins: inbox::Joins::default(),
             tx_backlog: 0,
             tunnel: tunnel_queue,
         })

@@ -24,10 +24,12 @@ const RETRY: Duration = Duration::from_secs(1);
 /// What a worker holds for one endpoint slot.
 pub(super) enum Slot {
     Vacant,
-    /// Another worker owns the pod: frames for it go to that worker's inbox.
+    /// Another worker owns the pod: frames for it go to that worker's inbox. `tap`: the pod
+    /// is behind a TAP, so its segments may be joined before they go.
     Elsewhere {
         worker: usize,
         instance: u64,
+        tap: bool,
     },
     /// This worker's pod, asked of the attacher; `first`: not tried before.
     Attaching {
@@ -104,7 +106,10 @@ impl Worker {
                             let netns = e.edge.netns().map(str::to_owned);
                             self.ask_attach(id, e.instance, &e.interface, netns, true)
                         }
-                        worker => Slot::Elsewhere { worker, instance: e.instance },
+                        worker => {
+                            let tap = e.edge.netns().is_some();
+                            Slot::Elsewhere { worker, instance: e.instance, tap }
+                        }
                     }
                 }
             };

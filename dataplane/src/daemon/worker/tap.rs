@@ -272,7 +272,7 @@ impl Worker {
         }
         match target {
             Target::Tap(tap) => self.write_tap(tap, header, frame),
-            Target::Worker { worker, endpoint, instance } => {
+            Target::Worker { worker, endpoint, instance, .. } => {
                 let destination = Destination::PodSuper { endpoint, instance, header };
                 self.hand_off_super(worker, destination, frame)
             }
