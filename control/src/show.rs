@@ -152,7 +152,7 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
         let _ = writeln!(
             out,
             "worker {}: rx {} frames / {} bytes; encap {}, decap {}, local {}, reply {}, host {}; \
-             no socket {}; handoff in {}, dropped {}; free chunks {} in {} UMEM(s), none free {} \
+             no socket {}; handoff in {}, dropped {}, joined {}; free chunks {} in {} UMEM(s), none free {} \
              times; longest round {} µs",
             w.worker,
             w.rx_frames,
@@ -165,6 +165,7 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
             w.no_socket,
             w.handoff_in,
             w.handoff_dropped,
+            w.handoff_joined,
             w.free_chunks,
             w.umems,
             w.chunk_exhausted,

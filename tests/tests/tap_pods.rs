@@ -136,6 +136,9 @@ fn run(tshark: &Path, tunnel_gso: bool, worker_count: u32) -> anyhow::Result<()>
     transfer(&t1, &v1, "10.244.1.4", 5005, &log);
     transfer(&t1, &v1, "fd00:10:244:1::4", 5006, &log);
     transfer(&v1, &t2, "10.244.1.3", 5007, &log);
+    // And to t1: with two workers, v1 shares its worker with one of the TAP pods and not with
+    // the other, whose segments from v1 are joined before they are handed over.
+    transfer(&v1, &t1, "10.244.1.2", 5008, &log);
     capture.stop();
 
     // Counters (published once a second): super-packets read from the TAPs, segments cut.
@@ -155,6 +158,8 @@ fn run(tshark: &Path, tunnel_gso: bool, worker_count: u32) -> anyhow::Result<()>
             workers.iter().map(|w| w.sockets.iter().filter(|s| s.mode == "tap").count()).collect();
         assert_eq!(owners, [1, 1], "the TAP pods' namespaces hashed to one worker: {workers:?}");
         assert!(workers.iter().all(|w| w.handoff_in > 0 && w.handoff_dropped == 0), "{workers:?}");
+        let joined: u64 = workers.iter().map(|w| w.handoff_joined).sum();
+        assert!(joined > 0, "v1's segments joined for the other worker's TAP pod: {workers:?}");
     }
     let super_packets: u64 = taps.iter().map(|s| s.rx_super_packets).sum();
     let segments: u64 = workers.iter().map(|w| w.segments).sum();

@@ -295,6 +295,10 @@ pub struct WorkerCounters {
     pub no_socket: u64,
     pub handoff_in: u64,
     pub handoff_dropped: u64,
+    /// Of the frames handed to other workers, packets joined from several segments for their
+    /// TAP pods.
+    #[serde(default)]
+    pub handoff_joined: u64,
     /// Frames dropped because a UMEM had no free chunk for them (a hand-over, a copy between
     /// UMEMs, a read from the host interface).
     pub chunk_exhausted: u64,

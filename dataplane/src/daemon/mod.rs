@@ -194,11 +194,12 @@ fn log_line(w: &WorkerCounters) -> String {
     }
     let _ = write!(
         line,
-        "; no_socket {} handoff in {} dropped {}; icmp errors {}; returned via host {}; free \
+        "; no_socket {} handoff in {} dropped {} joined {}; icmp errors {}; returned via host {}; free \
          chunks {}, none free {} times; longest round {} µs",
         w.no_socket,
         w.handoff_in,
         w.handoff_dropped,
+        w.handoff_joined,
         w.icmp_errors,
         w.returned_via_host,
         w.free_chunks,

@@ -362,5 +362,6 @@ fn hand_over(
         true => Destination::PodSuper { endpoint, instance, header },
         false => Destination::Pod { endpoint, instance },
     };
+    io.handoff_joined += u64::from(joined);
     push(inbox, io, destination, frame);
 }

@@ -19,6 +19,8 @@ pub(super) struct IoCounters {
     pub(super) handoff_in: u64,
     /// Frames that could not be handed over or delivered after a hand-over.
     pub(super) handoff_dropped: u64,
+    /// Packets joined from several segments for another worker's TAP pod, handed over.
+    pub(super) handoff_joined: u64,
     /// Frames dropped because a UMEM had no free chunk for them (a hand-over, a copy between
     /// UMEMs, a read from the host interface).
     pub(super) chunk_exhausted: u64,
@@ -109,6 +111,7 @@ impl Worker {
             no_socket: io.no_socket,
             handoff_in: io.handoff_in,
             handoff_dropped: io.handoff_dropped,
+            handoff_joined: io.handoff_joined,
             chunk_exhausted: io.chunk_exhausted,
             free_chunks: self.umems.all().iter().map(|u| u.free_chunks()).sum(),
             umems: self.umems.all().len(),
