@@ -57,46 +57,33 @@ impl HostQueue {
     /// A frame for the node's kernel: joined to the packet being built, or written.
     fn deliver(&mut self, frame: &[u8]) {
         let HostQueue { tun, counters, coalescer, .. } = self;
-        tap::join(coalescer, frame, |header, frame, joined| {
-            if write(tun, counters, header, frame) && joined {
-                counters.tx_super_packets += 1;
-            }
-        });
+        tap::join(coalescer, frame, sink(tun, counters));
     }
 
     /// Writes the packet being joined, if any.
     pub(super) fn write_joined(&mut self) {
         let HostQueue { tun, counters, coalescer, .. } = self;
-        tap::write_joined(coalescer, &mut |header, frame, joined| {
-            if write(tun, counters, header, frame) && joined {
-                counters.tx_super_packets += 1;
-            }
-        });
-    }
-
-    /// [`write`] to this queue.
-    fn write(&mut self, header: VnetHeader, frame: &[u8]) -> bool {
-        write(&mut self.tun, &mut self.counters, header, frame)
+        tap::write_joined(coalescer, &mut sink(tun, counters));
     }
 }
 
-/// Writes the IP packet of `frame` (after its Ethernet header) to the host queue `tun`,
-/// `header` as a TAP's (offsets behind the Ethernet header), counted; whether the kernel took
-/// it.
-fn write(
-    tun: &mut TunQueue,
-    counters: &mut HostCounters,
-    header: VnetHeader,
-    frame: &[u8],
-) -> bool {
-    let ip = frame.get(ETH..).unwrap_or_default();
-    if !ip.is_empty() && matches!(tun.send(header.moved(-(ETH as i32)), ip), Ok(true)) {
-        counters.tx_packets += 1;
-        counters.tx_bytes += ip.len() as u64;
-        true
-    } else {
-        counters.tx_dropped += 1;
-        false
+/// What writes packets to the host queue `tun`, for [`tap::join`]: the IP packet of each
+/// frame (after its Ethernet header), `header` as a TAP's (offsets behind the Ethernet
+/// header), counted; a super-packet (`joined`, or whole from a TAP pod) that was written also
+/// under `tx_super_packets`.
+fn sink<'a>(
+    tun: &'a mut TunQueue,
+    counters: &'a mut HostCounters,
+) -> impl FnMut(VnetHeader, &[u8], bool) + 'a {
+    move |header, frame, joined| {
+        let ip = frame.get(ETH..).unwrap_or_default();
+        if !ip.is_empty() && matches!(tun.send(header.moved(-(ETH as i32)), ip), Ok(true)) {
+            counters.tx_packets += 1;
+            counters.tx_bytes += ip.len() as u64;
+            counters.tx_super_packets += u64::from(joined);
+        } else {
+            counters.tx_dropped += 1;
+        }
     }
 }
 
@@ -345,9 +332,7 @@ impl Worker {
             return;
         };
         host.write_joined();
-        if host.write(header, frame) {
-            host.counters.tx_super_packets += 1;
-        }
+        sink(&mut host.tun, &mut host.counters)(header, frame, true);
     }
 
     /// Writes the packet the host queue was joining (at the end of a round of the loop).

@@ -113,7 +113,9 @@ impl Worker {
         let (inbox, io) = (&self.shared.inboxes[worker], &mut self.io_counters);
         self.umems.lend_one(packet, |chunk, span| {
             match chunk.get(span.head as usize..span.end()) {
-                Some(frame) => push(inbox, io, destination, frame),
+                Some(frame) => {
+                    push(inbox, io, destination, frame);
+                }
                 None => io.handoff_dropped += 1,
             }
         });
@@ -260,23 +262,27 @@ impl Worker {
 
 /// Copies `frame` into `inbox` as `destination` (a super-packet into a buffer of its own
 /// size) and wakes the inbox's owner; counted in `io` when the frame is too long or the inbox
-/// full.
-fn push(inbox: &Inbox, io: &mut IoCounters, destination: Destination, frame: &[u8]) {
+/// full. Whether it was handed over.
+fn push(inbox: &Inbox, io: &mut IoCounters, destination: Destination, frame: &[u8]) -> bool {
     let whole = matches!(destination, Destination::PodSuper { .. } | Destination::HostSuper { .. });
     let (spare, capacity) =
         if whole { (&inbox.spare_super, SUPER_CAPACITY) } else { (&inbox.spare, inbox.capacity) };
     let len = frame.len();
     if len == 0 || len > capacity {
         io.handoff_dropped += 1;
-        return;
+        return false;
     }
     let mut bytes = spare.pop().unwrap_or_else(|| vec![0u8; capacity].into_boxed_slice());
     bytes[..len].copy_from_slice(frame);
     match inbox.queue.push(Handoff { destination, len, bytes }) {
         Ok(()) => {
             let _ = inbox.waker.send(&[1]);
+            true
         }
-        Err(_) => io.handoff_dropped += 1,
+        Err(_) => {
+            io.handoff_dropped += 1;
+            false
+        }
     }
 }
 
@@ -314,12 +320,8 @@ impl Joins {
                     self.joins.len() - 1
                 }
                 None => {
-                    return push(
-                        &inboxes[worker],
-                        io,
-                        Destination::Pod { endpoint, instance },
-                        frame,
-                    );
+                    push(&inboxes[worker], io, Destination::Pod { endpoint, instance }, frame);
+                    return;
                 }
             },
         };
@@ -362,6 +364,7 @@ fn hand_over(
         true => Destination::PodSuper { endpoint, instance, header },
         false => Destination::Pod { endpoint, instance },
     };
-    io.handoff_joined += u64::from(joined);
-    push(inbox, io, destination, frame);
+    if push(inbox, io, destination, frame) {
+        io.handoff_joined += u64::from(joined);
+    }
 }

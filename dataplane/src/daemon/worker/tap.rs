@@ -396,24 +396,32 @@ impl TapPort {
     /// [`Worker::deliver_to_tap`].
     fn deliver(&mut self, frame: &[u8]) {
         let TapPort { queue, stats, label, tx_super, coalescer, .. } = self;
-        join(coalescer, frame, |header, frame, joined| {
-            *tx_super += u64::from(joined);
-            count(stats, label, queue.send(header, frame), frame.len());
-        });
+        join(coalescer, frame, sink(queue, stats, label, tx_super));
     }
 
     /// Writes the packet being joined, if any.
     fn write_joined(&mut self) {
         let TapPort { queue, stats, label, tx_super, coalescer, .. } = self;
-        write_joined(coalescer, &mut |header, frame, joined| {
-            *tx_super += u64::from(joined);
-            count(stats, label, queue.send(header, frame), frame.len());
-        });
+        write_joined(coalescer, &mut sink(queue, stats, label, tx_super));
     }
 
     /// Writes one frame with its header, counted.
     fn write(&mut self, header: VnetHeader, frame: &[u8]) {
         count(&mut self.stats, &self.label, self.queue.send(header, frame), frame.len());
+    }
+}
+
+/// What writes a TAP pod's packets for [`join`]: each counted, a joined one that was written
+/// also under `tx_super`.
+fn sink<'a>(
+    queue: &'a mut TapQueue,
+    stats: &'a mut PortCounters,
+    label: &'a str,
+    tx_super: &'a mut u64,
+) -> impl FnMut(VnetHeader, &[u8], bool) + 'a {
+    move |header, frame, joined| {
+        let written = count(stats, label, queue.send(header, frame), frame.len());
+        *tx_super += u64::from(joined && written);
     }
 }
 
@@ -479,12 +487,13 @@ fn header_for(frame: &[u8]) -> VnetHeader {
     }
 }
 
-/// Counts a write to a TAP.
-fn count(stats: &mut PortCounters, label: &str, sent: std::io::Result<bool>, len: usize) {
+/// Counts a write to a TAP; whether the frame was written.
+fn count(stats: &mut PortCounters, label: &str, sent: std::io::Result<bool>, len: usize) -> bool {
     match sent {
         Ok(true) => {
             stats.tx_packets += 1;
             stats.tx_bytes += len as u64;
+            return true;
         }
         Ok(false) => stats.tx_dropped += 1,
         Err(e) => {
@@ -492,6 +501,7 @@ fn count(stats: &mut PortCounters, label: &str, sent: std::io::Result<bool>, len
             tracing::debug!(tap = label, "writing to the TAP: {e}");
         }
     }
+    false
 }
 
 /// Sets the outer IPv4 header's TTL (the header at offset 14, without options) and its
