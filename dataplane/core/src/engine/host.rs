@@ -164,9 +164,7 @@ fn forward(
             }
             remember(pipeline);
             frame.set_len(ETH + packet.ip_len);
-            if destination.edge.is_veth() {
-                pod::finish_checksum(pipeline, frame);
-            }
+            pod::finish_checksum_for(pipeline, frame, destination);
             let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
             eth.set_destination(destination.mac);
             eth.set_source(pipeline.config.gateway_mac);

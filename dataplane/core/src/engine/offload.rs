@@ -10,11 +10,14 @@
 //! value only when the segment's own bytes sum to zero (then the completed value is the same
 //! one's-complement zero), so complete packets pass through untouched.
 //!
-//! Except for a TAP pod: what is written to it carries a virtio-net header, which can say
-//! NEEDS_CSUM just as the kernel's skb flag does, so a partial checksum goes to it as it came
-//! (`partial_checksum` tells where it sits) and the pod's kernel trusts it as it would from a
-//! veth. Summing it here only to have the pod's kernel skip it would cost a pass over every
-//! segment; the host interface, which carries no such flag, gets it finished.
+//! Except for a TAP pod and the host interface: what is written to them carries a virtio-net
+//! header, which can say NEEDS_CSUM just as the kernel's skb flag does, so a partial checksum
+//! goes to them as it came (`partial_checksum` tells where it sits) and the receiving kernel
+//! trusts it as it would from a veth. Summing it here only to have that kernel skip it would
+//! cost a pass over every segment. So a checksum is finished only where a frame leaves as
+//! bytes with no flag: to a veth pod or the underlay. `finish_checksum_at` finishes one the
+//! kernel flagged by its offsets, whatever the protocol (the host interface's queue uses it for
+//! what `partial_checksum` does not recognise).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use crate::table::{EndpointId, RouteTarget, Snapshot};
+use crate::table::{Endpoint, EndpointId, RouteTarget, Snapshot};
 use crate::wire::checksum;
 use crate::wire::icmp::{icmpv6_type, na_flags};
 use crate::wire::ipv4::{OptionsVerdict, check_options};
@@ -223,10 +223,7 @@ fn forward(
                 return time_exceeded(pipeline, frame, &packet);
             }
             frame.set_len(ETH + packet.ip_len);
-            // A TAP pod takes a partial checksum as it is, flagged in the virtio-net header.
-            if destination.edge.is_veth() {
-                finish_checksum(pipeline, frame);
-            }
+            finish_checksum_for(pipeline, frame, destination);
             decrement_ttl(frame, packet.dst);
             let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
             eth.set_destination(destination.mac);
@@ -293,6 +290,19 @@ fn to_host(pipeline: &Pipeline, frame: &mut Frame<'_>, ip_len: usize) -> Verdict
     }
     frame.set_len(ETH + ip_len);
     Verdict::Host
+}
+
+/// [`finish_checksum`] for a frame delivered to local pod `destination`: for a veth pod,
+/// which gets the frame as it is; a TAP pod takes a partial checksum as it came, flagged in
+/// the virtio-net header (`offload`).
+pub(super) fn finish_checksum_for(
+    pipeline: &Pipeline,
+    frame: &mut Frame<'_>,
+    destination: &Endpoint,
+) {
+    if destination.edge.is_veth() {
+        finish_checksum(pipeline, frame);
+    }
 }
 
 /// Finishes a transport checksum the sender's kernel left partial, since the receiver gets

@@ -1004,13 +1004,18 @@ fn checksums_left_for_offload_are_finished() {
     );
 }
 
+/// Node A's tables with pod a2 behind a TAP (a1 stays behind a veth).
+fn spec_with_tap_a2() -> TableSpec {
+    let mut spec = spec_for("node-a", false);
+    spec.endpoints[1].edge = crate::table::PodEdge::Tap { netns: "/run/netns/a2".into() };
+    spec
+}
+
 #[test]
 fn checksums_left_for_offload_stay_partial_for_a_tap_pod() {
     // a2 behind a TAP: what it receives goes out with a virtio-net header that flags the
     // checksum, so the engine leaves it as it came (the kernel's veth passes it so too).
-    let mut spec = spec_for("node-a", false);
-    spec.endpoints[1].edge = crate::table::PodEdge::Tap { netns: "/run/netns/a2".into() };
-    let snap = snapshot(&spec);
+    let snap = snapshot(&spec_with_tap_a2());
     let mut p = Pipeline::new(config_for("node-a"));
     let a2 = snap.endpoint_by_interface("veth-a2").unwrap();
 
@@ -1555,9 +1560,7 @@ fn run_segmented_from(
 #[test]
 fn the_host_interface_takes_and_gives_offloads_as_a_tap_pod_does() {
     // a1 behind a veth, a2 behind a TAP.
-    let mut spec = spec_for("node-a", false);
-    spec.endpoints[1].edge = crate::table::PodEdge::Tap { netns: "/run/netns/a2".into() };
-    let snap = snapshot(&spec);
+    let snap = snapshot(&spec_with_tap_a2());
     let mut p = Pipeline::new(config_for("node-a"));
     let a1 = snap.endpoint_by_interface("veth-a1").unwrap();
     let a2 = snap.endpoint_by_interface("veth-a2").unwrap();
@@ -1586,6 +1589,19 @@ fn the_host_interface_takes_and_gives_offloads_as_a_tap_pod_does() {
     let (v, out) = run(&mut p, &snap, Ingress::Host, &from_node("10.244.2.5"));
     assert_eq!(v, Verdict::Encap);
     assert!(tcp_checksum_verifies(outer_and_inner(&out).1));
+    // A kernel VTEP's partial inner checksum for the node's tunnel address: to the kernel as
+    // it came, flagged by the host interface's header.
+    let b = PacketBuilder::ethernet2(VTEP_B.0, VTEP_A.0)
+        .ipv4([10, 244, 2, 5], [10, 244, 1, 0], 64)
+        .tcp(5000, 80, 7, 1000);
+    let mut inner = Vec::new();
+    b.write(&mut inner, b"to the node").unwrap();
+    let mut frame = vxlan_from_b([8, 0, 0, 0], 1, 8472, [192, 168, 50, 2], &inner);
+    make_partial(&mut frame[ETH + 20 + 8 + 8 + ETH..]);
+    frame[ETH + 20 + 6..ETH + 20 + 8].fill(0);
+    let (v, out) = run(&mut p, &snap, Ingress::Uplink, &frame);
+    assert_eq!(v, Verdict::Host);
+    assert!(offload::partial_checksum(&out[ETH..]).is_some());
 
     // The kernel's TCP super-packet (a1's flow through it, after a Service's DNAT): decided
     // once, encapsulated whole for cutting, to a remote pod.

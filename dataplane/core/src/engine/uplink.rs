@@ -16,7 +16,7 @@ use crate::wire::{
 
 use super::flow;
 use super::offload;
-use super::pod::decrement_ttl;
+use super::pod::{decrement_ttl, finish_checksum_for};
 use super::{DropReason, Frame, Pipeline, Verdict};
 
 /// ECN codepoints (RFC 3168 §5).
@@ -269,11 +269,8 @@ fn decapsulate(
             }
             frame.pull_head(inner_start);
             frame.set_len(ETH + inner.ip_len);
-            // A kernel VTEP on a veth underlay leaves inner checksums partial (offload.rs); a
-            // TAP pod takes them as they are, flagged in the virtio-net header.
-            if endpoint.edge.is_veth() {
-                offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
-            }
+            // A kernel VTEP on a veth underlay leaves inner checksums partial (offload.rs).
+            finish_checksum_for(pipeline, frame, endpoint);
             if mark_ce {
                 set_ce(frame, inner.dst);
             }
@@ -292,7 +289,7 @@ fn decapsulate(
             }
             frame.pull_head(inner_start);
             frame.set_len(ETH + inner.ip_len);
-            offload::finish_partial_checksum(&mut frame.data_mut()[ETH..]);
+            // A checksum left partial goes to the node's kernel flagged, as a pod's does.
             if mark_ce {
                 set_ce(frame, inner.dst);
             }
