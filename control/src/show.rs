@@ -153,7 +153,7 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
             out,
             "worker {}: rx {} frames / {} bytes; encap {}, decap {}, local {}, reply {}, host {}; \
              no socket {}; handoff in {}, dropped {}, joined {}; free chunks {} in {} UMEM(s), none free {} \
-             times; longest round {} µs",
+             times; longest round {} µs; real-time pauses {}",
             w.worker,
             w.rx_frames,
             w.rx_bytes,
@@ -169,7 +169,8 @@ pub fn counters(workers: &[WorkerCounters]) -> String {
             w.free_chunks,
             w.umems,
             w.chunk_exhausted,
-            w.longest_round_us
+            w.longest_round_us,
+            w.realtime_pauses
         );
         if !w.drops.is_empty() {
             let drops: Vec<String> = w.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();

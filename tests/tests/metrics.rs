@@ -111,6 +111,7 @@ fn metrics() -> anyhow::Result<()> {
         ("podlane_pod_packets", "counter"),
         ("podlane_conntrack_entries", "gauge"),
         ("podlane_worker_longest_round_seconds", "gauge"),
+        ("podlane_worker_realtime_pauses", "counter"),
         ("podlane_tables_generation", "gauge"),
         ("podlane_tables_in_sync", "gauge"),
         ("podlane_workers_alive", "gauge"),

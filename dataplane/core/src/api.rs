@@ -302,6 +302,11 @@ pub struct WorkerCounters {
     /// Frames dropped because a UMEM had no free chunk for them (a hand-over, a copy between
     /// UMEMs, a read from the host interface).
     pub chunk_exhausted: u64,
+    /// Under SCHED_FIFO (`--realtime-priority`): times the worker left its core for a moment
+    /// after running a while without sleeping, so that the other threads there run in short
+    /// turns instead of in the kernel's one long one.
+    #[serde(default)]
+    pub realtime_pauses: u64,
     /// Idle chunks, over the worker's UMEMs.
     pub free_chunks: usize,
     /// The worker's UMEMs: 1, or 2 when pods have one of their own beside a zero-copy uplink.

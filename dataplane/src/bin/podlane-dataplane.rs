@@ -110,7 +110,8 @@ struct Cli {
     /// VXLAN UDP destination port.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     vxlan_port: Option<u16>,
-    /// Cores to run one pinned worker each on, e.g. 1 or 0,1. Default: one worker, unpinned.
+    /// Cores to run one pinned worker each on, e.g. 1 or 0,1; the daemon's other threads then
+    /// keep to the remaining cores, if any. Default: one worker, unpinned.
     #[arg(long, value_delimiter = ',', value_name = "CORE,...")]
     cores: Vec<usize>,
     /// XDP attach mode.
@@ -124,8 +125,10 @@ struct Cli {
     poll: PollArg,
     /// Run the workers under SCHED_FIFO at this priority (1-99), so that other threads and
     /// kernel threads on their cores wait instead of taking a core for milliseconds while
-    /// the rings overflow. Event mode only: a spinning real-time worker would starve its
-    /// core. Needs CAP_SYS_NICE. Default: ordinary scheduling.
+    /// the rings overflow. A worker that has run 2 ms without sleeping leaves its core for
+    /// 100 µs, so that they get it in short turns rather than in the kernel's 50 ms one.
+    /// Event mode only: a spinning real-time worker would starve its core. Needs
+    /// CAP_SYS_NICE. Default: ordinary scheduling.
     #[arg(long, value_name = "PRIORITY", value_parser = clap::value_parser!(u8).range(1..=99))]
     realtime_priority: Option<u8>,
     /// Chunks per UMEM (2 KiB each; 4 KiB on an underlay whose MTU is beyond 1,778). A worker

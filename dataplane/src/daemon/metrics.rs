@@ -390,6 +390,12 @@ impl Collector for Podlane {
                 .iter()
                 .map(|w| (vec![("worker", w.worker.to_string())], w.longest_round_us as f64 / 1e6)),
         )?;
+        counter(
+            e,
+            "podlane_worker_realtime_pauses",
+            "Times a worker under SCHED_FIFO left its core for a moment after running a while without sleeping",
+            workers.iter().map(|w| (vec![("worker", w.worker.to_string())], w.realtime_pauses)),
+        )?;
         gauge(
             e,
             "podlane_worker_free_chunks",

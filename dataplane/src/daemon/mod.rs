@@ -195,7 +195,7 @@ fn log_line(w: &WorkerCounters) -> String {
     let _ = write!(
         line,
         "; no_socket {} handoff in {} dropped {} joined {}; icmp errors {}; returned via host {}; free \
-         chunks {}, none free {} times; longest round {} µs",
+         chunks {}, none free {} times; longest round {} µs; real-time pauses {}",
         w.no_socket,
         w.handoff_in,
         w.handoff_dropped,
@@ -204,7 +204,8 @@ fn log_line(w: &WorkerCounters) -> String {
         w.returned_via_host,
         w.free_chunks,
         w.chunk_exhausted,
-        w.longest_round_us
+        w.longest_round_us,
+        w.realtime_pauses
     );
     if let Some(h) = &w.host_interface {
         let _ = write!(
@@ -327,6 +328,46 @@ impl Shared {
     }
 }
 
+/// Confines the daemon's own threads other than the workers (this one, and the attacher, the
+/// control server, its clients and the metrics server, which inherit its affinity) to the
+/// cores no worker is pinned to. Left beside a worker, they are runnable on its core while it
+/// forwards; under SCHED_FIFO they then wait until the kernel lets starved threads run, up to
+/// 50 ms a second in one go, and the worker stops for as long (docs/bench.md: a worker at 75 %
+/// of its rate lost frames to exactly that). When the workers hold every core, nothing is
+/// moved. Workers pin themselves to their own core after they start.
+fn keep_housekeeping_off(worker_cores: &[usize]) {
+    if worker_cores.is_empty() {
+        return;
+    }
+    let allowed = match io::thread_affinity() {
+        Ok(allowed) => allowed,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the daemon's cores; its threads stay as they are");
+            return;
+        }
+    };
+    match housekeeping_cores(&allowed, worker_cores) {
+        Some(cores) => match io::set_thread_affinity(&cores) {
+            Ok(()) => {
+                tracing::info!(?cores, "the daemon's other threads run beside the workers' cores")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, ?cores, "could not move the daemon's other threads off the workers' cores")
+            }
+        },
+        None => tracing::info!(
+            workers = ?worker_cores,
+            "the workers hold every core the daemon may use: its other threads share them"
+        ),
+    }
+}
+
+/// The cores for the daemon's other threads: those allowed that no worker holds, if any.
+fn housekeeping_cores(allowed: &[usize], worker_cores: &[usize]) -> Option<Vec<usize>> {
+    let rest: Vec<usize> = allowed.iter().copied().filter(|c| !worker_cores.contains(c)).collect();
+    (!rest.is_empty()).then_some(rest)
+}
+
 /// Chunks per UMEM by default, for a worker with `queues` uplink queues: 16,384, or 2,048 per
 /// queue where that is more (each queue's fill ring then holds at least 512: a quarter of the
 /// UMEM is the uplink's, see the worker's fill budget), at most 131,072.
@@ -404,6 +445,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             "more cores than uplink queues: running {workers} worker(s), one per queue at most"
         );
     }
+    keep_housekeeping_off(&config.cores[..config.cores.len().min(workers)]);
     // The host interface carries the overlay's packets: its MTU is the pods'.
     let overlay_mtu = u32::from(engine.uplink_mtu).saturating_sub(match node_ip {
         IpAddr::V4(_) => crate::engine::ENCAP_OVERHEAD_V4,
@@ -752,4 +794,36 @@ fn initial_tables(
         Some(path) => TablesError::Rejected { path: path.clone(), source },
         None => TablesError::Invalid(source),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::housekeeping_cores;
+
+    #[test]
+    fn the_daemons_other_threads_go_where_no_worker_is_pinned() {
+        assert_eq!(housekeeping_cores(&[0, 1], &[1]), Some(vec![0]));
+        assert_eq!(housekeeping_cores(&[0, 1, 2, 3], &[2, 3]), Some(vec![0, 1]));
+        // A worker pinned outside the daemon's own set takes nothing from it.
+        assert_eq!(housekeeping_cores(&[2, 3], &[0]), Some(vec![2, 3]));
+        // Workers on every core: nothing is left to move them to.
+        assert_eq!(housekeeping_cores(&[0, 1], &[0, 1]), None);
+    }
+
+    #[test]
+    fn the_calling_threads_affinity_is_read_and_set() {
+        // In a thread of its own, so the test runner's threads keep theirs.
+        std::thread::spawn(|| {
+            let allowed = crate::io::thread_affinity().expect("sched_getaffinity");
+            assert!(!allowed.is_empty());
+            let one = allowed[0];
+            crate::io::set_thread_affinity(&[one]).expect("sched_setaffinity");
+            assert_eq!(crate::io::thread_affinity().unwrap(), vec![one]);
+            let child = std::thread::spawn(crate::io::thread_affinity).join().unwrap().unwrap();
+            assert_eq!(child, vec![one], "threads started later inherit it");
+            assert!(crate::io::set_thread_affinity(&[usize::MAX]).is_err());
+        })
+        .join()
+        .unwrap();
+    }
 }

@@ -133,6 +133,16 @@ pub fn request_stop() {
     sys::request_stop()
 }
 
+/// The cores the calling thread may run on.
+pub fn thread_affinity() -> io::Result<Vec<usize>> {
+    sys::thread_affinity()
+}
+
+/// Lets the calling thread, and every thread it starts from now on, run only on `cores`.
+pub fn set_thread_affinity(cores: &[usize]) -> io::Result<()> {
+    sys::set_thread_affinity(cores)
+}
+
 /// Runs the calling thread under SCHED_FIFO at `priority` (1–99), so that ordinary threads
 /// and kernel threads on its core wait for it instead of taking the core for milliseconds.
 /// A poll-mode thread that sleeps when idle gives the core back; one that spins would starve

@@ -68,6 +68,16 @@ const POLL_TIMEOUT_MS: i32 = 50;
 /// How long an event-mode worker goes on polling after its last work before it sleeps
 /// (docs/bench.md, `podlane-bench tcp`: request/response latency).
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(50);
+/// Under SCHED_FIFO, the longest a worker keeps its core without leaving it, and how long it
+/// then leaves it for. Threads that wait for a real-time thread's core get it only once they
+/// have waited 950 ms, and then for up to 50 ms in one go (the kernel's allowance for them,
+/// `sched_rt_runtime_us`, or the fair server since Linux 6.12): a worker that forwards without
+/// sleeping, as one does from about three quarters of its rate, then stops for tens of
+/// milliseconds and its RX ring overflows (docs/bench.md). Leaving the core for 100 µs every
+/// 2 ms gives them the same share, about 5 %, in turns short enough for the rings to hold
+/// what arrives meanwhile (2,048 frames: 100 µs of 20 Mpps).
+const REALTIME_SLICE: Duration = Duration::from_millis(2);
+const REALTIME_PAUSE: Duration = Duration::from_micros(100);
 /// How often fill levels, retries, busy polling and counters are looked after.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -133,6 +143,8 @@ pub(super) struct Worker {
     io_counters: stats::IoCounters,
     /// The longest round of the loop since counters were last published.
     longest_round: Duration,
+    /// Whether the worker runs under SCHED_FIFO, and so takes [`REALTIME_PAUSE`]s.
+    realtime: bool,
     /// Where a frame longer than a chunk goes through the pipeline (multi-buffer UMEMs only).
     linear: Option<jumbo::Linear>,
     /// This worker's TAP pods, by [`tap::TapId`].
@@ -209,6 +221,7 @@ impl Worker {
             frames: Vec::with_capacity(BURST),
             io_counters: stats::IoCounters::default(),
             longest_round: Duration::ZERO,
+            realtime: false,
             linear,
             taps: Vec::new(),
             tap_buffer: None,
@@ -291,6 +304,8 @@ impl Worker {
         let mut readiness = Vec::new();
         let mut last_housekeeping = Instant::now();
         let mut last_work = Instant::now();
+        // When the worker last left its core for at least a pause (slept in poll, or paused).
+        let mut off_core = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             let work = self.turn();
@@ -299,6 +314,11 @@ impl Worker {
                 self.housekeeping();
             }
             self.longest_round = self.longest_round.max(started.elapsed());
+            if self.realtime && started.duration_since(off_core) >= REALTIME_SLICE {
+                std::thread::sleep(REALTIME_PAUSE);
+                self.io_counters.realtime_pauses += 1;
+                off_core = Instant::now();
+            }
             if work > 0 {
                 last_work = started;
                 continue;
@@ -311,7 +331,15 @@ impl Worker {
                 PollMode::Event if last_work.elapsed() < SPIN_BEFORE_SLEEP => {
                     std::hint::spin_loop()
                 }
-                PollMode::Event => self.sleep(&mut poller, &mut readiness),
+                PollMode::Event => {
+                    let asleep = Instant::now();
+                    self.sleep(&mut poller, &mut readiness);
+                    // poll() returns at once when something came meanwhile: only a sleep as
+                    // long as a pause gave the core to others.
+                    if asleep.elapsed() >= REALTIME_PAUSE {
+                        off_core = Instant::now();
+                    }
+                }
             }
         }
         self.publish_stats();
@@ -460,7 +488,8 @@ pub(crate) fn spawn(
         }
         let parts = Parts { index, shared, wakee, host_queue, tunnel_queue, attacher };
         match Worker::start(parts, &uplink_map) {
-            Ok(worker) => {
+            Ok(mut worker) => {
+                worker.realtime = realtime_priority.is_some();
                 let _ = ready.send((index, Ok(())));
                 drop(uplink_map);
                 worker.run();

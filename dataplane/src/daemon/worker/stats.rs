@@ -32,6 +32,8 @@ pub(super) struct IoCounters {
     pub(super) segments: u64,
     /// Super-packets that could not be cut (the pipeline validated them: a bug if ever).
     pub(super) segmentation_failed: u64,
+    /// Pauses taken under SCHED_FIFO ([`super::REALTIME_SLICE`]).
+    pub(super) realtime_pauses: u64,
     /// Super-packets handed to the tunnel-GSO interface, and those it did not take.
     pub(super) tunnel_gso: u64,
     pub(super) tunnel_gso_dropped: u64,
@@ -113,6 +115,7 @@ impl Worker {
             handoff_dropped: io.handoff_dropped,
             handoff_joined: io.handoff_joined,
             chunk_exhausted: io.chunk_exhausted,
+            realtime_pauses: io.realtime_pauses,
             free_chunks: self.umems.all().iter().map(|u| u.free_chunks()).sum(),
             umems: self.umems.all().len(),
             jumbo_frames: io.jumbo_frames,
