@@ -126,7 +126,7 @@ struct Cli {
     /// Run the workers under SCHED_FIFO at this priority (1-99), so that other threads and
     /// kernel threads on their cores wait instead of taking a core for milliseconds while
     /// the rings overflow. A worker that has run 2 ms without sleeping leaves its core for
-    /// 100 µs, so that they get it in short turns rather than in the kernel's 50 ms one.
+    /// 125 µs, so that they get it in short turns rather than in the kernel's 50 ms one.
     /// Event mode only: a spinning real-time worker would starve its core. Needs
     /// CAP_SYS_NICE. Default: ordinary scheduling.
     #[arg(long, value_name = "PRIORITY", value_parser = clap::value_parser!(u8).range(1..=99))]

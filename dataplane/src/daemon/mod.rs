@@ -591,7 +591,6 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
 
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::new();
-    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let attacher_thread = {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -603,9 +602,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     handles.push(attacher_thread);
     let per_worker = wakees.into_iter().zip(host_queues).zip(tunnel_queues).zip(links);
     for (index, (((wakee, host_queue), tunnel_queue), attacher)) in per_worker.enumerate() {
-        let core = config.cores.get(index).map(|&id| {
-            core_ids.iter().copied().find(|c| c.id == id).unwrap_or(core_affinity::CoreId { id })
-        });
+        let core = config.cores.get(index).map(|&id| core_affinity::CoreId { id });
         let setup = worker::WorkerSetup {
             index,
             core,
