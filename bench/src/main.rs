@@ -120,6 +120,10 @@ struct TcpArgs {
     /// underlay gets as many queues (podlane runs one worker per uplink queue at most).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: u32,
+    /// Run podlane's workers under SCHED_FIFO at this priority (`podlane-dataplane
+    /// --realtime-priority`; event mode only). Default: ordinary scheduling.
+    #[arg(long, value_name = "PRIORITY", value_parser = clap::value_parser!(u8).range(1..=99))]
+    realtime_priority: Option<u8>,
     /// Parallel streams per run [default: 1,4; --quick: 1].
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=128))]
     streams: Vec<u32>,
@@ -537,6 +541,11 @@ fn tcp_command(args: TcpArgs) -> anyhow::Result<()> {
         rr_seconds > 0.0 && rr_seconds <= 600.0,
         "--rr-seconds {rr_seconds}: give a length between 0 and 600 seconds"
     );
+    anyhow::ensure!(
+        args.realtime_priority.is_none() || args.poll == tcp::Poll::Event,
+        "--realtime-priority with --poll spin: a spinning real-time worker would starve its \
+         core; use --poll event with it"
+    );
     let config = tcp::Config {
         underlays: or(args.underlays, vec![tcp::Underlay::Veth, tcp::Underlay::Nic]),
         pairs: or(
@@ -556,6 +565,7 @@ fn tcp_command(args: TcpArgs) -> anyhow::Result<()> {
         pod_edge: args.pod_edge,
         poll: args.poll,
         workers: args.workers as usize,
+        realtime_priority: args.realtime_priority,
         rr_seconds,
         rr_bytes: args.rr_bytes as usize,
     };

@@ -192,6 +192,8 @@ pub struct Config {
     /// underlay veth has as many queues, since podlane runs one worker per uplink queue at
     /// most.
     pub workers: usize,
+    /// SCHED_FIFO priority of podlane's workers, if any.
+    pub realtime_priority: Option<u8>,
     /// Length of each request/response run, and its message size.
     pub rr_seconds: f64,
     pub rr_bytes: usize,
@@ -326,6 +328,10 @@ impl Cluster {
                     let mut args = vec!["--profile", "flannel", "--poll", poll.name()];
                     if config.workers > 1 {
                         args.extend(["--cores", &cores]);
+                    }
+                    let priority = config.realtime_priority.map(|p| p.to_string());
+                    if let Some(priority) = &priority {
+                        args.extend(["--realtime-priority", priority]);
                     }
                     let mut daemon = Daemon::with_tables(ns, "uplink", &file, &log, &args)?;
                     daemon.wait_ready(local_pods.len())?;
