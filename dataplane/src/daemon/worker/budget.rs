@@ -8,7 +8,7 @@
 //!   uplink's own (zero-copy) gives its queues the whole half, a UMEM of the pods' own gives
 //!   them the whole half.
 //! * Each uplink queue keeps an equal part of the uplink's share, between [`FILL_MIN`] and the
-//!   ring size: 2,048 on one or two queues of the default UMEM, 128 on 32 queues.
+//!   ring size: 4,096 on one queue of the default UMEM, 2,048 on two, 128 on 32.
 //! * Every pod socket is guaranteed a minimum: its share of half the pods' part, between
 //!   [`FILL_MIN`] and the ring size (1,024 each for two pods of the default UMEM, 64 for 32).
 //!   The minimum is not the pod's usual burst but what arrives while its worker is away: a
@@ -161,8 +161,8 @@ mod tests {
 
     #[test]
     fn uplink_queues_share_their_part_from_one_to_sixty_four() {
-        for (queues, each) in [(1, 2048), (2, 2048), (8, 512), (32, 128), (64, 64)] {
-            let budget = Budget::new(16_384, queues, false, 2048);
+        for (queues, each) in [(1, 4096), (2, 2048), (8, 512), (32, 128), (64, 64)] {
+            let budget = Budget::new(16_384, queues, false, 4096);
             assert_eq!(budget.uplink_fill, each, "{queues} queues");
             assert!(budget.uplink_fill * queues <= 16_384 / 4);
         }

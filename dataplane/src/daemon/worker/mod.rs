@@ -61,8 +61,11 @@ use umems::Umems;
 
 /// Frames per RX burst (DESIGN.md: bursts of 256 with the poll()-driven loop).
 pub(crate) const BURST: usize = 256;
-/// Ring sizes of uplink sockets.
-const UPLINK_RING: u32 = 2048;
+/// Ring sizes of uplink sockets. A single queue takes a whole quarter of the default UMEM
+/// onto its fill ring: with 2,048, a worker held up for 5 ms at 4 Gbit/s of pod TCP found
+/// the uplink's fill ring empty and the kernel dropped segments (`fill_ring_empty`), and TCP
+/// retransmitted them (docs/bench.md: 190–8,234 retransmissions a run, 0–119 with 4,096).
+const UPLINK_RING: u32 = 4096;
 /// Sleep bound in poll(), so the worker notices table changes and the stop flag.
 const POLL_TIMEOUT_MS: i32 = 50;
 /// How long an event-mode worker goes on polling after its last work before it sleeps
