@@ -129,11 +129,24 @@ fn workers_run_under_sched_fifo_and_forward() -> anyhow::Result<()> {
 
 #[test]
 fn realtime_priority_with_spinning_workers_is_refused() {
-    let out = std::process::Command::new(binary("podlane-dataplane"))
-        .args(["--uplink", "uplink", "--poll", "spin", "--realtime-priority", "10"])
-        .output()
-        .expect("run podlane-dataplane");
+    let run = |args: &[&str]| {
+        std::process::Command::new(binary("podlane-dataplane"))
+            .args(args)
+            .output()
+            .expect("run podlane-dataplane")
+    };
+    let out = run(&["--uplink", "uplink", "--poll", "spin", "--realtime-priority", "10"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--poll event"), "says how to fix it: {stderr}");
+
+    // 0 is ordinary scheduling (what deploy/'s ConfigMap passes by default): accepted with
+    // spinning workers, so the daemon goes on to its start-up, which stops at the interface
+    // that does not exist before it touches anything.
+    let out = run(&["--uplink", "podlane-none0", "--poll", "spin", "--realtime-priority", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("--poll event"), "0 is not real-time: {stderr}");
+    let out = run(&["--uplink", "podlane-none0", "--realtime-priority", "100"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }

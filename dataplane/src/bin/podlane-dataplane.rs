@@ -128,8 +128,9 @@ struct Cli {
     /// the rings overflow. A worker that has run 2 ms without sleeping leaves its core for
     /// 125 µs, so that they get it in short turns rather than in the kernel's 50 ms one.
     /// Event mode only: a spinning real-time worker would starve its core. Needs
-    /// CAP_SYS_NICE. Default: ordinary scheduling.
-    #[arg(long, value_name = "PRIORITY", value_parser = clap::value_parser!(u8).range(1..=99))]
+    /// CAP_SYS_NICE, and real-time runtime for the daemon's cgroup where the kernel has
+    /// CONFIG_RT_GROUP_SCHED. 0, like no flag: ordinary scheduling (the default).
+    #[arg(long, value_name = "PRIORITY", value_parser = clap::value_parser!(u8).range(0..=99))]
     realtime_priority: Option<u8>,
     /// Chunks per UMEM (2 KiB each; 4 KiB on an underlay whose MTU is beyond 1,778). A worker
     /// has one UMEM, two beside a zero-copy uplink. Default: 16,384, or 2,048 per uplink queue
@@ -232,7 +233,8 @@ fn main() -> ExitCode {
         eprintln!("podlane-dataplane: --uplink IFACE is required to forward");
         return ExitCode::from(2);
     };
-    if cli.realtime_priority.is_some() && matches!(cli.poll, PollArg::Spin) {
+    let realtime_priority = cli.realtime_priority.filter(|&priority| priority > 0);
+    if realtime_priority.is_some() && matches!(cli.poll, PollArg::Spin) {
         eprintln!(
             "podlane-dataplane: --realtime-priority with --poll spin would let the workers \
              starve everything else on their cores; use --poll event (the default) with it"
@@ -296,7 +298,7 @@ fn main() -> ExitCode {
             PollArg::Event => PollMode::Event,
             PollArg::Spin => PollMode::Spin,
         },
-        realtime_priority: cli.realtime_priority,
+        realtime_priority,
         umem_chunks: cli.umem_chunks,
         tables: cli.tables,
         stats_interval: Duration::from_secs(cli.stats_interval.max(1)),
