@@ -133,9 +133,11 @@ pub fn request_stop() {
     sys::request_stop()
 }
 
-/// The cores the calling thread may run on.
+/// The cores the calling thread may run on (core_affinity reads its sched_getaffinity mask).
 pub fn thread_affinity() -> io::Result<Vec<usize>> {
-    sys::thread_affinity()
+    core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        .ok_or_else(|| io::Error::other("sched_getaffinity failed"))
 }
 
 /// Lets the calling thread, and every thread it starts from now on, run only on `cores`.

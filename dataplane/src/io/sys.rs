@@ -712,23 +712,6 @@ pub(super) fn thread_cpu_ns() -> io::Result<u64> {
     Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
-/// The cores the calling thread may run on (sched_getaffinity), in ascending order.
-pub(super) fn thread_affinity() -> io::Result<Vec<usize>> {
-    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed, outliving the call;
-    // pid 0 names the calling thread.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: CPU_ISSET only reads the set, for indices below CPU_SETSIZE.
-    Ok((0..libc::CPU_SETSIZE as usize)
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect())
-}
-
 /// Lets the calling thread (and the threads it starts from now on, which inherit it) run
 /// only on `cores` (sched_setaffinity).
 pub(super) fn set_thread_affinity(cores: &[usize]) -> io::Result<()> {

@@ -325,46 +325,39 @@ impl Joins {
                 }
             },
         };
-        tap::join(&mut self.joins[at].1, frame, |header, frame, joined| {
-            hand_over(&inboxes[worker], io, (endpoint, instance), header, frame, joined)
-        });
+        tap::join(&mut self.joins[at].1, frame, sink(inboxes, io, key));
     }
 
     /// Hands over what the join for `key` holds, if any.
     fn flush_one(&mut self, inboxes: &[Inbox], io: &mut IoCounters, key: JoinKey) {
         if let Some((_, coalescer)) = self.joins.iter_mut().find(|(k, _)| *k == key) {
-            let (worker, endpoint, instance) = key;
-            tap::write_joined(coalescer, &mut |header, frame, joined| {
-                hand_over(&inboxes[worker], io, (endpoint, instance), header, frame, joined)
-            });
+            tap::write_joined(coalescer, &mut sink(inboxes, io, key));
         }
     }
 
     /// Hands over what every join holds.
     fn flush(&mut self, inboxes: &[Inbox], io: &mut IoCounters) {
-        for ((worker, endpoint, instance), coalescer) in &mut self.joins {
-            tap::write_joined(coalescer, &mut |header, frame, joined| {
-                hand_over(&inboxes[*worker], io, (*endpoint, *instance), header, frame, joined)
-            });
+        for (key, coalescer) in &mut self.joins {
+            tap::write_joined(coalescer, &mut sink(inboxes, io, *key));
         }
     }
 }
 
-/// Hands over what a join gave: a joined packet as a super-packet with its header, one
-/// segment as a frame (its owner flags a partial checksum, as for any frame).
-fn hand_over(
-    inbox: &Inbox,
-    io: &mut IoCounters,
-    (endpoint, instance): (EndpointId, u64),
-    header: VnetHeader,
-    frame: &[u8],
-    joined: bool,
-) {
-    let destination = match joined {
-        true => Destination::PodSuper { endpoint, instance, header },
-        false => Destination::Pod { endpoint, instance },
-    };
-    if push(inbox, io, destination, frame) {
-        io.handoff_joined += u64::from(joined);
+/// What hands over what a join for the TAP pod `key` gives, for [`tap::join`]: a joined
+/// packet as a super-packet with its header (counted under `handoff_joined` once handed
+/// over), one segment as a frame (its owner flags a partial checksum, as for any frame).
+fn sink<'a>(
+    inboxes: &'a [Inbox],
+    io: &'a mut IoCounters,
+    (worker, endpoint, instance): JoinKey,
+) -> impl FnMut(VnetHeader, &[u8], bool) + 'a {
+    move |header, frame, joined| {
+        let destination = match joined {
+            true => Destination::PodSuper { endpoint, instance, header },
+            false => Destination::Pod { endpoint, instance },
+        };
+        if push(&inboxes[worker], io, destination, frame) {
+            io.handoff_joined += u64::from(joined);
+        }
     }
 }

@@ -107,7 +107,7 @@ impl Worker {
                             self.ask_attach(id, e.instance, &e.interface, netns, true)
                         }
                         worker => {
-                            let tap = e.edge.netns().is_some();
+                            let tap = !e.edge.is_veth();
                             Slot::Elsewhere { worker, instance: e.instance, tap }
                         }
                     }
