@@ -23,7 +23,9 @@ use podlane_core::api::{Query, Request, Response};
 use podlane_core::table::{EndpointSpec, NodeSpec, TableSpec};
 use serde::Serialize;
 use testbed::podlane::Dataplane as Daemon;
-use testbed::{Netns, Pod, ScratchDir, link, tables};
+use testbed::{Background, Netns, Pod, ScratchDir, link, tables};
+
+use crate::interrupt;
 
 const NODE: &str = "192.168.91.1";
 const ROUTER: &str = "192.168.91.254";
@@ -130,13 +132,15 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Re
     progress("starting the stream a1 → a2");
     let (_echo, _) = a2.serve(&["udp-echo", "7000"])?;
     let count = config.rate * config.stream_seconds;
+    // Killed if the run ends before it does.
     let mut stream = a1
         .probe(&["udp-stream", &a2.ip, "7000", &count.to_string(), &config.rate.to_string()])
         .stdout(Stdio::piped())
         .spawn()
+        .map(Background)
         .context("starting the UDP stream")?;
     // A second of idle first: the baseline of the worker's longest round.
-    std::thread::sleep(Duration::from_millis(1100));
+    interrupt::sleep(Duration::from_millis(1100))?;
     let idle = longest_round(&mut client)?;
 
     progress(&format!("attaching {} pods", config.pods));
@@ -156,9 +160,15 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Re
         poll_until(&mut client, started, || detached(&daemon) >= config.pods as usize)?;
 
     progress("waiting for the stream to end");
-    let status = stream.wait()?;
+    // It prints one short line, at its end: nothing fills the pipe meanwhile.
+    let status = loop {
+        if let Some(status) = stream.0.try_wait()? {
+            break status;
+        }
+        interrupt::sleep(Duration::from_millis(20))?;
+    };
     let mut report = String::new();
-    if let Some(out) = stream.stdout.take() {
+    if let Some(out) = stream.0.stdout.take() {
         for line in std::io::BufReader::new(out).lines() {
             report += &line?;
         }
@@ -198,7 +208,7 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Re
             "{resolved} of {} next hops resolved after 120 s",
             config.nodes
         );
-        std::thread::sleep(Duration::from_millis(20));
+        interrupt::sleep(Duration::from_millis(20))?;
     }
     let next_hops_seconds = acked.elapsed().as_secs_f64();
     Ok(Report {
@@ -255,12 +265,12 @@ fn poll_until(
             longest = longest.max(longest_round(client)?);
         }
         anyhow::ensure!(Instant::now() < deadline, "not done after 120 s");
-        std::thread::sleep(Duration::from_millis(10));
+        interrupt::sleep(Duration::from_millis(10))?;
     };
     let settle = Instant::now() + Duration::from_millis(1200);
     while Instant::now() < settle {
         longest = longest.max(longest_round(client)?);
-        std::thread::sleep(Duration::from_millis(50));
+        interrupt::sleep(Duration::from_millis(50))?;
     }
     Ok((elapsed, longest))
 }

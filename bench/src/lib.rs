@@ -6,13 +6,14 @@
 //! /proc/stat accounting, `pps` the trials and searches, `report` the table, JSON and SVG;
 //! `tcp` the TCP throughput runs of `podlane-bench tcp`; `control` the attach, detach and
 //! next-hop timings of `podlane-bench control`; `soak` the long run under churn of
-//! `podlane-bench soak`.
+//! `podlane-bench soak`; `interrupt` how the long runs stop on SIGINT and SIGTERM.
 
 pub mod control;
 pub mod cpu;
 pub mod endpoint;
 pub mod fixture;
 pub mod forward;
+pub mod interrupt;
 pub mod memory;
 pub mod pps;
 pub mod report;

@@ -501,6 +501,7 @@ fn control_command(args: ControlArgs) -> anyhow::Result<()> {
         stream_seconds: if args.quick { 6 } else { 12 },
     };
     testbed::netns::remove_stale("bench");
+    podlane_bench::interrupt::install()?;
     let machine = announce("control");
     let report = podlane_bench::control::run(&config, &mut |step| eprintln!("  {step}"))?;
     print!("{}", podlane_bench::control::table(&report));
@@ -524,6 +525,7 @@ fn soak_command(args: SoakArgs) -> anyhow::Result<()> {
         updates_per_second: args.updates_per_second,
     };
     testbed::netns::remove_stale("soak");
+    podlane_bench::interrupt::install()?;
     let machine = announce("soak");
     let report = podlane_bench::soak::run(&config, &mut |step| eprintln!("  {step}"))?;
     print!("{}", podlane_bench::soak::table(&report));
@@ -570,6 +572,7 @@ fn tcp_command(args: TcpArgs) -> anyhow::Result<()> {
         rr_bytes: args.rr_bytes as usize,
     };
     testbed::netns::remove_stale("bench");
+    podlane_bench::interrupt::install()?;
     let machine = Machine::this();
     let title = format!(
         "podlane-bench tcp on {} CPUs ({}), Linux {}: iperf3, {} s per run, podlane's pods on {}",

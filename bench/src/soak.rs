@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,7 +31,9 @@ use serde::Serialize;
 use testbed::kernel::{self, RemoteNode};
 use testbed::link::Switch;
 use testbed::podlane::{self, Dataplane};
-use testbed::{Netns, Pod, ScratchDir, Service};
+use testbed::{Background, Netns, Pod, ScratchDir, Service};
+
+use crate::interrupt;
 
 /// The nodes: name, underlay address, VTEP MAC, pod CIDR, the CIDR's first address.
 const NODES: [(&str, &str, &str, &str, &str); 3] = [
@@ -125,21 +127,24 @@ fn cluster_yaml() -> String {
 }
 
 /// A UDP stream from `from` to `to`'s echo server on `port`, for `seconds`.
-fn stream(from: &Pod, to: &Pod, port: u16, rate: u32, seconds: u32) -> anyhow::Result<Child> {
+/// Killed if the run ends before it does.
+fn stream(from: &Pod, to: &Pod, port: u16, rate: u32, seconds: u32) -> anyhow::Result<Background> {
     let count = (u64::from(rate) * u64::from(seconds)).to_string();
     from.probe(&["udp-stream", &to.ip, &port.to_string(), &count, &rate.to_string()])
         .stdout(Stdio::piped())
         .spawn()
+        .map(Background)
         .context("starting a UDP stream")
 }
 
 /// Waits for a stream and reads its `sent=… lost=…` line.
-fn finish(mut child: Child) -> anyhow::Result<(u64, u64)> {
-    let status = child.wait()?;
+fn finish(mut stream: Background) -> anyhow::Result<(u64, u64)> {
+    let child = &mut stream.0;
     let mut out = String::new();
     if let Some(mut stdout) = child.stdout.take() {
         stdout.read_to_string(&mut out)?;
     }
+    let status = child.wait()?;
     anyhow::ensure!(status.success(), "udp-stream: {out}");
     let field = |name: &str| -> u64 {
         out.split_whitespace()
@@ -171,6 +176,15 @@ fn drops(socket: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
         }
     }
     Ok(out)
+}
+
+/// Clears its flag when dropped: the run's end, by any path, stops the churn thread.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 /// The churn: `per_second` updates a second to node A until `running` clears.
@@ -353,7 +367,10 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Re
     let half = Duration::from_secs(u64::from(config.seconds) / 2);
     let end = Duration::from_secs(u64::from(config.seconds));
     let mut next = Duration::ZERO;
+    // The churn thread stops when the run does, however it ends.
+    let _stop_churn = StopOnDrop(running.clone());
     while started.elapsed() < end {
+        interrupt::check()?;
         if started.elapsed() >= next {
             sample(&[
                 ("dataplane node-a", &daemon_a),

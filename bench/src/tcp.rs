@@ -37,7 +37,7 @@ use testbed::kernel::{self, RemoteNode};
 use testbed::podlane::Dataplane as Daemon;
 use testbed::{Background, Netns, Pod, ScratchDir, link, services, tables};
 
-use crate::cpu;
+use crate::{cpu, interrupt};
 
 /// The underlay the two nodes share.
 #[derive(
@@ -407,12 +407,14 @@ fn iperf(
         anyhow::ensure!(reader.read_line(&mut line)? > 0, "iperf3 -s did not start");
     }
     let before = cpu::sample();
-    let out = from
-        .ns
-        .command("iperf3")
-        .args(["-c", address, "-p", "5201", "-J"])
-        .args(["-t", &seconds.to_string(), "-P", &streams.to_string()])
-        .output()?;
+    let out = interrupt::output(
+        from.ns.command("iperf3").args(["-c", address, "-p", "5201", "-J"]).args([
+            "-t",
+            &seconds.to_string(),
+            "-P",
+            &streams.to_string(),
+        ]),
+    )?;
     let after = cpu::sample();
     anyhow::ensure!(
         out.status.success(),
@@ -436,9 +438,13 @@ fn request_response(
 ) -> anyhow::Result<[f64; 3]> {
     let port = SERVICE.1.to_string();
     let _server = to.serve(&["serve", &port])?;
-    let out = from
-        .probe(&["tcp-rr", address, &port, &seconds.to_string(), &bytes.to_string()])
-        .output()?;
+    let out = interrupt::output(&mut from.probe(&[
+        "tcp-rr",
+        address,
+        &port,
+        &seconds.to_string(),
+        &bytes.to_string(),
+    ]))?;
     let text = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
         out.status.success(),
@@ -479,13 +485,15 @@ pub fn run(
                 underlay.name(),
                 names(&pairs)
             ));
+            interrupt::check()?;
             let cluster = Cluster::build(underlay, kinds, config)?;
             // Neighbour entries and, for podlane, the pods' fill rings warm up.
-            std::thread::sleep(Duration::from_millis(300));
+            interrupt::sleep(Duration::from_millis(300))?;
             for pair in pairs {
                 let pod_edge = pair.uses_podlane().then_some(config.pod_edge);
                 let (from, to, address) = cluster.ends(pair);
                 for &streams in &config.streams {
+                    interrupt::check()?;
                     let cell = format!("{} {} {streams} stream(s)", underlay.name(), pair.name());
                     progress(&cell);
                     let (report, cores) = iperf(from, (to, address), streams, config.seconds)

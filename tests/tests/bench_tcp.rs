@@ -1,9 +1,12 @@
 //! Smoke test of `podlane-bench tcp --quick`: every underlay and pair produced a throughput
 //! run with traffic in it and a request/response run with transactions, the JSON has the
 //! documented fields, the chart is drawn, nothing is left behind. It asserts no rate: those
-//! are the benchmark's to report.
+//! are the benchmark's to report. And a run stopped with SIGTERM in the middle of an iperf3
+//! run takes down everything it built.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use podlane_tests::{require_root, require_tool};
 use testbed::{ScratchDir, binary};
@@ -18,13 +21,17 @@ fn quick_run_measures_every_underlay_and_pair() {
     }
     let dir = ScratchDir::new("bench-tcp").expect("scratch directory");
     let json = dir.path().join("tcp.json");
-    let out = Command::new(binary("podlane-bench"))
+    let bench = Command::new(binary("podlane-bench"))
         .args(["tcp", "--quick", "--json"])
         .arg(&json)
         .arg("--svg")
         .arg(dir.path().join("tcp.svg"))
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run podlane-bench tcp");
+    let pid = bench.id();
+    let out = bench.wait_with_output().expect("podlane-bench tcp ran");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let doc: serde_json::Value =
@@ -52,9 +59,123 @@ fn quick_run_measures_every_underlay_and_pair() {
     }
     let svg = std::fs::read_to_string(dir.path().join("tcp.svg")).expect("chart written");
     assert!(svg.starts_with("<svg") && svg.matches("<rect x=").count() >= 14, "{svg}");
-    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let left = String::from_utf8_lossy(&left.stdout);
-    assert!(!left.contains("podlane-bench-tcp"), "namespaces left behind: {left}");
+    assert_eq!(namespaces_of(pid), Vec::<String>::new(), "namespaces left behind");
+}
+
+/// The network namespaces a podlane-bench process with this pid created.
+fn namespaces_of(pid: u32) -> Vec<String> {
+    let list = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with("podlane-bench-") && name.contains(&format!("-{pid}-")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The processes in network namespace `ns`.
+fn pids_in(ns: &str) -> Vec<String> {
+    let pids = Command::new("ip").args(["netns", "pids", ns]).output().expect("ip netns pids");
+    String::from_utf8_lossy(&pids.stdout).split_whitespace().map(str::to_owned).collect()
+}
+
+/// Processes whose command line mentions `text`.
+fn processes_mentioning(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(text) {
+            found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_stopped_run_takes_down_what_it_built() {
+    if !require_root("a_stopped_run_takes_down_what_it_built") {
+        return;
+    }
+    if require_tool("iperf3").is_none() {
+        return;
+    }
+    let dir = ScratchDir::new("bench-tcp-stop").expect("scratch directory");
+    let mut bench = Command::new(binary("podlane-bench"))
+        .args(["tcp", "--underlays", "nic", "--pairs", "podlane-podlane", "--streams", "1"])
+        .args(["--seconds", "60", "--json"])
+        .arg(dir.path().join("tcp.json"))
+        .arg("--svg")
+        .arg(dir.path().join("tcp.svg"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run podlane-bench tcp");
+    let pid = bench.id();
+    // Its progress, read to the end (a closed pipe would fail its next line).
+    let (lines, progress) = std::sync::mpsc::channel();
+    let stderr = bench.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    // Past this line the cluster is built and the 60 s iperf3 run starts.
+    let mut said = String::new();
+    while let Ok(line) = progress.recv_timeout(Duration::from_secs(120)) {
+        said += &line;
+        said.push('\n');
+        if line.contains("podlane-podlane 1 stream(s)") {
+            break;
+        }
+    }
+    assert!(said.contains("podlane-podlane 1 stream(s)"), "the run ended early:\n{said}");
+    let scratch = format!("podlane-bench-tcp-{pid}");
+    // Wait for the iperf3 client in the bench's pod to start.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (namespaces, in_namespaces) = loop {
+        let namespaces = namespaces_of(pid);
+        let pids: Vec<String> = namespaces.iter().flat_map(|ns| pids_in(ns)).collect();
+        let client = pids.iter().any(|p| {
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).starts_with("iperf3\0-c\0")
+        });
+        if client {
+            break (namespaces, pids);
+        }
+        assert!(Instant::now() < deadline, "no iperf3 client started:\n{said}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(namespaces.len() >= 2, "the nodes' namespaces: {namespaces:?}");
+    assert!(!processes_mentioning(&scratch).is_empty(), "no daemon runs from {scratch}");
+
+    let kill = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    assert!(kill.success());
+    // A watchdog, not a measurement: a run that ignored the signal would go on for a minute.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let status = loop {
+        if let Some(status) = bench.try_wait().expect("wait for podlane-bench") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = bench.kill();
+            panic!("podlane-bench tcp did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    reader.join().expect("stderr reader");
+    said.extend(progress.try_iter().map(|line| line + "\n"));
+    assert!(!status.success(), "a stopped run reports failure: {status}\n{said}");
+    assert!(said.contains("interrupted"), "the run says why it ended:\n{said}");
+    assert_eq!(namespaces_of(pid), Vec::<String>::new(), "namespaces left behind");
+    assert_eq!(processes_mentioning(&scratch), Vec::<String>::new(), "daemons left running");
+    let alive: Vec<&String> = in_namespaces
+        .iter()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    assert!(alive.is_empty(), "processes of the nodes and pods left running: {alive:?}");
+    let tmp = std::env::temp_dir().join(&scratch);
+    assert!(!tmp.exists(), "{} left behind", tmp.display());
 }
 
 #[test]
