@@ -4,14 +4,18 @@
 //! error, and what the run built (namespaces, node daemons, iperf3 and probe processes,
 //! scratch directories) is taken down by its guards as that error unwinds, as on any other
 //! failure. Ended by the signal instead, the bench took none of it down, and a signal to
-//! the bench alone (`kill`, `timeout`) left the node daemons and iperf3 running.
+//! the bench alone (`kill PID`) left the node daemons and iperf3 running.
+//!
+//! Ctrl-C signals the whole process group, iperf3 and the daemons too, and one of them may
+//! fail first; [`explain`] still names the signal as the reason.
 
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-/// How often a wait looks at the flag.
-const TICK: Duration = Duration::from_millis(20);
+/// How often a wait looks at the flag: often enough that a run's CPU sample after iperf3
+/// ends is taken within a few milliseconds of its end.
+const TICK: Duration = Duration::from_millis(5);
 
 /// SIGINT and SIGTERM from now on ask the run to stop (see the module's documentation).
 pub fn install() -> anyhow::Result<()> {
@@ -23,6 +27,12 @@ pub fn install() -> anyhow::Result<()> {
 pub fn check() -> anyhow::Result<()> {
     anyhow::ensure!(!dataplane::io::stop_requested(), "interrupted");
     Ok(())
+}
+
+/// A run's error, as the reason it ended: `interrupted` when a stop was asked for, whatever
+/// failed first once it was (a process of the run that got the same signal, say).
+pub fn explain(error: anyhow::Error) -> anyhow::Error {
+    if dataplane::io::stop_requested() { error.context("interrupted") } else { error }
 }
 
 /// Sleeps for `duration`, or less if a stop is asked for meanwhile (then fails).
@@ -41,7 +51,8 @@ pub fn sleep(duration: Duration) -> anyhow::Result<()> {
 /// Runs `command` to its end and returns what it printed, as `Command::output` does; on a
 /// stop asked for meanwhile it kills the process and fails.
 pub fn output(command: &mut Command) -> anyhow::Result<Output> {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut child =
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     // Drained while the process runs, so that a full pipe never holds it up.
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
@@ -55,13 +66,15 @@ pub fn output(command: &mut Command) -> anyhow::Result<Output> {
     let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let status = loop {
-        if let Some(status) = child.try_wait()? {
+        let ended = child.try_wait();
+        if let Ok(Some(status)) = ended {
             break status;
         }
-        if let Err(stopped) = check() {
+        let stopped = check().and(ended.map(drop).map_err(anyhow::Error::from));
+        if let Err(error) = stopped {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(stopped);
+            return Err(error);
         }
         std::thread::sleep(TICK);
     };

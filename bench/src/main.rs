@@ -503,7 +503,9 @@ fn control_command(args: ControlArgs) -> anyhow::Result<()> {
     testbed::netns::remove_stale("bench");
     podlane_bench::interrupt::install()?;
     let machine = announce("control");
-    let report = podlane_bench::control::run(&config, &mut |step| eprintln!("  {step}"))?;
+    let report = podlane_bench::control::run(&config, &mut |step| eprintln!("  {step}"))
+        .map_err(podlane_bench::interrupt::explain)?;
+    podlane_bench::interrupt::check()?;
     print!("{}", podlane_bench::control::table(&report));
     write_report(&args.json, &machine, &config, &report)
 }
@@ -527,7 +529,9 @@ fn soak_command(args: SoakArgs) -> anyhow::Result<()> {
     testbed::netns::remove_stale("soak");
     podlane_bench::interrupt::install()?;
     let machine = announce("soak");
-    let report = podlane_bench::soak::run(&config, &mut |step| eprintln!("  {step}"))?;
+    let report = podlane_bench::soak::run(&config, &mut |step| eprintln!("  {step}"))
+        .map_err(podlane_bench::interrupt::explain)?;
+    podlane_bench::interrupt::check()?;
     print!("{}", podlane_bench::soak::table(&report));
     write_report(&args.json, &machine, &config, &report)
 }
@@ -583,7 +587,9 @@ fn tcp_command(args: TcpArgs) -> anyhow::Result<()> {
         config.pod_edge.name()
     );
     println!("{title}");
-    let (rows, rr) = tcp::run(&config, &mut |step| eprintln!("  {step}"))?;
+    let (rows, rr) = tcp::run(&config, &mut |step| eprintln!("  {step}"))
+        .map_err(podlane_bench::interrupt::explain)?;
+    podlane_bench::interrupt::check()?;
     print!("{}", tcp::table(&rows, &rr));
     let doc = serde_json::json!({
         "schema": 2,

@@ -73,23 +73,61 @@ fn namespaces_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// A process, told apart from a later one with the same pid by its start time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Process {
+    pid: String,
+    started: String,
+}
+
+impl Process {
+    fn of(pid: &str) -> Option<Process> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Field 22, counted after the command name's closing parenthesis (field 2).
+        let started = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.to_owned();
+        Some(Process { pid: pid.to_owned(), started })
+    }
+
+    fn alive(&self) -> bool {
+        Process::of(&self.pid).as_ref() == Some(self)
+    }
+
+    fn cmdline(&self) -> String {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
+        String::from_utf8_lossy(&cmdline).replace('\0', " ")
+    }
+}
+
 /// The processes in network namespace `ns`.
-fn pids_in(ns: &str) -> Vec<String> {
+fn processes_in(ns: &str) -> Vec<Process> {
     let pids = Command::new("ip").args(["netns", "pids", ns]).output().expect("ip netns pids");
-    String::from_utf8_lossy(&pids.stdout).split_whitespace().map(str::to_owned).collect()
+    String::from_utf8_lossy(&pids.stdout).split_whitespace().filter_map(Process::of).collect()
 }
 
 /// Processes whose command line mentions `text`.
 fn processes_mentioning(text: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let Some(process) = Process::of(&entry.file_name().to_string_lossy()) else { continue };
+        let cmdline = process.cmdline();
         if cmdline.contains(text) {
-            found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+            found.push(format!("{}: {cmdline}", process.pid));
         }
     }
     found
+}
+
+/// The bench under test, sent SIGTERM if the test fails before it does (the bench then takes
+/// its cluster down), so that a failed test leaves nothing running.
+struct Bench(std::process::Child);
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 #[test]
@@ -101,21 +139,23 @@ fn a_stopped_run_takes_down_what_it_built() {
         return;
     }
     let dir = ScratchDir::new("bench-tcp-stop").expect("scratch directory");
-    let mut bench = Command::new(binary("podlane-bench"))
-        .args(["tcp", "--underlays", "nic", "--pairs", "podlane-podlane", "--streams", "1"])
-        .args(["--seconds", "60", "--json"])
-        .arg(dir.path().join("tcp.json"))
-        .arg("--svg")
-        .arg(dir.path().join("tcp.svg"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run podlane-bench tcp");
-    let pid = bench.id();
+    let mut bench = Bench(
+        Command::new(binary("podlane-bench"))
+            .args(["tcp", "--underlays", "nic", "--pairs", "podlane-podlane", "--streams", "1"])
+            .args(["--seconds", "60", "--json"])
+            .arg(dir.path().join("tcp.json"))
+            .arg("--svg")
+            .arg(dir.path().join("tcp.svg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run podlane-bench tcp"),
+    );
+    let pid = bench.0.id();
     // Its progress, read to the end (a closed pipe would fail its next line).
     let (lines, progress) = std::sync::mpsc::channel();
-    let stderr = bench.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
+    let stderr = bench.0.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = lines.send(line);
         }
@@ -130,18 +170,15 @@ fn a_stopped_run_takes_down_what_it_built() {
         }
     }
     assert!(said.contains("podlane-podlane 1 stream(s)"), "the run ended early:\n{said}");
-    let scratch = format!("podlane-bench-tcp-{pid}");
+    // The daemons run from the bench's scratch directory.
+    let scratch = format!("podlane-bench-tcp-{pid}/");
     // Wait for the iperf3 client in the bench's pod to start.
     let deadline = Instant::now() + Duration::from_secs(20);
     let (namespaces, in_namespaces) = loop {
         let namespaces = namespaces_of(pid);
-        let pids: Vec<String> = namespaces.iter().flat_map(|ns| pids_in(ns)).collect();
-        let client = pids.iter().any(|p| {
-            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).starts_with("iperf3\0-c\0")
-        });
-        if client {
-            break (namespaces, pids);
+        let processes: Vec<Process> = namespaces.iter().flat_map(|ns| processes_in(ns)).collect();
+        if processes.iter().any(|p| p.cmdline().starts_with("iperf3 -c ")) {
+            break (namespaces, processes);
         }
         assert!(Instant::now() < deadline, "no iperf3 client started:\n{said}");
         std::thread::sleep(Duration::from_millis(100));
@@ -154,28 +191,25 @@ fn a_stopped_run_takes_down_what_it_built() {
     // A watchdog, not a measurement: a run that ignored the signal would go on for a minute.
     let deadline = Instant::now() + Duration::from_secs(45);
     let status = loop {
-        if let Some(status) = bench.try_wait().expect("wait for podlane-bench") {
+        if let Some(status) = bench.0.try_wait().expect("wait for podlane-bench") {
             break status;
         }
-        if Instant::now() > deadline {
-            let _ = bench.kill();
-            panic!("podlane-bench tcp did not stop on SIGTERM");
-        }
+        assert!(Instant::now() < deadline, "podlane-bench tcp did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(100));
     };
-    reader.join().expect("stderr reader");
-    said.extend(progress.try_iter().map(|line| line + "\n"));
-    assert!(!status.success(), "a stopped run reports failure: {status}\n{said}");
-    assert!(said.contains("interrupted"), "the run says why it ended:\n{said}");
     assert_eq!(namespaces_of(pid), Vec::<String>::new(), "namespaces left behind");
     assert_eq!(processes_mentioning(&scratch), Vec::<String>::new(), "daemons left running");
-    let alive: Vec<&String> = in_namespaces
-        .iter()
-        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
-        .collect();
+    let alive: Vec<&Process> = in_namespaces.iter().filter(|p| p.alive()).collect();
     assert!(alive.is_empty(), "processes of the nodes and pods left running: {alive:?}");
     let tmp = std::env::temp_dir().join(&scratch);
     assert!(!tmp.exists(), "{} left behind", tmp.display());
+    // Whatever it printed since (nothing of the run holds its stderr any more).
+    while let Ok(line) = progress.recv_timeout(Duration::from_secs(5)) {
+        said += &line;
+        said.push('\n');
+    }
+    assert!(!status.success(), "a stopped run reports failure: {status}\n{said}");
+    assert!(said.contains("interrupted"), "the run says why it ended:\n{said}");
 }
 
 #[test]
