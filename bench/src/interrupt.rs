@@ -20,7 +20,10 @@ const TICK: Duration = Duration::from_millis(5);
 /// SIGINT and SIGTERM from now on ask the run to stop (see the module's documentation).
 pub fn install() -> anyhow::Result<()> {
     dataplane::io::install_stop_handlers()
-        .map_err(|e| anyhow::anyhow!("installing the SIGINT and SIGTERM handlers: {e}"))
+        .map_err(|e| anyhow::anyhow!("installing the SIGINT and SIGTERM handlers: {e}"))?;
+    // The testbed's own waits (a daemon's readiness, a pod's reachability) end too.
+    testbed::process::give_up_waiting_when(dataplane::io::stop_requested);
+    Ok(())
 }
 
 /// Fails with `interrupted` once a stop was asked for.
@@ -32,7 +35,8 @@ pub fn check() -> anyhow::Result<()> {
 /// A run's error, as the reason it ended: `interrupted` when a stop was asked for, whatever
 /// failed first once it was (a process of the run that got the same signal, say).
 pub fn explain(error: anyhow::Error) -> anyhow::Error {
-    if dataplane::io::stop_requested() { error.context("interrupted") } else { error }
+    let said = error.chain().any(|cause| cause.to_string() == "interrupted");
+    if dataplane::io::stop_requested() && !said { error.context("interrupted") } else { error }
 }
 
 /// Sleeps for `duration`, or less if a stop is asked for meanwhile (then fails).

@@ -224,10 +224,11 @@ impl Pod {
         (received, summary)
     }
 
-    /// Pings until it gets a reply (`reachable`) or none, or 10 s pass; whether that held.
+    /// Pings until it gets a reply (`reachable`) or none, or 10 s pass (or waits give up,
+    /// [`crate::process::give_up_waiting_when`]); whether that held.
     pub fn ping_until(&self, dst: &str, reachable: bool) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+        while Instant::now() < deadline && !crate::process::giving_up() {
             if (self.ping(dst, 1) == 1) == reachable {
                 return true;
             }

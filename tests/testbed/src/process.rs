@@ -22,6 +22,23 @@ pub fn binary(name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// What tells this process's waits to give up (see [`give_up_waiting_when`]).
+static GIVE_UP: std::sync::OnceLock<fn() -> bool> = std::sync::OnceLock::new();
+
+/// Makes the waits of this process for a service's log or a pod's reachability end early,
+/// as failures, once `stop` returns true: a harness that takes SIGINT and SIGTERM as a
+/// request to stop passes its flag, so that it need not sit out a 20 s readiness wait
+/// before taking its cluster down. Stopping a service ([`Service::stop`]) still waits: that
+/// is the taking down. Set once; later calls change nothing.
+pub fn give_up_waiting_when(stop: fn() -> bool) {
+    let _ = GIVE_UP.set(stop);
+}
+
+/// Whether waits should give up now.
+pub(crate) fn giving_up() -> bool {
+    GIVE_UP.get().is_some_and(|stop| stop())
+}
+
 fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
 }
@@ -81,7 +98,7 @@ impl Service {
     }
 
     /// Waits until the log holds each `(needle, count)`; an error with the log after
-    /// `timeout`, or as soon as the process exits.
+    /// `timeout`, or as soon as the process exits (or waits give up, [`give_up_waiting_when`]).
     pub fn wait_for_all(
         &mut self,
         needles: &[(&str, usize)],
@@ -98,6 +115,7 @@ impl Service {
             {
                 anyhow::bail!("{} exited ({status}) before logging {needles:?}:\n{log}", self.name);
             }
+            anyhow::ensure!(!giving_up(), "gave up waiting for {needles:?} from {}", self.name);
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "no {needles:?} in the log of {} after {} s:\n{log}",
