@@ -26,17 +26,28 @@ pub fn install() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fails with `interrupted` once a stop was asked for.
-pub fn check() -> anyhow::Result<()> {
-    anyhow::ensure!(!dataplane::io::stop_requested(), "interrupted");
-    Ok(())
+/// The error of a run stopped by SIGINT or SIGTERM.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
 }
 
-/// A run's error, as the reason it ended: `interrupted` when a stop was asked for, whatever
+impl std::error::Error for Interrupted {}
+
+/// Fails with [`Interrupted`] once a stop was asked for.
+pub fn check() -> anyhow::Result<()> {
+    if dataplane::io::stop_requested() { Err(Interrupted.into()) } else { Ok(()) }
+}
+
+/// A run's error, as the reason it ended: [`Interrupted`] when a stop was asked for, whatever
 /// failed first once it was (a process of the run that got the same signal, say).
 pub fn explain(error: anyhow::Error) -> anyhow::Error {
-    let said = error.chain().any(|cause| cause.to_string() == "interrupted");
-    if dataplane::io::stop_requested() && !said { error.context("interrupted") } else { error }
+    let said = error.chain().any(|cause| cause.is::<Interrupted>());
+    if dataplane::io::stop_requested() && !said { error.context(Interrupted) } else { error }
 }
 
 /// Sleeps for `duration`, or less if a stop is asked for meanwhile (then fails).
